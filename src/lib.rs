@@ -1,0 +1,54 @@
+//! # altup-moe
+//!
+//! Mixture-of-Experts and Alternating Updates (AltUp) transformer primitives on libtorch,
+//! through the [`tch`] crate.
+//!
+//! * [`moe`]: router, batched experts, sort-based dispatch with capacity, load-balancing and
+//!   z-losses (Switch Transformer, GShard, ST-MoE).
+//! * [`altup`]: the `K`-block widened representation with its predictor and corrector
+//!   (Baykal et al. 2023).
+//! * [`nn`]: RMSNorm, causal attention with RoPE, dense FFN, the pre-norm block.
+//! * [`model`]: a serde [`ModelConfig`] with presets for dense, Switch, AltUp and AltUp+MoE stacks,
+//!   and the [`LanguageModel`] built from it.
+//! * [`train`]: byte-level data, AdamW, schedule, atomic checkpoints, metrics, trainer.
+//!
+//! # Shape legend
+//! `B` batch, `T` sequence length, `D` model width, `V` vocabulary, `H` heads, `F` FFN/expert
+//! hidden width, `E` experts, `k` experts per token, `N = B·T` tokens, `C` expert capacity,
+//! `K` AltUp blocks.
+//!
+//! # Conventions
+//! Every forward returns its output and a typed auxiliary record; configs are validated once when
+//! a layer is built and errors name the offending value; parameters are f32 masters and
+//! routers/mixing run in f32; parameter names mirror the module tree
+//! (`blocks.3.moe.experts.w_in`).
+//!
+//! ```
+//! use altup_moe::{Arch, LanguageModel, ModelConfig};
+//! use tch::{nn::VarStore, Device};
+//!
+//! let config = ModelConfig::preset(Arch::Switch);
+//! let vs = VarStore::new(Device::Cpu);
+//! let model = LanguageModel::new(&vs.root(), &config)?;
+//! let counts = model.param_counts();
+//! assert!(counts.active_per_token < counts.total);
+//! # Ok::<(), altup_moe::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod altup;
+pub mod error;
+pub mod model;
+pub mod moe;
+pub mod nn;
+mod shape;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use model::{Arch, LanguageModel, ModelConfig, ModelOutput};
+
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

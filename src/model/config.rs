@@ -1,0 +1,212 @@
+//! The serde model configuration, validated once when the model is built.
+
+use crate::altup::AltUpConfig;
+use crate::error::{ensure_config, Error, Result};
+use crate::moe::MoeConfig;
+use crate::nn::{AttentionConfig, BlockConfig, FeedForwardConfig, FfnConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Which blocks get an MoE FFN (when [`ModelConfig::moe`] is set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MoeLayers {
+    /// Blocks `offset, offset + every, offset + 2·every, ...` (Switch: every other block,
+    /// `every = 2, offset = 1`).
+    Every {
+        /// Period (≥ 1).
+        every: usize,
+        /// First MoE block.
+        offset: usize,
+    },
+    /// An explicit list of block indices.
+    List {
+        /// Block indices, each `< num_layers`.
+        layers: Vec<usize>,
+    },
+}
+
+impl Default for MoeLayers {
+    fn default() -> Self {
+        MoeLayers::Every { every: 2, offset: 1 }
+    }
+}
+
+impl MoeLayers {
+    /// Whether block `layer` is an MoE block.
+    pub fn contains(&self, layer: usize) -> bool {
+        match self {
+            MoeLayers::Every { every, offset } => layer >= *offset && (layer - offset) % (*every).max(1) == 0,
+            MoeLayers::List { layers } => layers.contains(&layer),
+        }
+    }
+}
+
+/// Configuration of a decoder-only [`crate::LanguageModel`]: token ids → embedding →
+/// (AltUp widening) → `num_layers` pre-norm blocks → (AltUp collapse) → final RMSNorm → head.
+///
+/// Build one from a preset ([`ModelConfig::preset`]) and adjust fields; [`ModelConfig::validate`]
+/// runs when the model is built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Vocabulary size `V` (256 for bytes).
+    pub vocab_size: usize,
+    /// Model width `D`.
+    pub d_model: usize,
+    /// Number of transformer blocks.
+    pub num_layers: usize,
+    /// Longest sequence the model accepts (the training context length).
+    pub max_seq_len: usize,
+    /// Self-attention.
+    pub attention: AttentionConfig,
+    /// Dense FFN (every block that is not an MoE block).
+    pub ffn: FeedForwardConfig,
+    /// Mixture of experts; `None` = a dense model.
+    pub moe: Option<MoeConfig>,
+    /// Which blocks are MoE blocks.
+    pub moe_layers: MoeLayers,
+    /// AltUp widening; `None` = a plain stack.
+    pub altup: Option<AltUpConfig>,
+    /// RMSNorm epsilon.
+    pub norm_eps: f64,
+    /// Share the embedding table with the output head (only when the embedding is `D` wide).
+    pub tie_embeddings: bool,
+    /// Std of the normal initialisation (GPT-2 scheme, see [`crate::nn::InitScheme`]).
+    pub init_std: f64,
+    /// Seed of the initial weights: each parameter's values depend only on this seed and its
+    /// name (not on the device or the global libtorch generator).
+    pub init_seed: u64,
+}
+
+impl Default for ModelConfig {
+    /// A small dense byte-level model (see [`ModelConfig::preset`] for the others).
+    fn default() -> Self {
+        Self {
+            vocab_size: 256,
+            d_model: 128,
+            num_layers: 4,
+            max_seq_len: 256,
+            attention: AttentionConfig::default(),
+            ffn: FeedForwardConfig { d_ff: 512, ..Default::default() },
+            moe: None,
+            moe_layers: MoeLayers::default(),
+            altup: None,
+            norm_eps: 1e-6,
+            tie_embeddings: false,
+            init_std: 0.02,
+            init_seed: 0,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks every field and their combinations.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending value, e.g. `"num_heads (3) must divide d_model (128)"`,
+    /// `"top_k (3) must be between 1 and num_experts (2)"`, `"altup num_blocks (K = 0) must be positive"`,
+    /// `"capacity_factor (0) must be positive and finite"`, `"num_layers (0) must be positive"`.
+    pub fn validate(&self) -> Result<()> {
+        ensure_config(self.vocab_size > 0, || "vocab_size (0) must be positive".into())?;
+        ensure_config(self.d_model > 0, || "d_model (0) must be positive".into())?;
+        ensure_config(self.num_layers > 0, || "num_layers (0) must be positive".into())?;
+        ensure_config(self.max_seq_len > 0, || "max_seq_len (0) must be positive".into())?;
+        ensure_config(self.norm_eps > 0.0 && self.norm_eps.is_finite(), || {
+            format!("norm_eps ({}) must be positive and finite", self.norm_eps)
+        })?;
+        ensure_config(self.init_std > 0.0 && self.init_std.is_finite(), || {
+            format!("init_std ({}) must be positive and finite", self.init_std)
+        })?;
+        self.attention.validate(self.d_model)?;
+        self.ffn.validate()?;
+        if let Some(moe) = &self.moe {
+            moe.validate()?;
+            match &self.moe_layers {
+                MoeLayers::Every { every, offset } => {
+                    ensure_config(*every > 0, || "moe_layers.every (0) must be positive".into())?;
+                    ensure_config(*offset < self.num_layers, || {
+                        format!("moe_layers.offset ({offset}) must be < num_layers ({})", self.num_layers)
+                    })?;
+                }
+                MoeLayers::List { layers } => {
+                    if let Some(bad) = layers.iter().find(|&&l| l >= self.num_layers) {
+                        return Err(Error::Config(format!(
+                            "moe_layers entry ({bad}) must be < num_layers ({})",
+                            self.num_layers
+                        )));
+                    }
+                    ensure_config(!layers.is_empty(), || "moe_layers list is empty but moe is configured".into())?;
+                }
+            }
+        }
+        if let Some(altup) = &self.altup {
+            altup.validate()?;
+        }
+        if self.tie_embeddings {
+            let width = self.embedding_width();
+            ensure_config(width == self.d_model, || {
+                format!(
+                    "tie_embeddings needs an embedding as wide as d_model ({}), but AltUp makes it K·d = {width}; set tie_embeddings to false",
+                    self.d_model
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Number of AltUp blocks `K` (1 without AltUp).
+    pub fn altup_blocks(&self) -> usize {
+        self.altup.as_ref().map_or(1, |a| a.num_blocks)
+    }
+
+    /// Width of the embedding table: `K·D` with AltUp, `D` otherwise.
+    pub fn embedding_width(&self) -> usize {
+        self.altup_blocks() * self.d_model
+    }
+
+    /// Whether block `layer` has an MoE FFN.
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.moe.is_some() && self.moe_layers.contains(layer)
+    }
+
+    /// The configuration of block `layer`.
+    pub fn block_config(&self, layer: usize) -> BlockConfig {
+        let ffn = match &self.moe {
+            Some(moe) if self.moe_layers.contains(layer) => FfnConfig::Moe(moe.clone()),
+            _ => FfnConfig::Dense(self.ffn.clone()),
+        };
+        BlockConfig { attention: self.attention.clone(), ffn, norm_eps: self.norm_eps }
+    }
+
+    /// Serialises to pretty JSON.
+    ///
+    /// # Errors
+    /// [`Error::Json`] (does not happen for valid configs).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|source| Error::Json { context: "model config".into(), source })
+    }
+
+    /// Parses JSON and validates the result.
+    ///
+    /// # Errors
+    /// [`Error::Json`] for malformed JSON or unknown fields; [`Error::Config`] for invalid values.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let config: Self =
+            serde_json::from_str(json).map_err(|source| Error::Json { context: "model config".into(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a `config.json`.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Json`], [`Error::Config`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::Json { source, .. } => Error::Json { context: path.display().to_string(), source },
+            other => other,
+        })
+    }
+}

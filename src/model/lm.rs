@@ -1,0 +1,162 @@
+//! Decoder-only language model: embedding → (AltUp widen) → blocks → (AltUp collapse) → norm → head.
+
+use crate::altup::{split_blocks, AltUp, Collapse};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::output::{LayerAux, ModelAux, ModelOutput};
+use crate::model::params::ParamCounts;
+use crate::nn::{Block, Embedding, InitScheme, Linear, RmsNorm};
+use crate::shape::cast_like;
+use tch::{nn, Kind, Tensor};
+
+/// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
+/// AltUp+MoE depending on the config.
+///
+/// Parameter names mirror the module tree: `embed.weight`, `blocks.{l}.attn_norm.weight`,
+/// `blocks.{l}.attn.{qkv,out}.weight`, `blocks.{l}.ffn_norm.weight`,
+/// `blocks.{l}.ffn.{w_in,w_gate,w_out}.weight` or `blocks.{l}.moe.router.weight` and
+/// `blocks.{l}.moe.experts.{w_in,w_gate,w_out}`, `blocks.{l}.altup.{predictor,corrector}`,
+/// `collapse.weight`, `final_norm.weight`, `head.weight`.
+///
+/// ```
+/// use altup_moe::{Arch, LanguageModel, ModelConfig};
+/// use tch::{nn::VarStore, Device, Kind, Tensor};
+///
+/// let mut config = ModelConfig::preset(Arch::AltUpMoe);
+/// config.d_model = 32;
+/// config.num_layers = 2;
+/// config.ffn.d_ff = 64;
+/// config.moe.as_mut().unwrap().d_ff = 64;
+/// let vs = VarStore::new(Device::Cpu);
+/// let model = LanguageModel::new(&vs.root(), &config)?;
+/// let tokens = Tensor::randint(256, [2, 16], (Kind::Int64, Device::Cpu));
+/// let out = model.forward_t(&tokens, true)?;
+/// assert_eq!(out.logits.size(), vec![2, 16, 256]);
+/// let balance = out.aux.load_balancing_loss()?.expect("one MoE layer");
+/// assert!(balance.double_value(&[]) >= 1.0 - 1e-6); // 1.0 when perfectly balanced
+/// # Ok::<(), altup_moe::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LanguageModel {
+    config: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    altup: Vec<AltUp>,
+    collapse: Option<Collapse>,
+    final_norm: RmsNorm,
+    head: Option<Linear>,
+}
+
+impl LanguageModel {
+    /// Validates `config` and creates every parameter under `path` (a `VarStore` root or sub-path),
+    /// on the `VarStore`'s device.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid value (see [`ModelConfig::validate`]).
+    pub fn new(path: &nn::Path, config: &ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let init = InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed);
+        let d = config.d_model;
+        let embed = Embedding::new(&(path / "embed"), config.vocab_size, config.embedding_width(), &init)?;
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        let mut altup = Vec::new();
+        for layer in 0..config.num_layers {
+            let block_path = path / "blocks" / layer;
+            blocks.push(Block::new(&block_path, d, &config.block_config(layer), &init)?);
+            if let Some(a) = &config.altup {
+                altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks)?);
+            }
+        }
+        let collapse = config
+            .altup
+            .as_ref()
+            .map(|a| Collapse::new(&(path / "collapse"), a.output, a.num_blocks, d))
+            .transpose()?;
+        let final_norm = RmsNorm::new(&(path / "final_norm"), d as i64, config.norm_eps)?;
+        let head = if config.tie_embeddings {
+            None
+        } else {
+            Some(Linear::new(&(path / "head"), d as i64, config.vocab_size as i64, init.std, &init)?)
+        };
+        Ok(Self { config: config.clone(), embed, blocks, altup, collapse, final_norm, head })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The AltUp layers, one per block (empty without AltUp).
+    pub fn altup_layers(&self) -> &[AltUp] {
+        &self.altup
+    }
+
+    /// Parameter counts (see [`ModelConfig::param_counts`]).
+    pub fn param_counts(&self) -> ParamCounts {
+        self.config.param_counts()
+    }
+
+    /// Next-token logits for a batch of token sequences.
+    ///
+    /// `train` selects the training capacity factor of MoE layers (and, later, dropout/jitter).
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len` → logits `[B, T, V]` f32
+    /// (position `t` predicts token `t + 1`), and one aux record per block.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for an empty batch, a too-long sequence, non-integer or out-of-range ids
+    /// (the message names the id); [`Error::Shape`] if `tokens` is not 2-D.
+    pub fn forward_t(&self, tokens: &Tensor, train: bool) -> Result<ModelOutput> {
+        let size = tokens.size();
+        if size.len() != 2 {
+            return Err(Error::Shape(format!("tokens must have shape [B, T], got {size:?}")));
+        }
+        if size[0] == 0 || size[1] == 0 {
+            return Err(Error::Input(format!(
+                "tokens must hold at least one sequence of one token, got shape {size:?}"
+            )));
+        }
+        if size[1] > self.config.max_seq_len as i64 {
+            return Err(Error::Input(format!(
+                "sequence length {} exceeds max_seq_len ({})",
+                size[1], self.config.max_seq_len
+            )));
+        }
+        let embedded = self.embed.forward(tokens)?;
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        let hidden = match (&self.config.altup, &self.collapse) {
+            (Some(altup_config), Some(collapse)) => {
+                let k = altup_config.num_blocks;
+                let mut x = split_blocks(&embedded, k as i64)?;
+                for (layer, (block, altup)) in self.blocks.iter().zip(&self.altup).enumerate() {
+                    let active = altup_config.selection.active_block(layer, k);
+                    let (y, moe) = altup.forward_t(&x, active, |a| block.forward_t(a, train))?;
+                    layers.push(LayerAux { layer, moe });
+                    x = y;
+                }
+                collapse.forward(&x)?
+            }
+            _ => {
+                let mut x = embedded;
+                for (layer, block) in self.blocks.iter().enumerate() {
+                    let (y, moe) = block.forward_t(&x, train)?;
+                    layers.push(LayerAux { layer, moe });
+                    x = y;
+                }
+                x
+            }
+        };
+        let normed = self.final_norm.forward(&hidden)?;
+        let logits = match &self.head {
+            Some(head) => head.forward(&normed)?,
+            None => normed.f_linear::<Tensor>(&cast_like(&self.embed.weight, &normed)?, None)?,
+        };
+        Ok(ModelOutput { logits: logits.f_to_kind(Kind::Float)?, aux: ModelAux { layers } })
+    }
+}

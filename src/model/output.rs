@@ -1,0 +1,73 @@
+//! What a model forward returns: logits and a typed per-layer auxiliary record.
+
+use crate::error::Result;
+use crate::moe::MoeAux;
+use tch::{Kind, Tensor};
+
+/// Auxiliary record of one block.
+#[derive(Debug)]
+pub struct LayerAux {
+    /// Block index.
+    pub layer: usize,
+    /// The MoE layer's record, when the block's FFN is an MoE.
+    pub moe: Option<MoeAux>,
+}
+
+/// Auxiliary record of a whole forward pass, one entry per block.
+///
+/// Losses are averaged over MoE layers (DESIGN §5: pooling router statistics across layers would
+/// hide per-layer imbalance, so each layer computes its own loss first).
+#[derive(Debug, Default)]
+pub struct ModelAux {
+    /// One record per block, in order.
+    pub layers: Vec<LayerAux>,
+}
+
+impl ModelAux {
+    /// The MoE layers' records with their block indices.
+    pub fn moe_layers(&self) -> impl Iterator<Item = (usize, &MoeAux)> {
+        self.layers.iter().filter_map(|l| l.moe.as_ref().map(|m| (l.layer, m)))
+    }
+
+    fn mean_over_layers(&self, pick: impl Fn(&MoeAux) -> &Tensor) -> Result<Option<Tensor>> {
+        let values: Vec<&Tensor> = self.moe_layers().map(|(_, m)| pick(m)).collect();
+        if values.is_empty() {
+            return Ok(None);
+        }
+        let stacked = Tensor::f_stack(&values, 0)?;
+        Ok(Some(stacked.f_mean(Kind::Float)?))
+    }
+
+    /// Unscaled load-balancing loss averaged over MoE layers (scalar, differentiable); `None`
+    /// without MoE layers.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn load_balancing_loss(&self) -> Result<Option<Tensor>> {
+        self.mean_over_layers(|m| &m.load_balancing_loss)
+    }
+
+    /// Unscaled router z-loss averaged over MoE layers (scalar, differentiable); `None` without
+    /// MoE layers.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn z_loss(&self) -> Result<Option<Tensor>> {
+        self.mean_over_layers(|m| &m.z_loss)
+    }
+
+    /// Dropped-assignment fraction averaged over MoE layers; `None` without MoE layers.
+    pub fn dropped_fraction(&self) -> Option<f64> {
+        let values: Vec<f64> = self.moe_layers().map(|(_, m)| m.dropped_fraction).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    }
+}
+
+/// Output of [`crate::LanguageModel::forward_t`].
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// Next-token logits, `[B, T, V]`, f32.
+    pub logits: Tensor,
+    /// Per-layer auxiliary record.
+    pub aux: ModelAux,
+}

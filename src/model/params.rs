@@ -1,0 +1,58 @@
+//! Parameter accounting (DESIGN §8.15), computed from the config alone.
+
+use crate::altup::OutputReduction;
+use crate::model::config::ModelConfig;
+use serde::Serialize;
+
+/// Parameter counts of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ParamCounts {
+    /// Every parameter.
+    pub total: usize,
+    /// Parameters a token passes through: all but the experts it is not routed to
+    /// (`total − Σ_MoE layers (E − k) · params_per_expert`). Embedding rows count (a lookup).
+    pub active_per_token: usize,
+    /// Expert parameters (all experts of all MoE layers).
+    pub expert: usize,
+    /// Router parameters.
+    pub router: usize,
+    /// AltUp predictor/corrector scalars plus a projection collapse, if any.
+    pub altup: usize,
+    /// Embedding table (and the head when it is separate).
+    pub embedding: usize,
+}
+
+impl ModelConfig {
+    /// Counts parameters from the config:
+    ///
+    /// * embedding `V·K·D`, head `V·D` unless tied, final norm `D`;
+    /// * per block: attention `4·D²`, two norms `2·D`, and a dense FFN (`2·D·F`, SwiGLU `3·D·F`)
+    ///   or an MoE (router `E·D` + `E` experts of `2·D·F` / `3·D·F`);
+    /// * AltUp: `K² + K` per block, plus `D·K·D` for a projection collapse.
+    pub fn param_counts(&self) -> ParamCounts {
+        let (v, d) = (self.vocab_size, self.d_model);
+        let k = self.altup_blocks();
+        let head = if self.tie_embeddings { 0 } else { v * d };
+        let embedding = v * k * d + head;
+        let (mut expert, mut router, mut inactive) = (0, 0, 0);
+        let mut blocks = 0;
+        for layer in 0..self.num_layers {
+            blocks += 4 * d * d + 2 * d;
+            match &self.moe {
+                Some(moe) if self.is_moe_layer(layer) => {
+                    let per_expert = moe.params_per_expert(d);
+                    expert += moe.num_experts * per_expert;
+                    router += moe.num_experts * d;
+                    inactive += (moe.num_experts - moe.top_k) * per_expert;
+                }
+                _ => blocks += self.ffn.num_params(d),
+            }
+        }
+        let altup = self.altup.as_ref().map_or(0, |a| {
+            let collapse = if a.output == OutputReduction::Projection { d * k * d } else { 0 };
+            self.num_layers * a.params_per_layer() + collapse
+        });
+        let total = embedding + blocks + expert + router + altup + d;
+        ParamCounts { total, active_per_token: total - inactive, expert, router, altup, embedding }
+    }
+}

@@ -1,0 +1,117 @@
+//! Stack presets: the four architectures the builder assembles.
+
+use crate::altup::AltUpConfig;
+use crate::error::{Error, Result};
+use crate::model::config::{ModelConfig, MoeLayers};
+use crate::moe::MoeConfig;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A stack architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    /// Plain pre-norm transformer.
+    #[serde(rename = "dense")]
+    Dense,
+    /// Switch Transformer: top-1 MoE FFN on every other block (Fedus et al. 2021).
+    #[serde(rename = "switch")]
+    Switch,
+    /// AltUp with `K = 2` blocks around dense blocks (Baykal et al. 2023).
+    #[serde(rename = "altup")]
+    AltUp,
+    /// AltUp (`K = 2`) around blocks whose FFN is a Switch MoE on every other block.
+    #[serde(rename = "altup-moe")]
+    AltUpMoe,
+}
+
+impl Arch {
+    /// All architectures, in a stable order.
+    pub const ALL: [Arch; 4] = [Arch::Dense, Arch::Switch, Arch::AltUp, Arch::AltUpMoe];
+
+    /// The command-line / JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Dense => "dense",
+            Arch::Switch => "switch",
+            Arch::AltUp => "altup",
+            Arch::AltUpMoe => "altup-moe",
+        }
+    }
+
+    /// Whether the stack has MoE blocks.
+    pub fn has_moe(self) -> bool {
+        matches!(self, Arch::Switch | Arch::AltUpMoe)
+    }
+
+    /// Whether the stack is AltUp-widened.
+    pub fn has_altup(self) -> bool {
+        matches!(self, Arch::AltUp | Arch::AltUpMoe)
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+            Error::Config(format!("unknown architecture '{s}' (expected one of: {})", names.join(", ")))
+        })
+    }
+}
+
+impl ModelConfig {
+    /// The default small configuration of an architecture: `D = 128`, 4 blocks, 4 heads, FFN and
+    /// expert width 512, 8 experts (Switch capacity factors 1.25 / 2.0) on every other block,
+    /// AltUp `K = 2` with alternating selection and mean reduction.
+    ///
+    /// ```
+    /// use altup_moe::{Arch, ModelConfig};
+    /// let mut config = ModelConfig::preset(Arch::AltUpMoe);
+    /// config.d_model = 64;
+    /// config.validate().unwrap();
+    /// assert!(config.is_moe_layer(1) && !config.is_moe_layer(0));
+    /// assert_eq!(config.altup_blocks(), 2);
+    /// ```
+    pub fn preset(arch: Arch) -> Self {
+        let base = ModelConfig::default();
+        let moe = arch.has_moe().then(|| MoeConfig { d_ff: base.ffn.d_ff, ..MoeConfig::default() });
+        let altup = arch.has_altup().then(AltUpConfig::default);
+        ModelConfig { moe, moe_layers: MoeLayers::default(), altup, ..base }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_listed() {
+        for arch in Arch::ALL {
+            assert_eq!(arch.name().parse::<Arch>().unwrap(), arch);
+            assert_eq!(serde_json::to_string(&arch).unwrap(), format!("\"{}\"", arch.name()));
+        }
+        let err = "moe".parse::<Arch>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid config: unknown architecture 'moe' (expected one of: dense, switch, altup, altup-moe)"
+        );
+    }
+
+    #[test]
+    fn presets_validate() {
+        for arch in Arch::ALL {
+            let c = ModelConfig::preset(arch);
+            c.validate().unwrap();
+            assert_eq!(c.moe.is_some(), arch.has_moe());
+            assert_eq!(c.altup.is_some(), arch.has_altup());
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Expert feed-forward networks stored as batched weights `[E, D, F]` (torchtitan
+//! `GroupedExperts`; megablocks), run on token rows already grouped by expert.
+//!
+//! Two interchangeable compute paths:
+//! * [`ExpertBackend::GroupedMm`]: one `torch._grouped_mm` per projection over all experts, with
+//!   cumulative Int32 row offsets;
+//! * [`ExpertBackend::Loop`]: the reference path, one matmul per non-empty expert. The batched
+//!   parameter is split once per forward (`unbind`), never indexed per expert: `w[e]` inside the
+//!   loop makes libtorch allocate a full-size gradient buffer per expert.
+
+use crate::error::{Error, Result};
+use crate::nn::feed_forward::Activation;
+use crate::nn::init::InitScheme;
+use crate::shape::{cast_like, expect_device, expect_shape};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+/// Which kernel computes the experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertBackend {
+    /// Grouped matmul where it is supported (f32/bf16 on CPU, bf16 on CUDA, rows aligned to 16
+    /// bytes), the per-expert loop otherwise.
+    #[default]
+    Auto,
+    /// Always `torch._grouped_mm`; errors where libtorch does not support it.
+    GroupedMm,
+    /// Always the per-expert loop (reference path; works for every dtype, including f64).
+    Loop,
+}
+
+/// `E` expert FFNs with batched weights.
+///
+/// Parameters: `w_in` `[E, D, F]`, `w_gate` `[E, D, F]` (SwiGLU only), `w_out` `[E, F, D]`.
+/// Expert `e` computes `act(x · w_in[e]) · w_out[e]` on its rows.
+#[derive(Debug)]
+pub struct Experts {
+    /// Up-projections, `[E, D, F]`.
+    pub w_in: Tensor,
+    /// Gate projections (SwiGLU), `[E, D, F]`.
+    pub w_gate: Option<Tensor>,
+    /// Down-projections, `[E, F, D]`.
+    pub w_out: Tensor,
+    activation: Activation,
+    backend: ExpertBackend,
+}
+
+impl Experts {
+    /// Creates the batched weights under `path`, each entry `N(0, init.std²)`
+    /// (`init.residual_std` for `w_out`).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if allocation fails.
+    pub fn new(
+        path: &nn::Path,
+        num_experts: usize,
+        d_model: usize,
+        d_ff: usize,
+        activation: Activation,
+        backend: ExpertBackend,
+        init: &InitScheme,
+    ) -> Result<Self> {
+        let (e, d, f) = (num_experts as i64, d_model as i64, d_ff as i64);
+        let w_in = init.normal(path, "w_in", &[e, d, f], init.std)?;
+        let w_gate =
+            if activation.is_gated() { Some(init.normal(path, "w_gate", &[e, d, f], init.std)?) } else { None };
+        let w_out = init.normal(path, "w_out", &[e, f, d], init.residual_std)?;
+        Ok(Self { w_in, w_gate, w_out, activation, backend })
+    }
+
+    /// Number of experts `E`.
+    pub fn num_experts(&self) -> i64 {
+        self.w_in.size()[0]
+    }
+
+    /// The kernel [`ExpertBackend::Auto`] resolves to for rows of this dtype and device.
+    pub fn resolved_backend(&self, kind: Kind, device: Device) -> ExpertBackend {
+        match self.backend {
+            ExpertBackend::Auto => {
+                let size = self.w_in.size();
+                let aligned = |n: i64| (n * kind.elt_size_in_bytes() as i64) % 16 == 0;
+                let supported = match device {
+                    Device::Cpu => matches!(kind, Kind::Float | Kind::BFloat16),
+                    _ => kind == Kind::BFloat16,
+                };
+                if supported && aligned(size[1]) && aligned(size[2]) {
+                    ExpertBackend::GroupedMm
+                } else {
+                    ExpertBackend::Loop
+                }
+            }
+            fixed => fixed,
+        }
+    }
+
+    /// Runs every expert on its contiguous group of rows.
+    ///
+    /// # Shapes
+    /// `rows`: `[N, D]`, sorted by expert so that the first `group_sizes[0]` rows belong to
+    /// expert 0, the next `group_sizes[1]` to expert 1, ... → `[N, D]` in `rows`' dtype.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `group_sizes` does not have `E` non-negative entries summing to `N`,
+    /// or `rows` is not `[N, D]` on the experts' device; [`Error::Torch`] if the grouped kernel
+    /// is forced on a device/dtype that lacks it.
+    pub fn forward(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+        let (e, d) = (self.num_experts(), self.w_in.size()[1]);
+        expect_shape(rows, "expert input", "[N, D]", &[None, Some(d)])?;
+        expect_device(rows, "expert input", &self.w_in)?;
+        let n = rows.size()[0];
+        if group_sizes.len() as i64 != e || group_sizes.iter().any(|&g| g < 0) || group_sizes.iter().sum::<i64>() != n {
+            return Err(Error::Shape(format!(
+                "group_sizes must have {e} non-negative entries summing to the {n} rows, got {group_sizes:?}"
+            )));
+        }
+        if n == 0 {
+            return Ok(rows.f_zeros_like()?);
+        }
+        match self.resolved_backend(rows.kind(), rows.device()) {
+            ExpertBackend::Loop => self.forward_loop(rows, group_sizes),
+            _ => self.forward_grouped(rows, group_sizes),
+        }
+    }
+
+    fn forward_grouped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+        let mut total = 0i32;
+        let offsets: Vec<i32> = group_sizes
+            .iter()
+            .map(|&g| {
+                total += g as i32;
+                total
+            })
+            .collect();
+        let offs = Tensor::from_slice(&offsets).f_to_device(rows.device())?;
+        let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            Ok(x.f_internal_grouped_mm(&cast_like(w, x)?, Some(&offs), None, None)?)
+        };
+        let h = mm(rows, &self.w_in)?;
+        let gate = self.w_gate.as_ref().map(|w| mm(rows, w)).transpose()?;
+        mm(&self.activation.apply(&h, gate.as_ref())?, &self.w_out)
+    }
+
+    fn forward_loop(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+        let w_in = cast_like(&self.w_in, rows)?.f_unbind(0)?;
+        let w_gate = self
+            .w_gate
+            .as_ref()
+            .map(|w| -> Result<Vec<Tensor>> { Ok(cast_like(w, rows)?.f_unbind(0)?) })
+            .transpose()?;
+        let w_out = cast_like(&self.w_out, rows)?.f_unbind(0)?;
+        let mut outputs = Vec::with_capacity(group_sizes.len());
+        let mut start = 0;
+        for (expert, &size) in group_sizes.iter().enumerate() {
+            if size == 0 {
+                continue;
+            }
+            let x = rows.f_narrow(0, start, size)?;
+            let h = x.f_matmul(&w_in[expert])?;
+            let gate = w_gate.as_ref().map(|w| x.f_matmul(&w[expert])).transpose()?;
+            outputs.push(self.activation.apply(&h, gate.as_ref())?.f_matmul(&w_out[expert])?);
+            start += size;
+        }
+        Ok(Tensor::f_cat(&outputs, 0)?)
+    }
+}

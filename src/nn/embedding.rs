@@ -1,0 +1,87 @@
+//! Token embedding table.
+
+use crate::error::{Error, Result};
+use crate::nn::init::InitScheme;
+use tch::{nn, Kind, Tensor};
+
+/// Lookup table `[V, W]`: token id → row. For AltUp, `W = K·D` and the row is split into `K`
+/// blocks by the caller.
+///
+/// Parameters: `weight` `[V, W]`, `N(0, init.std²)`.
+#[derive(Debug)]
+pub struct Embedding {
+    /// Table, `[V, W]`.
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// Creates `<path>.weight` `[vocab_size, width]`.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if allocation fails.
+    pub fn new(path: &nn::Path, vocab_size: usize, width: usize, init: &InitScheme) -> Result<Self> {
+        let weight = init.normal(path, "weight", &[vocab_size as i64, width as i64], init.std)?;
+        Ok(Self { weight })
+    }
+
+    /// Vocabulary size `V`.
+    pub fn vocab_size(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    /// Looks up token ids.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` i64 with values in `0..V` → `[B, T, W]` f32.
+    ///
+    /// # Errors
+    /// [`Error::Input`] if `tokens` is not an integer tensor or an id is outside `0..V`
+    /// (the message names the offending id).
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        validate_token_ids(tokens, self.vocab_size())?;
+        Ok(Tensor::f_embedding(&self.weight, &tokens.f_to_kind(Kind::Int64)?, -1, false, false)?)
+    }
+}
+
+/// Checks that `tokens` is an integer tensor whose values lie in `0..vocab_size`.
+///
+/// # Errors
+/// [`Error::Input`] naming the dtype or the first out-of-range id and its position.
+pub fn validate_token_ids(tokens: &Tensor, vocab_size: i64) -> Result<()> {
+    match tokens.kind() {
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => {}
+        other => return Err(Error::Input(format!("token ids must be an integer tensor, got dtype {other:?}"))),
+    }
+    if tokens.numel() == 0 {
+        return Ok(());
+    }
+    let ids = tokens.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?;
+    let bad = ids.f_lt(0)?.f_logical_or(&ids.f_ge(vocab_size)?)?;
+    if bad.f_any()?.f_int64_value(&[])? != 0 {
+        let position = bad.f_to_kind(Kind::Int64)?.f_argmax(0, false)?.f_int64_value(&[])?;
+        let value = ids.f_int64_value(&[position])?;
+        return Err(Error::Input(format!(
+            "token id {value} at flat position {position} is outside the vocabulary 0..{vocab_size}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn out_of_range_and_float_ids_are_rejected_with_the_value() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let emb = Embedding::new(&vs.root(), 10, 4, &InitScheme::default()).unwrap();
+        let err = emb.forward(&Tensor::from_slice(&[1i64, 2, 10, 3]).view([2, 2])).unwrap_err();
+        assert_eq!(err.to_string(), "invalid input: token id 10 at flat position 2 is outside the vocabulary 0..10");
+        let err = emb.forward(&Tensor::from_slice(&[-1i64]).view([1, 1])).unwrap_err();
+        assert!(err.to_string().contains("token id -1"), "{err}");
+        let err = emb.forward(&Tensor::from_slice(&[1.0f32]).view([1, 1])).unwrap_err();
+        assert!(err.to_string().contains("integer tensor"), "{err}");
+        assert_eq!(emb.forward(&Tensor::from_slice(&[9i64, 0]).view([1, 2])).unwrap().size(), vec![1, 2, 4]);
+    }
+}

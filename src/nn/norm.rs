@@ -1,0 +1,81 @@
+//! Root-mean-square layer normalisation (Zhang & Sennrich 2019, arXiv 1910.07467).
+
+use crate::error::Result;
+use crate::shape::{accumulate_kind, expect_float};
+use tch::{nn, Tensor};
+
+/// RMSNorm: `y = x / sqrt(mean(x²) + eps) · weight`, computed in f32 and returned in `x`'s dtype.
+///
+/// Parameters: `weight` `[D]`, initialised to ones.
+#[derive(Debug)]
+pub struct RmsNorm {
+    /// Per-channel gain, shape `[D]`.
+    pub weight: Tensor,
+    eps: f64,
+    dim: i64,
+}
+
+impl RmsNorm {
+    /// Creates `<path>.weight` of shape `[dim]` (ones).
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] if `eps` is not positive and finite.
+    pub fn new(path: &nn::Path, dim: i64, eps: f64) -> Result<Self> {
+        crate::error::ensure_config(eps > 0.0 && eps.is_finite(), || {
+            format!("norm_eps ({eps}) must be positive and finite")
+        })?;
+        let weight = path.f_ones("weight", &[dim])?;
+        Ok(Self { weight, eps, dim })
+    }
+
+    /// Normalises over the last dimension.
+    ///
+    /// # Shapes
+    /// `x`: `[..., D]` → `[..., D]`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] if the last dimension is not `D` or `x` is not floating point.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        expect_float(x, "RMSNorm input")?;
+        if x.size().last().copied() != Some(self.dim) {
+            return Err(crate::Error::Shape(format!(
+                "RMSNorm input must have last dimension {}, got shape {:?}",
+                self.dim,
+                x.size()
+            )));
+        }
+        let acc = accumulate_kind(x);
+        let x32 = x.f_to_kind(acc)?;
+        let inv_rms = (x32.f_square()?.f_mean_dim(-1, true, acc)? + self.eps).f_rsqrt()?;
+        let y = x32.f_mul(&inv_rms)?.f_mul(&self.weight.f_to_kind(acc)?)?;
+        Ok(y.f_to_kind(x.kind())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn unit_rms_rows_are_unchanged_and_scale_is_removed() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let norm = RmsNorm::new(&vs.root(), 4, 1e-12).unwrap();
+        // Row with mean square 1: (1, -1, 1, -1). Scaling the row by 3 must not change the output.
+        let x = Tensor::from_slice(&[1.0f32, -1.0, 1.0, -1.0, 3.0, -3.0, 3.0, -3.0]).view([2, 4]);
+        let y = norm.forward(&x).unwrap();
+        let expected = Tensor::from_slice(&[1.0f32, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0]).view([2, 4]);
+        assert!(y.allclose(&expected, 1e-6, 1e-6, false));
+        assert_eq!(y.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn rejects_wrong_width_and_bad_eps() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let norm = RmsNorm::new(&vs.root(), 4, 1e-6).unwrap();
+        let err = norm.forward(&Tensor::zeros([2, 3], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(err.to_string().contains("last dimension 4"), "{err}");
+        let err = RmsNorm::new(&vs.root().sub("b"), 4, 0.0).unwrap_err();
+        assert!(err.to_string().contains("norm_eps (0)"), "{err}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Rotary position embedding (Su et al. 2021, "RoFormer", arXiv 2104.09864, §3.4).
+//!
+//! Uses the "rotate half" pairing of Hugging Face's Llama (`apply_rotary_pos_emb`): channel `i` of
+//! the first half is rotated together with channel `i + head_dim/2`, with frequency
+//! `θ^(-2i/head_dim)`.
+
+use crate::error::{Error, Result};
+use crate::shape::accumulate_kind;
+use tch::Tensor;
+
+/// Rotary position embedding for one head width.
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    head_dim: i64,
+    theta: f64,
+}
+
+impl Rope {
+    /// # Errors
+    /// [`Error::Config`] if `head_dim` is odd or `theta <= 1`.
+    pub fn new(head_dim: i64, theta: f64) -> Result<Self> {
+        crate::error::ensure_config(head_dim > 0 && head_dim % 2 == 0, || {
+            format!("head dimension ({head_dim}) must be even for rotary embeddings")
+        })?;
+        crate::error::ensure_config(theta > 1.0 && theta.is_finite(), || {
+            format!("rope_theta ({theta}) must be finite and > 1")
+        })?;
+        Ok(Self { head_dim, theta })
+    }
+
+    /// Rotates queries or keys by their absolute positions `offset .. offset + T`.
+    ///
+    /// # Shapes
+    /// `x`: `[B, H, T, head_dim]` → same shape and dtype. The angles are computed in f32.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the last dimension is not `head_dim` or `x` is not 4-D.
+    pub fn apply(&self, x: &Tensor, offset: i64) -> Result<Tensor> {
+        let size = x.size();
+        if size.len() != 4 || size[3] != self.head_dim {
+            return Err(Error::Shape(format!(
+                "rotary input must have shape [B, H, T, {}], got {size:?}",
+                self.head_dim
+            )));
+        }
+        let t = size[2];
+        let acc = accumulate_kind(x);
+        let half = self.head_dim / 2;
+        let opts = (acc, x.device());
+        let exponents = Tensor::f_arange(half, opts)?.f_mul_scalar(-2.0 / self.head_dim as f64)?;
+        let inv_freq = Tensor::f_full([half], self.theta, opts)?.f_pow(&exponents)?;
+        let positions = Tensor::f_arange_start(offset, offset + t, opts)?;
+        let angles = positions.f_outer(&inv_freq)?; // [T, half]
+        let (cos, sin) = (angles.f_cos()?, angles.f_sin()?);
+        let x32 = x.f_to_kind(acc)?;
+        let x1 = x32.f_narrow(-1, 0, half)?;
+        let x2 = x32.f_narrow(-1, half, half)?;
+        let r1 = x1.f_mul(&cos)?.f_sub(&x2.f_mul(&sin)?)?;
+        let r2 = x2.f_mul(&cos)?.f_add(&x1.f_mul(&sin)?)?;
+        Ok(Tensor::f_cat(&[r1, r2], -1)?.f_to_kind(x.kind())?)
+    }
+}
+
+/// Default RoPE base frequency (RoFormer, Llama).
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn rotation_preserves_norm_and_position_zero_is_identity() {
+        let rope = Rope::new(8, 10_000.0).unwrap();
+        let x = Tensor::randn([2, 3, 5, 8], (Kind::Float, Device::Cpu));
+        let y = rope.apply(&x, 0).unwrap();
+        let norms_x = x.square().sum_dim_intlist(-1, false, Kind::Float);
+        let norms_y = y.square().sum_dim_intlist(-1, false, Kind::Float);
+        assert!(norms_x.allclose(&norms_y, 1e-5, 1e-5, false));
+        assert!(y.narrow(2, 0, 1).allclose(&x.narrow(2, 0, 1), 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn dot_products_depend_only_on_relative_position() {
+        // <R(m) q, R(n) k> = <R(m+s) q, R(n+s) k> for any shift s.
+        let rope = Rope::new(8, 10_000.0).unwrap();
+        let q = Tensor::randn([1, 1, 4, 8], (Kind::Double, Device::Cpu));
+        let k = Tensor::randn([1, 1, 4, 8], (Kind::Double, Device::Cpu));
+        let scores = |off| rope.apply(&q, off).unwrap().matmul(&rope.apply(&k, off).unwrap().transpose(-1, -2));
+        assert!(scores(0).allclose(&scores(37), 1e-9, 1e-9, false));
+    }
+
+    #[test]
+    fn rejects_odd_head_dim() {
+        assert!(Rope::new(7, 10_000.0).unwrap_err().to_string().contains("(7)"));
+    }
+}

@@ -1,0 +1,58 @@
+//! Small checks shared by every forward: shapes, dtypes and casts (crate-internal).
+
+use crate::error::{Error, Result};
+use tch::{Kind, Tensor};
+
+/// Checks that `x` has `dims.len()` dimensions and that each `Some(n)` matches.
+/// `what` names the tensor in the error, `layout` spells the expected shape, e.g. `"[B, T, D]"`.
+pub(crate) fn expect_shape(x: &Tensor, what: &str, layout: &str, dims: &[Option<i64>]) -> Result<()> {
+    let size = x.size();
+    let ok = size.len() == dims.len() && size.iter().zip(dims).all(|(s, d)| d.is_none_or(|d| d == *s));
+    if ok {
+        Ok(())
+    } else {
+        let want: Vec<String> = dims.iter().map(|d| d.map_or_else(|| "_".to_string(), |d| d.to_string())).collect();
+        Err(Error::Shape(format!("{what} must have shape {layout} = [{}], got {size:?}", want.join(", "))))
+    }
+}
+
+/// Checks that `x` is a floating-point tensor (f16, bf16, f32 or f64).
+pub(crate) fn expect_float(x: &Tensor, what: &str) -> Result<()> {
+    match x.kind() {
+        Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double => Ok(()),
+        other => Err(Error::Shape(format!("{what} must be a floating-point tensor, got dtype {other:?}"))),
+    }
+}
+
+/// Checks that `x` lives on the same device as the module parameter `param`.
+pub(crate) fn expect_device(x: &Tensor, what: &str, param: &Tensor) -> Result<()> {
+    if x.device() == param.device() {
+        Ok(())
+    } else {
+        Err(Error::Shape(format!(
+            "{what} is on {:?} but the module's parameters are on {:?}",
+            x.device(),
+            param.device()
+        )))
+    }
+}
+
+/// Returns `w` in the dtype of `x` (a cheap shallow clone when they already match).
+/// Parameters stay f32 masters; matmuls run in the activation dtype (DESIGN §8.9).
+pub(crate) fn cast_like(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if w.kind() == x.kind() {
+        Ok(w.shallow_clone())
+    } else {
+        Ok(w.f_to_kind(x.kind())?)
+    }
+}
+
+/// The "compute" dtype for router and mixing arithmetic: f64 stays f64 (gradient checks),
+/// everything else is computed in f32.
+pub(crate) fn accumulate_kind(x: &Tensor) -> Kind {
+    if x.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}

