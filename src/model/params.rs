@@ -2,6 +2,7 @@
 
 use crate::altup::OutputReduction;
 use crate::model::config::ModelConfig;
+use crate::moe::RouterKind;
 use serde::Serialize;
 
 /// Parameter counts of a model.
@@ -10,9 +11,11 @@ pub struct ParamCounts {
     /// Every parameter.
     pub total: usize,
     /// Parameters a token passes through: all but the experts it is not routed to
-    /// (`total − Σ_MoE layers (E − k) · params_per_expert`). Embedding rows count (a lookup).
+    /// (`total − Σ_MoE layers (E − k) · params_per_expert`, with `k = ceil(cf)` on average for
+    /// expert choice). Embedding rows count (a lookup).
     pub active_per_token: usize,
-    /// Expert parameters (all experts of all MoE layers).
+    /// Routed-expert parameters (all routed experts of all MoE layers; shared experts are counted
+    /// with the blocks, as they are always active).
     pub expert: usize,
     /// Router parameters.
     pub router: usize,
@@ -27,7 +30,8 @@ impl ModelConfig {
     ///
     /// * embedding `V·K·D`, head `V·D` unless tied, final norm `D`;
     /// * per block: attention `4·D²`, two norms `2·D`, and a dense FFN (`2·D·F`, SwiGLU `3·D·F`)
-    ///   or an MoE (router `E·D` + `E` experts of `2·D·F` / `3·D·F`);
+    ///   or an MoE (router `E·D` + `E` routed experts of `2·D·F` / `3·D·F` each, + `S` shared
+    ///   experts of the same size, always active);
     /// * AltUp: `K² + K` per block, plus `D·K·D` for a projection collapse.
     pub fn param_counts(&self) -> ParamCounts {
         let (v, d) = (self.vocab_size, self.d_model);
@@ -43,7 +47,15 @@ impl ModelConfig {
                     let per_expert = moe.params_per_expert(d);
                     expert += moe.num_experts * per_expert;
                     router += moe.num_experts * d;
-                    inactive += (moe.num_experts - moe.top_k) * per_expert;
+                    blocks += moe.num_shared_experts * per_expert;
+                    let active_experts = match moe.router {
+                        // Expert choice: on average cf experts per token (C = cf·N/E tokens per expert).
+                        RouterKind::ExpertChoice => {
+                            (moe.capacity_factor.unwrap_or(1.0).ceil() as usize).clamp(1, moe.num_experts)
+                        }
+                        RouterKind::TokenChoice => moe.top_k,
+                    };
+                    inactive += (moe.num_experts - active_experts) * per_expert;
                 }
                 _ => blocks += self.ffn.num_params(d),
             }

@@ -2,26 +2,43 @@
 //!
 //! # Shape legend
 //! `N` tokens (a `[B, T]` batch flattened), `D` model width, `F` expert hidden width, `E` experts,
-//! `k` experts per token, `M` kept token→expert assignments (`M ≤ k·N`), `C` expert capacity.
+//! `k` experts per token, `M` kept token→expert assignments, `C` expert capacity.
 //!
 //! # Data flow
-//! [`Router::route`] (f32 logits, softmax, top-k) → [`TokenDispatcher::dispatch`] (stable sort by
-//! expert, capacity) → [`Experts::forward`] (grouped matmul or per-expert loop on `[E, D, F]`
-//! weights) → [`TokenDispatcher::combine`] (gate scaling in f32, deterministic sum over `k`).
-//! [`MoeLayer`] ties them together and returns a per-layer [`MoeAux`].
+//! [`Router::scores`] (f32 logits, jitter, softmax) → selection ([`select_top_k`] for token
+//! choice, with the optional aux-loss-free bias; top-`C` tokens per expert for expert choice) →
+//! a [`DispatchPlan`] ([`plan_token_choice`] / [`plan_expert_choice`]: capacity, priority, mask) →
+//! [`TokenDispatcher::dispatch`] → [`Experts::forward`] (grouped matmul or per-expert loop on
+//! `[E, D, F]` weights) → [`TokenDispatcher::combine`] (gates in f32, deterministic) → plus
+//! shared experts. [`MoeLayer`] ties them together and returns a per-layer [`MoeAux`].
 //!
-//! # Sources
-//! Switch Transformer (Fedus et al. 2021, arXiv 2101.03961), GShard (Lepikhin et al. 2020,
-//! arXiv 2006.16668), ST-MoE (Zoph et al. 2022, arXiv 2202.08906).
+//! # Options and sources
+//! | option | source |
+//! |---|---|
+//! | token choice top-1, raw-probability gate, capacity factor, jitter | Switch Transformer, arXiv 2101.03961 |
+//! | top-2, first choices before second choices | GShard, arXiv 2006.16668 |
+//! | top-k with renormalised gates | Mixtral, arXiv 2401.04088 |
+//! | expert choice | Zhou et al., arXiv 2202.09368 |
+//! | batch prioritized routing | V-MoE, arXiv 2106.05974 |
+//! | router z-loss | ST-MoE, arXiv 2202.08906 |
+//! | shared and fine-grained experts | DeepSeekMoE, arXiv 2401.06066 |
+//! | aux-loss-free bias balancing | DeepSeek-V3, arXiv 2412.19437 |
+//! | dropless grouped-matmul dispatch | MegaBlocks, arXiv 2211.15841 |
 
+pub mod config;
 pub mod dispatch;
 pub mod experts;
 pub mod layer;
 pub mod loss;
+pub mod plan;
+pub mod reference;
 pub mod router;
 
-pub use dispatch::{expert_capacity, DispatchPlan, SortDispatcher, TokenDispatcher};
+pub use config::{Balancing, CapacityPriority, MoeConfig, RouterKind};
+pub use dispatch::{SortDispatcher, TokenDispatcher};
 pub use experts::{ExpertBackend, Experts};
-pub use layer::{MoeAux, MoeConfig, MoeLayer};
+pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
-pub use router::{Router, Routing};
+pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, DispatchPlan};
+pub use reference::one_hot_moe;
+pub use router::{select_top_k, Router, RouterScores, Routing};

@@ -1,110 +1,206 @@
-//! Token-choice top-k router (Switch Transformer, Fedus et al. 2021, arXiv 2101.03961, §2.1;
-//! GShard, Lepikhin et al. 2020, arXiv 2006.16668, §2.2).
+//! Router: f32 logits and probabilities, token-choice top-k selection, optional jitter and the
+//! aux-loss-free selection bias.
 //!
-//! Precision policy (DESIGN §8.9): the router runs in f32 whatever the activation dtype — the
-//! input is cast, the logits, probabilities and gates are f32 (f64 inputs stay f64 for gradient
-//! checks). Softmax comes before top-k. For `k = 1` the gate is the raw probability of the chosen
-//! expert (never renormalised: a renormalised top-1 gate is constantly 1 and the router would get
-//! no gradient from the task loss).
+//! Sources: Switch Transformer (Fedus et al. 2021, arXiv 2101.03961, §2.1–2.2: f32 router,
+//! top-1 gate = raw probability, multiplicative jitter); GShard (Lepikhin et al. 2020,
+//! arXiv 2006.16668, §2.2: top-2); Mixtral (Jiang et al. 2024, arXiv 2401.04088: top-2 with
+//! renormalised gates); DeepSeek-V3 (arXiv 2412.19437, §2.1.2: a per-expert bias added to the
+//! scores for selection only, updated by `±γ` after each step).
+//!
+//! Precision policy (DESIGN §8.9): the router runs in f32 whatever the activation dtype (f64
+//! stays f64 for gradient checks). Softmax comes before top-k, so gates are probabilities over
+//! *all* experts. For `k = 1` the gate is the raw probability of the chosen expert, never
+//! renormalised: a renormalised top-1 gate is constantly 1 and the router would get no gradient
+//! from the task loss.
 
-use crate::error::{ensure_config, Result};
+use crate::error::{Error, Result};
+use crate::moe::config::MoeConfig;
 use crate::nn::init::InitScheme;
 use crate::shape::{accumulate_kind, expect_device, expect_float, expect_shape};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
-/// The router's decision for a batch of `N` tokens routed among `E` experts, `k` each.
+/// Router logits and probabilities for `N` tokens over `E` experts.
+#[derive(Debug)]
+pub struct RouterScores {
+    /// Logits `h = x · W_rᵀ`, `[N, E]`, f32 (the z-loss is computed on these).
+    pub logits: Tensor,
+    /// `softmax(h)`, `[N, E]`, f32.
+    pub probs: Tensor,
+}
+
+/// A token-choice routing decision.
 #[derive(Debug)]
 pub struct Routing {
-    /// Router logits `h = x · W_rᵀ`, `[N, E]`, f32.
+    /// Logits, `[N, E]`, f32.
     pub logits: Tensor,
-    /// Router probabilities `softmax(h)`, `[N, E]`, f32.
+    /// Probabilities, `[N, E]`, f32.
     pub probs: Tensor,
-    /// Chosen experts, `[N, k]`, i64, column 0 the most probable.
+    /// Chosen experts, `[N, k]` i64; column 0 is the best choice.
     pub expert_index: Tensor,
-    /// Gate weights of the chosen experts, `[N, k]`, f32 (raw probabilities, or renormalised to
-    /// sum to 1 over the k choices when `normalize_gates` is set and `k > 1`).
+    /// Gate weights of the chosen experts, `[N, k]` f32: the unbiased probabilities, or those
+    /// renormalised over the k choices when `normalize_gates` is set and `k > 1`.
     pub gate: Tensor,
 }
 
-/// Linear router with softmax and top-k selection.
+/// Linear router.
 ///
-/// Parameters: `weight` `[E, D]`.
+/// Parameters: `weight` `[E, D]` (trainable); `expert_bias` `[E]` f32 (not trainable, only with
+/// aux-loss-free balancing).
 #[derive(Debug)]
 pub struct Router {
     /// Router weight `W_r`, `[E, D]`.
     pub weight: Tensor,
-    num_experts: i64,
+    /// Selection bias `b` for aux-loss-free balancing, `[E]` f32.
+    pub expert_bias: Option<Tensor>,
     top_k: i64,
     normalize_gates: bool,
+    jitter: f64,
 }
 
 impl Router {
-    /// Creates `<path>.weight` `[num_experts, d_model]` drawn from `N(0, init.std²)`.
+    /// Creates `<path>.weight` `[E, D]` drawn from `N(0, init.std²)`, and `<path>.expert_bias`
+    /// (zeros) when `config.balancing` is aux-loss-free.
     ///
     /// # Errors
-    /// [`crate::Error::Config`] if `num_experts` is 0 or `top_k` is not in `1..=num_experts`.
-    pub fn new(
-        path: &nn::Path,
-        d_model: usize,
-        num_experts: usize,
-        top_k: usize,
-        normalize_gates: bool,
-        init: &InitScheme,
-    ) -> Result<Self> {
-        ensure_config(num_experts > 0, || "num_experts (0) must be positive".into())?;
-        ensure_config(top_k >= 1 && top_k <= num_experts, || {
-            format!("top_k ({top_k}) must be between 1 and num_experts ({num_experts})")
-        })?;
-        let weight = init.normal(path, "weight", &[num_experts as i64, d_model as i64], init.std)?;
-        Ok(Self { weight, num_experts: num_experts as i64, top_k: top_k as i64, normalize_gates })
+    /// [`Error::Config`] from [`MoeConfig::validate`].
+    pub fn new(path: &nn::Path, d_model: usize, config: &MoeConfig, init: &InitScheme) -> Result<Self> {
+        config.validate()?;
+        let e = config.num_experts as i64;
+        let weight = init.normal(path, "weight", &[e, d_model as i64], init.std)?;
+        let expert_bias =
+            if config.balancing.is_aux_free() { Some(path.f_zeros_no_train("expert_bias", &[e])?) } else { None };
+        Ok(Self {
+            weight,
+            expert_bias,
+            top_k: config.top_k as i64,
+            normalize_gates: config.normalize_gates,
+            jitter: config.jitter,
+        })
     }
 
-    /// Routes each token to its top-k experts.
+    /// Number of experts `E`.
+    pub fn num_experts(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    /// Experts per token `k` (token choice).
+    pub fn top_k(&self) -> i64 {
+        self.top_k
+    }
+
+    /// Router logits and probabilities. In training with `jitter = ε > 0`, a *copy* of the input
+    /// is multiplied by noise drawn from `U(1 − ε, 1 + ε)` (Switch §2.2) — the experts still see
+    /// the clean input.
     ///
     /// # Shapes
-    /// `x`: `[N, D]` (any float dtype) → [`Routing`] with `[N, E]` and `[N, k]` tensors.
+    /// `x`: `[N, D]`, any float dtype → `[N, E]` f32 logits and probabilities.
     ///
     /// # Errors
-    /// [`crate::Error::Shape`] if `x` is not `[N, D]`, not floating point, or on another device.
-    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+    /// [`Error::Shape`] if `x` is not `[N, D]`, not floating point, or on another device.
+    pub fn scores(&self, x: &Tensor, train: bool) -> Result<RouterScores> {
         let d = self.weight.size()[1];
         expect_shape(x, "router input", "[N, D]", &[None, Some(d)])?;
         expect_float(x, "router input")?;
         expect_device(x, "router input", &self.weight)?;
         let acc = accumulate_kind(x);
-        let logits = x.f_to_kind(acc)?.f_linear::<Tensor>(&self.weight.f_to_kind(acc)?, None)?;
-        let probs = logits.f_softmax(-1, acc)?;
-        let (mut gate, expert_index) = probs.f_topk(self.top_k, -1, true, true)?;
-        if self.normalize_gates && self.top_k > 1 {
-            gate = gate.f_div(&gate.f_sum_dim_intlist(-1, true, acc)?)?;
+        let mut input = x.f_to_kind(acc)?;
+        if train && self.jitter > 0.0 {
+            let noise = input.f_rand_like()?.f_mul_scalar(2.0 * self.jitter)?.f_add_scalar(1.0 - self.jitter)?;
+            input = input.f_mul(&noise)?;
         }
+        let logits = input.f_linear::<Tensor>(&self.weight.f_to_kind(acc)?, None)?;
+        let probs = logits.f_softmax(-1, acc)?;
+        Ok(RouterScores { logits, probs })
+    }
+
+    /// Token-choice routing: scores, then each token's top-k experts.
+    ///
+    /// # Shapes
+    /// `x`: `[N, D]` → [`Routing`] with `[N, E]` and `[N, k]` tensors.
+    ///
+    /// # Errors
+    /// As [`Router::scores`].
+    pub fn route(&self, x: &Tensor, train: bool) -> Result<Routing> {
+        let RouterScores { logits, probs } = self.scores(x, train)?;
+        let (expert_index, gate) = select_top_k(&probs, self.top_k, self.normalize_gates, self.expert_bias.as_ref())?;
         Ok(Routing { logits, probs, expert_index, gate })
     }
 
-    /// Number of experts `E`.
-    pub fn num_experts(&self) -> i64 {
-        self.num_experts
+    /// Aux-loss-free balancing update (DeepSeek-V3 §2.1.2): `b_e += rate · sign(mean_e(c) − c_e)`
+    /// from the assignment counts `c` of a whole optimizer step. No-op without a bias.
+    ///
+    /// # Shapes
+    /// `counts`: `[E]` (any numeric dtype).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `counts` is not `[E]`.
+    pub fn update_expert_bias(&self, counts: &Tensor, rate: f64) -> Result<()> {
+        let Some(bias) = &self.expert_bias else { return Ok(()) };
+        let e = self.num_experts();
+        if counts.size() != [e] {
+            return Err(Error::Shape(format!("expert counts must have shape [{e}], got {:?}", counts.size())));
+        }
+        let c = counts.f_to_kind(Kind::Float)?.f_to_device(bias.device())?;
+        let step = c.f_mean(Kind::Float)?.f_sub(&c)?.f_sign()?.f_mul_scalar(rate)?;
+        tch::no_grad(|| -> Result<()> {
+            let _ = bias.shallow_clone().f_add_(&step)?;
+            Ok(())
+        })
     }
+}
 
-    /// Experts per token `k`.
-    pub fn top_k(&self) -> i64 {
-        self.top_k
+/// Top-k selection after the softmax. With `selection_bias`, experts are *chosen* by
+/// `probs + bias` but gated by the unbiased `probs` (DeepSeek-V3). With `normalize_gates` and
+/// `k > 1` the k gates are divided by their sum (Mixtral); `k = 1` always keeps the raw probability.
+///
+/// # Shapes
+/// `probs`: `[N, E]`; `selection_bias`: `[E]` → expert indices `[N, k]` i64 and gates `[N, k]`.
+///
+/// # Errors
+/// [`Error::Shape`] if `k` is not in `1..=E`.
+pub fn select_top_k(
+    probs: &Tensor,
+    k: i64,
+    normalize_gates: bool,
+    selection_bias: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (_, e) = probs.size2()?;
+    if k < 1 || k > e {
+        return Err(Error::Shape(format!("top_k ({k}) must be between 1 and the {e} experts")));
     }
+    let (mut gate, expert_index) = match selection_bias {
+        None => probs.f_topk(k, -1, true, true)?,
+        Some(bias) => {
+            let (_, index) = probs.f_add(&bias.f_to_kind(probs.kind())?)?.f_topk(k, -1, true, true)?;
+            (probs.f_gather(1, &index, false)?, index)
+        }
+    };
+    if normalize_gates && k > 1 {
+        gate = gate.f_div(&gate.f_sum_dim_intlist(-1, true, gate.kind())?)?;
+    }
+    Ok((expert_index, gate))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use crate::moe::config::Balancing;
+    use tch::Device;
 
-    const STD: InitScheme = InitScheme { std: 0.5, residual_std: 0.5, seed: 0 };
+    const INIT: InitScheme = InitScheme { std: 0.5, residual_std: 0.5, seed: 0 };
+
+    fn router(e: usize, k: usize, normalize: bool) -> (nn::VarStore, Router) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = MoeConfig { num_experts: e, top_k: k, normalize_gates: normalize, ..Default::default() };
+        let r = Router::new(&vs.root(), 4, &config, &INIT).unwrap();
+        (vs, r)
+    }
 
     #[test]
     fn top1_gate_is_the_raw_probability_and_gets_gradient() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let router = Router::new(&vs.root(), 4, 3, 1, true, &STD).unwrap();
+        let (_vs, router) = router(3, 1, true);
         let x = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
-        let r = router.route(&x).unwrap();
+        let r = router.route(&x, true).unwrap();
         let chosen = r.probs.gather(1, &r.expert_index, false);
         assert!(chosen.allclose(&r.gate, 0.0, 0.0, false));
         assert!(r.gate.lt(1.0).all().int64_value(&[]) == 1, "top-1 gate must not be renormalised to 1");
@@ -113,28 +209,60 @@ mod tests {
     }
 
     #[test]
-    fn top2_gates_renormalise_when_asked() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let router = Router::new(&vs.root(), 4, 5, 2, true, &STD).unwrap();
-        let r = router.route(&Tensor::randn([6, 4], (Kind::Float, Device::Cpu))).unwrap();
+    fn top2_gates_come_from_the_full_softmax_and_renormalise_only_when_asked() {
+        let (_vs, raw) = router(5, 2, false);
+        let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
+        let r = raw.route(&x, false).unwrap();
+        // Softmax before top-k: the two gates are probabilities over all five experts.
+        assert!(r.gate.allclose(&r.probs.gather(1, &r.expert_index, false), 0.0, 0.0, false));
+        assert!(r.gate.sum_dim_intlist(-1, false, Kind::Float).lt(1.0).all().int64_value(&[]) == 1);
+        let (_vs2, norm) = router(5, 2, true);
+        let r = norm.route(&x, false).unwrap();
         let sums = r.gate.sum_dim_intlist(-1, false, Kind::Float);
         assert!(sums.allclose(&Tensor::ones([6], (Kind::Float, Device::Cpu)), 1e-6, 1e-6, false));
     }
 
     #[test]
     fn router_runs_in_f32_for_bf16_input() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let router = Router::new(&vs.root(), 8, 4, 1, false, &STD).unwrap();
-        let x = Tensor::randn([3, 8], (Kind::BFloat16, Device::Cpu));
-        let r = router.route(&x).unwrap();
+        let (_vs, router) = router(4, 1, false);
+        let r = router.route(&Tensor::randn([3, 4], (Kind::BFloat16, Device::Cpu)), true).unwrap();
         assert_eq!(r.logits.kind(), Kind::Float);
         assert_eq!(r.gate.kind(), Kind::Float);
     }
 
     #[test]
-    fn invalid_top_k_is_named() {
+    fn jitter_only_in_training_and_only_on_the_router_copy() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let err = Router::new(&vs.root(), 4, 2, 3, false, &STD).unwrap_err();
-        assert_eq!(err.to_string(), "invalid config: top_k (3) must be between 1 and num_experts (2)");
+        let config = MoeConfig { num_experts: 4, jitter: 0.5, ..Default::default() };
+        let router = Router::new(&vs.root(), 4, &config, &INIT).unwrap();
+        let x = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+        let before = x.copy();
+        let eval1 = router.scores(&x, false).unwrap().logits;
+        let eval2 = router.scores(&x, false).unwrap().logits;
+        assert!(eval1.equal(&eval2), "no jitter in evaluation");
+        let train = router.scores(&x, true).unwrap().logits;
+        assert!(!train.equal(&eval1), "jitter in training");
+        assert!(x.equal(&before), "the input itself is never modified");
+    }
+
+    #[test]
+    fn selection_bias_changes_the_choice_but_not_the_gate() {
+        let probs = Tensor::from_slice(&[0.6f32, 0.4, 0.3, 0.7]).view([2, 2]);
+        let bias = Tensor::from_slice(&[0.0f32, 0.5]);
+        let (index, gate) = select_top_k(&probs, 1, false, Some(&bias)).unwrap();
+        assert_eq!(Vec::<i64>::try_from(index.view([-1])).unwrap(), vec![1, 1]);
+        assert_eq!(Vec::<f32>::try_from(gate.view([-1])).unwrap(), vec![0.4, 0.7]);
+    }
+
+    #[test]
+    fn aux_free_bias_moves_towards_balance() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config =
+            MoeConfig { num_experts: 3, balancing: Balancing::AuxFree { bias_update_rate: 0.1 }, ..Default::default() };
+        let router = Router::new(&vs.root(), 4, &config, &INIT).unwrap();
+        router.update_expert_bias(&Tensor::from_slice(&[6i64, 3, 0]), 0.1).unwrap();
+        let bias = Vec::<f32>::try_from(router.expert_bias.as_ref().unwrap()).unwrap();
+        assert_eq!(bias, vec![-0.1, 0.0, 0.1]);
+        assert!(!router.expert_bias.as_ref().unwrap().requires_grad());
     }
 }

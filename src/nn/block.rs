@@ -37,7 +37,7 @@ pub enum Ffn {
     /// Dense FFN.
     Dense(FeedForward),
     /// Mixture of experts.
-    Moe(MoeLayer),
+    Moe(Box<MoeLayer>),
 }
 
 /// Pre-norm transformer block.
@@ -64,7 +64,7 @@ impl Block {
     pub fn new(path: &nn::Path, d_model: usize, config: &BlockConfig, init: &InitScheme) -> Result<Self> {
         let ffn = match &config.ffn {
             FfnConfig::Dense(c) => Ffn::Dense(FeedForward::new(&(path / "ffn"), d_model, c, init)?),
-            FfnConfig::Moe(c) => Ffn::Moe(MoeLayer::new(&(path / "moe"), d_model, c, init)?),
+            FfnConfig::Moe(c) => Ffn::Moe(Box::new(MoeLayer::new(&(path / "moe"), d_model, c, init)?)),
         };
         Ok(Self {
             attn_norm: RmsNorm::new(&(path / "attn_norm"), d_model as i64, config.norm_eps)?,
@@ -80,19 +80,24 @@ impl Block {
         matches!(self.ffn, Ffn::Moe(_))
     }
 
+    /// `mask` (`[B, T]`, true/non-zero = real token) is passed to the MoE layer, where masked
+    /// tokens take no capacity, get a zero FFN output and are left out of the losses.
+    /// Attention is causal; with right padding no real token attends to a padded one.
+    ///
     /// # Shapes
-    /// `x`: `[B, T, D]` → `[B, T, D]`, and the MoE layer's aux record when the FFN is an MoE.
+    /// `x`: `[B, T, D]`, `mask`: `[B, T]` → `[B, T, D]`, and the MoE layer's aux record when the
+    /// FFN is an MoE.
     ///
     /// # Errors
-    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Option<MoeAux>)> {
+    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]` or the mask is not `[B, T]`.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<(Tensor, Option<MoeAux>)> {
         expect_shape(x, "block input", "[B, T, D]", &[None, None, Some(self.d_model)])?;
         let x = x.f_add(&self.attn.forward(&self.attn_norm.forward(x)?)?)?;
         let h = self.ffn_norm.forward(&x)?;
         let (y, aux) = match &self.ffn {
             Ffn::Dense(ffn) => (ffn.forward(&h)?, None),
             Ffn::Moe(moe) => {
-                let (y, aux) = moe.forward_t(&h, train)?;
+                let (y, aux) = moe.forward_masked_t(&h, mask, train)?;
                 (y, Some(aux))
             }
         };

@@ -14,6 +14,8 @@ pub enum Activation {
     /// `w_out · gelu(w_in · x)` (exact, erf-based GELU).
     #[default]
     Gelu,
+    /// `w_out · relu(w_in · x)` (the original Transformer and Switch Transformer experts).
+    Relu,
     /// `w_out · (silu(w_gate · x) ⊙ (w_in · x))`.
     SwiGlu,
 }
@@ -31,6 +33,7 @@ impl Activation {
     pub(crate) fn apply(self, h: &Tensor, gate: Option<&Tensor>) -> Result<Tensor> {
         Ok(match (self, gate) {
             (Activation::Gelu, _) => h.f_gelu("none")?,
+            (Activation::Relu, _) => h.f_relu()?,
             (Activation::SwiGlu, Some(g)) => g.f_silu()?.f_mul(h)?,
             (Activation::SwiGlu, None) => return Err(crate::Error::Config("SwiGLU needs a gate projection".into())),
         })

@@ -24,6 +24,8 @@ pub struct MoeLayerMetrics {
     pub router_entropy: f64,
     /// Assignments per expert before capacity.
     pub tokens_per_expert: Vec<i64>,
+    /// Most loaded expert's assignments over the mean (1 = perfectly balanced).
+    pub max_load: f64,
 }
 
 /// One line of `metrics.jsonl`.

@@ -198,7 +198,10 @@ impl<'a> Trainer<'a> {
     /// non-finite (or the LM loss / gradient); the parameters are left unchanged in that case.
     pub fn step(&mut self) -> Result<StepStats> {
         let step = self.step + 1;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
+        let step_seed = self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step;
+        // libtorch's generator drives router jitter: reseed it per step so runs are reproducible.
+        tch::manual_seed((step_seed >> 1) as i64);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed);
         let batch = self.train.random_batch(self.config.batch_size, self.config.seq_len, &mut rng, self.device)?;
         let out = self.model.forward_t(&batch.inputs, true)?;
         let lm = Self::lm_loss(&out.logits, &batch.targets)?;
@@ -223,13 +226,17 @@ impl<'a> Trainer<'a> {
                     ),
                 });
             }
+            let tokens_per_expert = Vec::<i64>::try_from(&m.tokens_per_expert.f_to_device(Device::Cpu)?)?;
+            let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
+            let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
             moe_layers.push(MoeLayerMetrics {
                 layer,
                 load_balancing_loss,
                 z_loss,
                 dropped_frac: m.dropped_fraction,
                 router_entropy: m.router_entropy.f_double_value(&[])?,
-                tokens_per_expert: Vec::<i64>::try_from(&m.tokens_per_expert.f_to_device(Device::Cpu)?)?,
+                max_load: if mean > 0.0 { max / mean } else { 0.0 },
+                tokens_per_expert,
             });
         }
         let loss = lm.f_double_value(&[])?;
@@ -245,6 +252,9 @@ impl<'a> Trainer<'a> {
         }
         let lr = self.schedule.lr_at(step);
         self.optimizer.step(lr)?;
+        let counts: Vec<(usize, Tensor)> =
+            out.aux.moe_layers().map(|(layer, m)| (layer, m.tokens_per_expert.shallow_clone())).collect();
+        self.model.update_expert_biases(&counts)?;
         self.step = step;
         Ok(StepStats {
             step,

@@ -1,0 +1,93 @@
+"""Reference outputs of Hugging Face transformers layers for the Rust parity tests.
+
+Usage: python tests/python/hf_fixtures.py OUT_DIR
+
+Writes OUT_DIR/switch.safetensors and OUT_DIR/mixtral.safetensors. Weights are stored in
+altup-moe's layout (router [E, D], experts w_in/w_gate [E, D, F], w_out [E, F, D]) next to the
+inputs and the Hugging Face outputs; tests/hf_parity.rs loads them into our layers and compares.
+"""
+
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import MixtralConfig, SwitchTransformersConfig
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+from transformers.models.switch_transformers.modeling_switch_transformers import (
+    SwitchTransformersSparseMLP,
+    load_balancing_loss_func,
+    router_z_loss_func,
+)
+
+D, F, E = 16, 32, 4
+
+
+def switch_fixture():
+    # Capacity 64 per sequence never binds for 12 tokens: outputs are comparable with dropless.
+    config = SwitchTransformersConfig(
+        d_model=D, d_ff=F, num_experts=E, expert_capacity=64, router_jitter_noise=0.0,
+        dense_act_fn="gelu", router_bias=False, router_dtype="float32", dropout_rate=0.0,
+    )
+    mlp = SwitchTransformersSparseMLP(config).eval()
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(2, 12, D)
+    with torch.no_grad():
+        _, _, logits = mlp.router(x)
+        probs = torch.softmax(logits, dim=-1)
+        y = mlp(x)
+        z_loss = router_z_loss_func(logits)
+        # Hugging Face balances per group (sequence): compare on a single sequence.
+        balance = load_balancing_loss_func(probs[:1], probs[:1].argmax(-1))
+    experts = [mlp.experts[f"expert_{e}"] for e in range(E)]
+    return {
+        "x": x,
+        "router.weight": mlp.router.classifier.weight.detach(),
+        "experts.w_in": torch.stack([ex.wi.weight.detach().t() for ex in experts]),
+        "experts.w_out": torch.stack([ex.wo.weight.detach().t() for ex in experts]),
+        "logits": logits,
+        "probs": probs,
+        "expert_index": probs.argmax(-1),
+        "y": y,
+        "z_loss": z_loss.reshape(1),
+        "balance_loss_first_sequence": balance.reshape(1),
+    }
+
+
+def mixtral_fixture():
+    config = MixtralConfig(
+        hidden_size=D, intermediate_size=F, num_local_experts=E, num_experts_per_tok=2,
+        router_jitter_noise=0.0, hidden_act="silu",
+    )
+    block = MixtralSparseMoeBlock(config).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        y = block(x)
+    gate_up = block.experts.gate_up_proj.detach()  # [E, 2F, D]: gate rows first, then up rows
+    return {
+        "x": x,
+        "router.weight": block.gate.weight.detach(),
+        "experts.w_gate": gate_up[:, :F, :].transpose(1, 2),
+        "experts.w_in": gate_up[:, F:, :].transpose(1, 2),
+        "experts.w_out": block.experts.down_proj.detach().transpose(1, 2),
+        "y": y,
+    }
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "target/hf-fixtures"
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    for name, make in [("switch", switch_fixture), ("mixtral", mixtral_fixture)]:
+        tensors = {k: v.contiguous() for k, v in make().items()}
+        save_file(tensors, os.path.join(out, f"{name}.safetensors"))
+    print(f"wrote Hugging Face fixtures to {out}")
+
+
+if __name__ == "__main__":
+    main()
