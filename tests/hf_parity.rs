@@ -84,3 +84,48 @@ fn mixtral_top2_block_matches_hugging_face() {
     let (y, _) = layer.forward_t(&f["x"], false).unwrap();
     assert_close(&y, &f["y"], "Mixtral block output");
 }
+
+/// `Gemma3nTextAltUp` (K = 4, batch 2, sequence 3): predict and correct, in evaluation and in
+/// training (where the coefficient clip binds), for active block 0 and 2.
+#[test]
+fn gemma3n_altup_predict_and_correct_match_hugging_face() {
+    use altup_moe::altup::{AltUp, AltUpCoefficients, Coefficients, ComputeInput};
+    for name in ["gemma3n_altup_active0", "gemma3n_altup_active2"] {
+        let f = fixture(name);
+        let x = &f["x"];
+        let (k, d) = (x.size()[0] as usize, x.size()[3] as usize);
+        let clip = f["clip"].double_value(&[0]);
+        let active = f["active"].int64_value(&[0]) as usize;
+        let vs = VarStore::new(Device::Cpu);
+        let altup = AltUp::new(
+            &vs.root(),
+            k,
+            d,
+            Coefficients::InputDependent { clip: Some(clip) },
+            ComputeInput::Prediction,
+            &InitScheme::default(),
+        )
+        .unwrap();
+        let AltUpCoefficients::InputDependent { router_norm, router, prediction_coefs, correction_coefs, .. } =
+            &altup.coefficients
+        else {
+            unreachable!()
+        };
+        tch::no_grad(|| {
+            router_norm.weight.shallow_clone().copy_(&f["router_norm.weight"]);
+            router.shallow_clone().copy_(&f["router.weight"]);
+            prediction_coefs.shallow_clone().copy_(&f["prediction_coefs.weight"]);
+            correction_coefs.shallow_clone().copy_(&f["correction_coefs.weight"]);
+        });
+        for (train, tag) in [(false, "eval"), (true, "train")] {
+            let predicted = altup.predict(x, active, train).unwrap();
+            assert_close(&predicted, &f[&format!("predict_{tag}")], &format!("{name} predict ({tag})"));
+            let corrected = altup.correct(&f[&format!("predict_{tag}")], &f["activated"], active, train).unwrap();
+            assert_close(&corrected, &f[&format!("correct_{tag}")], &format!("{name} correct ({tag})"));
+        }
+        assert!(
+            prediction_coefs.equal(&f["prediction_coefs.weight"]),
+            "clipping must not modify the parameters (Hugging Face clamps them in place)"
+        );
+    }
+}

@@ -177,7 +177,7 @@ fn each_invalid_config_returns_its_error() {
         (Box::new(|c| c.ffn.d_ff = 0), "d_ff (0) must be positive"),
         (Box::new(|c| c.moe_layers = MoeLayers::List { layers: vec![1, 9] }), "moe_layers entry (9) must be < num_layers (3)"),
         (Box::new(|c| c.moe_layers = MoeLayers::Every { every: 0, offset: 0 }), "moe_layers.every (0) must be positive"),
-        (Box::new(|c| c.tie_embeddings = true), "tie_embeddings needs an embedding as wide as d_model (16), but AltUp makes it K·d = 32; set tie_embeddings to false"),
+        (Box::new(|c| c.tie_embeddings = true), "tie_embeddings needs an embedding as wide as d_model (16), but the AltUp wide embedding makes it K·d = 32; set tie_embeddings to false or use recycled/projected widening"),
         (Box::new(|c| c.attention.num_heads = 16), "head dimension (1) must be even for rotary embeddings"),
         (Box::new(|c| c.norm_eps = 0.0), "norm_eps (0) must be positive and finite"),
         (Box::new(|c| c.altup.as_mut().unwrap().output = OutputReduction::Block(2)), "altup output block (2) must be < num_blocks (2)"),

@@ -1,6 +1,6 @@
 //! The serde model configuration, validated once when the model is built.
 
-use crate::altup::AltUpConfig;
+use crate::altup::{AltUpConfig, SequenceAltUpConfig};
 use crate::error::{ensure_config, Error, Result};
 use crate::moe::MoeConfig;
 use crate::nn::{AttentionConfig, BlockConfig, FeedForwardConfig, FfnConfig};
@@ -68,6 +68,8 @@ pub struct ModelConfig {
     pub moe_layers: MoeLayers,
     /// AltUp widening; `None` = a plain stack.
     pub altup: Option<AltUpConfig>,
+    /// Sequence-AltUp on every block (each block runs on every `stride`-th token); `None` = off.
+    pub sequence_altup: Option<SequenceAltUpConfig>,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
     /// Share the embedding table with the output head (only when the embedding is `D` wide).
@@ -92,6 +94,7 @@ impl Default for ModelConfig {
             moe: None,
             moe_layers: MoeLayers::default(),
             altup: None,
+            sequence_altup: None,
             norm_eps: 1e-6,
             tie_embeddings: false,
             init_std: 0.02,
@@ -143,11 +146,14 @@ impl ModelConfig {
         if let Some(altup) = &self.altup {
             altup.validate()?;
         }
+        if let Some(seq) = &self.sequence_altup {
+            seq.validate()?;
+        }
         if self.tie_embeddings {
             let width = self.embedding_width();
             ensure_config(width == self.d_model, || {
                 format!(
-                    "tie_embeddings needs an embedding as wide as d_model ({}), but AltUp makes it K·d = {width}; set tie_embeddings to false",
+                    "tie_embeddings needs an embedding as wide as d_model ({}), but the AltUp wide embedding makes it K·d = {width}; set tie_embeddings to false or use recycled/projected widening",
                     self.d_model
                 )
             })?;
@@ -160,9 +166,9 @@ impl ModelConfig {
         self.altup.as_ref().map_or(1, |a| a.num_blocks)
     }
 
-    /// Width of the embedding table: `K·D` with AltUp, `D` otherwise.
+    /// Width of the embedding table: `K·D` with an AltUp wide embedding, `D` otherwise.
     pub fn embedding_width(&self) -> usize {
-        self.altup_blocks() * self.d_model
+        self.altup.as_ref().map_or(self.d_model, |a| a.embedding_width(self.d_model))
     }
 
     /// Whether block `layer` has an MoE FFN.

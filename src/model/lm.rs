@@ -1,22 +1,24 @@
 //! Decoder-only language model: embedding → (AltUp widen) → blocks → (AltUp collapse) → norm → head.
 
-use crate::altup::{split_blocks, AltUp, Collapse};
+use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::output::{LayerAux, ModelAux, ModelOutput};
 use crate::model::params::ParamCounts;
+use crate::moe::MoeAux;
 use crate::nn::{Block, Embedding, Ffn, InitScheme, Linear, RmsNorm};
 use crate::shape::cast_like;
 use tch::{nn, Kind, Tensor};
 
 /// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
-/// AltUp+MoE depending on the config.
+/// AltUp+MoE (and Recycled-, Sequence- or Gemma-3n-style AltUp) depending on the config.
 ///
 /// Parameter names mirror the module tree: `embed.weight`, `blocks.{l}.attn_norm.weight`,
 /// `blocks.{l}.attn.{qkv,out}.weight`, `blocks.{l}.ffn_norm.weight`,
 /// `blocks.{l}.ffn.{w_in,w_gate,w_out}.weight` or `blocks.{l}.moe.router.weight` and
 /// `blocks.{l}.moe.experts.{w_in,w_gate,w_out}`, `blocks.{l}.altup.{predictor,corrector}`,
-/// `collapse.weight`, `final_norm.weight`, `head.weight`.
+/// `blocks.{l}.seq_altup.{alpha,beta,gamma}`, `collapse.weight`, `widen.{i}.weight`,
+/// `unwiden.{i}.weight`, `final_norm.weight`, `head.weight`.
 ///
 /// ```
 /// use altup_moe::{Arch, LanguageModel, ModelConfig};
@@ -42,7 +44,8 @@ pub struct LanguageModel {
     embed: Embedding,
     blocks: Vec<Block>,
     altup: Vec<AltUp>,
-    collapse: Option<Collapse>,
+    widening: Option<AltUpWidening>,
+    sequence_altup: Vec<SequenceAltUp>,
     final_norm: RmsNorm,
     head: Option<Linear>,
 }
@@ -59,26 +62,25 @@ impl LanguageModel {
         let d = config.d_model;
         let embed = Embedding::new(&(path / "embed"), config.vocab_size, config.embedding_width(), &init)?;
         let mut blocks = Vec::with_capacity(config.num_layers);
-        let mut altup = Vec::new();
+        let (mut altup, mut sequence_altup) = (Vec::new(), Vec::new());
         for layer in 0..config.num_layers {
             let block_path = path / "blocks" / layer;
             blocks.push(Block::new(&block_path, d, &config.block_config(layer), &init)?);
             if let Some(a) = &config.altup {
-                altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks)?);
+                altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks, d, a.coefficients, a.compute_on, &init)?);
+            }
+            if let Some(s) = &config.sequence_altup {
+                sequence_altup.push(SequenceAltUp::new(&(&block_path / "seq_altup"), s)?);
             }
         }
-        let collapse = config
-            .altup
-            .as_ref()
-            .map(|a| Collapse::new(&(path / "collapse"), a.output, a.num_blocks, d))
-            .transpose()?;
+        let widening = config.altup.as_ref().map(|a| AltUpWidening::new(path, a, d, &init)).transpose()?;
         let final_norm = RmsNorm::new(&(path / "final_norm"), d as i64, config.norm_eps)?;
         let head = if config.tie_embeddings {
             None
         } else {
             Some(Linear::new(&(path / "head"), d as i64, config.vocab_size as i64, init.std, &init)?)
         };
-        Ok(Self { config: config.clone(), embed, blocks, altup, collapse, final_norm, head })
+        Ok(Self { config: config.clone(), embed, blocks, altup, widening, sequence_altup, final_norm, head })
     }
 
     /// The model's configuration.
@@ -94,6 +96,11 @@ impl LanguageModel {
     /// The AltUp layers, one per block (empty without AltUp).
     pub fn altup_layers(&self) -> &[AltUp] {
         &self.altup
+    }
+
+    /// The device of the model's parameters.
+    pub fn device(&self) -> tch::Device {
+        self.embed.weight.device()
     }
 
     /// Applies the aux-loss-free bias update of every MoE layer that uses it, from per-layer
@@ -119,7 +126,8 @@ impl LanguageModel {
 
     /// Next-token logits for a batch of token sequences.
     ///
-    /// `train` selects the training capacity factor of MoE layers and enables router jitter.
+    /// `train` selects the training capacity factor of MoE layers, enables router jitter and
+    /// AltUp coefficient clipping.
     ///
     /// # Shapes
     /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len` → logits `[B, T, V]` f32
@@ -168,22 +176,22 @@ impl LanguageModel {
         }
         let embedded = self.embed.forward(tokens)?;
         let mut layers = Vec::with_capacity(self.blocks.len());
-        let hidden = match (&self.config.altup, &self.collapse) {
-            (Some(altup_config), Some(collapse)) => {
+        let hidden = match (&self.config.altup, &self.widening) {
+            (Some(altup_config), Some(widening)) => {
                 let k = altup_config.num_blocks;
-                let mut x = split_blocks(&embedded, k as i64)?;
-                for (layer, (block, altup)) in self.blocks.iter().zip(&self.altup).enumerate() {
+                let mut x = widening.widen(&embedded)?;
+                for (layer, altup) in self.altup.iter().enumerate() {
                     let active = altup_config.selection.active_block(layer, k);
-                    let (y, moe) = altup.forward_t(&x, active, |a| block.forward_t(a, mask, train))?;
+                    let (y, moe) = altup.forward_t(&x, active, train, |a| self.run_block(layer, a, mask, train))?;
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }
-                collapse.forward(&x)?
+                widening.collapse(&x)?
             }
             _ => {
                 let mut x = embedded;
-                for (layer, block) in self.blocks.iter().enumerate() {
-                    let (y, moe) = block.forward_t(&x, mask, train)?;
+                for layer in 0..self.blocks.len() {
+                    let (y, moe) = self.run_block(layer, &x, mask, train)?;
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }
@@ -196,5 +204,22 @@ impl LanguageModel {
             None => normed.f_linear::<Tensor>(&cast_like(&self.embed.weight, &normed)?, None)?,
         };
         Ok(ModelOutput { logits: logits.f_to_kind(Kind::Float)?, aux: ModelAux { layers } })
+    }
+
+    /// Block `layer` on `[B, T, D]`, through Sequence-AltUp when configured.
+    fn run_block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Option<MoeAux>)> {
+        let block = &self.blocks[layer];
+        match self.sequence_altup.get(layer) {
+            Some(seq) => seq.forward_t(x, mask, |anchors, positions, anchor_mask| {
+                block.forward_at(anchors, anchor_mask, Some(positions), train)
+            }),
+            None => block.forward_t(x, mask, train),
+        }
     }
 }

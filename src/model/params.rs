@@ -1,6 +1,5 @@
 //! Parameter accounting (DESIGN §8.15), computed from the config alone.
 
-use crate::altup::OutputReduction;
 use crate::model::config::ModelConfig;
 use crate::moe::RouterKind;
 use serde::Serialize;
@@ -19,7 +18,7 @@ pub struct ParamCounts {
     pub expert: usize,
     /// Router parameters.
     pub router: usize,
-    /// AltUp predictor/corrector scalars plus a projection collapse, if any.
+    /// AltUp coefficients (all layers), widening/collapse projections, and Sequence-AltUp scalars.
     pub altup: usize,
     /// Embedding table (and the head when it is separate).
     pub embedding: usize,
@@ -32,12 +31,12 @@ impl ModelConfig {
     /// * per block: attention `4·D²`, two norms `2·D`, and a dense FFN (`2·D·F`, SwiGLU `3·D·F`)
     ///   or an MoE (router `E·D` + `E` routed experts of `2·D·F` / `3·D·F` each, + `S` shared
     ///   experts of the same size, always active);
-    /// * AltUp: `K² + K` per block, plus `D·K·D` for a projection collapse.
+    /// * AltUp: `K² + K` per block (input-dependent: `D + K·D + K³ + K²`), plus `K·D²` for a
+    ///   projection collapse or `2(K−1)·D²` for projected widening; Sequence-AltUp: `3(s−1)` per block.
     pub fn param_counts(&self) -> ParamCounts {
         let (v, d) = (self.vocab_size, self.d_model);
-        let k = self.altup_blocks();
         let head = if self.tie_embeddings { 0 } else { v * d };
-        let embedding = v * k * d + head;
+        let embedding = v * self.embedding_width() + head;
         let (mut expert, mut router, mut inactive) = (0, 0, 0);
         let mut blocks = 0;
         for layer in 0..self.num_layers {
@@ -60,10 +59,8 @@ impl ModelConfig {
                 _ => blocks += self.ffn.num_params(d),
             }
         }
-        let altup = self.altup.as_ref().map_or(0, |a| {
-            let collapse = if a.output == OutputReduction::Projection { d * k * d } else { 0 };
-            self.num_layers * a.params_per_layer() + collapse
-        });
+        let altup = self.altup.as_ref().map_or(0, |a| self.num_layers * a.params_per_layer(d) + a.widening_params(d))
+            + self.sequence_altup.as_ref().map_or(0, |s| self.num_layers * s.params_per_layer());
         let total = embedding + blocks + expert + router + altup + d;
         ParamCounts { total, active_per_token: total - inactive, expert, router, altup, embedding }
     }

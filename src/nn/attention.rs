@@ -76,20 +76,21 @@ impl SelfAttention {
         })
     }
 
-    /// Causal self-attention: position `t` attends to positions `0..=t` of the same sequence.
+    /// Causal self-attention: token `t` attends to tokens `0..=t` of the same sequence. Rotary
+    /// angles use `positions` (`[T]`, e.g. the strided anchors of Sequence-AltUp) or `0..T`.
     ///
     /// # Shapes
-    /// `x`: `[B, T, D]` → `[B, T, D]`.
+    /// `x`: `[B, T, D]`, `positions`: `[T]` → `[B, T, D]`.
     ///
     /// # Errors
-    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]` or `positions` is not `[T]`.
+    pub fn forward(&self, x: &Tensor, positions: Option<&Tensor>) -> Result<Tensor> {
         let d = self.num_heads * self.head_dim;
         expect_shape(x, "attention input", "[B, T, D]", &[None, None, Some(d)])?;
         let (b, t) = (x.size()[0], x.size()[1]);
         let qkv = self.qkv.forward(x)?.f_view([b, t, 3, self.num_heads, self.head_dim])?.f_permute([2, 0, 3, 1, 4])?; // [3, B, H, T, hd]
-        let q = self.rope.apply(&qkv.f_select(0, 0)?, 0)?;
-        let k = self.rope.apply(&qkv.f_select(0, 1)?, 0)?;
+        let q = self.rope.apply(&qkv.f_select(0, 0)?, positions)?;
+        let k = self.rope.apply(&qkv.f_select(0, 1)?, positions)?;
         let v = qkv.f_select(0, 2)?;
         let y = Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?;
         let y = y.f_transpose(1, 2)?.f_contiguous()?.f_view([b, t, d])?;
@@ -109,7 +110,7 @@ mod tests {
         let x = Tensor::randn([2, 6, 16], (Kind::Float, Device::Cpu));
         let x2 = x.copy();
         let _ = x2.narrow(1, 4, 2).fill_(3.0);
-        let (y, y2) = (attn.forward(&x).unwrap(), attn.forward(&x2).unwrap());
+        let (y, y2) = (attn.forward(&x, None).unwrap(), attn.forward(&x2, None).unwrap());
         assert!(y.narrow(1, 0, 4).allclose(&y2.narrow(1, 0, 4), 1e-6, 1e-6, false));
         assert!(!y.narrow(1, 4, 2).allclose(&y2.narrow(1, 4, 2), 1e-3, 1e-3, false));
     }

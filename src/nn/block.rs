@@ -91,8 +91,23 @@ impl Block {
     /// # Errors
     /// [`crate::Error::Shape`] if `x` is not `[B, T, D]` or the mask is not `[B, T]`.
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<(Tensor, Option<MoeAux>)> {
+        self.forward_at(x, mask, None, train)
+    }
+
+    /// [`Block::forward_t`] with explicit rotary positions `[T]` (default `0..T`), as used by
+    /// Sequence-AltUp for its strided anchor tokens.
+    ///
+    /// # Errors
+    /// As [`Block::forward_t`], plus [`crate::Error::Shape`] if `positions` is not `[T]`.
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        positions: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Option<MoeAux>)> {
         expect_shape(x, "block input", "[B, T, D]", &[None, None, Some(self.d_model)])?;
-        let x = x.f_add(&self.attn.forward(&self.attn_norm.forward(x)?)?)?;
+        let x = x.f_add(&self.attn.forward(&self.attn_norm.forward(x)?, positions)?)?;
         let h = self.ffn_norm.forward(&x)?;
         let (y, aux) = match &self.ffn {
             Ffn::Dense(ffn) => (ffn.forward(&h)?, None),

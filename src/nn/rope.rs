@@ -28,14 +28,16 @@ impl Rope {
         Ok(Self { head_dim, theta })
     }
 
-    /// Rotates queries or keys by their absolute positions `offset .. offset + T`.
+    /// Rotates queries or keys by their absolute positions: `positions` (`[T]`, integer or
+    /// float), or `0 .. T` when `None`.
     ///
     /// # Shapes
     /// `x`: `[B, H, T, head_dim]` → same shape and dtype. The angles are computed in f32.
     ///
     /// # Errors
-    /// [`Error::Shape`] if the last dimension is not `head_dim` or `x` is not 4-D.
-    pub fn apply(&self, x: &Tensor, offset: i64) -> Result<Tensor> {
+    /// [`Error::Shape`] if the last dimension is not `head_dim`, `x` is not 4-D, or `positions`
+    /// does not have `T` entries.
+    pub fn apply(&self, x: &Tensor, positions: Option<&Tensor>) -> Result<Tensor> {
         let size = x.size();
         if size.len() != 4 || size[3] != self.head_dim {
             return Err(Error::Shape(format!(
@@ -49,7 +51,11 @@ impl Rope {
         let opts = (acc, x.device());
         let exponents = Tensor::f_arange(half, opts)?.f_mul_scalar(-2.0 / self.head_dim as f64)?;
         let inv_freq = Tensor::f_full([half], self.theta, opts)?.f_pow(&exponents)?;
-        let positions = Tensor::f_arange_start(offset, offset + t, opts)?;
+        let positions = match positions {
+            Some(p) if p.size() == [t] => p.f_to_kind(acc)?.f_to_device(x.device())?,
+            Some(p) => return Err(Error::Shape(format!("rotary positions must have shape [{t}], got {:?}", p.size()))),
+            None => Tensor::f_arange(t, opts)?,
+        };
         let angles = positions.f_outer(&inv_freq)?; // [T, half]
         let (cos, sin) = (angles.f_cos()?, angles.f_sin()?);
         let x32 = x.f_to_kind(acc)?;
@@ -73,7 +79,7 @@ mod tests {
     fn rotation_preserves_norm_and_position_zero_is_identity() {
         let rope = Rope::new(8, 10_000.0).unwrap();
         let x = Tensor::randn([2, 3, 5, 8], (Kind::Float, Device::Cpu));
-        let y = rope.apply(&x, 0).unwrap();
+        let y = rope.apply(&x, None).unwrap();
         let norms_x = x.square().sum_dim_intlist(-1, false, Kind::Float);
         let norms_y = y.square().sum_dim_intlist(-1, false, Kind::Float);
         assert!(norms_x.allclose(&norms_y, 1e-5, 1e-5, false));
@@ -86,7 +92,10 @@ mod tests {
         let rope = Rope::new(8, 10_000.0).unwrap();
         let q = Tensor::randn([1, 1, 4, 8], (Kind::Double, Device::Cpu));
         let k = Tensor::randn([1, 1, 4, 8], (Kind::Double, Device::Cpu));
-        let scores = |off| rope.apply(&q, off).unwrap().matmul(&rope.apply(&k, off).unwrap().transpose(-1, -2));
+        let scores = |off: i64| {
+            let p = Tensor::arange_start(off, off + 4, (Kind::Int64, Device::Cpu));
+            rope.apply(&q, Some(&p)).unwrap().matmul(&rope.apply(&k, Some(&p)).unwrap().transpose(-1, -2))
+        };
         assert!(scores(0).allclose(&scores(37), 1e-9, 1e-9, false));
     }
 

@@ -2,8 +2,9 @@
 
 Usage: python tests/python/hf_fixtures.py OUT_DIR
 
-Writes OUT_DIR/switch.safetensors and OUT_DIR/mixtral.safetensors. Weights are stored in
-altup-moe's layout (router [E, D], experts w_in/w_gate [E, D, F], w_out [E, F, D]) next to the
+Writes OUT_DIR/{switch, mixtral, gemma3n_altup_active0, gemma3n_altup_active2}.safetensors.
+Weights are stored in altup-moe's layout (router [E, D], experts w_in/w_gate [E, D, F], w_out
+[E, F, D]; AltUp router [K, D], prediction_coefs [K², K], correction_coefs [K, K]) next to the
 inputs and the Hugging Face outputs; tests/hf_parity.rs loads them into our layers and compares.
 """
 
@@ -12,7 +13,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import MixtralConfig, SwitchTransformersConfig
+from transformers import Gemma3nTextConfig, MixtralConfig, SwitchTransformersConfig
+from transformers.models.gemma3n.modeling_gemma3n import Gemma3nTextAltUp
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 from transformers.models.switch_transformers.modeling_switch_transformers import (
     SwitchTransformersSparseMLP,
@@ -79,11 +81,54 @@ def mixtral_fixture():
     }
 
 
+def gemma3n_fixture(active):
+    """Gemma3nTextAltUp, K = 4, predict and correct in evaluation and training (clip binds)."""
+    k, d, clip = 4, 16, 0.4
+    config = Gemma3nTextConfig(
+        hidden_size=d, altup_num_inputs=k, altup_active_idx=active, altup_coef_clip=clip, rms_norm_eps=1e-6,
+    )
+    altup = Gemma3nTextAltUp(config)
+    with torch.no_grad():
+        for name, p in altup.named_parameters():
+            p.normal_(1.0 if name == "router_norm.weight" else 0.0, 0.5)
+    weights = {name: p.detach().clone() for name, p in altup.named_parameters()}
+    x = torch.randn(k, 2, 3, d)
+    activated = torch.randn(2, 3, d)
+    out = {
+        "x": x,
+        "activated": activated,
+        "router_norm.weight": weights["router_norm.weight"],
+        "router.weight": weights["modality_router.weight"],
+        "prediction_coefs.weight": weights["prediction_coefs.weight"],
+        "correction_coefs.weight": weights["correction_coefs.weight"],
+        "clip": torch.tensor([clip]),
+        "active": torch.tensor([active]),
+    }
+    with torch.no_grad():
+        altup.eval()
+        pred = altup.predict(x)
+        out["predict_eval"] = pred
+        out["correct_eval"] = altup.correct(pred, activated)
+        # In training Hugging Face clamps prediction_coefs in place and correction_coefs
+        # functionally; we clamp both functionally, which gives the same numbers.
+        altup.train()
+        pred = altup.predict(x)
+        out["predict_train"] = pred
+        out["correct_train"] = altup.correct(pred, activated)
+    return out
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/hf-fixtures"
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
-    for name, make in [("switch", switch_fixture), ("mixtral", mixtral_fixture)]:
+    makers = [
+        ("switch", switch_fixture),
+        ("mixtral", mixtral_fixture),
+        ("gemma3n_altup_active0", lambda: gemma3n_fixture(0)),
+        ("gemma3n_altup_active2", lambda: gemma3n_fixture(2)),
+    ]
+    for name, make in makers:
         tensors = {k: v.contiguous() for k, v in make().items()}
         save_file(tensors, os.path.join(out, f"{name}.safetensors"))
     print(f"wrote Hugging Face fixtures to {out}")
