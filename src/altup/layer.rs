@@ -160,9 +160,9 @@ impl AltUp {
                 let mut c_shape = lead.clone();
                 c_shape.extend([k, k]);
                 let c = m.f_linear::<Tensor>(&w, None)?.f_view(c_shape.as_slice())?; // [B, T, K, K]
-                let moved = x32.f_movedim(&[0], &[-2])?; // [B, T, K, D]
+                let moved = x32.f_movedim([0], [-2])?; // [B, T, K, D]
                 let mixed = c.f_matmul(&moved)?.f_add(&moved)?; // x_i + Σ_j C[i,j] x_j
-                mixed.f_movedim(&[-2], &[0])?
+                mixed.f_movedim([-2], [0])?
             }
         };
         Ok(pred.f_to_kind(x.kind())?)
@@ -206,7 +206,7 @@ impl AltUp {
                 let m = Self::modalities(router_norm, router, computed)?; // [B, T, K]
                 let w = Self::clipped(correction_coefs, *clip, train)?.f_to_kind(acc)?;
                 let g = m.f_linear::<Tensor>(&w, None)?.f_add_scalar(1.0)?; // [B, T, K]
-                Ok(g.f_movedim(&[-1], &[0])?.f_unsqueeze(-1)?)
+                Ok(g.f_movedim([-1], [0])?.f_unsqueeze(-1)?)
             }
         }
     }
