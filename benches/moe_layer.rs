@@ -6,11 +6,13 @@
 //!
 //! `make bench` or `cargo bench --bench moe_layer` (a few minutes on 2 cores).
 
+mod common;
+
 use altup_moe::moe::{ExpertBackend, MoeConfig, MoeLayer};
 use altup_moe::nn::{FeedForward, FeedForwardConfig, InitScheme};
+use common::{measuring, ratio};
 use criterion::{BenchmarkId, Criterion};
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -69,27 +71,14 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// Median time (ns) of a finished benchmark, read from criterion's estimates.
-fn median_ns(id: &str) -> Option<f64> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let path = target.join("criterion").join(GROUP).join(id).join("new/estimates.json");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    json["median"]["point_estimate"].as_f64()
-}
-
 fn print_ratios() {
     println!("\nMoE forward+backward time / dense FFN of equal active FLOPs (same run; D={D}, F={F}):");
     println!("{:>7} {:>3} {:>3} {:>9} {:>9}", "tokens", "E", "k", "grouped", "loop");
     for tokens in TOKENS {
         for k in TOP_K {
-            let Some(dense) = median_ns(&dense_id(tokens, k)) else { continue };
             for e in EXPERTS.into_iter().filter(|&e| e >= k) {
-                let ratio = |backend: &str| {
-                    median_ns(&moe_id(tokens, e, k, backend)).map_or("-".to_string(), |t| format!("{:.2}x", t / dense))
-                };
-                println!("{tokens:>7} {e:>3} {k:>3} {:>9} {:>9}", ratio("grouped"), ratio("loop"));
+                let r = |backend: &str| ratio(GROUP, &moe_id(tokens, e, k, backend), &dense_id(tokens, k));
+                println!("{tokens:>7} {e:>3} {k:>3} {:>9} {:>9}", r("grouped"), r("loop"));
             }
         }
     }
@@ -99,7 +88,7 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench(&mut criterion);
     criterion.final_summary();
-    if std::env::args().any(|a| a == "--bench") {
+    if measuring() {
         print_ratios();
     }
 }

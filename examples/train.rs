@@ -9,6 +9,9 @@
 //! `OUT/metrics.jsonl` (one JSON object per evaluation), `OUT/model.safetensors`, and prints a
 //! generated sample at the end.
 
+use altup_moe::altup::{
+    AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,
+};
 use altup_moe::model::{MoeLayers, Sampling};
 use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
@@ -56,64 +59,89 @@ struct Args {
     #[arg(long)]
     d_ff: Option<usize>,
     /// Experts per MoE layer (switch, altup-moe).
-    #[arg(long, default_value_t = 8)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 8)]
     experts: usize,
     /// Hidden width of each expert [default: --d-ff]; small widths with many experts give
     /// fine-grained MoE.
-    #[arg(long)]
+    #[arg(help_heading = "Mixture of experts", long)]
     expert_d_ff: Option<usize>,
-    /// FFN and expert non-linearity: gelu, relu or swi-glu.
-    #[arg(long, default_value = "gelu", value_parser = parse_enum::<Activation>)]
+    /// FFN and expert non-linearity: gelu, relu or swiglu.
+    #[arg(help_heading = "Mixture of experts", long, default_value = "gelu", value_parser = parse_enum::<Activation>)]
     activation: Activation,
     /// MoE routing: token-choice or expert-choice (expert choice sees the whole batch window,
     /// so in a causal LM it leaks future tokens into routing).
-    #[arg(long, default_value = "token-choice", value_parser = parse_enum::<RouterKind>)]
+    #[arg(help_heading = "Mixture of experts", long, default_value = "token-choice", value_parser = parse_enum::<RouterKind>)]
     router: RouterKind,
     /// Experts per token (token choice).
-    #[arg(long, default_value_t = 1)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 1)]
     top_k: usize,
     /// Renormalise the top-k gates to sum to 1 (k > 1 only; Mixtral).
-    #[arg(long)]
+    #[arg(help_heading = "Mixture of experts", long)]
     normalize_gates: bool,
     /// Training capacity factor, or "none" for dropless [default: none; 2 for expert choice].
-    #[arg(long, value_parser = parse_capacity)]
+    #[arg(help_heading = "Mixture of experts", long, value_parser = parse_capacity)]
     capacity_factor: Option<Capacity>,
     /// Evaluation capacity factor, or "none" [default: the training one].
-    #[arg(long, value_parser = parse_capacity)]
+    #[arg(help_heading = "Mixture of experts", long, value_parser = parse_capacity)]
     eval_capacity_factor: Option<Capacity>,
     /// Capacity priority: position or confidence (batch prioritized routing).
-    #[arg(long, default_value = "position", value_parser = parse_enum::<CapacityPriority>)]
+    #[arg(help_heading = "Mixture of experts", long, default_value = "position", value_parser = parse_enum::<CapacityPriority>)]
     priority: CapacityPriority,
     /// Multiplicative router jitter ε in training (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 0.0)]
     jitter: f64,
     /// Shared experts every token passes through (DeepSeekMoE).
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 0)]
     shared_experts: usize,
     /// Load balancing: aux-loss or aux-free (DeepSeek-V3 selection bias).
-    #[arg(long, default_value = "aux-loss", value_parser = ["aux-loss", "aux-free"])]
+    #[arg(help_heading = "Mixture of experts", long, default_value = "aux-loss", value_parser = ["aux-loss", "aux-free"])]
     balancing: String,
     /// Bias update step γ for --balancing aux-free.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 1e-3)]
     bias_update_rate: f64,
     /// Load-balancing loss coefficient α [default: 0.01; 0 with --balancing aux-free].
-    #[arg(long)]
+    #[arg(help_heading = "Mixture of experts", long)]
     aux_loss_coef: Option<f64>,
     /// Router z-loss coefficient β.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 1e-3)]
     z_loss_coef: f64,
     /// MoE on every N-th block...
-    #[arg(long, default_value_t = 2)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 2)]
     moe_every: usize,
     /// ...starting at this block.
-    #[arg(long, default_value_t = 1)]
+    #[arg(help_heading = "Mixture of experts", long, default_value_t = 1)]
     moe_offset: usize,
     /// Explicit comma-separated MoE block indices (overrides --moe-every/--moe-offset).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(help_heading = "Mixture of experts", long, value_delimiter = ',')]
     moe_layers: Option<Vec<usize>>,
     /// AltUp blocks K (altup, altup-moe).
-    #[arg(long, default_value_t = 2)]
+    #[arg(help_heading = "AltUp", long, default_value_t = 2)]
     altup_blocks: usize,
+    /// AltUp coefficients: static (learned K×K predictor and K gains) or input-dependent (Gemma 3n).
+    #[arg(help_heading = "AltUp", long, default_value = "static", value_parser = ["static", "input-dependent"])]
+    altup_mode: String,
+    /// Clip of the input-dependent coefficients in training, or "none".
+    #[arg(help_heading = "AltUp", long, default_value = "120")]
+    altup_clip: String,
+    /// Activated block per layer: alternating, same:N, or schedule:I,J,... (repeated over layers).
+    #[arg(help_heading = "AltUp", long, default_value = "alternating", value_parser = parse_selection)]
+    altup_selection: BlockSelection,
+    /// What the layer computes on: input (the paper) or prediction (Gemma 3n).
+    #[arg(help_heading = "AltUp", long, default_value = "input", value_parser = parse_enum::<ComputeInput>)]
+    altup_compute: ComputeInput,
+    /// Widening: wide-embedding (K·d table), recycled (replicated d-wide embedding, summed
+    /// output), or projected (Gemma 3n projections with RMS matching).
+    #[arg(help_heading = "AltUp", long, default_value = "wide-embedding", value_parser = parse_enum::<Widening>)]
+    altup_widening: Widening,
+    /// Shorthand for --altup-widening recycled (Recycled-AltUp).
+    #[arg(help_heading = "AltUp", long)]
+    recycled: bool,
+    /// Output reduction of a wide embedding: sum, mean, block:N, or projection.
+    #[arg(help_heading = "AltUp", long, default_value = "mean", value_parser = parse_output)]
+    altup_output: OutputReduction,
+    /// Sequence-AltUp: run every block on every N-th token only (0 or 1 = off; any --arch).
+    #[arg(help_heading = "AltUp", long, default_value_t = 0)]
+    sequence_stride: usize,
     /// Peak learning rate (linear warmup, cosine decay to 10%).
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
@@ -145,6 +173,25 @@ struct Args {
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
     s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
+}
+
+fn parse_selection(s: &str) -> Result<BlockSelection, String> {
+    let list = |v: &str| -> Result<Vec<usize>, String> {
+        v.split(',').map(|i| i.trim().parse::<usize>().map_err(|e| format!("'{i}': {e}"))).collect()
+    };
+    match s.split_once(':') {
+        None if s == "alternating" => Ok(BlockSelection::Alternating),
+        Some(("same", n)) => n.parse().map(BlockSelection::Same).map_err(|e| format!("'{n}': {e}")),
+        Some(("schedule", v)) => list(v).map(BlockSelection::Schedule),
+        _ => Err(format!("unknown selection '{s}' (expected alternating, same:N or schedule:I,J,...)")),
+    }
+}
+
+fn parse_output(s: &str) -> Result<OutputReduction, String> {
+    match s.split_once(':') {
+        Some(("block", n)) => n.parse().map(OutputReduction::Block).map_err(|e| format!("'{n}': {e}")),
+        _ => parse_enum(s),
+    }
 }
 
 /// A capacity factor or "none" (dropless).
@@ -229,7 +276,26 @@ fn model_config(args: &Args) -> altup_moe::Result<ModelConfig> {
         };
     }
     if let Some(altup) = &mut config.altup {
-        altup.num_blocks = args.altup_blocks;
+        let clip = match args.altup_clip.as_str() {
+            "none" => None,
+            c => Some(
+                c.parse::<f64>().map_err(|_| Error::Config(format!("--altup-clip '{c}' is not a number or 'none'")))?,
+            ),
+        };
+        *altup = AltUpConfig {
+            num_blocks: args.altup_blocks,
+            selection: args.altup_selection.clone(),
+            compute_on: args.altup_compute,
+            coefficients: match args.altup_mode.as_str() {
+                "input-dependent" => Coefficients::InputDependent { clip },
+                _ => Coefficients::Static,
+            },
+            widening: if args.recycled { Widening::Recycled } else { args.altup_widening },
+            output: args.altup_output,
+        };
+    }
+    if args.sequence_stride > 1 {
+        config.sequence_altup = Some(SequenceAltUpConfig { stride: args.sequence_stride });
     }
     config.validate()?;
     Ok(config)

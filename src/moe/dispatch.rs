@@ -4,9 +4,10 @@
 //!
 //! [`SortDispatcher`] gathers rows in the plan's expert order and combines deterministically:
 //! gate-weighted expert outputs (in f32) are written to *distinct* rows of a `[slots·N, D]`
-//! buffer (`index_copy` with unique indices) that is summed over slots. No `index_add` /
-//! `scatter_add` with duplicate indices (non-deterministic on CUDA). The gather likewise reads
-//! from a `[slots·N, D]` replica of the input, so its backward writes each gradient row once.
+//! buffer (`index_copy` with unique indices; a plain gather by the inverse permutation when no
+//! slot is empty) that is summed over slots. No `index_add` / `scatter_add` with duplicate
+//! indices (non-deterministic on CUDA). The gather likewise reads from a `[slots·N, D]` replica
+//! of the input, so its backward writes each gradient row once.
 
 use crate::error::Result;
 use crate::moe::plan::DispatchPlan;
@@ -58,9 +59,14 @@ impl TokenDispatcher for SortDispatcher {
         let acc = accumulate_kind(expert_out);
         let weighted = expert_out.f_to_kind(acc)?.f_mul(&plan.gate.f_to_kind(acc)?.f_unsqueeze(-1)?)?;
         let (n, s) = (plan.num_tokens, plan.num_slots);
-        let buffer = Tensor::f_zeros([s * n, d], (acc, expert_out.device()))?;
-        let per_slot = buffer.f_index_copy(0, &plan.assignment, &weighted)?;
-        let combined = per_slot.f_view([s, n, d])?.f_sum_dim_intlist(0, false, acc)?;
+        let per_slot = if plan.num_kept() == s * n {
+            // Every slot kept: the assignments are a permutation; gather instead of scatter.
+            let inverse = plan.assignment.f_argsort_stable(true, 0, false)?;
+            weighted.f_index_select(0, &inverse)?
+        } else {
+            Tensor::f_zeros([s * n, d], (acc, expert_out.device()))?.f_index_copy(0, &plan.assignment, &weighted)?
+        };
+        let combined = if s == 1 { per_slot } else { per_slot.f_view([s, n, d])?.f_sum_dim_intlist(0, false, acc)? };
         Ok(combined.f_to_kind(expert_out.kind())?)
     }
 }

@@ -19,8 +19,9 @@ use tch::{nn, Device, Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpertBackend {
-    /// Grouped matmul where it is supported (f32/bf16 on CPU, bf16 on CUDA, rows aligned to 16
-    /// bytes), the per-expert loop otherwise.
+    /// The faster kernel measured per device (`benches/moe_layer.rs`): the per-expert loop on CPU
+    /// (libtorch 2.13's CPU grouped matmul is slower in forward and backward), grouped matmul on
+    /// CUDA for bf16 activations with rows aligned to 16 bytes, the loop otherwise.
     #[default]
     Auto,
     /// Always `torch._grouped_mm`; errors where libtorch does not support it.
@@ -79,10 +80,7 @@ impl Experts {
             ExpertBackend::Auto => {
                 let size = self.w_in.size();
                 let aligned = |n: i64| (n * kind.elt_size_in_bytes() as i64) % 16 == 0;
-                let supported = match device {
-                    Device::Cpu => matches!(kind, Kind::Float | Kind::BFloat16),
-                    _ => kind == Kind::BFloat16,
-                };
+                let supported = device.is_cuda() && kind == Kind::BFloat16;
                 if supported && aligned(size[1]) && aligned(size[2]) {
                     ExpertBackend::GroupedMm
                 } else {

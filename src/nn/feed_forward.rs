@@ -16,7 +16,8 @@ pub enum Activation {
     Gelu,
     /// `w_out · relu(w_in · x)` (the original Transformer and Switch Transformer experts).
     Relu,
-    /// `w_out · (silu(w_gate · x) ⊙ (w_in · x))`.
+    /// `w_out · (silu(w_gate · x) ⊙ (w_in · x))` (serialised as `"swiglu"`).
+    #[serde(rename = "swiglu")]
     SwiGlu,
 }
 
