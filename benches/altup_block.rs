@@ -1,6 +1,7 @@
-//! AltUp overhead: a transformer block wrapped by AltUp (K blocks, static coefficients, fused
-//! predict/correct) versus the plain block, forward + backward, at d ∈ {256, 512} and
-//! K ∈ {2, 4}, 2,048 tokens (8 × 256), f32, CPU. Prints `AltUp / plain` from the same run.
+//! AltUp overhead per block: a stack of 4 transformer blocks, plain (`[B, T, D]`) versus wrapped by
+//! AltUp (`[K, B, T, D]`, static coefficients, fused predict/correct, alternating blocks,
+//! collapsed by the mean at the end), forward + backward, at d ∈ {256, 512} and K ∈ {2, 4},
+//! 2,048 tokens (8 × 256), f32, CPU. Prints `AltUp stack / plain stack` from the same run.
 //!
 //! `make bench` or `cargo bench --bench altup_block`.
 
@@ -9,21 +10,22 @@ mod common;
 use altup_moe::altup::{AltUp, Coefficients, ComputeInput};
 use altup_moe::nn::{AttentionConfig, Block, BlockConfig, FeedForwardConfig, FfnConfig, InitScheme};
 use common::{measuring, ratio};
-use criterion::Criterion;
+use criterion::{BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-const GROUP: &str = "altup_block_fwd_bwd";
+const GROUP: &str = "altup_stack_fwd_bwd";
 const WIDTHS: [usize; 2] = [256, 512];
 const BLOCKS: [usize; 2] = [2, 4];
+const LAYERS: usize = 4;
 const BATCH: i64 = 8;
 const SEQ: i64 = 256;
 
 fn bench(c: &mut Criterion) {
     let init = InitScheme::default();
     let mut group = c.benchmark_group(GROUP);
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
     for d in WIDTHS {
         let vs = VarStore::new(Device::Cpu);
         let config = BlockConfig {
@@ -31,27 +33,34 @@ fn bench(c: &mut Criterion) {
             ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
             norm_eps: 1e-6,
         };
-        let block = Block::new(&vs.root(), d, &config, &init).expect("block");
+        let blocks: Vec<Block> =
+            (0..LAYERS).map(|l| Block::new(&(vs.root() / "blocks" / l), d, &config, &init).expect("block")).collect();
         let x = Tensor::randn([BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
         let g = Tensor::randn([BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
-        group.bench_function(format!("plain/d{d}"), |b| {
+        group.bench_function(BenchmarkId::new("plain", format!("d{d}")), |b| {
             b.iter(|| {
-                let (y, _) = block.forward_t(black_box(&x), None, true).expect("forward");
-                (y * &g).sum(Kind::Float).backward();
+                let mut h = black_box(&x).shallow_clone();
+                for block in &blocks {
+                    h = block.forward_t(&h, None, true).expect("forward").0;
+                }
+                (h * &g).sum(Kind::Float).backward();
             })
         });
         for k in BLOCKS {
-            let altup =
-                AltUp::new(&vs.root().sub(format!("altup{k}")), k, d, Coefficients::Static, ComputeInput::Input, &init)
-                    .expect("altup");
+            let altups: Vec<AltUp> = (0..LAYERS)
+                .map(|l| {
+                    let path = vs.root() / format!("altup{k}") / l;
+                    AltUp::new(&path, k, d, Coefficients::Static, ComputeInput::Input, &init).expect("altup")
+                })
+                .collect();
             let wide = Tensor::randn([k as i64, BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
-            let wide_g = Tensor::randn([k as i64, BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
-            group.bench_function(format!("altup_k{k}/d{d}"), |b| {
+            group.bench_function(BenchmarkId::new(format!("altup_k{k}"), format!("d{d}")), |b| {
                 b.iter(|| {
-                    let (y, _) = altup
-                        .forward_t(black_box(&wide), 0, true, |a| block.forward_t(a, None, true))
-                        .expect("forward");
-                    (y * &wide_g).sum(Kind::Float).backward();
+                    let mut h = black_box(&wide).shallow_clone();
+                    for (l, (block, altup)) in blocks.iter().zip(&altups).enumerate() {
+                        h = altup.forward_t(&h, l % k, true, |a| block.forward_t(a, None, true)).expect("forward").0;
+                    }
+                    (h.mean_dim(0, false, Kind::Float) * &g).sum(Kind::Float).backward();
                 })
             });
         }
@@ -64,7 +73,7 @@ fn main() {
     bench(&mut criterion);
     criterion.final_summary();
     if measuring() {
-        println!("\nAltUp block / plain block, forward+backward, {BATCH}x{SEQ} tokens (same run):");
+        println!("\nAltUp stack / plain stack ({LAYERS} blocks), forward+backward, {BATCH}x{SEQ} tokens (same run):");
         println!("{:>5} {:>8} {:>8}", "d", "K=2", "K=4");
         for d in WIDTHS {
             let r = |k: usize| ratio(GROUP, &format!("altup_k{k}/d{d}"), &format!("plain/d{d}"));

@@ -11,9 +11,9 @@
 //! The layer runs once at width `D`; AltUp adds `O(K²·D)` multiply-adds per token. The mixing
 //! arithmetic runs in f32 (f64 stays f64) and results return in the activations' dtype.
 //!
-//! Static mode is fused: only the activated prediction `x̂_{j*}` is computed before the layer,
-//! and after it one matmul `P·x` plus one in-place rank-1 update `+ g ⊗ (x̃ − x̂_{j*})` produce
-//! all `K` outputs, so the `K·D` activations are read twice and written once per layer.
+//! Static mode is fused: `y = x̂ + g ⊗ (x̃ − x̂_{j*}) = Q·x + g ⊗ x̃` with the `K×K` matrix
+//! `Q = P − g ⊗ P[j*]`, so one matmul and one in-place rank-1 update produce all `K` outputs
+//! (the prediction `x̂_{j*}` is only materialised when the layer computes on it).
 //! Initialisation is the identity (`P = I`, `g = 1`; `W_p = W_c = 0`): with `K = 1` AltUp is
 //! exactly the wrapped layer.
 
@@ -230,19 +230,22 @@ impl AltUp {
         self.check_active(active)?;
         match &self.coefficients {
             AltUpCoefficients::Static { predictor, corrector } => {
-                // Fused: x̂_{j*} first, then P·x + g ⊗ (x̃ − x̂_{j*}) in one matmul and one rank-1 update.
+                // Fused: y = x̂ + g ⊗ (x̃ − x̂_{j*}) = Q·x + g ⊗ x̃ with the K×K matrix
+                // Q = P − g ⊗ P[j*]: one matmul and one in-place rank-1 update over the K blocks.
                 let acc = accumulate_kind(x);
                 let size = x.size();
                 let flat = x.f_to_kind(acc)?.f_reshape([self.num_blocks, -1])?;
                 let p = predictor.f_to_kind(acc)?;
-                let active_pred = p.f_narrow(0, active as i64, 1)?.f_matmul(&flat)?; // [1, B·T·D]
+                let g = corrector.f_to_kind(acc)?.f_unsqueeze(1)?; // [K, 1]
+                let p_active = p.f_narrow(0, active as i64, 1)?; // [1, K]
                 let input = match self.compute_on {
                     ComputeInput::Input => x.f_select(0, active as i64)?,
-                    ComputeInput::Prediction => active_pred.f_view(&size[1..])?.f_to_kind(x.kind())?,
+                    ComputeInput::Prediction => p_active.f_matmul(&flat)?.f_view(&size[1..])?.f_to_kind(x.kind())?,
                 };
                 let (computed, aux) = layer(&input)?;
-                let delta = computed.f_to_kind(acc)?.f_reshape([1, -1])?.f_sub(&active_pred)?;
-                let y = Tensor::f_addmm(&p.f_matmul(&flat)?, &corrector.f_to_kind(acc)?.f_unsqueeze(1)?, &delta)?;
+                let q = p.f_sub(&g.f_mul(&p_active)?)?;
+                let mut y = q.f_matmul(&flat)?;
+                let _ = y.f_addmm_(&g, &computed.f_to_kind(acc)?.f_reshape([1, -1])?)?;
                 Ok((y.f_view(size.as_slice())?.f_to_kind(x.kind())?, aux))
             }
             AltUpCoefficients::InputDependent { .. } => {
@@ -335,6 +338,29 @@ mod tests {
                     "{coefficients:?}: {name} has no gradient"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn bf16_activations_are_mixed_in_f32() {
+        for coefficients in [Coefficients::Static, Coefficients::InputDependent { clip: None }] {
+            let (_vs, a) = altup(4, coefficients, ComputeInput::Input);
+            if let AltUpCoefficients::Static { .. } = a.coefficients {
+                set_static(
+                    &a,
+                    &[0.7, 0.1, 0.1, 0.1, 0.2, 0.6, 0.1, 0.1, 0.0, 0.3, 0.5, 0.2, 0.1, 0.1, 0.1, 0.7],
+                    &[1.0, 0.5, 0.25, 2.0],
+                );
+            }
+            let x =
+                Tensor::randn([4, 2, 3, 4], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16).to_kind(Kind::Float);
+            let layer = |v: &Tensor| Ok((v * 0.5, ()));
+            let (y16, ()) = a.forward_t(&x.to_kind(Kind::BFloat16), 1, true, layer).unwrap();
+            let (y32, ()) = a.forward_t(&x, 1, true, layer).unwrap();
+            assert_eq!(y16.kind(), Kind::BFloat16);
+            // One bf16 rounding of the f32 result (relative 2^-8), not an accumulation of them.
+            let err = (y16.to_kind(Kind::Float) - &y32).abs() - y32.abs() * (1.0 / 256.0) - 1e-6;
+            assert!(err.max().double_value(&[]) <= 0.0, "{coefficients:?}");
         }
     }
 

@@ -7,7 +7,7 @@ use crate::model::output::{LayerAux, ModelAux, ModelOutput};
 use crate::model::params::ParamCounts;
 use crate::moe::MoeAux;
 use crate::nn::{Block, Embedding, Ffn, InitScheme, Linear, RmsNorm};
-use crate::shape::cast_like;
+use crate::shape::{accumulate_kind, cast_like};
 use tch::{nn, Kind, Tensor};
 
 /// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
@@ -130,8 +130,8 @@ impl LanguageModel {
     /// AltUp coefficient clipping.
     ///
     /// # Shapes
-    /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len` → logits `[B, T, V]` f32
-    /// (position `t` predicts token `t + 1`), and one aux record per block.
+    /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len` → logits `[B, T, V]` in f32
+    /// (f64 for an f64 model), position `t` predicting token `t + 1`, and one aux record per block.
     ///
     /// # Errors
     /// [`Error::Input`] for an empty batch, a too-long sequence, non-integer or out-of-range ids
@@ -203,7 +203,7 @@ impl LanguageModel {
             Some(head) => head.forward(&normed)?,
             None => normed.f_linear::<Tensor>(&cast_like(&self.embed.weight, &normed)?, None)?,
         };
-        Ok(ModelOutput { logits: logits.f_to_kind(Kind::Float)?, aux: ModelAux { layers } })
+        Ok(ModelOutput { logits: logits.f_to_kind(accumulate_kind(&logits))?, aux: ModelAux { layers } })
     }
 
     /// Block `layer` on `[B, T, D]`, through Sequence-AltUp when configured.

@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::moe::MoeAux;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Auxiliary record of one block.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ impl ModelAux {
             return Ok(None);
         }
         let stacked = Tensor::f_stack(&values, 0)?;
-        Ok(Some(stacked.f_mean(Kind::Float)?))
+        Ok(Some(stacked.f_mean(stacked.kind())?))
     }
 
     /// Unscaled load-balancing loss averaged over MoE layers (scalar, differentiable); `None`
@@ -66,7 +66,7 @@ impl ModelAux {
 /// Output of [`crate::LanguageModel::forward_t`].
 #[derive(Debug)]
 pub struct ModelOutput {
-    /// Next-token logits, `[B, T, V]`, f32.
+    /// Next-token logits, `[B, T, V]`, f32 (f64 for an f64 model).
     pub logits: Tensor,
     /// Per-layer auxiliary record.
     pub aux: ModelAux,

@@ -15,13 +15,19 @@ use crate::shape::{cast_like, expect_device, expect_shape};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+/// On CPU, [`ExpertBackend::Auto`] uses the per-expert loop from this many rows per expert on
+/// average, grouped matmul below it.
+pub const LOOP_MIN_ROWS_PER_EXPERT: i64 = 384;
+
 /// Which kernel computes the experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpertBackend {
-    /// The faster kernel measured per device (`benches/moe_layer.rs`): the per-expert loop on CPU
-    /// (libtorch 2.13's CPU grouped matmul is slower in forward and backward), grouped matmul on
-    /// CUDA for bf16 activations with rows aligned to 16 bytes, the loop otherwise.
+    /// The faster kernel measured per device (`benches/moe_layer.rs`, D = 256, F = 1024): on CPU
+    /// the per-expert loop when experts average at least [`LOOP_MIN_ROWS_PER_EXPERT`] rows
+    /// (large matmuls; libtorch 2.13's CPU grouped matmul is slower there) and grouped matmul for
+    /// smaller groups (many tiny matmuls); on CUDA grouped matmul for bf16. Grouped matmul needs
+    /// f32/bf16 rows aligned to 16 bytes; everything else uses the loop.
     #[default]
     Auto,
     /// Always `torch._grouped_mm`; errors where libtorch does not support it.
@@ -74,13 +80,18 @@ impl Experts {
         self.w_in.size()[0]
     }
 
-    /// The kernel [`ExpertBackend::Auto`] resolves to for rows of this dtype and device.
-    pub fn resolved_backend(&self, kind: Kind, device: Device) -> ExpertBackend {
+    /// The kernel [`ExpertBackend::Auto`] resolves to for `rows` rows of this dtype and device.
+    pub fn resolved_backend(&self, rows: i64, kind: Kind, device: Device) -> ExpertBackend {
         match self.backend {
             ExpertBackend::Auto => {
                 let size = self.w_in.size();
                 let aligned = |n: i64| (n * kind.elt_size_in_bytes() as i64) % 16 == 0;
-                let supported = device.is_cuda() && kind == Kind::BFloat16;
+                let supported = match device {
+                    Device::Cpu => {
+                        matches!(kind, Kind::Float | Kind::BFloat16) && rows < LOOP_MIN_ROWS_PER_EXPERT * size[0]
+                    }
+                    _ => kind == Kind::BFloat16,
+                };
                 if supported && aligned(size[1]) && aligned(size[2]) {
                     ExpertBackend::GroupedMm
                 } else {
@@ -114,7 +125,7 @@ impl Experts {
         if n == 0 {
             return Ok(rows.f_zeros_like()?);
         }
-        match self.resolved_backend(rows.kind(), rows.device()) {
+        match self.resolved_backend(n, rows.kind(), rows.device()) {
             ExpertBackend::Loop => self.forward_loop(rows, group_sizes),
             _ => self.forward_grouped(rows, group_sizes),
         }
@@ -159,5 +170,23 @@ impl Experts {
             start += size;
         }
         Ok(Tensor::f_cat(&outputs, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_grouped_for_small_groups_and_the_loop_for_large_ones_on_cpu() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let experts =
+            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto, &InitScheme::default()).unwrap();
+        let small = 8 * LOOP_MIN_ROWS_PER_EXPERT - 1;
+        assert_eq!(experts.resolved_backend(small, Kind::Float, Device::Cpu), ExpertBackend::GroupedMm);
+        assert_eq!(experts.resolved_backend(small + 1, Kind::Float, Device::Cpu), ExpertBackend::Loop);
+        assert_eq!(experts.resolved_backend(small, Kind::Double, Device::Cpu), ExpertBackend::Loop);
+        assert_eq!(experts.resolved_backend(10, Kind::Float, Device::Cuda(0)), ExpertBackend::Loop);
+        assert_eq!(experts.resolved_backend(10, Kind::BFloat16, Device::Cuda(0)), ExpertBackend::GroupedMm);
     }
 }
