@@ -96,7 +96,7 @@ fn altup_layer() {
             // Move every coefficient away from its (identity) initialisation.
             tch::no_grad(|| {
                 for (_, v) in vs.variables() {
-                    let _ = v.shallow_clone().copy_(&(&v + weights(&v.size()) * 0.3));
+                    v.shallow_clone().copy_(&(&v + weights(&v.size()) * 0.3));
                 }
             });
             let x = weights(&[3, 2, 2, 4]).set_requires_grad(true);
@@ -140,7 +140,7 @@ fn whole_tiny_model() {
         tch::no_grad(|| {
             for (name, v) in vs.variables() {
                 if name.contains("_coefs") || name.contains("seq_altup") {
-                    let _ = v.shallow_clone().copy_(&(&v + weights(&v.size()) * 0.2));
+                    v.shallow_clone().copy_(&(&v + weights(&v.size()) * 0.2));
                 }
             }
         });
