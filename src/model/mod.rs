@@ -10,7 +10,7 @@ pub mod presets;
 
 pub use config::{ModelConfig, MoeLayers};
 pub use generate::Sampling;
-pub use lm::LanguageModel;
+pub use lm::{LanguageModel, Precision};
 pub use output::{LayerAux, ModelAux, ModelOutput};
 pub use params::ParamCounts;
 pub use presets::Arch;

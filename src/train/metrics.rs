@@ -1,6 +1,7 @@
 //! Evaluation records written as JSON lines (`metrics.jsonl`, one object per evaluation).
 
 use crate::error::{Error, Result};
+use crate::train::trainer::{EvalStats, StepStats};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -56,6 +57,61 @@ pub struct EvalRecord {
     pub moe_layers: Vec<MoeLayerMetrics>,
 }
 
+/// Running sums of training statistics between two evaluations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsWindow {
+    /// Sum of LM losses.
+    pub loss_sum: f64,
+    /// Sum and count of load-balancing losses (steps with MoE).
+    pub aux_sum: f64,
+    /// Sum of z-losses.
+    pub z_sum: f64,
+    /// Sum of dropped fractions.
+    pub dropped_sum: f64,
+    /// Steps with MoE statistics.
+    pub moe_steps: u64,
+    /// Steps in the window.
+    pub steps: u64,
+    /// Tokens processed.
+    pub tokens: u64,
+    /// Seconds spent in training steps.
+    pub seconds: f64,
+}
+
+impl MetricsWindow {
+    /// Adds one step's statistics and its wall-clock duration.
+    pub fn add(&mut self, s: &StepStats, seconds: f64) {
+        self.loss_sum += s.loss;
+        if let (Some(a), Some(z), Some(d)) = (s.load_balancing_loss, s.z_loss, s.dropped_fraction) {
+            self.aux_sum += a;
+            self.z_sum += z;
+            self.dropped_sum += d;
+            self.moe_steps += 1;
+        }
+        self.steps += 1;
+        self.tokens += s.tokens as u64;
+        self.seconds += seconds;
+    }
+
+    /// The evaluation record for the window ending with step `last`.
+    pub fn record(&self, last: &StepStats, eval: &EvalStats, elapsed_s: f64) -> EvalRecord {
+        let moe_mean = |sum: f64| (self.moe_steps > 0).then(|| sum / self.moe_steps as f64);
+        EvalRecord {
+            step: last.step,
+            train_loss: self.loss_sum / self.steps.max(1) as f64,
+            val_loss: eval.loss,
+            val_bpb: eval.bits_per_byte,
+            tokens_per_s: self.tokens as f64 / self.seconds.max(1e-9),
+            aux_loss: moe_mean(self.aux_sum),
+            z_loss: moe_mean(self.z_sum),
+            dropped_frac: moe_mean(self.dropped_sum),
+            lr: last.lr,
+            elapsed_s,
+            moe_layers: last.moe_layers.clone(),
+        }
+    }
+}
+
 /// Appends records to a JSON-lines file, flushing after each line.
 #[derive(Debug)]
 pub struct MetricsWriter {
@@ -71,6 +127,35 @@ impl MetricsWriter {
     pub fn create(path: &Path) -> Result<Self> {
         let file =
             OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+
+    /// Reopens the file of an interrupted run resumed at `step`: records after `step` (written
+    /// before the interruption, after the checkpoint) are dropped, the rest kept, and new records
+    /// are appended. A missing file is created.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file; [`Error::Json`] for a malformed line.
+    pub fn resume(path: &Path, step: u64) -> Result<Self> {
+        let kept: Vec<String> = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let r: EvalRecord = serde_json::from_str(l)
+                        .map_err(|source| Error::Json { context: path.display().to_string(), source })?;
+                    Ok((r.step <= step).then(|| l.to_string()))
+                })
+                .collect::<Result<Vec<Option<String>>>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        crate::train::checkpoint::write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e)))?;
+        let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
         Ok(Self { file, path: path.to_path_buf() })
     }
 

@@ -1,16 +1,20 @@
 //! Training utilities: byte-level data, AdamW with inspectable state, the learning-rate
-//! schedule, atomic checkpoint files, metrics, and the step/evaluate loop.
+//! schedule, atomic checkpoints with exact resume, metrics, the step/evaluate logic and the loop.
 
 pub mod checkpoint;
 pub mod data;
 pub mod metrics;
 pub mod optim;
+pub mod run;
 pub mod schedule;
 pub mod trainer;
 
-pub use checkpoint::{load_weights, save_json, save_weights, write_atomic};
+pub use checkpoint::{
+    find_checkpoint, load_weights, save_json, save_weights, write_atomic, CheckpointMeta, TrainerState,
+};
 pub use data::{find_shakespeare, Batch, ByteDataset, Corpus};
-pub use metrics::{EvalRecord, MetricsWriter, MoeLayerMetrics};
+pub use metrics::{EvalRecord, MetricsWindow, MetricsWriter, MoeLayerMetrics};
 pub use optim::{AdamW, AdamWConfig};
+pub use run::{run, Observer, RunOptions, Silent};
 pub use schedule::LrSchedule;
 pub use trainer::{EvalStats, StepStats, TrainConfig, Trainer};

@@ -91,6 +91,69 @@ impl AdamW {
         self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
     }
 
+    /// The optimizer state as named tensors: `step` (`[1]` i64), and `exp_avg.<param>` /
+    /// `exp_avg_sq.<param>` for every parameter (on the CPU).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.f_to_device(tch::Device::Cpu)?));
+            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.f_to_device(tch::Device::Cpu)?));
+        }
+        Ok(out)
+    }
+
+    /// Restores the state written by [`AdamW::state_tensors`] (e.g. read back from a safetensors
+    /// file), after checking that it holds exactly this optimizer's parameters with the same
+    /// shapes and dtypes.
+    ///
+    /// # Errors
+    /// [`crate::Error::Checkpoint`] naming missing, unexpected or mismatched entries.
+    pub fn load_state(&mut self, state: &std::collections::BTreeMap<String, Tensor>) -> Result<()> {
+        let expected: Vec<String> = std::iter::once("step".to_string())
+            .chain(self.params.iter().flat_map(|p| [format!("exp_avg.{}", p.name), format!("exp_avg_sq.{}", p.name)]))
+            .collect();
+        let missing: Vec<&String> = expected.iter().filter(|n| !state.contains_key(*n)).collect();
+        let unexpected: Vec<&String> = state.keys().filter(|k| !expected.contains(k)).collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            return Err(crate::Error::Checkpoint(format!(
+                "optimizer state does not match the model: missing {missing:?}, unexpected {unexpected:?}"
+            )));
+        }
+        for p in &self.params {
+            for (kind, target) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
+                let src = &state[&format!("{kind}.{}", p.name)];
+                if src.size() != target.size() || src.kind() != target.kind() {
+                    return Err(crate::Error::Checkpoint(format!(
+                        "optimizer state '{kind}.{}' has shape {:?} and dtype {:?}, the parameter has {:?} and {:?}",
+                        p.name,
+                        src.size(),
+                        src.kind(),
+                        target.size(),
+                        target.kind()
+                    )));
+                }
+            }
+        }
+        let step = &state["step"];
+        if step.numel() != 1 || step.kind() != Kind::Int64 || step.int64_value(&[0]) < 0 {
+            return Err(crate::Error::Checkpoint(format!(
+                "optimizer 'step' must be one non-negative i64, got {step:?}"
+            )));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                p.exp_avg.f_copy_(&state[&format!("exp_avg.{}", p.name)])?;
+                p.exp_avg_sq.f_copy_(&state[&format!("exp_avg_sq.{}", p.name)])?;
+            }
+            Ok(())
+        })?;
+        self.step = step.int64_value(&[0]) as u64;
+        Ok(())
+    }
+
     /// Clears every gradient.
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {

@@ -1,16 +1,23 @@
-//! One optimizer step and one evaluation of a [`LanguageModel`] on byte-level data.
+//! One optimizer step, one evaluation, and checkpoints of a [`LanguageModel`] on byte-level data.
 //!
 //! The objective is `LM loss + α · mean_layers(load-balancing loss) + β · mean_layers(z-loss)`
-//! (Switch Transformer §2.2 with α = 1e-2; ST-MoE §3.1 with β = 1e-3).
+//! (Switch Transformer §2.2 with α = 1e-2; ST-MoE §3.1 with β = 1e-3). With gradient
+//! accumulation every term of every micro-batch is divided by the number of micro-batches, so
+//! the auxiliary losses are scaled exactly like the LM loss.
 
 use crate::error::{ensure_config, Error, Result};
-use crate::model::LanguageModel;
+use crate::model::{LanguageModel, Precision};
+use crate::train::checkpoint::{
+    read_tensors, weight_tensors, write_checkpoint_dir, write_tensors, CheckpointMeta, FileWriter, TrainerState,
+    CHECKPOINT_FORMAT,
+};
 use crate::train::data::{Batch, ByteDataset};
-use crate::train::metrics::{MoeLayerMetrics, LN_2};
+use crate::train::metrics::{MetricsWindow, MoeLayerMetrics, LN_2};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
 
 /// Training hyper-parameters.
@@ -19,8 +26,10 @@ use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
 pub struct TrainConfig {
     /// Optimizer steps.
     pub steps: u64,
-    /// Sequences per step `B`.
+    /// Sequences per micro-batch `B`.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    pub grad_accum: usize,
     /// Tokens per sequence `T`.
     pub seq_len: usize,
     /// Peak learning rate.
@@ -41,8 +50,11 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
-    /// Seed of the data order (the initial weights use [`crate::ModelConfig::init_seed`]).
+    /// Seed of the data order and the per-step generators (the initial weights use
+    /// [`crate::ModelConfig::init_seed`]).
     pub seed: u64,
+    /// Compute precision (parameters and optimizer state stay f32).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -50,6 +62,7 @@ impl Default for TrainConfig {
         Self {
             steps: 1000,
             batch_size: 16,
+            grad_accum: 1,
             seq_len: 128,
             lr: 3e-3,
             warmup_steps: 50,
@@ -61,17 +74,20 @@ impl Default for TrainConfig {
             eval_every: 100,
             eval_batches: 8,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 }
 
 impl TrainConfig {
     /// # Errors
-    /// [`Error::Config`] naming the value: zero steps, batch size, sequence length, eval period
-    /// or eval batches; a negative coefficient or clip norm.
+    /// [`Error::Config`] naming the value: zero steps, batch size, accumulation, sequence length,
+    /// eval period or eval batches; a negative or non-finite coefficient or clip norm; a bad
+    /// learning rate or schedule.
     pub fn validate(&self) -> Result<()> {
         ensure_config(self.steps > 0, || "steps (0) must be positive".into())?;
         ensure_config(self.batch_size > 0, || "batch_size (0) must be positive".into())?;
+        ensure_config(self.grad_accum > 0, || "grad_accum (0) must be positive".into())?;
         ensure_config(self.seq_len > 0, || "seq_len (0) must be positive".into())?;
         ensure_config(self.eval_every > 0, || "eval_every (0) must be positive".into())?;
         ensure_config(self.eval_batches > 0, || "eval_batches (0) must be positive".into())?;
@@ -92,21 +108,21 @@ impl TrainConfig {
 pub struct StepStats {
     /// Optimizer steps completed (1-based).
     pub step: u64,
-    /// LM loss of the batch, nats per byte.
+    /// LM loss of the step's batches, nats per byte.
     pub loss: f64,
-    /// Unscaled load-balancing loss averaged over MoE layers.
+    /// Unscaled load-balancing loss averaged over MoE layers (and micro-batches).
     pub load_balancing_loss: Option<f64>,
-    /// Unscaled z-loss averaged over MoE layers.
+    /// Unscaled z-loss averaged over MoE layers (and micro-batches).
     pub z_loss: Option<f64>,
-    /// Dropped-assignment fraction averaged over MoE layers.
+    /// Dropped-assignment fraction averaged over MoE layers (and micro-batches).
     pub dropped_fraction: Option<f64>,
-    /// Per-MoE-layer statistics.
+    /// Per-MoE-layer statistics of the last micro-batch.
     pub moe_layers: Vec<MoeLayerMetrics>,
     /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Tokens in the batch.
+    /// Tokens in the step (all micro-batches).
     pub tokens: usize,
 }
 
@@ -119,9 +135,11 @@ pub struct EvalStats {
     pub bits_per_byte: f64,
 }
 
-/// Drives training of one model: batches, loss, backward, clipping, AdamW, schedule.
+/// Drives training of one model: batches, loss, backward, clipping, AdamW, schedule,
+/// aux-loss-free bias updates, checkpoints.
 #[derive(Debug)]
 pub struct Trainer<'a> {
+    vs: &'a VarStore,
     model: &'a LanguageModel,
     optimizer: AdamW,
     schedule: LrSchedule,
@@ -136,10 +154,11 @@ impl<'a> Trainer<'a> {
     /// Prepares training of `model`, whose parameters live in `vs`.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid config or `seq_len` above the model's `max_seq_len`;
-    /// [`Error::Data`] if a split is too short for one window.
+    /// [`Error::Config`] for an invalid config, `seq_len` above the model's `max_seq_len`, or a
+    /// precision that differs from the model's; [`Error::Data`] if a split is too short for one
+    /// window.
     pub fn new(
-        vs: &VarStore,
+        vs: &'a VarStore,
         model: &'a LanguageModel,
         train: &'a ByteDataset,
         val: &ByteDataset,
@@ -150,10 +169,14 @@ impl<'a> Trainer<'a> {
         ensure_config(config.seq_len <= max, || {
             format!("seq_len ({}) must be <= the model's max_seq_len ({max})", config.seq_len)
         })?;
+        ensure_config(model.precision() == config.precision, || {
+            format!("the model computes in {:?} but the training config says {:?}", model.precision(), config.precision)
+        })?;
         let device = vs.device();
         let val_batches = val.eval_batches(config.batch_size, config.seq_len, config.eval_batches, device)?;
         train.eval_batches(1, config.seq_len, 1, device)?; // fails early if the training split is too short
         Ok(Self {
+            vs,
             model,
             optimizer: AdamW::new(vs, config.optimizer.clone())?,
             schedule: LrSchedule::new(config.lr, config.warmup_steps, config.steps, config.min_lr_ratio)?,
@@ -175,6 +198,11 @@ impl<'a> Trainer<'a> {
         &self.config
     }
 
+    /// The model being trained.
+    pub fn model(&self) -> &LanguageModel {
+        self.model
+    }
+
     /// Mean cross-entropy of next-token predictions.
     ///
     /// # Shapes
@@ -190,61 +218,59 @@ impl<'a> Trainer<'a> {
         )?)
     }
 
-    /// One optimizer step on a random batch. The batch of step `s` depends only on the seed and
-    /// `s`, so runs are reproducible.
+    fn step_seed(&self, step: u64) -> u64 {
+        self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step
+    }
+
+    /// One optimizer step over `grad_accum` random micro-batches. The batches of step `s`
+    /// depend only on the seed and `s`, and libtorch's generator is reseeded per step, so runs
+    /// are reproducible and resumable.
     ///
     /// # Errors
-    /// [`Error::NonFinite`] naming the step and the first MoE layer whose router went
-    /// non-finite (or the LM loss / gradient); the parameters are left unchanged in that case.
+    /// [`Error::NonFinite`] naming the step and the first parameter, block output or router with
+    /// non-finite values (or the loss / gradient norm); the parameters are left unchanged.
     pub fn step(&mut self) -> Result<StepStats> {
         let step = self.step + 1;
-        let step_seed = self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step;
-        // libtorch's generator drives router jitter: reseed it per step so runs are reproducible.
-        tch::manual_seed((step_seed >> 1) as i64);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(step_seed);
-        let batch = self.train.random_batch(self.config.batch_size, self.config.seq_len, &mut rng, self.device)?;
-        let out = self.model.forward_t(&batch.inputs, true)?;
-        let lm = Self::lm_loss(&out.logits, &batch.targets)?;
-        let mut total = lm.shallow_clone();
-        let lb = out.aux.load_balancing_loss()?;
-        let z = out.aux.z_loss()?;
-        if let Some(lb) = &lb {
-            total = total.f_add(&lb.f_mul_scalar(self.config.load_balancing_coef)?)?;
-        }
-        if let Some(z) = &z {
-            total = total.f_add(&z.f_mul_scalar(self.config.z_loss_coef)?)?;
-        }
-        let mut moe_layers = Vec::new();
-        for (layer, m) in out.aux.moe_layers() {
-            let z_loss = m.z_loss.f_double_value(&[])?;
-            let load_balancing_loss = m.load_balancing_loss.f_double_value(&[])?;
-            if !z_loss.is_finite() || !load_balancing_loss.is_finite() {
-                return Err(Error::NonFinite {
-                    step,
-                    what: format!(
-                        "router of block {layer} (z-loss {z_loss}, load-balancing loss {load_balancing_loss})"
-                    ),
-                });
-            }
-            let tokens_per_expert = Vec::<i64>::try_from(&m.tokens_per_expert.f_to_device(Device::Cpu)?)?;
-            let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
-            let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
-            moe_layers.push(MoeLayerMetrics {
-                layer,
-                load_balancing_loss,
-                z_loss,
-                dropped_frac: m.dropped_fraction,
-                router_entropy: m.router_entropy.f_double_value(&[])?,
-                max_load: if mean > 0.0 { max / mean } else { 0.0 },
-                tokens_per_expert,
-            });
-        }
-        let loss = lm.f_double_value(&[])?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { step, what: format!("LM loss ({loss})") });
-        }
+        let seed = self.step_seed(step);
+        tch::manual_seed((seed >> 1) as i64);
+        let accum = self.config.grad_accum;
+        let scale = 1.0 / accum as f64;
         self.optimizer.zero_grad();
-        total.f_backward()?;
+        let (mut loss_sum, mut lb_sum, mut z_sum, mut dropped_sum, mut moe_micro) = (0.0, 0.0, 0.0, 0.0, 0usize);
+        let mut counts: Vec<(usize, Tensor)> = Vec::new();
+        let mut moe_layers = Vec::new();
+        for micro in 0..accum {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add((micro as u64) << 48));
+            let batch = self.train.random_batch(self.config.batch_size, self.config.seq_len, &mut rng, self.device)?;
+            let out = self.model.forward_t(&batch.inputs, true)?;
+            let lm = Self::lm_loss(&out.logits, &batch.targets)?;
+            let loss = lm.f_double_value(&[])?;
+            if !loss.is_finite() {
+                return Err(self.non_finite(step, &batch.inputs, format!("LM loss ({loss})")));
+            }
+            let mut total = lm.f_mul_scalar(scale)?;
+            if let (Some(lb), Some(z)) = (out.aux.load_balancing_loss()?, out.aux.z_loss()?) {
+                total = total
+                    .f_add(&lb.f_mul_scalar(self.config.load_balancing_coef * scale)?)?
+                    .f_add(&z.f_mul_scalar(self.config.z_loss_coef * scale)?)?;
+                lb_sum += lb.f_double_value(&[])?;
+                z_sum += z.f_double_value(&[])?;
+                dropped_sum += out.aux.dropped_fraction().unwrap_or(0.0);
+                moe_micro += 1;
+            }
+            moe_layers = layer_metrics(&out.aux)?;
+            for (i, (layer, m)) in out.aux.moe_layers().enumerate() {
+                match counts.get_mut(i) {
+                    Some((_, c)) => *c = c.f_add(&m.tokens_per_expert)?,
+                    None => counts.push((layer, m.tokens_per_expert.shallow_clone())),
+                }
+            }
+            if let Some(bad) = moe_layers.iter().find(|m| !m.z_loss.is_finite() || !m.load_balancing_loss.is_finite()) {
+                return Err(self.non_finite(step, &batch.inputs, format!("router of block {}", bad.layer)));
+            }
+            total.f_backward()?;
+            loss_sum += loss;
+        }
         let grad_norm = self.optimizer.clip_grad_norm(self.config.grad_clip)?;
         if !grad_norm.is_finite() {
             self.optimizer.zero_grad();
@@ -252,21 +278,36 @@ impl<'a> Trainer<'a> {
         }
         let lr = self.schedule.lr_at(step);
         self.optimizer.step(lr)?;
-        let counts: Vec<(usize, Tensor)> =
-            out.aux.moe_layers().map(|(layer, m)| (layer, m.tokens_per_expert.shallow_clone())).collect();
         self.model.update_expert_biases(&counts)?;
         self.step = step;
+        let moe_mean = |sum: f64| (moe_micro > 0).then(|| sum / moe_micro as f64);
         Ok(StepStats {
             step,
-            loss,
-            load_balancing_loss: lb.map(|t| t.f_double_value(&[])).transpose()?,
-            z_loss: z.map(|t| t.f_double_value(&[])).transpose()?,
-            dropped_fraction: out.aux.dropped_fraction(),
+            loss: loss_sum * scale,
+            load_balancing_loss: moe_mean(lb_sum),
+            z_loss: moe_mean(z_sum),
+            dropped_fraction: moe_mean(dropped_sum),
             moe_layers,
             lr,
             grad_norm,
-            tokens: self.config.batch_size * self.config.seq_len,
+            tokens: accum * self.config.batch_size * self.config.seq_len,
         })
+    }
+
+    /// Builds the non-finite error of `step`, naming the first parameter (in name order) or
+    /// block output / router with non-finite values when there is one, `fallback` otherwise.
+    fn non_finite(&mut self, step: u64, inputs: &Tensor, fallback: String) -> Error {
+        self.optimizer.zero_grad();
+        let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let bad_param = params.into_iter().find(|(_, p)| {
+            p.f_isfinite().and_then(|f| f.f_all()).and_then(|a| a.f_int64_value(&[])).is_ok_and(|v| v == 0)
+        });
+        let what = match bad_param {
+            Some((name, _)) => format!("parameter {name}"),
+            None => self.model.first_non_finite(inputs).ok().flatten().unwrap_or(fallback),
+        };
+        Error::NonFinite { step, what }
     }
 
     /// LM loss and bits per byte on the fixed validation windows (evaluation mode, no gradients).
@@ -286,4 +327,84 @@ impl<'a> Trainer<'a> {
             Ok(EvalStats { loss, bits_per_byte: loss / LN_2 })
         })
     }
+
+    /// Writes checkpoint `root/step-NNNNNNNN` (weights, optimizer state, configs, trainer state
+    /// with `window` and `elapsed_s`) atomically, keeping the newest `keep` checkpoints.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Torch`] on write errors.
+    pub fn save_checkpoint(&self, root: &Path, window: &MetricsWindow, elapsed_s: f64, keep: usize) -> Result<PathBuf> {
+        let state = TrainerState {
+            format: CHECKPOINT_FORMAT,
+            step: self.step,
+            data_position: self.step * self.config.grad_accum as u64,
+            seed: self.config.seed,
+            elapsed_s,
+            window: window.clone(),
+        };
+        let weights = weight_tensors(self.vs)?;
+        let optimizer = self.optimizer.state_tensors()?;
+        let json = |value: String| move |path: &Path| std::fs::write(path, value).map_err(|e| Error::io(path, e));
+        let files: Vec<(&str, FileWriter)> = vec![
+            ("model.safetensors", Box::new(|p: &Path| write_tensors(p, &weights))),
+            ("optimizer.safetensors", Box::new(|p: &Path| write_tensors(p, &optimizer))),
+            ("config.json", Box::new(json(pretty(self.model.config())?))),
+            ("train_config.json", Box::new(json(pretty(&self.config)?))),
+            ("trainer_state.json", Box::new(json(pretty(&state)?))),
+        ];
+        write_checkpoint_dir(root, self.step, files, keep)
+    }
+
+    /// Restores weights, optimizer state and step from a checkpoint written by
+    /// [`Trainer::save_checkpoint`]. Returns the saved metrics window and elapsed seconds.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] if the checkpoint's model config differs from the model's, or its
+    /// tensors do not match the model or optimizer exactly (names, shapes, dtypes).
+    pub fn restore(&mut self, meta: &CheckpointMeta) -> Result<(MetricsWindow, f64)> {
+        if meta.model_config != *self.model.config() {
+            return Err(Error::Checkpoint(format!(
+                "{}/config.json describes another model than the one being trained",
+                meta.dir.display()
+            )));
+        }
+        crate::train::checkpoint::load_weights(self.vs, &meta.dir.join("model.safetensors"))?;
+        self.optimizer.load_state(&read_tensors(&meta.dir.join("optimizer.safetensors"))?)?;
+        if self.optimizer.step_count() != meta.state.step {
+            return Err(Error::Checkpoint(format!(
+                "{}: optimizer step {} differs from trainer step {}",
+                meta.dir.display(),
+                self.optimizer.step_count(),
+                meta.state.step
+            )));
+        }
+        self.step = meta.state.step;
+        Ok((meta.state.window.clone(), meta.state.elapsed_s))
+    }
+}
+
+/// Per-MoE-layer statistics of one forward pass.
+fn layer_metrics(aux: &crate::model::ModelAux) -> Result<Vec<MoeLayerMetrics>> {
+    aux.moe_layers()
+        .map(|(layer, m)| {
+            let tokens_per_expert = Vec::<i64>::try_from(&m.tokens_per_expert.f_to_device(Device::Cpu)?)?;
+            let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
+            let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
+            Ok(MoeLayerMetrics {
+                layer,
+                load_balancing_loss: m.load_balancing_loss.f_double_value(&[])?,
+                z_loss: m.z_loss.f_double_value(&[])?,
+                dropped_frac: m.dropped_fraction,
+                router_entropy: m.router_entropy.f_double_value(&[])?,
+                max_load: if mean > 0.0 { max / mean } else { 0.0 },
+                tokens_per_expert,
+            })
+        })
+        .collect()
+}
+
+fn pretty<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map(|s| s + "\n")
+        .map_err(|source| Error::Json { context: "checkpoint".into(), source })
 }

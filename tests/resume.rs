@@ -1,0 +1,297 @@
+//! Training you can trust: exact resume, determinism, the non-finite guard, and checkpoint
+//! validation.
+
+use altup_moe::moe::{Balancing, MoeConfig};
+use altup_moe::train::{run, ByteDataset, CheckpointMeta, Corpus, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
+use std::path::Path;
+use tch::{nn::VarStore, Device, Tensor};
+
+fn tiny() -> ModelConfig {
+    let mut c = ModelConfig::preset(Arch::AltUpMoe);
+    c.d_model = 16;
+    c.num_layers = 2;
+    c.max_seq_len = 16;
+    c.attention.num_heads = 2;
+    c.ffn.d_ff = 32;
+    // Jitter (libtorch's generator) and aux-free biases (buffers) must survive a resume too.
+    c.moe = Some(MoeConfig {
+        num_experts: 4,
+        d_ff: 32,
+        jitter: 0.1,
+        balancing: Balancing::AuxFree { bias_update_rate: 0.01 },
+        ..Default::default()
+    });
+    c
+}
+
+fn data() -> (ByteDataset, ByteDataset) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.txt");
+    std::fs::write(&path, "Now is the winter of our discontent made glorious summer by this sun of York. ".repeat(30))
+        .unwrap();
+    Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+}
+
+fn train_config() -> TrainConfig {
+    TrainConfig {
+        steps: 8,
+        batch_size: 4,
+        grad_accum: 2,
+        seq_len: 16,
+        lr: 5e-3,
+        warmup_steps: 2,
+        eval_every: 3,
+        eval_batches: 2,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+fn options(out: &Path, stop_after: Option<u64>) -> RunOptions {
+    RunOptions { out_dir: out.to_path_buf(), save_every: Some(2), keep_checkpoints: 2, stop_after }
+}
+
+/// Runs (or resumes) training into `out`; returns the final weights by name.
+fn train(out: &Path, stop_after: Option<u64>, resume: bool) -> Vec<(String, Tensor)> {
+    let (train, val) = data();
+    let (model_config, tc, meta) = if resume {
+        let meta = CheckpointMeta::read(out).unwrap();
+        (meta.model_config.clone(), meta.train_config.clone(), Some(meta))
+    } else {
+        (tiny(), train_config(), None)
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let model = LanguageModel::new(&vs.root(), &model_config).unwrap();
+    let mut trainer = Trainer::new(&vs, &model, &train, &val, tc).unwrap();
+    let resumed = meta.map(|m| trainer.restore(&m).unwrap());
+    run(&mut trainer, resumed, &options(out, stop_after), &mut Silent).unwrap();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// `metrics.jsonl` without the wall-clock fields (`tokens_per_s`, `elapsed_s`).
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("tokens_per_s");
+            o.remove("elapsed_s");
+            v
+        })
+        .collect()
+}
+
+fn assert_same_weights(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+}
+
+/// N steps straight == N/2 steps, stop, resume, N/2 more: bitwise-identical parameters
+/// (including aux-free biases) and identical metrics.
+#[test]
+fn resume_is_exact() {
+    let straight = tempfile::tempdir().unwrap();
+    let a = train(straight.path(), None, false);
+    let interrupted = tempfile::tempdir().unwrap();
+    train(interrupted.path(), Some(4), false);
+    assert_eq!(metrics(interrupted.path()).len(), 1, "one evaluation (step 3) before the stop");
+    let b = train(interrupted.path(), None, true);
+    assert_same_weights(&a, &b);
+    assert!(a.iter().any(|(n, t)| n.ends_with("expert_bias") && t.abs().sum(tch::Kind::Float).double_value(&[]) > 0.0));
+    let (ma, mb) = (metrics(straight.path()), metrics(interrupted.path()));
+    assert_eq!(ma.len(), 3); // steps 3, 6, 8
+    assert_eq!(ma, mb);
+}
+
+/// The same seed and config give the same metrics and weights.
+#[test]
+fn same_seed_same_metrics_file() {
+    let (x, y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = train(x.path(), None, false);
+    let b = train(y.path(), None, false);
+    assert_same_weights(&a, &b);
+    assert_eq!(metrics(x.path()), metrics(y.path()));
+}
+
+/// Resuming after progress beyond the checkpoint (a crash after step 5 with the last checkpoint
+/// at step 4) drops the metrics written after the checkpoint and ends like the straight run.
+#[test]
+fn resume_drops_metrics_written_after_the_checkpoint() {
+    let straight = tempfile::tempdir().unwrap();
+    train(straight.path(), None, false);
+    let crashed = tempfile::tempdir().unwrap();
+    train(crashed.path(), Some(4), false);
+    // Simulate a record from a step after the checkpoint.
+    let extra =
+        std::fs::read_to_string(crashed.path().join("metrics.jsonl")).unwrap().replace("\"step\":3", "\"step\":5");
+    std::fs::write(
+        crashed.path().join("metrics.jsonl"),
+        format!("{}{extra}", std::fs::read_to_string(crashed.path().join("metrics.jsonl")).unwrap()),
+    )
+    .unwrap();
+    train(crashed.path(), None, true);
+    assert_eq!(metrics(straight.path()), metrics(crashed.path()));
+}
+
+fn trainer_parts(vs: &VarStore) -> LanguageModel {
+    LanguageModel::new(&vs.root(), &tiny()).unwrap()
+}
+
+/// A NaN parameter stops training with an error naming the step and the parameter; the last
+/// good checkpoint is untouched.
+#[test]
+fn non_finite_values_stop_training_and_keep_the_last_good_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    train(out.path(), Some(2), false);
+    let ckpt = CheckpointMeta::read(out.path()).unwrap();
+    let before = std::fs::read(ckpt.dir.join("model.safetensors")).unwrap();
+
+    let (train_data, val) = data();
+    let vs = VarStore::new(Device::Cpu);
+    let model = trainer_parts(&vs);
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, train_config()).unwrap();
+    let resumed = trainer.restore(&ckpt).unwrap();
+    tch::no_grad(|| {
+        let _ = vs.variables()["blocks.1.moe.router.weight"].shallow_clone().get(0).get(0).fill_(f64::NAN);
+    });
+    let err = run(&mut trainer, Some(resumed), &options(out.path(), None), &mut Silent).unwrap_err();
+    match &err {
+        Error::NonFinite { step, what } => {
+            assert_eq!(*step, 3);
+            assert_eq!(what, "parameter blocks.1.moe.router.weight");
+        }
+        other => panic!("expected NonFinite, got {other}"),
+    }
+    assert_eq!(err.to_string(), "non-finite value at step 3: parameter blocks.1.moe.router.weight");
+    let after = CheckpointMeta::read(out.path()).unwrap();
+    assert_eq!(after.dir, ckpt.dir, "no checkpoint is written after the failure");
+    assert_eq!(std::fs::read(after.dir.join("model.safetensors")).unwrap(), before);
+}
+
+/// Finite parameters whose activations overflow: the error names the first block whose output
+/// is non-finite.
+#[test]
+fn overflowing_activations_name_the_block() {
+    let (train_data, val) = data();
+    let vs = VarStore::new(Device::Cpu);
+    let model = trainer_parts(&vs);
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, train_config()).unwrap();
+    tch::no_grad(|| {
+        let _ = vs.variables()["blocks.0.ffn.w_out.weight"].shallow_clone().fill_(1e38);
+        let _ = vs.variables()["blocks.0.ffn.w_in.weight"].shallow_clone().fill_(1e3);
+    });
+    let err = trainer.step().unwrap_err().to_string();
+    assert_eq!(err, "non-finite value at step 1: output of block 0");
+}
+
+/// Broken checkpoints get errors that say what is wrong.
+#[test]
+fn broken_checkpoints_are_named() {
+    let out = tempfile::tempdir().unwrap();
+    train(out.path(), Some(2), false);
+    let ckpt = CheckpointMeta::read(out.path()).unwrap();
+    let (train_data, val) = data();
+    let restore = |dir: &Path| -> Result<(), Error> {
+        let meta = CheckpointMeta::read(dir)?;
+        let vs = VarStore::new(Device::Cpu);
+        let model = LanguageModel::new(&vs.root(), &meta.model_config)?;
+        let mut trainer = Trainer::new(&vs, &model, &train_data, &val, meta.train_config.clone())?;
+        trainer.restore(&meta).map(|_| ())
+    };
+    restore(&ckpt.dir).unwrap();
+    let copy = |name: &str| {
+        let dir = out.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(&ckpt.dir).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+        dir
+    };
+    // Truncated weights.
+    let dir = copy("truncated");
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = restore(&dir).unwrap_err().to_string();
+    assert!(err.starts_with("checkpoint error: cannot read") && err.contains("model.safetensors"), "{err}");
+    // Corrupt trainer state.
+    let dir = copy("corrupt");
+    std::fs::write(dir.join("trainer_state.json"), "{\"step\": oops").unwrap();
+    let err = restore(&dir).unwrap_err().to_string();
+    assert!(err.starts_with("JSON error in") && err.contains("trainer_state.json"), "{err}");
+    // Missing optimizer state.
+    let dir = copy("missing");
+    std::fs::remove_file(dir.join("optimizer.safetensors")).unwrap();
+    let err = restore(&dir).unwrap_err().to_string();
+    assert!(err.ends_with("is missing optimizer.safetensors"), "{err}");
+    // Weights of another model.
+    let dir = copy("mismatch");
+    let mut other = tiny();
+    other.d_model = 32;
+    let vs = VarStore::new(Device::Cpu);
+    let _ = LanguageModel::new(&vs.root(), &other).unwrap();
+    altup_moe::train::save_weights(&vs, &dir.join("model.safetensors")).unwrap();
+    let err = restore(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("'blocks.0.attn.out.weight' has shape [32, 32] and dtype Float in the file but [16, 16]"),
+        "{err}"
+    );
+    // Config of another model.
+    let dir = copy("other-config");
+    let meta = CheckpointMeta::read(&dir).unwrap();
+    let vs = VarStore::new(Device::Cpu);
+    let model = LanguageModel::new(&vs.root(), &ModelConfig { init_seed: 5, ..tiny() }).unwrap();
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, meta.train_config.clone()).unwrap();
+    let err = trainer.restore(&meta).unwrap_err().to_string();
+    assert!(err.ends_with("config.json describes another model than the one being trained"), "{err}");
+    // Nothing to resume from.
+    let empty = tempfile::tempdir().unwrap();
+    let err = CheckpointMeta::read(empty.path()).unwrap_err().to_string();
+    assert!(err.starts_with("checkpoint error: no checkpoint in"), "{err}");
+}
+
+/// Checkpoints load in Python with safetensors and PyTorch.
+#[test]
+fn checkpoints_load_in_python() {
+    let out = tempfile::tempdir().unwrap();
+    train(out.path(), Some(2), false);
+    let ckpt = CheckpointMeta::read(out.path()).unwrap();
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| Path::new(&v).join("bin/python"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(python.exists(), "no Python at {} (run `make venv`)", python.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/load_checkpoint.py");
+    let output = std::process::Command::new(&python).arg(&script).arg(&ckpt.dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let vs = VarStore::new(Device::Cpu);
+    let _ = LanguageModel::new(&vs.root(), &tiny()).unwrap();
+    assert!(stdout.contains(&format!("model tensors: {}", vs.variables().len())), "{stdout}");
+    assert!(stdout.contains("optimizer step: 2"), "{stdout}");
+}
+
+/// bf16 compute with f32 master weights trains; logits come back in f32.
+#[test]
+fn bf16_compute_trains_with_f32_masters() {
+    let (train_data, val) = data();
+    let vs = VarStore::new(Device::Cpu);
+    let mut model = LanguageModel::new(&vs.root(), &tiny()).unwrap();
+    model.set_precision(altup_moe::model::Precision::Bf16);
+    let tc = TrainConfig { precision: altup_moe::model::Precision::Bf16, steps: 12, lr: 1e-2, ..train_config() };
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, tc).unwrap();
+    let losses: Vec<f64> = (0..12).map(|_| trainer.step().unwrap().loss).collect();
+    assert!(losses[11] < losses[0] - 1.0, "{losses:?}");
+    let logits = model.forward_t(&Tensor::zeros([1, 4], (tch::Kind::Int64, Device::Cpu)), false).unwrap().logits;
+    assert_eq!(logits.kind(), tch::Kind::Float);
+    assert!(vs.trainable_variables().iter().all(|t| t.kind() == tch::Kind::Float));
+    let err = Trainer::new(&vs, &model, &train_data, &val, train_config()).unwrap_err().to_string();
+    assert!(err.contains("the model computes in Bf16 but the training config says F32"), "{err}");
+}
