@@ -417,8 +417,10 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
     let result = run(&mut trainer, resumed, &options, &mut Progress { bar: &bar });
     bar.finish_and_clear();
     if let Err(e) = result {
-        let last = find_checkpoint(&args.out).map(|p| format!(" (last good checkpoint: {})", p.display()));
-        return Err(Error::Checkpoint(format!("training stopped: {e}{}", last.unwrap_or_default())));
+        if let Ok(last) = find_checkpoint(&args.out) {
+            eprintln!("last good checkpoint: {} (continue with --resume {})", last.display(), args.out.display());
+        }
+        return Err(e);
     }
     save_weights(&vs, &args.out.join("model.safetensors"))?;
     eprintln!(
@@ -487,5 +489,78 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("train").chain(extra.iter().copied()))
+    }
+
+    #[test]
+    fn bad_flag_values_are_rejected_with_their_value() {
+        for (flags, expected) in [
+            (vec!["--arch", "moe"], "unknown architecture 'moe' (expected one of: dense, switch, altup, altup-moe)"),
+            (vec!["--capacity-factor", "0"], "'0' is not a positive capacity factor or 'none'"),
+            (vec!["--activation", "tanh"], "unknown value `tanh`, expected one of `gelu`, `relu`, `swiglu`"),
+            (vec!["--altup-selection", "sometimes"], "unknown selection 'sometimes'"),
+            (vec!["--altup-output", "block:x"], "'x': invalid digit"),
+            (vec!["--dtype", "f16"], "unknown precision 'f16' (expected f32 or bf16)"),
+            (vec!["--balancing", "magic"], "invalid value 'magic' for '--balancing <BALANCING>'"),
+            (vec!["--steps", "-3"], "unexpected argument '-3'"),
+        ] {
+            let err = args(&flags).unwrap_err().to_string();
+            assert!(err.contains(expected), "{flags:?}: {err}");
+        }
+        if !tch::Cuda::is_available() {
+            let err = args(&["--device", "cuda"]).unwrap_err().to_string();
+            assert!(err.contains("CUDA was requested but no CUDA device is available"), "{err}");
+        }
+    }
+
+    #[test]
+    fn flags_reach_the_model_config() {
+        let a = args(&[
+            "--arch",
+            "altup-moe",
+            "--experts",
+            "16",
+            "--top-k",
+            "2",
+            "--capacity-factor",
+            "1.5",
+            "--shared-experts",
+            "1",
+            "--altup-blocks",
+            "3",
+            "--altup-selection",
+            "schedule:0,2",
+            "--altup-mode",
+            "input-dependent",
+            "--recycled",
+            "--sequence-stride",
+            "2",
+            "--moe-layers",
+            "0,2",
+        ])
+        .unwrap();
+        let c = model_config(&a).unwrap();
+        let moe = c.moe.unwrap();
+        assert_eq!((moe.num_experts, moe.top_k, moe.capacity_factor, moe.num_shared_experts), (16, 2, Some(1.5), 1));
+        assert_eq!(moe.eval_capacity_factor, Some(1.5));
+        assert_eq!(c.moe_layers, MoeLayers::List { layers: vec![0, 2] });
+        let altup = c.altup.unwrap();
+        assert_eq!(altup.num_blocks, 3);
+        assert_eq!(altup.selection, BlockSelection::Schedule(vec![0, 2]));
+        assert_eq!(altup.widening, Widening::Recycled);
+        assert_eq!(altup.coefficients, Coefficients::InputDependent { clip: Some(120.0) });
+        assert_eq!(c.sequence_altup, Some(SequenceAltUpConfig { stride: 2 }));
+        let err = model_config(&args(&["--heads", "3"]).unwrap()).unwrap_err().to_string();
+        assert_eq!(err, "invalid config: num_heads (3) must divide d_model (128)");
+        let err = model_config(&args(&["--altup-clip", "big"]).unwrap()).unwrap_err().to_string();
+        assert_eq!(err, "invalid config: --altup-clip 'big' is not a number or 'none'");
     }
 }
