@@ -39,8 +39,9 @@ fixtures: venv
 build: venv
 	cargo build --all-targets
 
+# `make train` always starts a fresh run in runs/latest (--overwrite), unless TRAIN_ARGS resumes one.
 train: venv
-	cargo run --example train -- $(TRAIN_ARGS)
+	cargo run --example train -- --overwrite $(TRAIN_ARGS)
 
 test: fixtures
 	cargo test --all-targets

@@ -21,16 +21,18 @@ use altup_moe::train::{
     RunOptions, StepStats, TrainConfig, Trainer,
 };
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::{nn::VarStore, Device};
 
-/// Train a small MoE / AltUp byte-level language model on real text.
+/// Train a small byte-level language model — dense, Switch-MoE, AltUp or AltUp+MoE — on real
+/// text (default: the plays of Shakespeare), with metrics, checkpoints and resume.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Stack to train: dense, switch, altup or altup-moe.
     #[arg(long, default_value = "altup-moe", value_parser = parse_arch)]
@@ -86,16 +88,16 @@ struct Args {
     #[arg(help_heading = "Mixture of experts", long)]
     normalize_gates: bool,
     /// Training capacity factor, or "none" for dropless [default: none; 2 for expert choice].
-    #[arg(help_heading = "Mixture of experts", long, value_parser = parse_capacity)]
+    #[arg(help_heading = "Mixture of experts", long, allow_hyphen_values = true, value_parser = parse_capacity)]
     capacity_factor: Option<Capacity>,
     /// Evaluation capacity factor, or "none" [default: the training one].
-    #[arg(help_heading = "Mixture of experts", long, value_parser = parse_capacity)]
+    #[arg(help_heading = "Mixture of experts", long, allow_hyphen_values = true, value_parser = parse_capacity)]
     eval_capacity_factor: Option<Capacity>,
     /// Capacity priority: position or confidence (batch prioritized routing).
     #[arg(help_heading = "Mixture of experts", long, default_value = "position", value_parser = parse_enum::<CapacityPriority>)]
     priority: CapacityPriority,
     /// Multiplicative router jitter ε in training (0 = off).
-    #[arg(help_heading = "Mixture of experts", long, default_value_t = 0.0)]
+    #[arg(help_heading = "Mixture of experts", long, allow_negative_numbers = true, default_value_t = 0.0)]
     jitter: f64,
     /// Shared experts every token passes through (DeepSeekMoE).
     #[arg(help_heading = "Mixture of experts", long, default_value_t = 0)]
@@ -104,13 +106,13 @@ struct Args {
     #[arg(help_heading = "Mixture of experts", long, default_value = "aux-loss", value_parser = ["aux-loss", "aux-free"])]
     balancing: String,
     /// Bias update step γ for --balancing aux-free.
-    #[arg(help_heading = "Mixture of experts", long, default_value_t = 1e-3)]
+    #[arg(help_heading = "Mixture of experts", long, allow_negative_numbers = true, default_value_t = 1e-3)]
     bias_update_rate: f64,
     /// Load-balancing loss coefficient α [default: 0.01; 0 with --balancing aux-free].
-    #[arg(help_heading = "Mixture of experts", long)]
+    #[arg(help_heading = "Mixture of experts", long, allow_negative_numbers = true)]
     aux_loss_coef: Option<f64>,
     /// Router z-loss coefficient β.
-    #[arg(help_heading = "Mixture of experts", long, default_value_t = 1e-3)]
+    #[arg(help_heading = "Mixture of experts", long, allow_negative_numbers = true, default_value_t = 1e-3)]
     z_loss_coef: f64,
     /// MoE on every N-th block...
     #[arg(help_heading = "Mixture of experts", long, default_value_t = 2)]
@@ -150,20 +152,24 @@ struct Args {
     #[arg(help_heading = "AltUp", long, default_value_t = 0)]
     sequence_stride: usize,
     /// Peak learning rate (linear warmup, cosine decay to 10%).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true)]
     lr: f64,
-    /// Warmup steps.
-    #[arg(long, default_value_t = 50)]
-    warmup_steps: u64,
+    /// Warmup steps [default: 50, at most a tenth of --steps].
+    #[arg(long)]
+    warmup_steps: Option<u64>,
     /// Seed of the initialisation and the data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
-    /// Output folder (metrics.jsonl, checkpoints/, model.safetensors).
-    #[arg(long, default_value = "runs/latest")]
-    out: PathBuf,
+    /// Output folder (metrics.jsonl, checkpoints/, model.safetensors) [default: runs/latest, or
+    /// the resumed run's folder with --resume].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Start a fresh run even if --out already holds one (its checkpoints are deleted).
+    #[arg(long)]
+    overwrite: bool,
     /// Save a checkpoint every this many steps (0 = only after the last step).
     #[arg(long, default_value_t = 500)]
     save_every: u64,
@@ -188,7 +194,7 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     sample_len: usize,
     /// Intra-op threads for libtorch [default: libtorch's choice].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     threads: Option<i32>,
 }
 
@@ -334,10 +340,88 @@ fn human(n: usize) -> String {
     }
 }
 
-fn train_main(args: Args) -> altup_moe::Result<()> {
+/// Flags that set the model or the training run: ignored with --resume (the checkpoint's
+/// settings are used).
+const RUN_FLAGS: &[&str] = &[
+    "arch",
+    "batch_size",
+    "grad_accum",
+    "dtype",
+    "seq_len",
+    "d_model",
+    "layers",
+    "heads",
+    "d_ff",
+    "lr",
+    "warmup_steps",
+    "seed",
+    "eval_every",
+    "eval_batches",
+];
+/// Mixture-of-experts flags (ignored for stacks without MoE).
+const MOE_FLAGS: &[&str] = &[
+    "experts",
+    "expert_d_ff",
+    "router",
+    "top_k",
+    "normalize_gates",
+    "capacity_factor",
+    "eval_capacity_factor",
+    "priority",
+    "jitter",
+    "shared_experts",
+    "balancing",
+    "bias_update_rate",
+    "aux_loss_coef",
+    "z_loss_coef",
+    "moe_every",
+    "moe_offset",
+    "moe_layers",
+];
+/// AltUp flags (ignored for stacks without AltUp).
+const ALTUP_FLAGS: &[&str] = &[
+    "altup_blocks",
+    "altup_mode",
+    "altup_clip",
+    "altup_selection",
+    "altup_compute",
+    "altup_widening",
+    "recycled",
+    "altup_output",
+];
+
+/// The flags among `ids` given on the command line, spelled as flags.
+fn given(matches: &ArgMatches, ids: &[&str]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect()
+}
+
+fn warn_ignored(flags: Vec<String>, why: &str) {
+    if !flags.is_empty() {
+        eprintln!("warning: {} ignored: {why}", flags.join(", "));
+    }
+}
+
+/// Description of the training data recorded in train_config.json (path, files, bytes).
+fn data_description(path: &std::path::Path, corpus: &Corpus) -> String {
+    format!("{} ({} files, {} bytes)", path.display(), corpus.files.len(), corpus.bytes.len())
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
+    ensure_flag(args.keep_checkpoints > 0, "--keep-checkpoints (0) must be at least 1")?;
     let data_path = match &args.data {
         Some(p) => p.clone(),
         None => find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])?,
@@ -345,22 +429,42 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
     let extensions: Option<&[&str]> = if args.data.is_none() { Some(&["md"]) } else { None };
     let corpus = Corpus::from_path(&data_path, extensions)?;
     let (train, val) = corpus.split(0.1)?;
+    let data = data_description(&data_path, &corpus);
 
     let (config, train_config, resume) = match &args.resume {
         Some(path) => {
             let meta = CheckpointMeta::read(path)?;
+            warn_ignored(
+                given(matches, RUN_FLAGS)
+                    .into_iter()
+                    .chain(given(matches, MOE_FLAGS))
+                    .chain(given(matches, ALTUP_FLAGS))
+                    .collect(),
+                "with --resume the checkpoint's model and training settings are used",
+            );
             let mut train_config = meta.train_config.clone();
+            if train_config.data != data {
+                eprintln!("warning: the checkpoint was trained on {} but --data gives {data}", train_config.data);
+            }
             train_config.steps = args.steps.unwrap_or(train_config.steps);
+            train_config.data = data.clone();
             (meta.model_config.clone(), train_config, Some(meta))
         }
         None => {
+            if !args.arch.has_moe() {
+                warn_ignored(given(matches, MOE_FLAGS), &format!("--arch {} has no MoE layers", args.arch));
+            }
+            if !args.arch.has_altup() {
+                warn_ignored(given(matches, ALTUP_FLAGS), &format!("--arch {} has no AltUp", args.arch));
+            }
+            let steps = args.steps.unwrap_or(1200);
             let train_config = TrainConfig {
-                steps: args.steps.unwrap_or(1200),
+                steps,
                 batch_size: args.batch_size,
                 grad_accum: args.grad_accum,
                 seq_len: args.seq_len,
                 lr: args.lr,
-                warmup_steps: args.warmup_steps.min(args.steps.unwrap_or(1200)),
+                warmup_steps: args.warmup_steps.unwrap_or(50.min(steps / 10)),
                 eval_every: args.eval_every,
                 eval_batches: args.eval_batches,
                 seed: args.seed,
@@ -371,11 +475,46 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
                     1e-2
                 }),
                 z_loss_coef: args.z_loss_coef,
+                data: data.clone(),
                 ..TrainConfig::default()
             };
             (model_config(&args)?, train_config, None)
         }
     };
+    // Where to write: --out, else the resumed run's folder, else runs/latest.
+    let out = match (&args.out, &resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(meta)) => run_folder(&meta.dir),
+        (None, None) => PathBuf::from("runs/latest"),
+    };
+    if let Some(meta) = &resume {
+        if meta.state.step >= train_config.steps {
+            eprintln!(
+                "nothing to train: {} is at step {} and --steps is {}",
+                meta.dir.display(),
+                meta.state.step,
+                train_config.steps
+            );
+            return Ok(());
+        }
+    } else if !args.overwrite {
+        if let Ok(existing) = find_checkpoint(&out) {
+            return Err(Error::Checkpoint(format!(
+                "{} already holds a training run (checkpoint {}): continue it with --resume {0}, replace it with --overwrite, or choose another --out",
+                out.display(),
+                existing.display()
+            )));
+        }
+    }
+    if let Some(stop) = args.stop_after {
+        ensure_flag(
+            stop >= 1 && stop < train_config.steps,
+            &format!(
+                "--stop-after ({stop}) must be between 1 and --steps - 1 ({})",
+                train_config.steps.saturating_sub(1)
+            ),
+        )?;
+    }
     let vs = VarStore::new(args.device);
     let mut model = LanguageModel::new(&vs.root(), &config)?;
     model.set_precision(train_config.precision);
@@ -384,22 +523,22 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
 
     let counts = model.param_counts();
     eprintln!(
-        "{} | {} params ({} active per token) | device {:?} | data {} ({} files, {} train / {} val bytes)",
+        "{} | {} params ({} active per token) | device {} | data {} ({} files, {} train / {} val bytes)",
         match &resume {
             Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
             None => format!("arch {}", args.arch),
         },
         human(counts.total),
         human(counts.active_per_token),
-        args.device,
+        device_name(args.device),
         data_path.display(),
         corpus.files.len(),
         human(train.len()),
         human(val.len()),
     );
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    save_json(&args.out.join("config.json"), &config)?;
-    save_json(&args.out.join("train_config.json"), &train_config)?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    save_json(&out.join("config.json"), &config)?;
+    save_json(&out.join("train_config.json"), &train_config)?;
 
     let bar = ProgressBar::new(train_config.steps);
     bar.set_style(
@@ -409,7 +548,8 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
     );
     bar.set_position(trainer.step_count());
     let options = RunOptions {
-        out_dir: args.out.clone(),
+        out_dir: out.clone(),
+        overwrite: args.overwrite,
         save_every: (args.save_every > 0).then_some(args.save_every),
         keep_checkpoints: args.keep_checkpoints,
         stop_after: args.stop_after,
@@ -417,23 +557,33 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
     let result = run(&mut trainer, resumed, &options, &mut Progress { bar: &bar });
     bar.finish_and_clear();
     if let Err(e) = result {
-        if let Ok(last) = find_checkpoint(&args.out) {
-            eprintln!("last good checkpoint: {} (continue with --resume {})", last.display(), args.out.display());
+        if let Ok(last) = find_checkpoint(&out) {
+            eprintln!("last good checkpoint: {} (continue with --resume {})", last.display(), out.display());
         }
         return Err(e);
     }
-    save_weights(&vs, &args.out.join("model.safetensors"))?;
+    save_weights(&vs, &out.join("model.safetensors"))?;
     eprintln!(
         "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
-        args.out.display()
+        out.display()
     );
 
     if args.sample_len > 0 {
-        let prompt: Vec<i64> = val.bytes().iter().take(64).map(|&b| b as i64).collect();
+        // Prompt: up to 64 bytes of validation text, starting at a line.
+        let text = val.bytes();
+        let start = text.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1).min(text.len().saturating_sub(1));
+        let prompt: Vec<i64> = text[start..].iter().take(64).map(|&b| b as i64).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
         let tokens = model.generate(&prompt, args.sample_len, Sampling::default(), &mut rng)?;
-        let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
-        println!("--- sample (prompt: the first 64 validation bytes) ---\n{}", String::from_utf8_lossy(&bytes));
+        let show = |ids: &[i64]| {
+            let bytes: Vec<u8> = ids.iter().map(|&t| t as u8).collect();
+            String::from_utf8_lossy(&bytes)
+                .chars()
+                .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{fffd}' } else { c })
+                .collect::<String>()
+        };
+        println!("--- prompt (validation text) ---\n{}", show(&tokens[..prompt.len()]));
+        println!("--- sample ({} generated bytes) ---\n{}", args.sample_len, show(&tokens[prompt.len()..]));
     }
     Ok(())
 }
@@ -481,9 +631,31 @@ fn log(bar: &ProgressBar, line: String) {
     }
 }
 
+/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`).
+fn run_folder(checkpoint: &std::path::Path) -> PathBuf {
+    match checkpoint.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
+            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+        _ => checkpoint.to_path_buf(),
+    }
+}
+
+fn ensure_flag(ok: bool, message: &str) -> altup_moe::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(message.to_string()))
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match train_main(args) {
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    match train_main(args, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -511,6 +683,8 @@ mod tests {
             (vec!["--dtype", "f16"], "unknown precision 'f16' (expected f32 or bf16)"),
             (vec!["--balancing", "magic"], "invalid value 'magic' for '--balancing <BALANCING>'"),
             (vec!["--steps", "-3"], "unexpected argument '-3'"),
+            (vec!["--capacity-factor", "-1"], "'-1' is not a positive capacity factor or 'none'"),
+            (vec!["--threads", "0"], "0 is not in 1.."),
         ] {
             let err = args(&flags).unwrap_err().to_string();
             assert!(err.contains(expected), "{flags:?}: {err}");

@@ -33,11 +33,24 @@ fn train(out: &Path, resume: bool) {
     let (train, val) = data();
     let vs = VarStore::new(Device::Cpu);
     let model = LanguageModel::new(&vs.root(), &tiny()).unwrap();
-    let config =
-        TrainConfig { steps: STEPS, batch_size: 4, seq_len: 16, eval_every: 2, eval_batches: 1, ..Default::default() };
+    let config = TrainConfig {
+        steps: STEPS,
+        batch_size: 4,
+        seq_len: 16,
+        warmup_steps: 1,
+        eval_every: 2,
+        eval_batches: 1,
+        ..Default::default()
+    };
     let mut trainer = Trainer::new(&vs, &model, &train, &val, config).unwrap();
     let resumed = resume.then(|| trainer.restore(&CheckpointMeta::read(out).unwrap()).unwrap());
-    let options = RunOptions { out_dir: out.to_path_buf(), save_every: Some(2), keep_checkpoints: 3, stop_after: None };
+    let options = RunOptions {
+        out_dir: out.to_path_buf(),
+        save_every: Some(2),
+        keep_checkpoints: 3,
+        stop_after: None,
+        overwrite: false,
+    };
     run(&mut trainer, resumed, &options, &mut Silent).unwrap();
 }
 

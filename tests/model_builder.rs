@@ -181,6 +181,28 @@ fn each_invalid_config_returns_its_error() {
         (Box::new(|c| c.attention.num_heads = 16), "head dimension (1) must be even for rotary embeddings"),
         (Box::new(|c| c.norm_eps = 0.0), "norm_eps (0) must be positive and finite"),
         (Box::new(|c| c.altup.as_mut().unwrap().output = OutputReduction::Block(2)), "altup output block (2) must be < num_blocks (2)"),
+        (
+            Box::new(|c| c.sequence_altup = Some(altup_moe::altup::SequenceAltUpConfig { stride: 13 })),
+            "sequence_altup stride (13) must be <= max_seq_len (12)",
+        ),
+        (
+            Box::new(|c| {
+                let a = c.altup.as_mut().unwrap();
+                a.widening = altup_moe::altup::Widening::Recycled;
+                a.output = OutputReduction::Block(1);
+            }),
+            "altup output Block(1) only applies to the wide-embedding widening (Recycled has its own collapse)",
+        ),
+        (
+            Box::new(|c| {
+                let m = c.moe.as_mut().unwrap();
+                m.router = altup_moe::moe::RouterKind::ExpertChoice;
+                m.capacity_factor = Some(2.0);
+                m.eval_capacity_factor = Some(2.0);
+                m.top_k = 2;
+            }),
+            "top_k (2) is not used by expert_choice routing (experts pick C = cf·N/E tokens); leave it at 1",
+        ),
     ];
     for (mutate, expected) in cases {
         let mut config = tiny(Arch::AltUpMoe);

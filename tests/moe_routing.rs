@@ -151,7 +151,7 @@ fn padding_is_not_counted_in_losses_or_capacity() {
     for router in [RouterKind::TokenChoice, RouterKind::ExpertChoice] {
         let config = MoeConfig {
             num_experts: 4,
-            top_k: 2,
+            top_k: if router == RouterKind::TokenChoice { 2 } else { 1 },
             router,
             capacity_factor: Some(1.0),
             eval_capacity_factor: Some(1.0),
@@ -206,7 +206,7 @@ fn combine_is_deterministic() {
     for router in [RouterKind::TokenChoice, RouterKind::ExpertChoice] {
         let (_vs, moe) = layer(MoeConfig {
             num_experts: 4,
-            top_k: 2,
+            top_k: if router == RouterKind::TokenChoice { 2 } else { 1 },
             router,
             capacity_factor: Some(1.5),
             eval_capacity_factor: Some(1.5),

@@ -49,7 +49,7 @@ fn train_config() -> TrainConfig {
 }
 
 fn options(out: &Path, stop_after: Option<u64>) -> RunOptions {
-    RunOptions { out_dir: out.to_path_buf(), save_every: Some(2), keep_checkpoints: 2, stop_after }
+    RunOptions { out_dir: out.to_path_buf(), save_every: Some(2), keep_checkpoints: 2, stop_after, overwrite: false }
 }
 
 /// Runs (or resumes) training into `out`; returns the final weights by name.
@@ -256,6 +256,27 @@ fn broken_checkpoints_are_named() {
     let empty = tempfile::tempdir().unwrap();
     let err = CheckpointMeta::read(empty.path()).unwrap_err().to_string();
     assert!(err.starts_with("checkpoint error: no checkpoint in"), "{err}");
+}
+
+/// A fresh run refuses a folder that holds another run's checkpoints unless told to overwrite
+/// them, in which case the old checkpoints are deleted (they would otherwise outrank the new ones).
+#[test]
+fn fresh_runs_do_not_mix_with_an_old_run() {
+    let out = tempfile::tempdir().unwrap();
+    train(out.path(), None, false); // checkpoints up to step 8
+    let (train_data, val) = data();
+    let vs = VarStore::new(Device::Cpu);
+    let model = LanguageModel::new(&vs.root(), &tiny()).unwrap();
+    let short = TrainConfig { steps: 2, warmup_steps: 1, ..train_config() };
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, short.clone()).unwrap();
+    let err = run(&mut trainer, None, &options(out.path(), None), &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("already holds a training run") && err.contains("step-00000008"), "{err}");
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, short).unwrap();
+    let overwrite = RunOptions { overwrite: true, ..options(out.path(), None) };
+    run(&mut trainer, None, &overwrite, &mut Silent).unwrap();
+    let meta = CheckpointMeta::read(out.path()).unwrap();
+    assert_eq!(meta.state.step, 2, "the new run's checkpoint is the newest");
+    assert_eq!(metrics(out.path()).len(), 1);
 }
 
 /// Checkpoints load in Python with safetensors and PyTorch.

@@ -33,7 +33,7 @@ fn config(steps: u64) -> TrainConfig {
         batch_size: 8,
         seq_len: 32,
         lr: 1e-2,
-        warmup_steps: 5,
+        warmup_steps: (steps / 4).min(5),
         eval_every: steps,
         eval_batches: 2,
         ..Default::default()
@@ -102,4 +102,6 @@ fn train_config_errors_name_the_value() {
     assert_eq!(err.to_string(), "invalid config: learning rate (0) must be positive and finite");
     let err = Trainer::new(&vs, &model, &train, &val, TrainConfig { batch_size: 0, ..config(3) }).unwrap_err();
     assert_eq!(err.to_string(), "invalid config: batch_size (0) must be positive");
+    let err = Trainer::new(&vs, &model, &train, &val, TrainConfig { warmup_steps: 3, ..config(3) }).unwrap_err();
+    assert_eq!(err.to_string(), "invalid config: warmup_steps (3) must be smaller than steps (3)");
 }

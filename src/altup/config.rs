@@ -160,6 +160,12 @@ impl AltUpConfig {
         if let OutputReduction::Block(b) = self.output {
             ensure_config(b < k, || format!("altup output block ({b}) must be < num_blocks ({k})"))?;
         }
+        ensure_config(self.widening == Widening::WideEmbedding || self.output == OutputReduction::Mean, || {
+            format!(
+                "altup output {:?} only applies to the wide-embedding widening ({:?} has its own collapse)",
+                self.output, self.widening
+            )
+        })?;
         if let Coefficients::InputDependent { clip: Some(c) } = self.coefficients {
             ensure_config(c > 0.0 && c.is_finite(), || format!("altup clip ({c}) must be positive and finite"))?;
         }

@@ -148,6 +148,9 @@ impl ModelConfig {
         }
         if let Some(seq) = &self.sequence_altup {
             seq.validate()?;
+            ensure_config(seq.stride <= self.max_seq_len, || {
+                format!("sequence_altup stride ({}) must be <= max_seq_len ({})", seq.stride, self.max_seq_len)
+            })?;
         }
         if self.tie_embeddings {
             let width = self.embedding_width();

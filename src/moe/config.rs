@@ -159,6 +159,12 @@ impl MoeConfig {
             }
         }
         ensure_config((0.0..1.0).contains(&self.jitter), || format!("jitter ({}) must be in [0, 1)", self.jitter))?;
+        ensure_config(self.router == RouterKind::TokenChoice || self.top_k == 1, || {
+            format!(
+                "top_k ({}) is not used by expert_choice routing (experts pick C = cf·N/E tokens); leave it at 1",
+                self.top_k
+            )
+        })?;
         if let Balancing::AuxFree { bias_update_rate } = self.balancing {
             ensure_config(bias_update_rate > 0.0 && bias_update_rate.is_finite(), || {
                 format!("bias_update_rate ({bias_update_rate}) must be positive and finite")

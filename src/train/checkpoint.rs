@@ -96,6 +96,9 @@ impl CheckpointMeta {
 /// # Errors
 /// [`Error::Checkpoint`] naming the path when there is none.
 pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        return Err(Error::Checkpoint(format!("{} does not exist", path.display())));
+    }
     if path.join("trainer_state.json").is_file() {
         return Ok(path.to_path_buf());
     }

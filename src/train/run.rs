@@ -2,6 +2,7 @@
 //! checkpoints, and resumption — shared by the `train` example and the tests.
 
 use crate::error::{Error, Result};
+use crate::train::checkpoint::list_checkpoints;
 use crate::train::metrics::{EvalRecord, MetricsWindow, MetricsWriter};
 use crate::train::trainer::{StepStats, Trainer};
 use std::path::{Path, PathBuf};
@@ -17,6 +18,9 @@ pub struct RunOptions {
     pub save_every: Option<u64>,
     /// Checkpoints kept (the newest ones).
     pub keep_checkpoints: usize,
+    /// When starting fresh (step 0) in a folder that already holds checkpoints: delete them
+    /// (`true`) or refuse with an error (`false`).
+    pub overwrite: bool,
     /// Stop after this step with a checkpoint, as if interrupted (for time-limited jobs; resume
     /// later from the checkpoint). `None` = run to the end.
     pub stop_after: Option<u64>,
@@ -47,7 +51,8 @@ impl Observer for Silent {}
 
 /// Trains until `trainer.config().steps`: evaluates every `eval_every` steps and after the last
 /// one (appending to `out_dir/metrics.jsonl`), and checkpoints every `save_every` steps and after
-/// the last one. Starts fresh when the trainer is at step 0 (truncating `metrics.jsonl`);
+/// the last one. Starts fresh when the trainer is at step 0 (truncating `metrics.jsonl`; an
+/// earlier run's checkpoints are an error unless `overwrite`);
 /// otherwise continues an interrupted run whose state `resumed` holds (from
 /// [`Trainer::restore`]), dropping metrics written after its checkpoint.
 ///
@@ -66,7 +71,18 @@ pub fn run(
     let metrics_path = options.out_dir.join("metrics.jsonl");
     let start_step = trainer.step_count();
     let (mut window, elapsed_before) = resumed.unwrap_or_default();
+    let root = options.checkpoint_root();
     let mut metrics = if start_step == 0 {
+        if let Some(existing) = list_checkpoints(&root)?.last() {
+            if !options.overwrite {
+                return Err(Error::Checkpoint(format!(
+                    "{} already holds a training run ({}); resume it or allow overwriting",
+                    options.out_dir.display(),
+                    existing.display()
+                )));
+            }
+            std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        }
         MetricsWriter::create(&metrics_path)?
     } else {
         MetricsWriter::resume(&metrics_path, start_step)?

@@ -55,6 +55,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Compute precision (parameters and optimizer state stay f32).
     pub precision: Precision,
+    /// Description of the training data (e.g. path, files, bytes), recorded for provenance.
+    pub data: String,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +77,7 @@ impl Default for TrainConfig {
             eval_batches: 8,
             seed: 0,
             precision: Precision::F32,
+            data: String::new(),
         }
     }
 }
@@ -98,6 +101,9 @@ impl TrainConfig {
         ] {
             ensure_config(v >= 0.0 && v.is_finite(), || format!("{name} ({v}) must be >= 0 and finite"))?;
         }
+        ensure_config(self.warmup_steps < self.steps, || {
+            format!("warmup_steps ({}) must be smaller than steps ({})", self.warmup_steps, self.steps)
+        })?;
         LrSchedule::new(self.lr, self.warmup_steps, self.steps, self.min_lr_ratio)?;
         Ok(())
     }
