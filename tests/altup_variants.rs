@@ -1,42 +1,17 @@
 //! AltUp variants end to end: K = 1, Recycled-AltUp, Sequence-AltUp causality, input-dependent
 //! coefficients, projected widening, and gradients through every AltUp parameter.
 
-use altup_moe::altup::{AltUpConfig, BlockSelection, Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
-use altup_moe::train::checkpoint::named_variables;
-use altup_moe::{Arch, LanguageModel, ModelConfig};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+mod common;
 
-fn tiny(arch: Arch) -> ModelConfig {
-    let mut c = ModelConfig::preset(arch);
-    c.d_model = 16;
-    c.num_layers = 3;
-    c.max_seq_len = 12;
-    c.attention.num_heads = 2;
-    c.ffn.d_ff = 32;
-    if let Some(m) = &mut c.moe {
-        m.d_ff = 32;
-        m.num_experts = 4;
-    }
-    c
-}
+use altup_moe::altup::{AltUpConfig, BlockSelection, Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
+use altup_moe::{Arch, LanguageModel, ModelConfig};
+use common::{copy_shared, tiny};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn build(config: &ModelConfig) -> (VarStore, LanguageModel) {
     let vs = VarStore::new(Device::Cpu);
     let model = LanguageModel::new(&vs.root(), config).unwrap();
     (vs, model)
-}
-
-/// Copies the variables `dst` shares with `src`; returns the names `src` lacks.
-fn copy_shared(src: &VarStore, dst: &VarStore) -> Vec<String> {
-    let src_vars = named_variables(src).unwrap();
-    let mut unmatched = Vec::new();
-    for (name, var) in named_variables(dst).unwrap() {
-        match src_vars.get(&name) {
-            Some(s) => tch::no_grad(|| var.shallow_clone().copy_(s)),
-            None => unmatched.push(name),
-        }
-    }
-    unmatched
 }
 
 fn tokens(b: i64, t: i64) -> Tensor {
@@ -207,11 +182,8 @@ fn parameter_counts_match_the_formulas() {
 /// coefficients, projected widening) trains: the loss falls over a few steps.
 #[test]
 fn gemma3n_style_stack_learns() {
-    use altup_moe::train::{Corpus, TrainConfig, Trainer};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.txt");
-    std::fs::write(&path, "to be or not to be, that is the question. ".repeat(60)).unwrap();
-    let (train, val) = Corpus::from_path(&path, None).unwrap().split(0.1).unwrap();
+    use altup_moe::train::{TrainConfig, Trainer};
+    let (train, val) = common::text_splits("to be or not to be, that is the question. ", 60);
     let mut config = tiny(Arch::AltUp);
     config.altup = Some(AltUpConfig::gemma3n());
     config.max_seq_len = 32;

@@ -1,7 +1,9 @@
 //! Crash safety: SIGKILL while a checkpoint is being written leaves the previous checkpoint
 //! intact and resumable.
 
-use altup_moe::train::{run, ByteDataset, CheckpointMeta, Corpus, RunOptions, Silent, TrainConfig, Trainer};
+mod common;
+
+use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,10 +24,7 @@ fn tiny() -> ModelConfig {
 }
 
 fn data() -> (ByteDataset, ByteDataset) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.txt");
-    std::fs::write(&path, "Out, out, brief candle! Life's but a walking shadow. ".repeat(40)).unwrap();
-    Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+    common::text_splits("Out, out, brief candle! Life's but a walking shadow. ", 40)
 }
 
 /// Trains to `STEPS` in `out`, resuming from its newest checkpoint when `resume` is set.

@@ -1,24 +1,13 @@
 //! Builder, config and whole-model invariants.
 
+mod common;
+
 use altup_moe::altup::{AltUpConfig, OutputReduction};
 use altup_moe::model::MoeLayers;
 use altup_moe::train::checkpoint::named_variables;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
+use common::{copy_shared, tiny};
 use tch::{nn::VarStore, Device, Kind, Tensor};
-
-fn tiny(arch: Arch) -> ModelConfig {
-    let mut c = ModelConfig::preset(arch);
-    c.d_model = 16;
-    c.num_layers = 3;
-    c.max_seq_len = 12;
-    c.attention.num_heads = 2;
-    c.ffn.d_ff = 32;
-    if let Some(m) = &mut c.moe {
-        m.d_ff = 32;
-        m.num_experts = 4;
-    }
-    c
-}
 
 fn tokens(b: i64, t: i64) -> Tensor {
     Tensor::randint(256, [b, t], (Kind::Int64, Device::Cpu))
@@ -74,19 +63,6 @@ fn param_counts_match_the_var_store_and_names_are_unique() {
     ] {
         assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
     }
-}
-
-/// Copies every variable of `src` whose name exists in `dst`; returns the names not found.
-fn copy_shared(src: &VarStore, dst: &VarStore) -> Vec<String> {
-    let src_vars = named_variables(src).unwrap();
-    let mut unmatched = Vec::new();
-    for (name, var) in named_variables(dst).unwrap() {
-        match src_vars.get(&name) {
-            Some(s) => tch::no_grad(|| var.shallow_clone().copy_(s)),
-            None => unmatched.push(name),
-        }
-    }
-    unmatched
 }
 
 /// AltUp with K = 1 (identity predictor, unit gain) equals the plain stack with the same weights,

@@ -1,8 +1,10 @@
 //! Training you can trust: exact resume, determinism, the non-finite guard, and checkpoint
 //! validation.
 
+mod common;
+
 use altup_moe::moe::{Balancing, MoeConfig};
-use altup_moe::train::{run, ByteDataset, CheckpointMeta, Corpus, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
 use std::path::Path;
 use tch::{nn::VarStore, Device, Tensor};
@@ -26,11 +28,7 @@ fn tiny() -> ModelConfig {
 }
 
 fn data() -> (ByteDataset, ByteDataset) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.txt");
-    std::fs::write(&path, "Now is the winter of our discontent made glorious summer by this sun of York. ".repeat(30))
-        .unwrap();
-    Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+    common::text_splits("Now is the winter of our discontent made glorious summer by this sun of York. ", 30)
 }
 
 fn train_config() -> TrainConfig {

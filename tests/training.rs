@@ -1,6 +1,8 @@
 //! Training end to end on a tiny model: the loss falls, runs are reproducible, weights round-trip.
 
-use altup_moe::train::{load_weights, save_weights, ByteDataset, Corpus, TrainConfig, Trainer};
+mod common;
+
+use altup_moe::train::{load_weights, save_weights, ByteDataset, TrainConfig, Trainer};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use tch::{nn::VarStore, Device};
 
@@ -21,10 +23,7 @@ fn tiny(arch: Arch) -> ModelConfig {
 fn text() -> (ByteDataset, ByteDataset) {
     let verse = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: \
                  Rough winds do shake the darling buds of May, and summer's lease hath all too short a date. ";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sonnet.txt");
-    std::fs::write(&path, verse.repeat(40)).unwrap();
-    Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+    common::text_splits(verse, 40)
 }
 
 fn config(steps: u64) -> TrainConfig {

@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use altup_moe::train::checkpoint::named_variables;
+use altup_moe::train::{ByteDataset, Corpus};
+use altup_moe::{Arch, ModelConfig};
+use tch::nn::VarStore;
+
+/// A tiny config of `arch`: d = 16, 3 blocks, 2 heads, F = 32, 4 experts, sequences ≤ 12.
+pub fn tiny(arch: Arch) -> ModelConfig {
+    let mut c = ModelConfig::preset(arch);
+    c.d_model = 16;
+    c.num_layers = 3;
+    c.max_seq_len = 12;
+    c.attention.num_heads = 2;
+    c.ffn.d_ff = 32;
+    if let Some(m) = &mut c.moe {
+        m.d_ff = 32;
+        m.num_experts = 4;
+    }
+    c
+}
+
+/// Copies every variable of `dst` that `src` also has; returns the names `src` lacks.
+pub fn copy_shared(src: &VarStore, dst: &VarStore) -> Vec<String> {
+    let src_vars = named_variables(src).unwrap();
+    let mut unmatched = Vec::new();
+    for (name, var) in named_variables(dst).unwrap() {
+        match src_vars.get(&name) {
+            Some(s) => tch::no_grad(|| var.shallow_clone().copy_(s)),
+            None => unmatched.push(name),
+        }
+    }
+    unmatched
+}
+
+/// `text` repeated `times`, written to a temporary file, loaded and split 90/10.
+pub fn text_splits(text: &str, times: usize) -> (ByteDataset, ByteDataset) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("text.txt");
+    std::fs::write(&path, text.repeat(times)).unwrap();
+    Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+}
