@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
         let vs = VarStore::new(Device::Cpu);
         let config = BlockConfig {
             attention: AttentionConfig { num_heads: d / 64, ..Default::default() },
+            cross_attention: false,
             ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
             norm_eps: 1e-6,
         };

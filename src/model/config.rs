@@ -42,8 +42,10 @@ impl MoeLayers {
     }
 }
 
-/// Configuration of a decoder-only [`crate::LanguageModel`]: token ids → embedding →
-/// (AltUp widening) → `num_layers` pre-norm blocks → (AltUp collapse) → final RMSNorm → head.
+/// Configuration of a transformer stack: token ids → embedding → (AltUp widening) →
+/// `num_layers` pre-norm blocks → (AltUp collapse) → final RMSNorm (→ head). A decoder-only
+/// [`crate::LanguageModel`] is one stack; an encoder-decoder ([`crate::model::Seq2SeqConfig`]) has
+/// two (a bidirectional encoder and a cross-attending decoder).
 ///
 /// Build one from a preset ([`ModelConfig::preset`]) and adjust fields; [`ModelConfig::validate`]
 /// runs when the model is built.
@@ -70,6 +72,8 @@ pub struct ModelConfig {
     pub altup: Option<AltUpConfig>,
     /// Sequence-AltUp on every block (each block runs on every `stride`-th token); `None` = off.
     pub sequence_altup: Option<SequenceAltUpConfig>,
+    /// Blocks cross-attend to an encoder's output (the decoder of an encoder-decoder).
+    pub cross_attention: bool,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
     /// Share the embedding table with the output head (only when the embedding is `D` wide).
@@ -95,6 +99,7 @@ impl Default for ModelConfig {
             moe_layers: MoeLayers::default(),
             altup: None,
             sequence_altup: None,
+            cross_attention: false,
             norm_eps: 1e-6,
             tie_embeddings: false,
             init_std: 0.02,
@@ -185,7 +190,12 @@ impl ModelConfig {
             Some(moe) if self.moe_layers.contains(layer) => FfnConfig::Moe(moe.clone()),
             _ => FfnConfig::Dense(self.ffn.clone()),
         };
-        BlockConfig { attention: self.attention.clone(), ffn, norm_eps: self.norm_eps }
+        BlockConfig {
+            attention: self.attention.clone(),
+            cross_attention: self.cross_attention,
+            ffn,
+            norm_eps: self.norm_eps,
+        }
     }
 
     /// Serialises to pretty JSON.

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::lm::LanguageModel;
+use crate::model::output::ModelOutput;
 use rand::Rng;
 use tch::{Kind, Tensor};
 
@@ -21,10 +22,12 @@ impl Default for Sampling {
 }
 
 impl LanguageModel {
-    /// Extends `prompt` by `max_new_tokens` sampled tokens. The context is cropped to the last
-    /// `max_seq_len` tokens; the whole context is recomputed for each new token (no cache).
-    /// Runs in evaluation mode under `no_grad`; the random draws come from `rng`, so a seeded
-    /// `rng` gives a reproducible sample.
+    /// Extends `prompt` by `max_new_tokens` sampled tokens, in evaluation mode under `no_grad`;
+    /// the random draws come from `rng`, so a seeded `rng` gives a reproducible sample.
+    ///
+    /// While the sequence fits in `max_seq_len`, decoding is incremental with a key/value cache
+    /// ([`LanguageModel::forward_cached`]); past that (or for Sequence-AltUp models) each token is
+    /// predicted from the last `max_seq_len` tokens, recomputed.
     ///
     /// # Errors
     /// [`Error::Input`] for an empty prompt, an id outside the vocabulary, a negative or
@@ -45,15 +48,34 @@ impl LanguageModel {
         if sampling.top_k == Some(0) {
             return Err(Error::Input("top_k (0) must be positive".into()));
         }
-        let device = self.blocks()[0].attn_norm.weight.device();
+        let device = self.device();
         let max_len = self.config().max_seq_len;
         let mut tokens = prompt.to_vec();
+        let cached = self.config().sequence_altup.is_none() && prompt.len() < max_len;
+        let mut cache = self.new_cache();
+        let last_logits = |t: ModelOutput| -> Result<Tensor> { Ok(t.logits.f_select(1, -1)?.f_squeeze_dim(0)?) };
         tch::no_grad(|| -> Result<()> {
+            let mut next = if cached {
+                let input = Tensor::from_slice(&tokens).f_view([1, -1])?.f_to_device(device)?;
+                Some(last_logits(self.forward_cached(&input, &mut cache)?)?)
+            } else {
+                None
+            };
             for _ in 0..max_new_tokens {
-                let context = &tokens[tokens.len().saturating_sub(max_len)..];
-                let input = Tensor::from_slice(context).f_view([1, -1])?.f_to_device(device)?;
-                let logits = self.forward_t(&input, false)?.logits.f_select(1, -1)?.f_squeeze_dim(0)?;
-                tokens.push(sample(&logits, sampling, rng)?);
+                let logits = match next.take() {
+                    Some(l) => l,
+                    None => {
+                        let context = &tokens[tokens.len().saturating_sub(max_len)..];
+                        let input = Tensor::from_slice(context).f_view([1, -1])?.f_to_device(device)?;
+                        last_logits(self.forward_t(&input, false)?)?
+                    }
+                };
+                let token = sample(&logits, sampling, rng)?;
+                tokens.push(token);
+                if cached && (cache.len as usize) < max_len {
+                    let input = Tensor::from_slice(&[token]).f_view([1, 1])?.f_to_device(device)?;
+                    next = Some(last_logits(self.forward_cached(&input, &mut cache)?)?);
+                }
             }
             Ok(())
         })?;

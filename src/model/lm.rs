@@ -1,44 +1,14 @@
-//! Decoder-only language model: embedding → (AltUp widen) → blocks → (AltUp collapse) → norm → head.
+//! Decoder-only language model: a [`Stack`] and an output head.
 
-use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
-use crate::model::output::{LayerAux, ModelAux, ModelOutput};
+use crate::model::output::ModelOutput;
 use crate::model::params::ParamCounts;
-use crate::moe::MoeAux;
-use crate::nn::{Block, Embedding, Ffn, InitScheme, Linear, RmsNorm};
+use crate::model::precision::Precision;
+use crate::model::stack::{Stack, StackCache, StackContext};
+use crate::nn::{Block, InitScheme, Linear};
 use crate::shape::{accumulate_kind, cast_like};
-use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
-
-/// Whether every element of `t` is finite.
-fn all_finite(t: &Tensor) -> Result<bool> {
-    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
-}
-
-/// The dtype activations are computed in. Parameters (and optimizer state) stay in their own
-/// dtype (f32 masters); routers, norms, AltUp mixing and the logits stay in f32 regardless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Activations in the parameters' dtype (f32; f64 for an f64 model).
-    #[default]
-    F32,
-    /// Activations in bfloat16; matmuls run in bf16 with the f32 weights cast in forward.
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::Config(format!("unknown precision '{other}' (expected f32 or bf16)"))),
-        }
-    }
-}
+use tch::{nn, Tensor};
 
 /// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
 /// AltUp+MoE (and Recycled-, Sequence- or Gemma-3n-style AltUp) depending on the config.
@@ -70,15 +40,8 @@ impl std::str::FromStr for Precision {
 /// ```
 #[derive(Debug)]
 pub struct LanguageModel {
-    config: ModelConfig,
-    embed: Embedding,
-    blocks: Vec<Block>,
-    altup: Vec<AltUp>,
-    widening: Option<AltUpWidening>,
-    sequence_altup: Vec<SequenceAltUp>,
-    final_norm: RmsNorm,
+    stack: Stack,
     head: Option<Linear>,
-    precision: Precision,
 }
 
 impl LanguageModel {
@@ -86,85 +49,58 @@ impl LanguageModel {
     /// on the `VarStore`'s device.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first invalid value (see [`ModelConfig::validate`]).
+    /// [`Error::Config`] naming the first invalid value (see [`ModelConfig::validate`]), or if the
+    /// config asks for cross-attention (that is a decoder of [`crate::model::Seq2SeqModel`]).
     pub fn new(path: &nn::Path, config: &ModelConfig) -> Result<Self> {
         config.validate()?;
-        let init = InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed);
-        let d = config.d_model;
-        let embed = Embedding::new(&(path / "embed"), config.vocab_size, config.embedding_width(), &init)?;
-        let mut blocks = Vec::with_capacity(config.num_layers);
-        let (mut altup, mut sequence_altup) = (Vec::new(), Vec::new());
-        for layer in 0..config.num_layers {
-            let block_path = path / "blocks" / layer;
-            blocks.push(Block::new(&block_path, d, &config.block_config(layer), &init)?);
-            if let Some(a) = &config.altup {
-                altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks, d, a.coefficients, a.compute_on, &init)?);
-            }
-            if let Some(s) = &config.sequence_altup {
-                sequence_altup.push(SequenceAltUp::new(&(&block_path / "seq_altup"), s)?);
-            }
+        if config.cross_attention {
+            return Err(Error::Config(
+                "cross_attention (true) needs an encoder: build a Seq2SeqModel instead of a LanguageModel".into(),
+            ));
         }
-        let widening = config.altup.as_ref().map(|a| AltUpWidening::new(path, a, d, &init)).transpose()?;
-        let final_norm = RmsNorm::new(&(path / "final_norm"), d as i64, config.norm_eps)?;
+        let init = InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed);
+        let stack = Stack::new(path, config, &init, None)?;
         let head = if config.tie_embeddings {
             None
         } else {
-            Some(Linear::new(&(path / "head"), d as i64, config.vocab_size as i64, init.std, &init)?)
+            Some(Linear::new(&(path / "head"), config.d_model as i64, config.vocab_size as i64, init.std, &init)?)
         };
-        Ok(Self {
-            config: config.clone(),
-            embed,
-            blocks,
-            altup,
-            widening,
-            sequence_altup,
-            final_norm,
-            head,
-            precision: Precision::F32,
-        })
-    }
-
-    /// Sets the compute precision of the activations (parameters keep their dtype).
-    pub fn set_precision(&mut self, precision: Precision) {
-        self.precision = precision;
-    }
-
-    /// The compute precision.
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    /// Finds the first block whose output or router logits are non-finite for `tokens`
-    /// (training mode, no gradients). `None` when every block is finite.
-    ///
-    /// # Errors
-    /// As [`LanguageModel::forward_t`].
-    pub fn first_non_finite(&self, tokens: &Tensor) -> Result<Option<String>> {
-        tch::no_grad(|| match self.forward_impl(tokens, None, true, true) {
-            Ok(_) => Ok(None),
-            Err(Error::NonFinite { what, .. }) => Ok(Some(what)),
-            Err(e) => Err(e),
-        })
+        Ok(Self { stack, head })
     }
 
     /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
-        &self.config
+        self.stack.config()
+    }
+
+    /// The transformer stack.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
     }
 
     /// The blocks, in order.
     pub fn blocks(&self) -> &[Block] {
-        &self.blocks
+        self.stack.blocks()
     }
 
     /// The AltUp layers, one per block (empty without AltUp).
-    pub fn altup_layers(&self) -> &[AltUp] {
-        &self.altup
+    pub fn altup_layers(&self) -> &[crate::altup::AltUp] {
+        self.stack.altup_layers()
     }
 
     /// The device of the model's parameters.
     pub fn device(&self) -> tch::Device {
-        self.embed.weight.device()
+        self.stack.embedding().weight.device()
+    }
+
+    /// Sets the compute precision of the activations (parameters keep their dtype).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.stack.set_precision(precision);
+    }
+
+    /// The compute precision.
+    pub fn precision(&self) -> Precision {
+        self.stack.precision()
     }
 
     /// Applies the aux-loss-free bias update of every MoE layer that uses it, from per-layer
@@ -174,18 +110,26 @@ impl LanguageModel {
     /// [`Error::Input`] for a block index that is not an MoE block; [`Error::Shape`] for counts
     /// that are not `[E]`.
     pub fn update_expert_biases(&self, counts: &[(usize, Tensor)]) -> Result<()> {
-        for (layer, c) in counts {
-            match self.blocks.get(*layer).map(|b| &b.ffn) {
-                Some(Ffn::Moe(moe)) => moe.update_expert_bias(c)?,
-                _ => return Err(Error::Input(format!("block {layer} is not an MoE block"))),
-            }
-        }
-        Ok(())
+        self.stack.update_expert_biases(counts)
+    }
+
+    /// Finds the first block whose output or router logits are non-finite for `tokens`
+    /// (training mode, no gradients). `None` when every block is finite.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::forward_t`].
+    pub fn first_non_finite(&self, tokens: &Tensor) -> Result<Option<String>> {
+        let ctx = StackContext { train: true, check_finite: true, ..Default::default() };
+        tch::no_grad(|| match self.stack.forward(tokens, &ctx, None) {
+            Ok(_) => Ok(None),
+            Err(Error::NonFinite { what, .. }) => Ok(Some(what)),
+            Err(e) => Err(e),
+        })
     }
 
     /// Parameter counts (see [`ModelConfig::param_counts`]).
     pub fn param_counts(&self) -> ParamCounts {
-        self.config.param_counts()
+        self.config().param_counts()
     }
 
     /// Next-token logits for a batch of token sequences.
@@ -205,113 +149,46 @@ impl LanguageModel {
     }
 
     /// [`LanguageModel::forward_t`] with a token mask `[B, T]` (true/non-zero = real token):
-    /// masked tokens take no expert capacity, get zero MoE outputs and are left out of the MoE
-    /// losses. Attention stays causal, so with right padding the logits of real tokens do not
-    /// depend on padding.
+    /// masked tokens are not attended to, take no expert capacity, get zero MoE outputs and are
+    /// left out of the MoE losses.
     ///
     /// # Errors
     /// As [`LanguageModel::forward_t`], plus [`Error::Shape`] for a mask that is not `[B, T]`.
     pub fn forward_masked_t(&self, tokens: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<ModelOutput> {
-        self.forward_impl(tokens, mask, train, false)
+        let (hidden, aux) = self.stack.forward(tokens, &StackContext { mask, train, ..Default::default() }, None)?;
+        Ok(ModelOutput { logits: self.logits(&hidden)?, aux })
     }
 
-    /// The forward pass; with `check_finite`, stops at the first block whose output or router
-    /// is non-finite with [`Error::NonFinite`] naming it.
-    fn forward_impl(
-        &self,
-        tokens: &Tensor,
-        mask: Option<&Tensor>,
-        train: bool,
-        check_finite: bool,
-    ) -> Result<ModelOutput> {
-        let size = tokens.size();
-        if size.len() != 2 {
-            return Err(Error::Shape(format!("tokens must have shape [B, T], got {size:?}")));
-        }
-        if size[0] == 0 || size[1] == 0 {
-            return Err(Error::Input(format!(
-                "tokens must hold at least one sequence of one token, got shape {size:?}"
-            )));
-        }
-        if size[1] > self.config.max_seq_len as i64 {
-            return Err(Error::Input(format!(
-                "sequence length {} exceeds max_seq_len ({})",
-                size[1], self.config.max_seq_len
-            )));
-        }
-        if let Some(m) = mask {
-            let integer =
-                matches!(m.kind(), Kind::Bool | Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8);
-            if m.size() != size || !integer {
-                return Err(Error::Shape(format!(
-                    "token mask must be a bool or integer tensor of shape {size:?}, got {:?} {:?}",
-                    m.size(),
-                    m.kind()
-                )));
-            }
-        }
-        let mut embedded = self.embed.forward(tokens)?;
-        if self.precision == Precision::Bf16 {
-            embedded = embedded.f_to_kind(Kind::BFloat16)?;
-        }
-        let check = |layer: usize, y: &Tensor, moe: &Option<MoeAux>| -> Result<()> {
-            if !check_finite {
-                return Ok(());
-            }
-            let what = match moe {
-                Some(m) if !all_finite(&m.z_loss)? => format!("router of block {layer}"),
-                _ if !all_finite(y)? => format!("output of block {layer}"),
-                _ => return Ok(()),
-            };
-            Err(Error::NonFinite { step: 0, what })
-        };
-        let mut layers = Vec::with_capacity(self.blocks.len());
-        let hidden = match (&self.config.altup, &self.widening) {
-            (Some(altup_config), Some(widening)) => {
-                let k = altup_config.num_blocks;
-                let mut x = widening.widen(&embedded)?;
-                for (layer, altup) in self.altup.iter().enumerate() {
-                    let active = altup_config.selection.active_block(layer, k);
-                    let (y, moe) = altup.forward_t(&x, active, train, |a| self.run_block(layer, a, mask, train))?;
-                    check(layer, &y, &moe)?;
-                    layers.push(LayerAux { layer, moe });
-                    x = y;
-                }
-                widening.collapse(&x)?
-            }
-            _ => {
-                let mut x = embedded;
-                for layer in 0..self.blocks.len() {
-                    let (y, moe) = self.run_block(layer, &x, mask, train)?;
-                    check(layer, &y, &moe)?;
-                    layers.push(LayerAux { layer, moe });
-                    x = y;
-                }
-                x
-            }
-        };
-        let normed = self.final_norm.forward(&hidden)?;
+    /// A fresh cache for [`LanguageModel::forward_cached`].
+    pub fn new_cache(&self) -> StackCache {
+        self.stack.new_cache()
+    }
+
+    /// Incremental decoding (evaluation mode): `tokens` continue the sequence held by `cache`,
+    /// whose keys and values are reused instead of recomputing the prefix. The logits equal
+    /// those of a full forward pass over the whole sequence (exactly so for token-choice MoE
+    /// without an evaluation capacity limit; expert-choice routing depends on the whole batch
+    /// window and is not equivalent).
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` with `cache.len + T ≤ max_seq_len` → logits `[B, T, V]`.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::forward_t`]; [`Error::Input`] for Sequence-AltUp models.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut StackCache) -> Result<ModelOutput> {
+        let (hidden, aux) = self.stack.forward(tokens, &StackContext::default(), Some(cache))?;
+        Ok(ModelOutput { logits: self.logits(&hidden)?, aux })
+    }
+
+    /// Output head (tied to the embedding when configured).
+    ///
+    /// # Shapes
+    /// `hidden`: `[B, T, D]` → `[B, T, V]` in f32 (f64 for f64 models).
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let logits = match &self.head {
-            Some(head) => head.forward(&normed)?,
-            None => normed.f_linear::<Tensor>(&cast_like(&self.embed.weight, &normed)?, None)?,
+            Some(head) => head.forward(hidden)?,
+            None => hidden.f_linear::<Tensor>(&cast_like(&self.stack.embedding().weight, hidden)?, None)?,
         };
-        Ok(ModelOutput { logits: logits.f_to_kind(accumulate_kind(&logits))?, aux: ModelAux { layers } })
-    }
-
-    /// Block `layer` on `[B, T, D]`, through Sequence-AltUp when configured.
-    fn run_block(
-        &self,
-        layer: usize,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        train: bool,
-    ) -> Result<(Tensor, Option<MoeAux>)> {
-        let block = &self.blocks[layer];
-        match self.sequence_altup.get(layer) {
-            Some(seq) => seq.forward_t(x, mask, |anchors, positions, anchor_mask| {
-                block.forward_at(anchors, anchor_mask, Some(positions), train)
-            }),
-            None => block.forward_t(x, mask, train),
-        }
+        Ok(logits.f_to_kind(accumulate_kind(&logits))?)
     }
 }

@@ -6,11 +6,15 @@ pub mod generate;
 pub mod lm;
 pub mod output;
 pub mod params;
+pub mod precision;
 pub mod presets;
+pub mod stack;
 
 pub use config::{ModelConfig, MoeLayers};
 pub use generate::Sampling;
-pub use lm::{LanguageModel, Precision};
+pub use lm::LanguageModel;
 pub use output::{LayerAux, ModelAux, ModelOutput};
 pub use params::ParamCounts;
+pub use precision::Precision;
 pub use presets::Arch;
+pub use stack::{Stack, StackCache, StackContext};

@@ -1,16 +1,20 @@
-//! Causal multi-head self-attention with rotary position embeddings
-//! (Vaswani et al. 2017, §3.2; RoPE from Su et al. 2021).
+//! Multi-head attention: causal or bidirectional self-attention with rotary position embeddings
+//! and a key/value cache, and cross-attention to an encoder's output (Vaswani et al. 2017, §3.2;
+//! RoPE from Su et al. 2021).
 //!
 //! The attention itself is libtorch's `scaled_dot_product_attention`, which picks a fused kernel
-//! (flash / memory-efficient) where one exists for the device and dtype.
+//! (flash / memory-efficient) where one exists for the device and dtype. Without a padding mask
+//! and without cached keys, causal attention uses its `is_causal` fast path; otherwise an explicit
+//! boolean mask is built (`key ≤ query` for causal attention, real keys only). Every query may
+//! always attend to its own position, so a fully padded row yields finite (ignored) values.
 
-use crate::error::{ensure_config, Result};
+use crate::error::{ensure_config, Error, Result};
 use crate::nn::init::InitScheme;
 use crate::nn::linear::Linear;
 use crate::nn::rope::{Rope, DEFAULT_ROPE_THETA};
 use crate::shape::expect_shape;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// Configuration of [`SelfAttention`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,11 +24,13 @@ pub struct AttentionConfig {
     pub num_heads: usize,
     /// RoPE base frequency θ.
     pub rope_theta: f64,
+    /// Causal (decoder) or bidirectional (encoder) self-attention.
+    pub causal: bool,
 }
 
 impl Default for AttentionConfig {
     fn default() -> Self {
-        Self { num_heads: 4, rope_theta: DEFAULT_ROPE_THETA }
+        Self { num_heads: 4, rope_theta: DEFAULT_ROPE_THETA, causal: true }
     }
 }
 
@@ -44,7 +50,67 @@ impl AttentionConfig {
     }
 }
 
-/// Causal multi-head self-attention.
+/// Cached keys and values of one attention layer for incremental decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    /// Keys, `[B, H, T_past, head_dim]`.
+    pub keys: Option<Tensor>,
+    /// Values, `[B, H, T_past, head_dim]`.
+    pub values: Option<Tensor>,
+    /// Which cached positions are real tokens, `[B, T_past]` bool (when a mask was given).
+    pub key_mask: Option<Tensor>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> i64 {
+        self.keys.as_ref().map_or(0, |k| k.size()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Splits `[B, T, n·D]` projections into `n` tensors of `[B, H, T, hd]`.
+fn split_heads(x: &Tensor, n: i64, heads: i64, head_dim: i64) -> Result<Vec<Tensor>> {
+    let (b, t) = (x.size()[0], x.size()[1]);
+    let x = x.f_view([b, t, n, heads, head_dim])?.f_permute([2, 0, 3, 1, 4])?;
+    (0..n).map(|i| Ok(x.f_select(0, i)?)).collect()
+}
+
+/// Merges `[B, H, T, hd]` back to `[B, T, D]`.
+fn merge_heads(y: &Tensor) -> Result<Tensor> {
+    let (b, h, t, hd) = y.size4()?;
+    Ok(y.f_transpose(1, 2)?.f_contiguous()?.f_view([b, t, h * hd])?)
+}
+
+/// Boolean attention mask `[B|1, 1, Tq, Tk]` (true = may attend) for queries at positions
+/// `past .. past + Tq` over keys `0 .. Tk`, or `None` for the unmasked bidirectional case.
+fn attention_mask(
+    causal: bool,
+    past: i64,
+    tq: i64,
+    tk: i64,
+    key_mask: Option<&Tensor>,
+    device: tch::Device,
+) -> Result<Option<Tensor>> {
+    if !causal && key_mask.is_none() {
+        return Ok(None);
+    }
+    let int = (Kind::Int64, device);
+    let q = Tensor::f_arange_start(past, past + tq, int)?.f_view([tq, 1])?;
+    let k = Tensor::f_arange(tk, int)?.f_view([1, tk])?;
+    let mut allowed = if causal { k.f_le_tensor(&q)? } else { Tensor::f_ones([tq, tk], (Kind::Bool, device))? };
+    allowed = allowed.f_unsqueeze(0)?.f_unsqueeze(0)?; // [1, 1, Tq, Tk]
+    if let Some(m) = key_mask {
+        allowed = allowed.f_logical_and(&m.f_to_kind(Kind::Bool)?.f_view([-1, 1, 1, tk])?)?;
+    }
+    Ok(Some(allowed.f_logical_or(&k.f_eq_tensor(&q)?)?))
+}
+
+/// Multi-head self-attention, causal or bidirectional.
 ///
 /// Parameters: `qkv.weight` `[3·D, D]` (queries, keys, values stacked in that order),
 /// `out.weight` `[D, D]`.
@@ -55,6 +121,7 @@ pub struct SelfAttention {
     rope: Rope,
     num_heads: i64,
     head_dim: i64,
+    causal: bool,
 }
 
 impl SelfAttention {
@@ -73,46 +140,223 @@ impl SelfAttention {
             rope: Rope::new(head_dim, config.rope_theta)?,
             num_heads,
             head_dim,
+            causal: config.causal,
         })
     }
 
-    /// Causal self-attention: token `t` attends to tokens `0..=t` of the same sequence. Rotary
-    /// angles use `positions` (`[T]`, e.g. the strided anchors of Sequence-AltUp) or `0..T`.
+    /// Whether the attention is causal.
+    pub fn is_causal(&self) -> bool {
+        self.causal
+    }
+
+    /// Self-attention over `x` (causal: token `t` attends to tokens `≤ t`; bidirectional: to all
+    /// real tokens). Rotary angles use `positions` (`[T]`, e.g. Sequence-AltUp's strided
+    /// anchors), else `past .. past + T` with `past` the cached length. `mask` (`[B, T]`, true or
+    /// non-zero = real token) keeps padded keys out. With `cache`, the new keys/values (and mask)
+    /// are appended to it and the queries attend to every cached key as well.
     ///
     /// # Shapes
-    /// `x`: `[B, T, D]`, `positions`: `[T]` → `[B, T, D]`.
+    /// `x`: `[B, T, D]`, `positions`: `[T]`, `mask`: `[B, T]` → `[B, T, D]`.
     ///
     /// # Errors
-    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]` or `positions` is not `[T]`.
-    pub fn forward(&self, x: &Tensor, positions: Option<&Tensor>) -> Result<Tensor> {
+    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]`, `positions` is not `[T]`, the mask
+    /// does not match, or the cache holds another batch size.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        positions: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let d = self.num_heads * self.head_dim;
         expect_shape(x, "attention input", "[B, T, D]", &[None, None, Some(d)])?;
         let (b, t) = (x.size()[0], x.size()[1]);
-        let qkv = self.qkv.forward(x)?.f_view([b, t, 3, self.num_heads, self.head_dim])?.f_permute([2, 0, 3, 1, 4])?; // [3, B, H, T, hd]
-        let q = self.rope.apply(&qkv.f_select(0, 0)?, positions)?;
-        let k = self.rope.apply(&qkv.f_select(0, 1)?, positions)?;
-        let v = qkv.f_select(0, 2)?;
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?;
-        let y = y.f_transpose(1, 2)?.f_contiguous()?.f_view([b, t, d])?;
-        self.out.forward(&y)
+        if let Some(m) = mask {
+            expect_shape(m, "attention mask", "[B, T]", &[Some(b), Some(t)])?;
+        }
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let default_positions;
+        let positions = match positions {
+            Some(p) => p,
+            None => {
+                default_positions = Tensor::f_arange_start(past, past + t, (Kind::Int64, x.device()))?;
+                &default_positions
+            }
+        };
+        let [q, k, v]: [Tensor; 3] = split_heads(&self.qkv.forward(x)?, 3, self.num_heads, self.head_dim)?
+            .try_into()
+            .map_err(|_| Error::Shape("qkv split".into()))?;
+        let (q, mut k) = (self.rope.apply(&q, Some(positions))?, self.rope.apply(&k, Some(positions))?);
+        let mut v = v;
+        let mut key_mask = mask.map(|m| m.f_to_kind(Kind::Bool)).transpose()?;
+        if let Some(cache) = cache {
+            if let (Some(ck), Some(cv)) = (&cache.keys, &cache.values) {
+                if ck.size()[0] != b {
+                    return Err(Error::Shape(format!("the cache holds batch {} but the input has {b}", ck.size()[0])));
+                }
+                k = Tensor::f_cat(&[ck, &k], 2)?;
+                v = Tensor::f_cat(&[cv, &v], 2)?;
+            }
+            key_mask = match (&cache.key_mask, key_mask) {
+                (None, None) => None,
+                (old, new) => {
+                    let old = old.as_ref().map_or_else(
+                        || Tensor::f_ones([b, past], (Kind::Bool, x.device())),
+                        |m| Ok(m.shallow_clone()),
+                    )?;
+                    let new = new.map_or_else(|| Tensor::f_ones([b, t], (Kind::Bool, x.device())), Ok)?;
+                    Some(Tensor::f_cat(&[old, new], 1)?)
+                }
+            };
+            cache.keys = Some(k.shallow_clone());
+            cache.values = Some(v.shallow_clone());
+            cache.key_mask = key_mask.as_ref().map(|m| m.shallow_clone());
+        }
+        let tk = k.size()[2];
+        let y = if self.causal && key_mask.is_none() && past == 0 {
+            Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?
+        } else {
+            let m = attention_mask(self.causal, past, t, tk, key_mask.as_ref(), x.device())?;
+            Tensor::f_scaled_dot_product_attention(&q, &k, &v, m.as_ref(), 0.0, false, None, false)?
+        };
+        self.out.forward(&merge_heads(&y)?)
+    }
+}
+
+/// Cross-attention from decoder queries to an encoder's output (no rotary embedding: the two
+/// sequences have no common positions).
+///
+/// Parameters: `q.weight` `[D, D]`, `kv.weight` `[2·D, D]`, `out.weight` `[D, D]`.
+#[derive(Debug)]
+pub struct CrossAttention {
+    q: Linear,
+    kv: Linear,
+    out: Linear,
+    num_heads: i64,
+    head_dim: i64,
+}
+
+impl CrossAttention {
+    /// Builds the layer under `path` (the head count comes from `config`).
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] from [`AttentionConfig::validate`].
+    pub fn new(path: &nn::Path, d_model: usize, config: &AttentionConfig, init: &InitScheme) -> Result<Self> {
+        config.validate(d_model)?;
+        let d = d_model as i64;
+        let num_heads = config.num_heads as i64;
+        Ok(Self {
+            q: Linear::new(&(path / "q"), d, d, init.std, init)?,
+            kv: Linear::new(&(path / "kv"), d, 2 * d, init.std, init)?,
+            out: Linear::new(&(path / "out"), d, d, init.residual_std, init)?,
+            num_heads,
+            head_dim: d / num_heads,
+        })
+    }
+
+    /// Every query attends to every real position of `memory`. With `cache`, the memory's keys
+    /// and values are computed on the first call and reused afterwards.
+    ///
+    /// # Shapes
+    /// `x`: `[B, T, D]`, `memory`: `[B, S, D]`, `memory_mask`: `[B, S]` → `[B, T, D]`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] if the shapes disagree.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        memory_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let d = self.num_heads * self.head_dim;
+        expect_shape(x, "cross-attention input", "[B, T, D]", &[None, None, Some(d)])?;
+        let b = x.size()[0];
+        expect_shape(memory, "encoder output", "[B, S, D]", &[Some(b), None, Some(d)])?;
+        let s = memory.size()[1];
+        if let Some(m) = memory_mask {
+            expect_shape(m, "source mask", "[B, S]", &[Some(b), Some(s)])?;
+        }
+        let cached =
+            cache.as_ref().and_then(|c| Some((c.keys.as_ref()?.shallow_clone(), c.values.as_ref()?.shallow_clone())));
+        let (k, v) = match cached {
+            Some(kv) => kv,
+            None => {
+                let [k, v]: [Tensor; 2] = split_heads(&self.kv.forward(memory)?, 2, self.num_heads, self.head_dim)?
+                    .try_into()
+                    .map_err(|_| Error::Shape("kv split".into()))?;
+                if let Some(cache) = cache {
+                    cache.keys = Some(k.shallow_clone());
+                    cache.values = Some(v.shallow_clone());
+                }
+                (k, v)
+            }
+        };
+        let q = split_heads(&self.q.forward(x)?, 1, self.num_heads, self.head_dim)?.remove(0);
+        let mask = memory_mask.map(|m| m.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, s])).transpose()?;
+        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false)?;
+        self.out.forward(&merge_heads(&y)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Device;
+
+    fn attn(causal: bool) -> (nn::VarStore, SelfAttention) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = AttentionConfig { causal, ..Default::default() };
+        let a =
+            SelfAttention::new(&vs.root(), 16, &config, &InitScheme { std: 0.3, residual_std: 0.3, seed: 1 }).unwrap();
+        (vs, a)
+    }
 
     #[test]
-    fn future_tokens_do_not_change_the_past() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let attn = SelfAttention::new(&vs.root(), 16, &AttentionConfig::default(), &InitScheme::default()).unwrap();
-        let x = Tensor::randn([2, 6, 16], (Kind::Float, Device::Cpu));
-        let x2 = x.copy();
-        let _ = x2.narrow(1, 4, 2).fill_(3.0);
-        let (y, y2) = (attn.forward(&x, None).unwrap(), attn.forward(&x2, None).unwrap());
-        assert!(y.narrow(1, 0, 4).allclose(&y2.narrow(1, 0, 4), 1e-6, 1e-6, false));
-        assert!(!y.narrow(1, 4, 2).allclose(&y2.narrow(1, 4, 2), 1e-3, 1e-3, false));
+    fn causal_ignores_the_future_and_bidirectional_does_not() {
+        for causal in [true, false] {
+            let (_vs, attn) = attn(causal);
+            let x = Tensor::randn([2, 6, 16], (Kind::Float, Device::Cpu));
+            let x2 = x.copy();
+            let _ = x2.narrow(1, 4, 2).fill_(3.0);
+            let (y, y2) = (attn.forward(&x, None, None, None).unwrap(), attn.forward(&x2, None, None, None).unwrap());
+            let past_equal = y.narrow(1, 0, 4).allclose(&y2.narrow(1, 0, 4), 1e-6, 1e-6, false);
+            assert_eq!(past_equal, causal, "causal = {causal}");
+        }
+    }
+
+    #[test]
+    fn padding_keys_do_not_affect_real_tokens() {
+        for causal in [true, false] {
+            let (_vs, attn) = attn(causal);
+            let x = Tensor::randn([1, 5, 16], (Kind::Float, Device::Cpu));
+            let mask = Tensor::from_slice(&[true, false, true, true, false]).view([1, 5]);
+            let x2 = x.copy();
+            let _ = x2.select(1, 1).fill_(7.0);
+            let _ = x2.select(1, 4).fill_(-7.0);
+            let y = attn.forward(&x, None, Some(&mask), None).unwrap();
+            let y2 = attn.forward(&x2, None, Some(&mask), None).unwrap();
+            let real = Tensor::from_slice(&[0i64, 2, 3]);
+            assert!(
+                y.index_select(1, &real).allclose(&y2.index_select(1, &real), 1e-5, 1e-5, false),
+                "causal = {causal}"
+            );
+        }
+    }
+
+    #[test]
+    fn cached_steps_equal_the_full_pass() {
+        let (_vs, attn) = attn(true);
+        let x = Tensor::randn([2, 7, 16], (Kind::Float, Device::Cpu));
+        let full = attn.forward(&x, None, None, None).unwrap();
+        let mut cache = KvCache::default();
+        let first = attn.forward(&x.narrow(1, 0, 3), None, None, Some(&mut cache)).unwrap();
+        let mut outs = vec![first];
+        for t in 3..7 {
+            outs.push(attn.forward(&x.narrow(1, t, 1), None, None, Some(&mut cache)).unwrap());
+        }
+        assert_eq!(cache.len(), 7);
+        assert!(Tensor::cat(&outs, 1).allclose(&full, 1e-5, 1e-5, false));
     }
 
     #[test]

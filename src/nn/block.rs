@@ -1,10 +1,11 @@
-//! Pre-norm transformer block: `x + attn(norm(x))`, then `x + ffn(norm(x))`, where the FFN is
-//! dense or a mixture of experts (GPT-2 / Llama layout; Switch Transformer swaps the FFN for an
-//! MoE layer, arXiv 2101.03961 §2).
+//! Pre-norm transformer block: `x + attn(norm(x))`, then (in an encoder-decoder's decoder)
+//! `x + cross_attn(norm(x), memory)`, then `x + ffn(norm(x))`, where the FFN is dense or a mixture
+//! of experts (GPT-2 / Llama layout; T5 for cross-attention; Switch Transformer swaps the FFN for
+//! an MoE layer, arXiv 2101.03961 §2).
 
 use crate::error::Result;
 use crate::moe::{MoeAux, MoeConfig, MoeLayer};
-use crate::nn::attention::{AttentionConfig, SelfAttention};
+use crate::nn::attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::init::InitScheme;
 use crate::nn::norm::RmsNorm;
@@ -23,8 +24,10 @@ pub enum FfnConfig {
 /// Configuration of one [`Block`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockConfig {
-    /// Self-attention.
+    /// Self-attention (causal or bidirectional).
     pub attention: AttentionConfig,
+    /// Whether the block cross-attends to an encoder's output (parameters under `cross_attn`).
+    pub cross_attention: bool,
     /// Dense FFN or MoE.
     pub ffn: FfnConfig,
     /// RMSNorm epsilon.
@@ -40,15 +43,43 @@ pub enum Ffn {
     Moe(Box<MoeLayer>),
 }
 
+/// What a block needs besides its input.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlockContext<'a> {
+    /// Token mask of the input, `[B, T]` (true/non-zero = real): padded tokens are not attended
+    /// to, take no expert capacity and stay out of the MoE losses.
+    pub mask: Option<&'a Tensor>,
+    /// Rotary positions of the input tokens, `[T]` (default: after the cached ones, from 0).
+    pub positions: Option<&'a Tensor>,
+    /// Encoder output for cross-attention, `[B, S, D]`.
+    pub memory: Option<&'a Tensor>,
+    /// Source mask of the encoder output, `[B, S]`.
+    pub memory_mask: Option<&'a Tensor>,
+    /// Training mode (MoE capacity factor, router jitter).
+    pub train: bool,
+}
+
+/// Incremental-decoding state of one block.
+#[derive(Debug, Default)]
+pub struct BlockCache {
+    /// Self-attention keys and values.
+    pub self_attn: KvCache,
+    /// Cross-attention keys and values of the encoder output.
+    pub cross_attn: KvCache,
+}
+
 /// Pre-norm transformer block.
 ///
-/// Parameters: `attn_norm.weight`, `attn.*`, `ffn_norm.weight`, and `ffn.*` (dense) or `moe.*`.
+/// Parameters: `attn_norm.weight`, `attn.*`, (`cross_norm.weight`, `cross_attn.*`),
+/// `ffn_norm.weight`, and `ffn.*` (dense) or `moe.*`.
 #[derive(Debug)]
 pub struct Block {
     /// Norm before attention.
     pub attn_norm: RmsNorm,
-    /// Causal self-attention.
+    /// Self-attention.
     pub attn: SelfAttention,
+    /// Norm and cross-attention (decoder of an encoder-decoder).
+    pub cross: Option<(RmsNorm, CrossAttention)>,
     /// Norm before the FFN.
     pub ffn_norm: RmsNorm,
     /// Dense FFN or MoE.
@@ -66,9 +97,18 @@ impl Block {
             FfnConfig::Dense(c) => Ffn::Dense(FeedForward::new(&(path / "ffn"), d_model, c, init)?),
             FfnConfig::Moe(c) => Ffn::Moe(Box::new(MoeLayer::new(&(path / "moe"), d_model, c, init)?)),
         };
+        let cross = if config.cross_attention {
+            Some((
+                RmsNorm::new(&(path / "cross_norm"), d_model as i64, config.norm_eps)?,
+                CrossAttention::new(&(path / "cross_attn"), d_model, &config.attention, init)?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
             attn_norm: RmsNorm::new(&(path / "attn_norm"), d_model as i64, config.norm_eps)?,
             attn: SelfAttention::new(&(path / "attn"), d_model, &config.attention, init)?,
+            cross,
             ffn_norm: RmsNorm::new(&(path / "ffn_norm"), d_model as i64, config.norm_eps)?,
             ffn,
             d_model: d_model as i64,
@@ -80,39 +120,50 @@ impl Block {
         matches!(self.ffn, Ffn::Moe(_))
     }
 
-    /// `mask` (`[B, T]`, true/non-zero = real token) is passed to the MoE layer, where masked
-    /// tokens take no capacity, get a zero FFN output and are left out of the losses.
-    /// Attention is causal; with right padding no real token attends to a padded one.
-    ///
-    /// # Shapes
-    /// `x`: `[B, T, D]`, `mask`: `[B, T]` → `[B, T, D]`, and the MoE layer's aux record when the
-    /// FFN is an MoE.
+    /// [`Block::forward`] with only a token mask and the mode.
     ///
     /// # Errors
-    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]` or the mask is not `[B, T]`.
+    /// As [`Block::forward`].
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<(Tensor, Option<MoeAux>)> {
-        self.forward_at(x, mask, None, train)
+        self.forward(x, &BlockContext { mask, train, ..Default::default() }, None)
     }
 
-    /// [`Block::forward_t`] with explicit rotary positions `[T]` (default `0..T`), as used by
-    /// Sequence-AltUp for its strided anchor tokens.
+    /// The block on `x`. With `cache`, self-attention also sees the cached keys of earlier calls
+    /// and appends the new ones (incremental decoding), and cross-attention reuses the encoder
+    /// keys computed on the first call.
+    ///
+    /// # Shapes
+    /// `x`: `[B, T, D]` → `[B, T, D]`, and the MoE layer's aux record when the FFN is an MoE.
     ///
     /// # Errors
-    /// As [`Block::forward_t`], plus [`crate::Error::Shape`] if `positions` is not `[T]`.
-    pub fn forward_at(
+    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]`, a mask or the memory do not match, or
+    /// a cross-attending block gets no memory.
+    pub fn forward(
         &self,
         x: &Tensor,
-        mask: Option<&Tensor>,
-        positions: Option<&Tensor>,
-        train: bool,
+        ctx: &BlockContext,
+        mut cache: Option<&mut BlockCache>,
     ) -> Result<(Tensor, Option<MoeAux>)> {
         expect_shape(x, "block input", "[B, T, D]", &[None, None, Some(self.d_model)])?;
-        let x = x.f_add(&self.attn.forward(&self.attn_norm.forward(x)?, positions)?)?;
+        let attn_out = self.attn.forward(
+            &self.attn_norm.forward(x)?,
+            ctx.positions,
+            ctx.mask,
+            cache.as_deref_mut().map(|c| &mut c.self_attn),
+        )?;
+        let mut x = x.f_add(&attn_out)?;
+        if let Some((norm, cross)) = &self.cross {
+            let memory = ctx
+                .memory
+                .ok_or_else(|| crate::Error::Shape("a cross-attending block needs the encoder output".into()))?;
+            let y = cross.forward(&norm.forward(&x)?, memory, ctx.memory_mask, cache.map(|c| &mut c.cross_attn))?;
+            x = x.f_add(&y)?;
+        }
         let h = self.ffn_norm.forward(&x)?;
         let (y, aux) = match &self.ffn {
             Ffn::Dense(ffn) => (ffn.forward(&h)?, None),
             Ffn::Moe(moe) => {
-                let (y, aux) = moe.forward_masked_t(&h, mask, train)?;
+                let (y, aux) = moe.forward_masked_t(&h, ctx.mask, ctx.train)?;
                 (y, Some(aux))
             }
         };

@@ -12,8 +12,8 @@ pub mod linear;
 pub mod norm;
 pub mod rope;
 
-pub use attention::{AttentionConfig, SelfAttention};
-pub use block::{Block, BlockConfig, Ffn, FfnConfig};
+pub use attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
+pub use block::{Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use embedding::Embedding;
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
 pub use init::InitScheme;

@@ -1,0 +1,289 @@
+//! A transformer stack: embedding → (AltUp widen) → blocks → (AltUp collapse) → final norm.
+//! The decoder-only [`crate::LanguageModel`] is a stack plus an output head; an encoder-decoder
+//! is two stacks.
+
+use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::output::{LayerAux, ModelAux};
+use crate::model::precision::Precision;
+use crate::moe::MoeAux;
+use crate::nn::{Block, BlockCache, BlockContext, Embedding, Ffn, InitScheme, RmsNorm};
+use tch::{nn, Kind, Tensor};
+
+/// Whether every element of `t` is finite.
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+}
+
+/// Checks a token tensor `[B, T]` and its optional mask.
+pub(crate) fn check_tokens(tokens: &Tensor, mask: Option<&Tensor>, what: &str) -> Result<()> {
+    let size = tokens.size();
+    if size.len() != 2 {
+        return Err(Error::Shape(format!("{what} must have shape [B, T], got {size:?}")));
+    }
+    if size[0] == 0 || size[1] == 0 {
+        return Err(Error::Input(format!("{what} must hold at least one sequence of one token, got shape {size:?}")));
+    }
+    if let Some(m) = mask {
+        let integer = matches!(m.kind(), Kind::Bool | Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8);
+        if m.size() != size || !integer {
+            return Err(Error::Shape(format!(
+                "the mask of {what} must be a bool or integer tensor of shape {size:?}, got {:?} {:?}",
+                m.size(),
+                m.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Incremental-decoding state of a stack: one cache per block and the number of tokens seen.
+#[derive(Debug, Default)]
+pub struct StackCache {
+    /// Per-block caches.
+    pub blocks: Vec<BlockCache>,
+    /// Tokens processed so far (the position of the next token).
+    pub len: i64,
+}
+
+/// What a stack needs besides its tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackContext<'a> {
+    /// Token mask `[B, T]` (true/non-zero = real).
+    pub mask: Option<&'a Tensor>,
+    /// Encoder output `[B, S, D]` for cross-attending stacks.
+    pub memory: Option<&'a Tensor>,
+    /// Source mask `[B, S]`.
+    pub memory_mask: Option<&'a Tensor>,
+    /// Training mode.
+    pub train: bool,
+    /// Stop at the first block whose output or router is non-finite ([`Error::NonFinite`]).
+    pub check_finite: bool,
+}
+
+/// A transformer stack built from a [`ModelConfig`] (its head settings are ignored).
+///
+/// Parameters under the stack's path: `embed.weight` (unless shared), `blocks.{l}.*`,
+/// `blocks.{l}.altup.*`, `blocks.{l}.seq_altup.*`, `collapse.weight`, `widen.{i}.weight`,
+/// `unwiden.{i}.weight`, `final_norm.weight`.
+#[derive(Debug)]
+pub struct Stack {
+    config: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    altup: Vec<AltUp>,
+    widening: Option<AltUpWidening>,
+    sequence_altup: Vec<SequenceAltUp>,
+    final_norm: RmsNorm,
+    precision: Precision,
+}
+
+impl Stack {
+    /// Validates `config` and creates the stack under `path`, with its own embedding under
+    /// `path/embed` or the given shared one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid value; [`Error::Shape`] if a shared embedding
+    /// has another shape than the config needs.
+    pub fn new(path: &nn::Path, config: &ModelConfig, init: &InitScheme, embed: Option<Embedding>) -> Result<Self> {
+        config.validate()?;
+        let d = config.d_model;
+        let embed = match embed {
+            Some(e) => {
+                let want = [config.vocab_size as i64, config.embedding_width() as i64];
+                if e.weight.size() != want {
+                    return Err(Error::Shape(format!(
+                        "shared embedding has shape {:?}, the stack needs {want:?}",
+                        e.weight.size()
+                    )));
+                }
+                e
+            }
+            None => Embedding::new(&(path / "embed"), config.vocab_size, config.embedding_width(), init)?,
+        };
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        let (mut altup, mut sequence_altup) = (Vec::new(), Vec::new());
+        for layer in 0..config.num_layers {
+            let block_path = path / "blocks" / layer;
+            blocks.push(Block::new(&block_path, d, &config.block_config(layer), init)?);
+            if let Some(a) = &config.altup {
+                altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks, d, a.coefficients, a.compute_on, init)?);
+            }
+            if let Some(s) = &config.sequence_altup {
+                sequence_altup.push(SequenceAltUp::new(&(&block_path / "seq_altup"), s)?);
+            }
+        }
+        let widening = config.altup.as_ref().map(|a| AltUpWidening::new(path, a, d, init)).transpose()?;
+        let final_norm = RmsNorm::new(&(path / "final_norm"), d as i64, config.norm_eps)?;
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            blocks,
+            altup,
+            widening,
+            sequence_altup,
+            final_norm,
+            precision: Precision::F32,
+        })
+    }
+
+    /// The stack's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The embedding table.
+    pub fn embedding(&self) -> &Embedding {
+        &self.embed
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The AltUp layers, one per block (empty without AltUp).
+    pub fn altup_layers(&self) -> &[AltUp] {
+        &self.altup
+    }
+
+    /// Sets the compute precision of the activations.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The compute precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// A fresh cache for incremental decoding.
+    pub fn new_cache(&self) -> StackCache {
+        StackCache { blocks: self.blocks.iter().map(|_| BlockCache::default()).collect(), len: 0 }
+    }
+
+    /// Applies the aux-loss-free bias update of every MoE block that uses it
+    /// (`(block index, counts [E])`).
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a block index that is not an MoE block; [`Error::Shape`] for counts
+    /// that are not `[E]`.
+    pub fn update_expert_biases(&self, counts: &[(usize, Tensor)]) -> Result<()> {
+        for (layer, c) in counts {
+            match self.blocks.get(*layer).map(|b| &b.ffn) {
+                Some(Ffn::Moe(moe)) => moe.update_expert_bias(c)?,
+                _ => return Err(Error::Input(format!("block {layer} is not an MoE block"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the stack on `tokens`, returning the final-normed hidden states and one aux record
+    /// per block. With `cache`, the tokens continue the cached sequence (positions start at
+    /// `cache.len`); Sequence-AltUp stacks cannot be cached.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, T]` integer ids in `0..V` with `cache.len + T ≤ max_seq_len` →
+    /// `[B, T, D]` in the compute dtype.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for an empty batch, a too-long sequence, bad ids, or a cached
+    /// Sequence-AltUp stack; [`Error::Shape`] for bad shapes; [`Error::NonFinite`] with
+    /// `check_finite`.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        ctx: &StackContext,
+        mut cache: Option<&mut StackCache>,
+    ) -> Result<(Tensor, ModelAux)> {
+        check_tokens(tokens, ctx.mask, "tokens")?;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let t = tokens.size()[1];
+        if past + t > self.config.max_seq_len as i64 {
+            return Err(Error::Input(format!(
+                "sequence length {} exceeds max_seq_len ({})",
+                past + t,
+                self.config.max_seq_len
+            )));
+        }
+        if cache.is_some() && !self.sequence_altup.is_empty() {
+            return Err(Error::Input("cached decoding does not support Sequence-AltUp stacks".into()));
+        }
+        let mut embedded = self.embed.forward(tokens)?;
+        if self.precision == Precision::Bf16 {
+            embedded = embedded.f_to_kind(Kind::BFloat16)?;
+        }
+        let check = |layer: usize, y: &Tensor, moe: &Option<MoeAux>| -> Result<()> {
+            if !ctx.check_finite {
+                return Ok(());
+            }
+            let what = match moe {
+                Some(m) if !all_finite(&m.z_loss)? => format!("router of block {layer}"),
+                _ if !all_finite(y)? => format!("output of block {layer}"),
+                _ => return Ok(()),
+            };
+            Err(Error::NonFinite { step: 0, what })
+        };
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        let hidden = match (&self.config.altup, &self.widening) {
+            (Some(altup_config), Some(widening)) => {
+                let k = altup_config.num_blocks;
+                let mut x = widening.widen(&embedded)?;
+                for (layer, altup) in self.altup.iter().enumerate() {
+                    let active = altup_config.selection.active_block(layer, k);
+                    let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
+                    let (y, moe) =
+                        altup.forward_t(&x, active, ctx.train, |a| self.run_block(layer, a, ctx, block_cache))?;
+                    check(layer, &y, &moe)?;
+                    layers.push(LayerAux { layer, moe });
+                    x = y;
+                }
+                widening.collapse(&x)?
+            }
+            _ => {
+                let mut x = embedded;
+                for layer in 0..self.blocks.len() {
+                    let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
+                    let (y, moe) = self.run_block(layer, &x, ctx, block_cache)?;
+                    check(layer, &y, &moe)?;
+                    layers.push(LayerAux { layer, moe });
+                    x = y;
+                }
+                x
+            }
+        };
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok((self.final_norm.forward(&hidden)?, ModelAux { layers }))
+    }
+
+    /// Block `layer` on `[B, T, D]`, through Sequence-AltUp when configured.
+    fn run_block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &StackContext,
+        cache: Option<&mut BlockCache>,
+    ) -> Result<(Tensor, Option<MoeAux>)> {
+        let block = &self.blocks[layer];
+        let block_ctx = BlockContext {
+            mask: ctx.mask,
+            positions: None,
+            memory: ctx.memory,
+            memory_mask: ctx.memory_mask,
+            train: ctx.train,
+        };
+        match self.sequence_altup.get(layer) {
+            Some(seq) => seq.forward_t(x, ctx.mask, |anchors, positions, anchor_mask| {
+                block.forward(
+                    anchors,
+                    &BlockContext { mask: anchor_mask, positions: Some(positions), ..block_ctx },
+                    None,
+                )
+            }),
+            None => block.forward(x, &block_ctx, cache),
+        }
+    }
+}
