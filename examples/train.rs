@@ -9,21 +9,24 @@
 //! `OUT/metrics.jsonl` (one JSON object per evaluation), `OUT/model.safetensors`, and prints a
 //! generated sample at the end.
 
+mod common;
+
 use altup_moe::altup::{
     AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,
 };
-use altup_moe::model::Precision;
-use altup_moe::model::{MoeLayers, Sampling};
+use altup_moe::model::{MoeLayers, Precision, Sampling};
 use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
 use altup_moe::train::{
-    find_checkpoint, find_shakespeare, run, save_json, save_weights, CheckpointMeta, Corpus, EvalRecord, Observer,
-    RunOptions, StepStats, TrainConfig, Trainer,
+    find_checkpoint, run, save_json, save_weights, CheckpointMeta, RunOptions, TrainConfig, Trainer,
 };
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
-use indicatif::{ProgressBar, ProgressStyle};
+use common::{
+    data_description, device_name, ensure_flag, human, load_corpus, parse_arch, parse_device, parse_enum,
+    parse_precision, progress_bar, run_folder, Progress,
+};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -198,10 +201,6 @@ struct Args {
     threads: Option<i32>,
 }
 
-fn parse_arch(s: &str) -> Result<Arch, String> {
-    s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
-}
-
 fn parse_selection(s: &str) -> Result<BlockSelection, String> {
     let list = |v: &str| -> Result<Vec<usize>, String> {
         v.split(',').map(|i| i.trim().parse::<usize>().map_err(|e| format!("'{i}': {e}"))).collect()
@@ -232,39 +231,6 @@ fn parse_capacity(s: &str) -> Result<Capacity, String> {
     match s.parse::<f64>() {
         Ok(cf) if cf > 0.0 && cf.is_finite() => Ok(Capacity(Some(cf))),
         _ => Err(format!("'{s}' is not a positive capacity factor or 'none'")),
-    }
-}
-
-/// Parses a kebab-case name into one of the library's serde enums.
-fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
-        .map_err(|e| e.to_string().replace('_', "-").replace("variant", "value"))
-}
-
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
-}
-
-fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda_device(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda_device(i),
-            _ => Err(format!("unknown device '{s}' (expected cpu, cuda, cuda:N or auto)")),
-        },
-    }
-}
-
-fn cuda_device(index: usize) -> Result<Device, String> {
-    let count = tch::Cuda::device_count() as usize;
-    if index < count {
-        Ok(Device::Cuda(index))
-    } else if count == 0 {
-        Err("CUDA was requested but no CUDA device is available (use --device cpu or auto)".into())
-    } else {
-        Err(format!("cuda:{index} requested but only {count} CUDA device(s) are available"))
     }
 }
 
@@ -332,14 +298,6 @@ fn model_config(args: &Args) -> altup_moe::Result<ModelConfig> {
     Ok(config)
 }
 
-fn human(n: usize) -> String {
-    match n {
-        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
-        n => n.to_string(),
-    }
-}
-
 /// Flags that set the model or the training run: ignored with --resume (the checkpoint's
 /// settings are used).
 const RUN_FLAGS: &[&str] = &[
@@ -404,30 +362,12 @@ fn warn_ignored(flags: Vec<String>, why: &str) {
     }
 }
 
-/// Description of the training data recorded in train_config.json (path, files, bytes).
-fn data_description(path: &std::path::Path, corpus: &Corpus) -> String {
-    format!("{} ({} files, {} bytes)", path.display(), corpus.files.len(), corpus.bytes.len())
-}
-
-fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
     ensure_flag(args.keep_checkpoints > 0, "--keep-checkpoints (0) must be at least 1")?;
-    let data_path = match &args.data {
-        Some(p) => p.clone(),
-        None => find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])?,
-    };
-    let extensions: Option<&[&str]> = if args.data.is_none() { Some(&["md"]) } else { None };
-    let corpus = Corpus::from_path(&data_path, extensions)?;
+    let (data_path, corpus) = load_corpus(args.data.as_deref())?;
     let (train, val) = corpus.split(0.1)?;
     let data = data_description(&data_path, &corpus);
 
@@ -448,7 +388,7 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
             }
             train_config.steps = args.steps.unwrap_or(train_config.steps);
             train_config.data = data.clone();
-            (meta.model_config.clone(), train_config, Some(meta))
+            (meta.model_config()?, train_config, Some(meta))
         }
         None => {
             if !args.arch.has_moe() {
@@ -540,13 +480,7 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
     save_json(&out.join("config.json"), &config)?;
     save_json(&out.join("train_config.json"), &train_config)?;
 
-    let bar = ProgressBar::new(train_config.steps);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(trainer.step_count());
+    let bar = progress_bar(train_config.steps, trainer.step_count());
     let options = RunOptions {
         out_dir: out.clone(),
         overwrite: args.overwrite,
@@ -586,67 +520,6 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
         println!("--- sample ({} generated bytes) ---\n{}", args.sample_len, show(&tokens[prompt.len()..]));
     }
     Ok(())
-}
-
-/// Progress bar and evaluation lines.
-struct Progress<'a> {
-    bar: &'a ProgressBar,
-}
-
-impl Observer for Progress<'_> {
-    fn on_step(&mut self, stats: &StepStats, seconds: f64) {
-        self.bar.set_position(stats.step);
-        self.bar.set_message(format!("loss {:.3} | {:.0} tok/s", stats.loss, stats.tokens as f64 / seconds.max(1e-9)));
-    }
-
-    fn on_eval(&mut self, record: &EvalRecord) {
-        log(
-            self.bar,
-            format!(
-                "step {:>5} | train loss {:.4} | val loss {:.4} | val bpb {:.4} | {:.0} tok/s{}",
-                record.step,
-                record.train_loss,
-                record.val_loss,
-                record.val_bpb,
-                record.tokens_per_s,
-                match (record.aux_loss, record.dropped_frac) {
-                    (Some(a), Some(d)) => format!(" | balance {a:.3} | dropped {:.1}%", 100.0 * d),
-                    _ => String::new(),
-                }
-            ),
-        );
-    }
-
-    fn on_checkpoint(&mut self, dir: &std::path::Path) {
-        log(self.bar, format!("checkpoint {}", dir.display()));
-    }
-}
-
-/// Prints above the progress bar, or plainly when the bar is hidden (output is not a terminal).
-fn log(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        bar.println(line);
-    }
-}
-
-/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`).
-fn run_folder(checkpoint: &std::path::Path) -> PathBuf {
-    match checkpoint.parent() {
-        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
-            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
-        }
-        _ => checkpoint.to_path_buf(),
-    }
-}
-
-fn ensure_flag(ok: bool, message: &str) -> altup_moe::Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(message.to_string()))
-    }
 }
 
 fn main() -> ExitCode {

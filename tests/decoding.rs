@@ -60,6 +60,8 @@ fn cached_generation_matches_uncached() {
         tokens.push(logits.argmax(-1, false).int64_value(&[0]));
     }
     assert_eq!(cached, tokens);
+    let uncached = model.generate_uncached(&prompt, 30, greedy, &mut rng).unwrap();
+    assert_eq!(uncached, tokens);
     // Beyond max_seq_len generation continues on a sliding window.
     let long = model.generate(&prompt, 50, greedy, &mut rng).unwrap();
     assert_eq!(long.len(), 55);

@@ -55,7 +55,7 @@ fn train(out: &Path, stop_after: Option<u64>, resume: bool) -> Vec<(String, Tens
     let (train, val) = data();
     let (model_config, tc, meta) = if resume {
         let meta = CheckpointMeta::read(out).unwrap();
-        (meta.model_config.clone(), meta.train_config.clone(), Some(meta))
+        (meta.model_config().unwrap(), meta.train_config.clone(), Some(meta))
     } else {
         (tiny(), train_config(), None)
     };
@@ -200,7 +200,7 @@ fn broken_checkpoints_are_named() {
     let restore = |dir: &Path| -> Result<(), Error> {
         let meta = CheckpointMeta::read(dir)?;
         let vs = VarStore::new(Device::Cpu);
-        let model = LanguageModel::new(&vs.root(), &meta.model_config)?;
+        let model = LanguageModel::new(&vs.root(), &meta.model_config()?)?;
         let mut trainer = Trainer::new(&vs, &model, &train_data, &val, meta.train_config.clone())?;
         trainer.restore(&meta).map(|_| ())
     };

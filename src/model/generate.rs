@@ -15,6 +15,20 @@ pub struct Sampling {
     pub top_k: Option<usize>,
 }
 
+impl Sampling {
+    /// # Errors
+    /// [`Error::Input`] for a negative or non-finite temperature or `top_k = 0`.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Input(format!("temperature ({}) must be finite and >= 0", self.temperature)));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::Input("top_k (0) must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Self { temperature: 0.8, top_k: Some(40) }
@@ -42,12 +56,7 @@ impl LanguageModel {
         if prompt.is_empty() {
             return Err(Error::Input("the prompt must hold at least one token".into()));
         }
-        if !(sampling.temperature >= 0.0 && sampling.temperature.is_finite()) {
-            return Err(Error::Input(format!("temperature ({}) must be finite and >= 0", sampling.temperature)));
-        }
-        if sampling.top_k == Some(0) {
-            return Err(Error::Input("top_k (0) must be positive".into()));
-        }
+        sampling.validate()?;
         let device = self.device();
         let max_len = self.config().max_seq_len;
         let mut tokens = prompt.to_vec();
@@ -83,7 +92,41 @@ impl LanguageModel {
     }
 }
 
-fn sample(logits: &Tensor, sampling: Sampling, rng: &mut impl Rng) -> Result<i64> {
+impl LanguageModel {
+    /// [`LanguageModel::generate`] without the key/value cache: every new token recomputes the
+    /// whole (windowed) context. The reference for tests and benchmarks of the cached path.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::generate`].
+    pub fn generate_uncached(
+        &self,
+        prompt: &[i64],
+        max_new_tokens: usize,
+        sampling: Sampling,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<i64>> {
+        if prompt.is_empty() {
+            return Err(Error::Input("the prompt must hold at least one token".into()));
+        }
+        sampling.validate()?;
+        let device = self.device();
+        let max_len = self.config().max_seq_len;
+        let mut tokens = prompt.to_vec();
+        tch::no_grad(|| -> Result<()> {
+            for _ in 0..max_new_tokens {
+                let context = &tokens[tokens.len().saturating_sub(max_len)..];
+                let input = Tensor::from_slice(context).f_view([1, -1])?.f_to_device(device)?;
+                let logits = self.forward_t(&input, false)?.logits.f_select(1, -1)?.f_squeeze_dim(0)?;
+                tokens.push(sample(&logits, sampling, rng)?);
+            }
+            Ok(())
+        })?;
+        Ok(tokens)
+    }
+}
+
+/// Draws one token from next-token logits `[V]` (greedy at temperature 0).
+pub(crate) fn sample(logits: &Tensor, sampling: Sampling, rng: &mut impl Rng) -> Result<i64> {
     let logits = Vec::<f64>::try_from(logits.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?)?;
     if sampling.temperature == 0.0 {
         let best = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);

@@ -8,6 +8,7 @@ pub mod output;
 pub mod params;
 pub mod precision;
 pub mod presets;
+pub mod seq2seq;
 pub mod stack;
 
 pub use config::{ModelConfig, MoeLayers};
@@ -17,4 +18,5 @@ pub use output::{LayerAux, ModelAux, ModelOutput};
 pub use params::ParamCounts;
 pub use precision::Precision;
 pub use presets::Arch;
+pub use seq2seq::{Seq2SeqConfig, Seq2SeqModel, Seq2SeqOutput};
 pub use stack::{Stack, StackCache, StackContext};

@@ -28,7 +28,8 @@ impl ModelConfig {
     /// Counts parameters from the config:
     ///
     /// * embedding `V·K·D`, head `V·D` unless tied, final norm `D`;
-    /// * per block: attention `4·D²`, two norms `2·D`, and a dense FFN (`2·D·F`, SwiGLU `3·D·F`)
+    /// * per block: attention `4·D²`, two norms `2·D`, cross-attention `4·D² + D` (decoders of an
+    ///   encoder-decoder), and a dense FFN (`2·D·F`, SwiGLU `3·D·F`)
     ///   or an MoE (router `E·D` + `E` routed experts of `2·D·F` / `3·D·F` each, + `S` shared
     ///   experts of the same size, always active);
     /// * AltUp: `K² + K` per block (input-dependent: `D + K·D + K³ + K²`), plus `K·D²` for a
@@ -41,6 +42,9 @@ impl ModelConfig {
         let mut blocks = 0;
         for layer in 0..self.num_layers {
             blocks += 4 * d * d + 2 * d;
+            if self.cross_attention {
+                blocks += 4 * d * d + d; // cross_norm + q + kv + out
+            }
             match &self.moe {
                 Some(moe) if self.is_moe_layer(layer) => {
                     let per_expert = moe.params_per_expert(d);

@@ -24,6 +24,11 @@ impl Embedding {
         Ok(Self { weight })
     }
 
+    /// Another handle on the same table (for an encoder and a decoder that share embeddings).
+    pub fn share(&self) -> Embedding {
+        Embedding { weight: self.weight.shallow_clone() }
+    }
+
     /// Vocabulary size `V`.
     pub fn vocab_size(&self) -> i64 {
         self.weight.size()[0]

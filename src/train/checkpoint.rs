@@ -8,7 +8,6 @@
 //! checkpoints are kept.
 
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
 use crate::train::metrics::MetricsWindow;
 use crate::train::trainer::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -46,8 +45,9 @@ pub struct TrainerState {
 pub struct CheckpointMeta {
     /// The `step-*` folder.
     pub dir: PathBuf,
-    /// `config.json`.
-    pub model_config: ModelConfig,
+    /// `config.json` (a [`ModelConfig`], or a [`crate::model::Seq2SeqConfig`] for an
+    /// encoder-decoder; parse it with [`CheckpointMeta::model_config`]).
+    pub model_config: serde_json::Value,
     /// `train_config.json`.
     pub train_config: TrainConfig,
     /// `trainer_state.json`.
@@ -69,8 +69,7 @@ impl CheckpointMeta {
     /// [`Error::Config`] for malformed or invalid contents.
     pub fn read(path: &Path) -> Result<Self> {
         let dir = find_checkpoint(path)?;
-        let model_config: ModelConfig = read_json(&dir.join("config.json"))?;
-        model_config.validate()?;
+        let model_config: serde_json::Value = read_json(&dir.join("config.json"))?;
         let train_config: TrainConfig = read_json(&dir.join("train_config.json"))?;
         train_config.validate()?;
         let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
@@ -87,6 +86,17 @@ impl CheckpointMeta {
             }
         }
         Ok(Self { dir, model_config, train_config, state })
+    }
+}
+
+impl CheckpointMeta {
+    /// The checkpoint's model config as `C` (e.g. [`crate::ModelConfig`]).
+    ///
+    /// # Errors
+    /// [`Error::Json`] if `config.json` does not hold a `C`.
+    pub fn model_config<C: serde::de::DeserializeOwned>(&self) -> Result<C> {
+        serde_json::from_value(self.model_config.clone())
+            .map_err(|source| Error::Json { context: self.dir.join("config.json").display().to_string(), source })
     }
 }
 

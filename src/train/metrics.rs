@@ -13,7 +13,9 @@ pub const LN_2: f64 = std::f64::consts::LN_2;
 /// Per-MoE-layer statistics of the last training step before an evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoeLayerMetrics {
-    /// Block index.
+    /// The stack: `decoder` (a language model's only stack) or `encoder`.
+    pub stack: String,
+    /// Block index within the stack.
     pub layer: usize,
     /// Unscaled load-balancing loss (1.0 = balanced).
     pub load_balancing_loss: f64,

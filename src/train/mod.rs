@@ -7,6 +7,8 @@ pub mod metrics;
 pub mod optim;
 pub mod run;
 pub mod schedule;
+pub mod span_corruption;
+pub mod task;
 pub mod trainer;
 
 pub use checkpoint::{
@@ -17,4 +19,6 @@ pub use metrics::{EvalRecord, MetricsWindow, MetricsWriter, MoeLayerMetrics};
 pub use optim::{AdamW, AdamWConfig};
 pub use run::{run, Observer, RunOptions, Silent};
 pub use schedule::LrSchedule;
+pub use span_corruption::{Seq2SeqBatch, SpanCorruption};
+pub use task::{SpanCorruptionTask, Task, TaskLoss};
 pub use trainer::{EvalStats, StepStats, TrainConfig, Trainer};

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::train::checkpoint::list_checkpoints;
 use crate::train::metrics::{EvalRecord, MetricsWindow, MetricsWriter};
+use crate::train::task::Task;
 use crate::train::trainer::{StepStats, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -61,8 +62,8 @@ impl Observer for Silent {}
 ///
 /// # Errors
 /// [`Error::Io`] for the output folder, errors of the trainer.
-pub fn run(
-    trainer: &mut Trainer,
+pub fn run<T: Task>(
+    trainer: &mut Trainer<T>,
     resumed: Option<(MetricsWindow, f64)>,
     options: &RunOptions,
     observer: &mut dyn Observer,

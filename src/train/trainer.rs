@@ -1,4 +1,5 @@
-//! One optimizer step, one evaluation, and checkpoints of a [`LanguageModel`] on byte-level data.
+//! One optimizer step, one evaluation, and checkpoints of a [`Task`] (a model and its objective)
+//! on byte-level data.
 //!
 //! The objective is `LM loss + α · mean_layers(load-balancing loss) + β · mean_layers(z-loss)`
 //! (Switch Transformer §2.2 with α = 1e-2; ST-MoE §3.1 with β = 1e-3). With gradient
@@ -6,19 +7,20 @@
 //! the auxiliary losses are scaled exactly like the LM loss.
 
 use crate::error::{ensure_config, Error, Result};
-use crate::model::{LanguageModel, Precision};
+use crate::model::{LanguageModel, ModelAux, Precision};
 use crate::train::checkpoint::{
     read_tensors, weight_tensors, write_checkpoint_dir, write_tensors, CheckpointMeta, FileWriter, TrainerState,
     CHECKPOINT_FORMAT,
 };
-use crate::train::data::{Batch, ByteDataset};
+use crate::train::data::ByteDataset;
 use crate::train::metrics::{MetricsWindow, MoeLayerMetrics, LN_2};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::schedule::LrSchedule;
+use crate::train::task::Task;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tch::{nn::VarStore, Device, Kind, Reduction, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,23 +143,28 @@ pub struct EvalStats {
     pub bits_per_byte: f64,
 }
 
-/// Drives training of one model: batches, loss, backward, clipping, AdamW, schedule,
-/// aux-loss-free bias updates, checkpoints.
-#[derive(Debug)]
-pub struct Trainer<'a> {
+/// Drives training of one [`Task`] (by default a [`LanguageModel`]): batches, loss, backward,
+/// clipping, AdamW, schedule, aux-loss-free bias updates, checkpoints.
+pub struct Trainer<'a, T: Task = LanguageModel> {
     vs: &'a VarStore,
-    model: &'a LanguageModel,
+    task: &'a T,
     optimizer: AdamW,
     schedule: LrSchedule,
     train: &'a ByteDataset,
-    val_batches: Vec<Batch>,
+    val_batches: Vec<T::Batch>,
     config: TrainConfig,
     device: Device,
     step: u64,
 }
 
-impl<'a> Trainer<'a> {
-    /// Prepares training of `model`, whose parameters live in `vs`.
+impl<T: Task> std::fmt::Debug for Trainer<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("step", &self.step).field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<'a, T: Task> Trainer<'a, T> {
+    /// Prepares training of `task` (a model and its objective), whose parameters live in `vs`.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid config, `seq_len` above the model's `max_seq_len`, or a
@@ -165,25 +172,22 @@ impl<'a> Trainer<'a> {
     /// window.
     pub fn new(
         vs: &'a VarStore,
-        model: &'a LanguageModel,
+        task: &'a T,
         train: &'a ByteDataset,
         val: &ByteDataset,
         config: TrainConfig,
     ) -> Result<Self> {
         config.validate()?;
-        let max = model.config().max_seq_len;
-        ensure_config(config.seq_len <= max, || {
-            format!("seq_len ({}) must be <= the model's max_seq_len ({max})", config.seq_len)
-        })?;
-        ensure_config(model.precision() == config.precision, || {
-            format!("the model computes in {:?} but the training config says {:?}", model.precision(), config.precision)
+        task.check_seq_len(config.seq_len)?;
+        ensure_config(task.precision() == config.precision, || {
+            format!("the model computes in {:?} but the training config says {:?}", task.precision(), config.precision)
         })?;
         let device = vs.device();
-        let val_batches = val.eval_batches(config.batch_size, config.seq_len, config.eval_batches, device)?;
-        train.eval_batches(1, config.seq_len, 1, device)?; // fails early if the training split is too short
+        let val_batches = task.eval_batches(val, config.batch_size, config.seq_len, config.eval_batches, device)?;
+        task.eval_batches(train, 1, config.seq_len, 1, device)?; // fails early if the training split is too short
         Ok(Self {
             vs,
-            model,
+            task,
             optimizer: AdamW::new(vs, config.optimizer.clone())?,
             schedule: LrSchedule::new(config.lr, config.warmup_steps, config.steps, config.min_lr_ratio)?,
             train,
@@ -204,24 +208,9 @@ impl<'a> Trainer<'a> {
         &self.config
     }
 
-    /// The model being trained.
-    pub fn model(&self) -> &LanguageModel {
-        self.model
-    }
-
-    /// Mean cross-entropy of next-token predictions.
-    ///
-    /// # Shapes
-    /// `logits`: `[B, T, V]`; `targets`: `[B, T]` → scalar.
-    fn lm_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let v = logits.size()[2];
-        Ok(logits.f_reshape([-1, v])?.f_cross_entropy_loss::<Tensor>(
-            &targets.f_reshape([-1])?,
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        )?)
+    /// The task being trained.
+    pub fn task(&self) -> &T {
+        self.task
     }
 
     fn step_seed(&self, step: u64) -> u64 {
@@ -243,36 +232,52 @@ impl<'a> Trainer<'a> {
         let scale = 1.0 / accum as f64;
         self.optimizer.zero_grad();
         let (mut loss_sum, mut lb_sum, mut z_sum, mut dropped_sum, mut moe_micro) = (0.0, 0.0, 0.0, 0.0, 0usize);
-        let mut counts: Vec<(usize, Tensor)> = Vec::new();
+        let mut counts: Vec<(&'static str, usize, Tensor)> = Vec::new();
         let mut moe_layers = Vec::new();
+        let mut tokens = 0;
         for micro in 0..accum {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add((micro as u64) << 48));
-            let batch = self.train.random_batch(self.config.batch_size, self.config.seq_len, &mut rng, self.device)?;
-            let out = self.model.forward_t(&batch.inputs, true)?;
-            let lm = Self::lm_loss(&out.logits, &batch.targets)?;
-            let loss = lm.f_double_value(&[])?;
+            let batch = self.task.sample_batch(
+                self.train,
+                self.config.batch_size,
+                self.config.seq_len,
+                &mut rng,
+                self.device,
+            )?;
+            let out = self.task.loss(&batch, true)?;
+            tokens += out.tokens;
+            let loss = out.loss.f_double_value(&[])?;
             if !loss.is_finite() {
-                return Err(self.non_finite(step, &batch.inputs, format!("LM loss ({loss})")));
+                return Err(self.non_finite(step, &batch, format!("LM loss ({loss})")));
             }
-            let mut total = lm.f_mul_scalar(scale)?;
-            if let (Some(lb), Some(z)) = (out.aux.load_balancing_loss()?, out.aux.z_loss()?) {
+            let mut total = out.loss.f_mul_scalar(scale)?;
+            let records: Vec<&ModelAux> = out.aux.iter().map(|(_, a)| a).collect();
+            if let (Some(lb), Some(z)) = (
+                mean_over_moe_layers(&records, |m| &m.load_balancing_loss)?,
+                mean_over_moe_layers(&records, |m| &m.z_loss)?,
+            ) {
                 total = total
                     .f_add(&lb.f_mul_scalar(self.config.load_balancing_coef * scale)?)?
                     .f_add(&z.f_mul_scalar(self.config.z_loss_coef * scale)?)?;
                 lb_sum += lb.f_double_value(&[])?;
                 z_sum += z.f_double_value(&[])?;
-                dropped_sum += out.aux.dropped_fraction().unwrap_or(0.0);
+                let dropped: Vec<f64> =
+                    records.iter().flat_map(|a| a.moe_layers().map(|(_, m)| m.dropped_fraction)).collect();
+                dropped_sum += dropped.iter().sum::<f64>() / dropped.len().max(1) as f64;
                 moe_micro += 1;
             }
             moe_layers = layer_metrics(&out.aux)?;
-            for (i, (layer, m)) in out.aux.moe_layers().enumerate() {
+            let step_counts =
+                out.aux.iter().flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)));
+            for (i, (stack, layer, m)) in step_counts.enumerate() {
                 match counts.get_mut(i) {
-                    Some((_, c)) => *c = c.f_add(&m.tokens_per_expert)?,
-                    None => counts.push((layer, m.tokens_per_expert.shallow_clone())),
+                    Some((_, _, c)) => *c = c.f_add(&m.tokens_per_expert)?,
+                    None => counts.push((stack, layer, m.tokens_per_expert.shallow_clone())),
                 }
             }
             if let Some(bad) = moe_layers.iter().find(|m| !m.z_loss.is_finite() || !m.load_balancing_loss.is_finite()) {
-                return Err(self.non_finite(step, &batch.inputs, format!("router of block {}", bad.layer)));
+                let what = format!("router of {} block {}", bad.stack, bad.layer);
+                return Err(self.non_finite(step, &batch, what));
             }
             total.f_backward()?;
             loss_sum += loss;
@@ -284,7 +289,7 @@ impl<'a> Trainer<'a> {
         }
         let lr = self.schedule.lr_at(step);
         self.optimizer.step(lr)?;
-        self.model.update_expert_biases(&counts)?;
+        self.task.update_expert_biases(&counts)?;
         self.step = step;
         let moe_mean = |sum: f64| (moe_micro > 0).then(|| sum / moe_micro as f64);
         Ok(StepStats {
@@ -296,13 +301,13 @@ impl<'a> Trainer<'a> {
             moe_layers,
             lr,
             grad_norm,
-            tokens: accum * self.config.batch_size * self.config.seq_len,
+            tokens,
         })
     }
 
     /// Builds the non-finite error of `step`, naming the first parameter (in name order) or
     /// block output / router with non-finite values when there is one, `fallback` otherwise.
-    fn non_finite(&mut self, step: u64, inputs: &Tensor, fallback: String) -> Error {
+    fn non_finite(&mut self, step: u64, batch: &T::Batch, fallback: String) -> Error {
         self.optimizer.zero_grad();
         let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -311,7 +316,7 @@ impl<'a> Trainer<'a> {
         });
         let what = match bad_param {
             Some((name, _)) => format!("parameter {name}"),
-            None => self.model.first_non_finite(inputs).ok().flatten().unwrap_or(fallback),
+            None => self.task.first_non_finite(batch).ok().flatten().unwrap_or(fallback),
         };
         Error::NonFinite { step, what }
     }
@@ -324,9 +329,9 @@ impl<'a> Trainer<'a> {
         tch::no_grad(|| -> Result<EvalStats> {
             let (mut sum, mut count) = (0.0, 0.0);
             for batch in &self.val_batches {
-                let logits = self.model.forward_t(&batch.inputs, false)?.logits;
-                let n = batch.targets.numel() as f64;
-                sum += Self::lm_loss(&logits, &batch.targets)?.f_to_kind(Kind::Double)?.f_double_value(&[])? * n;
+                let out = self.task.loss(batch, false)?;
+                let n = out.tokens as f64;
+                sum += out.loss.f_to_kind(Kind::Double)?.f_double_value(&[])? * n;
                 count += n;
             }
             let loss = sum / count;
@@ -354,7 +359,7 @@ impl<'a> Trainer<'a> {
         let files: Vec<(&str, FileWriter)> = vec![
             ("model.safetensors", Box::new(|p: &Path| write_tensors(p, &weights))),
             ("optimizer.safetensors", Box::new(|p: &Path| write_tensors(p, &optimizer))),
-            ("config.json", Box::new(json(pretty(self.model.config())?))),
+            ("config.json", Box::new(json(pretty(&self.task.config_json()?)?))),
             ("train_config.json", Box::new(json(pretty(&self.config)?))),
             ("trainer_state.json", Box::new(json(pretty(&state)?))),
         ];
@@ -368,7 +373,7 @@ impl<'a> Trainer<'a> {
     /// [`Error::Checkpoint`] if the checkpoint's model config differs from the model's, or its
     /// tensors do not match the model or optimizer exactly (names, shapes, dtypes).
     pub fn restore(&mut self, meta: &CheckpointMeta) -> Result<(MetricsWindow, f64)> {
-        if meta.model_config != *self.model.config() {
+        if meta.model_config != self.task.config_json()? {
             return Err(Error::Checkpoint(format!(
                 "{}/config.json describes another model than the one being trained",
                 meta.dir.display()
@@ -389,14 +394,29 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Per-MoE-layer statistics of one forward pass.
-fn layer_metrics(aux: &crate::model::ModelAux) -> Result<Vec<MoeLayerMetrics>> {
-    aux.moe_layers()
-        .map(|(layer, m)| {
+/// Mean over the MoE layers of all stacks of one per-layer scalar; `None` without MoE layers.
+fn mean_over_moe_layers(
+    records: &[&ModelAux],
+    pick: impl Fn(&crate::moe::MoeAux) -> &Tensor,
+) -> Result<Option<Tensor>> {
+    let values: Vec<&Tensor> = records.iter().flat_map(|a| a.moe_layers().map(|(_, m)| pick(m))).collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let stacked = Tensor::f_stack(&values, 0)?;
+    Ok(Some(stacked.f_mean(stacked.kind())?))
+}
+
+/// Per-MoE-layer statistics of one forward pass of every stack.
+fn layer_metrics(aux: &[(&'static str, ModelAux)]) -> Result<Vec<MoeLayerMetrics>> {
+    aux.iter()
+        .flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)))
+        .map(|(stack, layer, m)| {
             let tokens_per_expert = Vec::<i64>::try_from(&m.tokens_per_expert.f_to_device(Device::Cpu)?)?;
             let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
             let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
             Ok(MoeLayerMetrics {
+                stack: stack.to_string(),
                 layer,
                 load_balancing_loss: m.load_balancing_loss.f_double_value(&[])?,
                 z_loss: m.z_loss.f_double_value(&[])?,
@@ -409,7 +429,7 @@ fn layer_metrics(aux: &crate::model::ModelAux) -> Result<Vec<MoeLayerMetrics>> {
         .collect()
 }
 
-fn pretty<T: Serialize>(value: &T) -> Result<String> {
+fn pretty<S: Serialize>(value: &S) -> Result<String> {
     serde_json::to_string_pretty(value)
         .map(|s| s + "\n")
         .map_err(|source| Error::Json { context: "checkpoint".into(), source })

