@@ -15,8 +15,8 @@ pub enum RouterKind {
     /// Each expert picks its top-`C` tokens, `C = ceil(capacity_factor · N / E)` (Zhou et al. 2022,
     /// "Mixture-of-Experts with Expert Choice Routing", arXiv 2202.09368). A token may get 0..E
     /// experts. The choice looks at every token of the batch, so in a causal language model a
-    /// token's routing depends on *later* tokens of the batch window: use it for encoders or where
-    /// that leak is acceptable.
+    /// token's routing depends on *later* tokens of the batch window: it is natural in encoders
+    /// (bidirectional, every token visible anyway) and elsewhere only where that leak is acceptable.
     ExpertChoice,
 }
 
@@ -29,6 +29,9 @@ pub enum CapacityPriority {
     Position,
     /// Batch prioritized routing (Riquelme et al. 2021, "Scaling Vision with Sparse Mixture of
     /// Experts", arXiv 2106.05974, §4.1): tokens with the highest top-1 router probability first.
+    /// A later, more confident token can then push an earlier one out of an expert, so in a causal
+    /// decoder this leaks future information when capacity binds; it is natural in encoders.
+    /// (Position priority never lets a later token displace an earlier one.)
     Confidence,
 }
 
