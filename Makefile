@@ -50,8 +50,16 @@ test: fixtures
 doc: venv
 	cargo doc --no-deps
 
+# Criterion benches, the parameter-vs-compute sweep, the PyTorch / Hugging Face peers, and the
+# report docs/benchmarks.md (about 40 minutes on 2 cores).
+BENCH_OUT := target/bench
+
 bench: venv
+	mkdir -p $(BENCH_OUT) docs/benchmarks
 	cargo bench
+	cargo run --release --example scaling -- --out docs/benchmarks
+	$(VENV)/bin/python benches/peers.py $(BENCH_OUT)/peers.json
+	cargo run --release --example bench_report -- --peers $(BENCH_OUT)/peers.json --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
 
 clean:
 	cargo clean

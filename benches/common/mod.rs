@@ -1,6 +1,8 @@
 //! Shared by the benchmarks: reading criterion's results back to print ratios measured in the
 //! same run.
 
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 /// Median time (ns) of a finished benchmark `group/id`, read from criterion's estimates

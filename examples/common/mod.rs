@@ -150,3 +150,22 @@ pub fn ensure_flag(ok: bool, message: &str) -> altup_moe::Result<()> {
         Err(Error::Config(message.to_string()))
     }
 }
+
+/// Median wall-clock seconds of `runs` calls of `f` after `warmup` untimed calls.
+pub fn median_seconds(
+    warmup: usize,
+    runs: usize,
+    mut f: impl FnMut() -> altup_moe::Result<()>,
+) -> altup_moe::Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = std::time::Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
