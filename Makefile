@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train test doc bench clean
+.PHONY: all venv fixtures build train test doc bench reproduce reproduce-quick clean
 
 all: test
 
@@ -60,6 +60,14 @@ bench: venv
 	cargo run --release --example scaling -- --out docs/benchmarks
 	$(VENV)/bin/python benches/peers.py $(BENCH_OUT)/peers.json
 	cargo run --release --example bench_report -- --peers $(BENCH_OUT)/peers.json --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
+
+# The small-scale reproduction of AltUp's and MoE's claims (1-2 hours; docs/results.md).
+reproduce: venv
+	cargo run --release --example reproduce
+
+# The same pipeline in a few minutes (target/results-quick.md), to check it works.
+reproduce-quick: venv
+	cargo run --release --example reproduce -- --quick
 
 clean:
 	cargo clean

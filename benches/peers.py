@@ -2,7 +2,7 @@
 
 Usage: python benches/peers.py OUT.json [--quick]
 
-Measures (forward + backward, median of several runs after warm-up, CPU):
+Measures (forward + backward, fastest of several runs after warm-up, CPU):
   * Hugging Face SwitchTransformersSparseMLP (top-1, capacity never binding) at E in {1, 8, 64},
     2,048 and 16,384 tokens, D = 256, F = 1024, GELU experts;
   * Hugging Face MixtralSparseMoeBlock (top-2, SwiGLU) at E = 8, 16,384 tokens;
@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 QUICK = "--quick" in sys.argv
-RUNS, WARMUP = (2, 1) if QUICK else (5, 2)
+RUNS, WARMUP = (2, 1) if QUICK else (7, 2)
 
 
-def median_seconds(fn):
+def best_seconds(fn):
+    """Fastest of RUNS calls after WARMUP untimed ones (the most repeatable figure on a noisy machine)."""
     for _ in range(WARMUP):
         fn()
     times = []
@@ -34,8 +35,7 @@ def median_seconds(fn):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
+    return min(times)
 
 
 def fwd_bwd(module, x, call):
@@ -45,7 +45,7 @@ def fwd_bwd(module, x, call):
         module.zero_grad(set_to_none=True)
         (call(x) * g).sum().backward()
 
-    return median_seconds(step)
+    return best_seconds(step)
 
 
 def switch_layer(e, d=256, f=1024, tokens=2048):
@@ -237,7 +237,7 @@ def train_step_seconds(arch, d, batch=16, seq=128):
         opt.step()
         loss.item()
 
-    return median_seconds(step)
+    return best_seconds(step)
 
 
 def main():

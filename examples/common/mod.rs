@@ -152,11 +152,19 @@ pub fn ensure_flag(ok: bool, message: &str) -> altup_moe::Result<()> {
 }
 
 /// Median wall-clock seconds of `runs` calls of `f` after `warmup` untimed calls.
-pub fn median_seconds(
-    warmup: usize,
-    runs: usize,
-    mut f: impl FnMut() -> altup_moe::Result<()>,
-) -> altup_moe::Result<f64> {
+pub fn median_seconds(warmup: usize, runs: usize, f: impl FnMut() -> altup_moe::Result<()>) -> altup_moe::Result<f64> {
+    let times = timed_runs(warmup, runs, f)?;
+    Ok(times[times.len() / 2])
+}
+
+/// Fastest of `runs` calls of `f` after `warmup` untimed calls: on a shared, noisy machine the
+/// minimum is the most repeatable estimate of the undisturbed cost.
+pub fn min_seconds(warmup: usize, runs: usize, f: impl FnMut() -> altup_moe::Result<()>) -> altup_moe::Result<f64> {
+    Ok(timed_runs(warmup, runs, f)?[0])
+}
+
+/// Sorted wall-clock seconds of `runs` calls after `warmup` untimed calls.
+fn timed_runs(warmup: usize, runs: usize, mut f: impl FnMut() -> altup_moe::Result<()>) -> altup_moe::Result<Vec<f64>> {
     for _ in 0..warmup {
         f()?;
     }
@@ -167,5 +175,5 @@ pub fn median_seconds(
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(times)
 }

@@ -17,7 +17,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// On CPU, [`ExpertBackend::Auto`] uses the per-expert loop from this many rows per expert on
 /// average, grouped matmul below it.
-pub const LOOP_MIN_ROWS_PER_EXPERT: i64 = 384;
+pub const LOOP_MIN_ROWS_PER_EXPERT: i64 = 128;
 
 /// Which kernel computes the experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
