@@ -10,6 +10,8 @@
 //! of the input, so its backward writes each gradient row once.
 
 use crate::error::Result;
+use crate::moe::experts::Experts;
+use crate::moe::parallel::Collectives;
 use crate::moe::plan::DispatchPlan;
 use crate::shape::{accumulate_kind, expect_shape};
 use tch::Tensor;
@@ -34,6 +36,26 @@ pub trait TokenDispatcher: std::fmt::Debug + Send {
     /// # Errors
     /// [`crate::Error::Shape`] if `expert_out` does not have `M` rows.
     fn combine(&self, expert_out: &Tensor, plan: &DispatchPlan) -> Result<Tensor>;
+
+    /// Dispatch, expert computation and combine. A dispatcher that moves rows to other ranks
+    /// runs `experts` (this rank's experts) on the rows it receives.
+    ///
+    /// # Shapes
+    /// `tokens`: `[N, D]` → `[N, D]`.
+    ///
+    /// # Errors
+    /// Errors of dispatch, the experts, combine, or the transport.
+    fn run(&self, tokens: &Tensor, plan: &DispatchPlan, experts: &Experts) -> Result<Tensor> {
+        let rows = self.dispatch(tokens, plan)?;
+        let expert_out = experts.forward(&rows, &plan.group_sizes)?;
+        self.combine(&expert_out, plan)
+    }
+
+    /// The ranks this dispatcher spans (`None` for a single process): the MoE layer then makes
+    /// capacity and statistics global.
+    fn collectives(&self) -> Option<&dyn Collectives> {
+        None
+    }
 }
 
 /// Local dispatch in one process (see the module docs). The default dispatcher.

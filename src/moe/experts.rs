@@ -67,11 +67,38 @@ impl Experts {
         backend: ExpertBackend,
         init: &InitScheme,
     ) -> Result<Self> {
+        Self::new_slice(path, num_experts, 0..num_experts, d_model, d_ff, activation, backend, init)
+    }
+
+    /// Experts `range` of a layer of `num_experts`, initialised exactly as those experts are in
+    /// the full `[E, D, F]` tensors (expert parallelism: rank `r` holds a slice, and `R = 1` and
+    /// `R = N` start from the same model).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty or out-of-range slice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_slice(
+        path: &nn::Path,
+        num_experts: usize,
+        range: std::ops::Range<usize>,
+        d_model: usize,
+        d_ff: usize,
+        activation: Activation,
+        backend: ExpertBackend,
+        init: &InitScheme,
+    ) -> Result<Self> {
+        if range.is_empty() || range.end > num_experts {
+            return Err(Error::Config(format!("expert slice {range:?} is not within 0..{num_experts}")));
+        }
         let (e, d, f) = (num_experts as i64, d_model as i64, d_ff as i64);
-        let w_in = init.normal(path, "w_in", &[e, d, f], init.std)?;
-        let w_gate =
-            if activation.is_gated() { Some(init.normal(path, "w_gate", &[e, d, f], init.std)?) } else { None };
-        let w_out = init.normal(path, "w_out", &[e, f, d], init.residual_std)?;
+        let r = range.start as i64..range.end as i64;
+        let w_in = init.normal_slice(path, "w_in", &[e, d, f], init.std, r.clone())?;
+        let w_gate = if activation.is_gated() {
+            Some(init.normal_slice(path, "w_gate", &[e, d, f], init.std, r.clone())?)
+        } else {
+            None
+        };
+        let w_out = init.normal_slice(path, "w_out", &[e, f, d], init.residual_std, r)?;
         Ok(Self { w_in, w_gate, w_out, activation, backend })
     }
 

@@ -100,6 +100,24 @@ pub fn plan_token_choice(
     capacity: Option<i64>,
     token_priority: Option<&Tensor>,
 ) -> Result<DispatchPlan> {
+    plan_token_choice_limited(expert_index, gate, num_experts, valid, capacity, None, token_priority)
+}
+
+/// [`plan_token_choice`] where, instead of one capacity per expert, `limits` (`[k, E]` i64) caps
+/// how many assignments of choice `c` expert `e` keeps (expert parallelism: the slots left for
+/// this rank after the assignments that precede it on other ranks). `capacity` is only reported.
+///
+/// # Errors
+/// As [`plan_token_choice`]; [`Error::Shape`] if `limits` is not `[k, E]`.
+pub fn plan_token_choice_limited(
+    expert_index: &Tensor,
+    gate: &Tensor,
+    num_experts: i64,
+    valid: Option<&Tensor>,
+    capacity: Option<i64>,
+    limits: Option<&Tensor>,
+    token_priority: Option<&Tensor>,
+) -> Result<DispatchPlan> {
     let (n, k) = expert_index.size2()?;
     if gate.size() != [n, k] {
         return Err(Error::Shape(format!("gate must match expert_index {:?}, got {:?}", [n, k], gate.size())));
@@ -128,17 +146,40 @@ pub fn plan_token_choice(
     }
     let routed_per_expert = counts.f_narrow(0, 0, num_experts)?;
     let mut keep = sorted_expert.f_lt(num_experts)?;
-    if let Some(c) = capacity {
-        let first = counts.f_cumsum(0, Kind::Int64)?.f_sub(&counts)?;
-        let rank = Tensor::f_arange(k * n, int)?.f_sub(&first.f_index_select(0, &sorted_expert)?)?;
-        keep = keep.f_logical_and(&rank.f_lt(c)?)?;
+    let first = counts.f_cumsum(0, Kind::Int64)?.f_sub(&counts)?;
+    let rank = Tensor::f_arange(k * n, int)?.f_sub(&first.f_index_select(0, &sorted_expert)?)?;
+    match (limits, capacity) {
+        (Some(limits), _) => {
+            if limits.size() != [k, num_experts] {
+                return Err(Error::Shape(format!("limits must be [{k}, {num_experts}], got {:?}", limits.size())));
+            }
+            // Rank within (choice, expert): subtract the expert's assignments of earlier choices.
+            let sorted_choice = sort.f_div_scalar_mode(n, "floor")?;
+            let expert_safe = sorted_expert.f_clamp_max(num_experts - 1)?;
+            let per_choice = flat_expert
+                .f_view([k, n])?
+                .f_one_hot(num_experts + 1)?
+                .f_sum_dim_intlist(1, false, Kind::Int64)?
+                .f_narrow(1, 0, num_experts)?; // [k, E]
+            let earlier = per_choice.f_cumsum(0, Kind::Int64)?.f_sub(&per_choice)?.f_flatten(0, -1)?;
+            let key = sorted_choice.f_mul_scalar(num_experts)?.f_add(&expert_safe)?;
+            let rank_in_choice = rank.f_sub(&earlier.f_index_select(0, &key)?)?;
+            let limit = limits.f_to_device(device)?.f_flatten(0, -1)?.f_index_select(0, &key)?;
+            keep = keep.f_logical_and(&rank_in_choice.f_lt_tensor(&limit)?)?;
+        }
+        (None, Some(c)) => keep = keep.f_logical_and(&rank.f_lt(c)?)?,
+        (None, None) => {}
     }
     let kept = sort.f_masked_select(&keep)?;
     let assignment = flat_assignment.f_index_select(0, &kept)?;
     let gate = gate.f_transpose(0, 1)?.f_reshape([-1])?.f_index_select(0, &assignment)?;
-    let kept_per_expert = match capacity {
-        Some(c) => routed_per_expert.f_clamp_max(c)?,
-        None => routed_per_expert.shallow_clone(),
+    let kept_per_expert = if limits.is_some() {
+        flat_expert.f_index_select(0, &kept)?.f_bincount::<Tensor>(None, num_experts)?
+    } else {
+        match capacity {
+            Some(c) => routed_per_expert.f_clamp_max(c)?,
+            None => routed_per_expert.shallow_clone(),
+        }
     };
     let group_sizes = host_i64(&kept_per_expert)?;
     let total = k * count_real(valid, n)?;

@@ -45,6 +45,26 @@ impl InitScheme {
     }
 }
 
+impl InitScheme {
+    /// Like [`InitScheme::normal`], but the variable holds rows `range` (along dimension 0) of
+    /// the tensor of shape `full_dims` that [`InitScheme::normal`] would create: a slice of experts
+    /// gets exactly the values those experts have in the full model.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] if allocation fails.
+    pub fn normal_slice(
+        &self,
+        path: &nn::Path,
+        name: &str,
+        full_dims: &[i64],
+        std: f64,
+        range: std::ops::Range<i64>,
+    ) -> Result<Tensor> {
+        let values = normal_values(&path.path(name), self.seed, full_dims, std)?;
+        Ok(path.f_var_copy(name, &values.f_narrow(0, range.start, range.end - range.start)?)?)
+    }
+}
+
 impl Default for InitScheme {
     fn default() -> Self {
         Self { std: 0.02, residual_std: 0.02, seed: 0 }

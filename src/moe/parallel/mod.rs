@@ -1,0 +1,149 @@
+//! Expert parallelism: `R` ranks each own `E/R` experts; token rows travel to the rank that owns
+//! their expert and the results come back (GShard, Lepikhin et al. 2020, arXiv 2006.16668, §2.3;
+//! DESIGN §6).
+//!
+//! * [`Collectives`] is the seam to the transport: [`SingleProcess`] (one rank, no-op), and with
+//!   the `mpi` cargo feature [`MpiWorld`] (several processes over MPI). An NCCL backend would
+//!   implement the same trait.
+//! * [`ExpertParallelDispatcher`] is a [`crate::moe::TokenDispatcher`]: counts are exchanged first
+//!   (fixed-size all-to-all), then token rows with variable split sizes; the local experts run on
+//!   what arrives; the results go back with the split sizes swapped. Every rank issues the same
+//!   collectives in the same order, even when some expert or some rank has no tokens.
+//! * tch has no custom autograd functions, so an exchange cuts the graph: the received rows are a
+//!   fresh leaf. [`ExchangeTape`] records every exchange of a forward pass, and
+//!   [`ExchangeTape::backward`] runs the backward in segments in reverse order — the gradient
+//!   reaching each cut leaf is sent back with the splits swapped and continued on the sending side
+//!   with `(sent · incoming_grad).sum().backward()`. This gives exact gradients.
+//!
+//! The layer's statistics are global: capacity is agreed across ranks (the positional priority of
+//! one rank holding the whole batch, ranks taken in order), and the load-balancing loss, z-loss
+//! and router entropy are per-rank partial sums over the global token count, so their sum over
+//! ranks equals the single-process value.
+
+mod dispatcher;
+#[cfg(feature = "mpi")]
+mod mpi_world;
+mod tape;
+
+pub use dispatcher::ExpertParallelDispatcher;
+#[cfg(feature = "mpi")]
+pub use mpi_world::MpiWorld;
+pub use tape::ExchangeTape;
+
+use crate::error::{Error, Result};
+use tch::{Kind, Tensor};
+
+/// The collective operations expert parallelism needs. All ranks must call the same operations
+/// in the same order.
+pub trait Collectives: std::fmt::Debug + Send + Sync {
+    /// This process's rank in `0..world_size`.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks `R`.
+    fn world_size(&self) -> usize;
+
+    /// Fixed-size all-to-all: `send` holds `R` equal chunks, chunk `r` goes to rank `r`; returns
+    /// the `R` chunks received, chunk `r` from rank `r`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] if `send` does not split into `R` chunks; transport errors.
+    fn all_to_all_i64(&self, send: &[i64]) -> Result<Vec<i64>>;
+
+    /// Variable all-to-all of f32 values: `send_counts[r]` values go to rank `r` (in order),
+    /// `recv_counts[r]` values arrive from rank `r`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for inconsistent counts; transport errors.
+    fn all_to_all_f32(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>>;
+
+    /// All-gather: every rank contributes `send` (same length everywhere); returns the
+    /// concatenation over ranks in rank order.
+    ///
+    /// # Errors
+    /// Transport errors.
+    fn all_gather_i64(&self, send: &[i64]) -> Result<Vec<i64>>;
+
+    /// All-gather of f32 values of equal length.
+    ///
+    /// # Errors
+    /// Transport errors.
+    fn all_gather_f32(&self, send: &[f32]) -> Result<Vec<f32>>;
+
+    /// Element-wise sum over ranks, in place.
+    ///
+    /// # Errors
+    /// Transport errors.
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()>;
+
+    /// Element-wise sum over ranks, in place.
+    ///
+    /// # Errors
+    /// Transport errors.
+    fn all_reduce_sum_f32(&self, values: &mut [f32]) -> Result<()>;
+}
+
+/// One process, one rank: every collective is the identity.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleProcess;
+
+impl Collectives for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_to_all_i64(&self, send: &[i64]) -> Result<Vec<i64>> {
+        Ok(send.to_vec())
+    }
+    fn all_to_all_f32(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>> {
+        if send_counts != recv_counts || send_counts.iter().sum::<usize>() != send.len() {
+            return Err(Error::Input(format!("inconsistent counts {send_counts:?} / {recv_counts:?}")));
+        }
+        Ok(send.to_vec())
+    }
+    fn all_gather_i64(&self, send: &[i64]) -> Result<Vec<i64>> {
+        Ok(send.to_vec())
+    }
+    fn all_gather_f32(&self, send: &[f32]) -> Result<Vec<f32>> {
+        Ok(send.to_vec())
+    }
+    fn all_reduce_sum_f64(&self, _values: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f32(&self, _values: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Element-wise sum of a tensor over ranks (not differentiable; for statistics and gradients).
+///
+/// # Errors
+/// Transport errors; [`Error::Torch`] on conversion errors.
+pub fn all_reduce_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
+    if comm.world_size() == 1 {
+        return Ok(t.shallow_clone());
+    }
+    let size = t.size();
+    let device = t.device();
+    let kind = t.kind();
+    let mut values = Vec::<f64>::try_from(&t.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+    comm.all_reduce_sum_f64(&mut values)?;
+    Ok(Tensor::from_slice(&values).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)
+}
+
+/// Concatenates a tensor over ranks along dimension 0 (every rank must pass the same shape).
+///
+/// # Errors
+/// Transport errors; [`Error::Torch`] on conversion errors.
+pub fn all_gather_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
+    if comm.world_size() == 1 {
+        return Ok(t.shallow_clone());
+    }
+    let mut size = t.size();
+    let (device, kind) = (t.device(), t.kind());
+    let values = Vec::<f32>::try_from(&t.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+    let gathered = comm.all_gather_f32(&values)?;
+    size[0] *= comm.world_size() as i64;
+    Ok(Tensor::from_slice(&gathered).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)
+}
