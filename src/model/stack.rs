@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::output::{LayerAux, ModelAux};
 use crate::model::precision::Precision;
-use crate::moe::MoeAux;
+use crate::moe::{ExpertParallel, MoeAux};
 use crate::nn::{Block, BlockCache, BlockContext, Embedding, Ffn, InitScheme, RmsNorm};
 use tch::{nn, Kind, Tensor};
 
@@ -87,6 +87,21 @@ impl Stack {
     /// [`Error::Config`] naming the first invalid value; [`Error::Shape`] if a shared embedding
     /// has another shape than the config needs.
     pub fn new(path: &nn::Path, config: &ModelConfig, init: &InitScheme, embed: Option<Embedding>) -> Result<Self> {
+        Self::build(path, config, init, embed, None)
+    }
+
+    /// [`Stack::new`] with its MoE layers expert-parallel over `parallel` when given (this rank
+    /// holds its slice of every MoE layer's experts; see [`crate::moe::ExpertParallel`]).
+    ///
+    /// # Errors
+    /// As [`Stack::new`]; [`Error::Config`] if an MoE config does not suit expert parallelism.
+    pub fn build(
+        path: &nn::Path,
+        config: &ModelConfig,
+        init: &InitScheme,
+        embed: Option<Embedding>,
+        parallel: Option<&ExpertParallel>,
+    ) -> Result<Self> {
         config.validate()?;
         let d = config.d_model;
         let embed = match embed {
@@ -106,7 +121,7 @@ impl Stack {
         let (mut altup, mut sequence_altup) = (Vec::new(), Vec::new());
         for layer in 0..config.num_layers {
             let block_path = path / "blocks" / layer;
-            blocks.push(Block::new(&block_path, d, &config.block_config(layer), init)?);
+            blocks.push(Block::build(&block_path, d, &config.block_config(layer), init, parallel)?);
             if let Some(a) = &config.altup {
                 altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks, d, a.coefficients, a.compute_on, init)?);
             }

@@ -275,7 +275,13 @@ impl MoeLayer {
 /// Capacity limits `[k, E]` of this rank's assignments with expert parallelism: the positional
 /// priority of one rank holding the whole batch (first choices of every rank before any second
 /// choice; ranks in order), so that the kept set equals the single-process one.
-fn rank_limits(comm: &dyn Collectives, index: &Tensor, valid: Option<&Tensor>, e: i64, capacity: i64) -> Result<Tensor> {
+fn rank_limits(
+    comm: &dyn Collectives,
+    index: &Tensor,
+    valid: Option<&Tensor>,
+    e: i64,
+    capacity: i64,
+) -> Result<Tensor> {
     let (_, k) = index.size2()?;
     let device = index.device();
     let mut experts = index.shallow_clone();
@@ -283,7 +289,8 @@ fn rank_limits(comm: &dyn Collectives, index: &Tensor, valid: Option<&Tensor>, e
         experts = experts.f_where_self(&v.f_unsqueeze(1)?, &Tensor::f_full([1], e, (Kind::Int64, device))?)?;
     }
     // Routed assignments per (choice, expert) on this rank.
-    let local = experts.f_transpose(0, 1)?.f_one_hot(e + 1)?.f_sum_dim_intlist(1, false, Kind::Int64)?.f_narrow(1, 0, e)?;
+    let local =
+        experts.f_transpose(0, 1)?.f_one_hot(e + 1)?.f_sum_dim_intlist(1, false, Kind::Int64)?.f_narrow(1, 0, e)?;
     let local = Vec::<i64>::try_from(&local.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
     let all = comm.all_gather_i64(&local)?; // [R, k, E]
     let (ranks, me) = (comm.world_size(), comm.rank());

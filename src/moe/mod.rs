@@ -40,7 +40,7 @@ pub use dispatch::{SortDispatcher, TokenDispatcher};
 pub use experts::{ExpertBackend, Experts};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
-pub use parallel::{Collectives, ExchangeTape, ExpertParallelDispatcher, SingleProcess};
+pub use parallel::{Collectives, ExchangeTape, ExpertParallel, ExpertParallelDispatcher, SingleProcess, ThreadGroup};
 pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, plan_token_choice_limited, DispatchPlan};
 pub use reference::one_hot_moe;
 pub use router::{select_top_k, Router, RouterScores, Routing};

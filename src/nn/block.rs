@@ -4,7 +4,7 @@
 //! an MoE layer, arXiv 2101.03961 §2).
 
 use crate::error::Result;
-use crate::moe::{MoeAux, MoeConfig, MoeLayer};
+use crate::moe::{ExpertParallel, MoeAux, MoeConfig, MoeLayer};
 use crate::nn::attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::init::InitScheme;
@@ -93,9 +93,33 @@ impl Block {
     /// # Errors
     /// [`crate::Error::Config`] from the sublayer configs.
     pub fn new(path: &nn::Path, d_model: usize, config: &BlockConfig, init: &InitScheme) -> Result<Self> {
-        let ffn = match &config.ffn {
-            FfnConfig::Dense(c) => Ffn::Dense(FeedForward::new(&(path / "ffn"), d_model, c, init)?),
-            FfnConfig::Moe(c) => Ffn::Moe(Box::new(MoeLayer::new(&(path / "moe"), d_model, c, init)?)),
+        Self::build(path, d_model, config, init, None)
+    }
+
+    /// Builds the block under `path`; an MoE FFN is this rank's part of an expert-parallel layer
+    /// over `parallel` when given ([`MoeLayer::new_expert_parallel`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] from the sublayer configs, or an MoE config expert parallelism
+    /// does not support.
+    pub fn build(
+        path: &nn::Path,
+        d_model: usize,
+        config: &BlockConfig,
+        init: &InitScheme,
+        parallel: Option<&ExpertParallel>,
+    ) -> Result<Self> {
+        let ffn = match (&config.ffn, parallel) {
+            (FfnConfig::Dense(c), _) => Ffn::Dense(FeedForward::new(&(path / "ffn"), d_model, c, init)?),
+            (FfnConfig::Moe(c), None) => Ffn::Moe(Box::new(MoeLayer::new(&(path / "moe"), d_model, c, init)?)),
+            (FfnConfig::Moe(c), Some(p)) => Ffn::Moe(Box::new(MoeLayer::new_expert_parallel(
+                &(path / "moe"),
+                d_model,
+                c,
+                init,
+                p.comm_arc(),
+                p.tape().clone(),
+            )?)),
         };
         let cross = if config.cross_attention {
             Some((

@@ -148,6 +148,11 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Writes one file of a checkpoint to the given path.
 pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> Result<()> + 'a>;
 
+/// The folder name of the checkpoint after `step` optimizer steps: `step-NNNNNNNN`.
+pub fn checkpoint_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
 /// Writes a checkpoint folder `root/step-NNNNNNNN` atomically (see the module docs) and removes
 /// all but the newest `keep` checkpoints. `files` lists `(file name, writer)` pairs; each writer
 /// fills the given path. Returns the checkpoint folder.
@@ -164,7 +169,7 @@ pub fn write_checkpoint_dir(
     keep: usize,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-    let name = format!("step-{step:08}");
+    let name = checkpoint_name(step);
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -293,7 +298,16 @@ pub fn weight_tensors(vs: &VarStore) -> Result<Vec<(String, Tensor)>> {
 /// [`Error::Checkpoint`] listing missing and unexpected names, or the first shape/dtype mismatch;
 /// [`Error::Torch`] if the file cannot be read as safetensors.
 pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
-    let file = read_tensors(path)?;
+    load_named_weights(vs, &read_tensors(path)?, path)
+}
+
+/// Loads named tensors (read from `origin`, named in errors) into `vs`, with the checks of
+/// [`load_weights`].
+///
+/// # Errors
+/// As [`load_weights`].
+pub fn load_named_weights(vs: &VarStore, file: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+    let path = origin;
     let vars = named_variables(vs)?;
     let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
     let unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();

@@ -186,6 +186,38 @@ impl AdamW {
     /// [`crate::Error::Torch`] on libtorch failure.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
         let norm = self.grad_norm()?;
+        self.clip_to(norm, max_norm)?;
+        Ok(norm)
+    }
+
+    /// Sums of squared gradient entries, split into the parameters `sharded` selects and the
+    /// others (for a global norm over ranks that hold different slices of some parameters).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn grad_square_sums(&self, sharded: impl Fn(&str) -> bool) -> Result<(f64, f64)> {
+        let (mut other, mut split) = (0.0, 0.0);
+        for p in &self.params {
+            let g = p.param.grad();
+            if !g.defined() {
+                continue;
+            }
+            let sq = g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+            if sharded(&p.name) {
+                split += sq;
+            } else {
+                other += sq;
+            }
+        }
+        Ok((other, split))
+    }
+
+    /// Scales all gradients by `max_norm / norm` when the (externally computed) global `norm`
+    /// exceeds `max_norm > 0`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn clip_to(&mut self, norm: f64, max_norm: f64) -> Result<()> {
         if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             tch::no_grad(|| -> Result<()> {
@@ -198,7 +230,7 @@ impl AdamW {
                 Ok(())
             })?;
         }
-        Ok(norm)
+        Ok(())
     }
 
     /// One AdamW update with learning rate `lr`:

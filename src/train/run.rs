@@ -68,12 +68,18 @@ pub fn run<T: Task>(
     options: &RunOptions,
     observer: &mut dyn Observer,
 ) -> Result<()> {
-    std::fs::create_dir_all(&options.out_dir).map_err(|e| Error::io(&options.out_dir, e))?;
+    // With expert parallelism every rank runs this loop; only rank 0 writes files.
+    let main = trainer.is_main_rank();
+    if main {
+        std::fs::create_dir_all(&options.out_dir).map_err(|e| Error::io(&options.out_dir, e))?;
+    }
     let metrics_path = options.out_dir.join("metrics.jsonl");
     let start_step = trainer.step_count();
     let (mut window, elapsed_before) = resumed.unwrap_or_default();
     let root = options.checkpoint_root();
-    let mut metrics = if start_step == 0 {
+    let mut metrics = if !main {
+        None
+    } else if start_step == 0 {
         if let Some(existing) = list_checkpoints(&root)?.last() {
             if !options.overwrite {
                 return Err(Error::Checkpoint(format!(
@@ -84,9 +90,9 @@ pub fn run<T: Task>(
             }
             std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         }
-        MetricsWriter::create(&metrics_path)?
+        Some(MetricsWriter::create(&metrics_path)?)
     } else {
-        MetricsWriter::resume(&metrics_path, start_step)?
+        Some(MetricsWriter::resume(&metrics_path, start_step)?)
     };
     let config = trainer.config().clone();
     let started = Instant::now();
@@ -101,7 +107,9 @@ pub fn run<T: Task>(
         if stats.step % config.eval_every == 0 || last {
             let eval = trainer.evaluate()?;
             let record = window.record(&stats, &eval, elapsed(&started));
-            metrics.write(&record)?;
+            if let Some(m) = metrics.as_mut() {
+                m.write(&record)?;
+            }
             observer.on_eval(&record);
             window = MetricsWindow::default();
         }

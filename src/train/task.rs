@@ -4,6 +4,7 @@
 
 use crate::error::{ensure_config, Error, Result};
 use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel};
+use crate::moe::ExpertParallel;
 use crate::train::data::{Batch, ByteDataset};
 use crate::train::span_corruption::{Seq2SeqBatch, SpanCorruption};
 use rand::rngs::StdRng;
@@ -85,6 +86,25 @@ pub trait Task {
     /// # Errors
     /// [`Error::Input`] for an unknown stack or a non-MoE block.
     fn update_expert_biases(&self, counts: &[(&'static str, usize, Tensor)]) -> Result<()>;
+
+    /// The expert-parallel group of the model (`None`, the default, in one process). With a
+    /// group, the trainer gives each rank its shard of every batch ([`Task::shard_batch`]) and
+    /// synchronises the replicated gradients.
+    fn expert_parallel(&self) -> Option<&ExpertParallel> {
+        None
+    }
+
+    /// Rows `rank·B/R .. (rank+1)·B/R` of a batch of `B` sequences (the caller checks that `R`
+    /// divides `B`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] by default for `ranks > 1`: the task does not support expert
+    /// parallelism.
+    fn shard_batch(&self, batch: Self::Batch, rank: usize, ranks: usize) -> Result<Self::Batch> {
+        let _ = rank;
+        ensure_config(ranks == 1, || format!("this task cannot shard its batches over {ranks} ranks"))?;
+        Ok(batch)
+    }
 }
 
 /// Mean cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]`.
@@ -153,6 +173,17 @@ impl Task for LanguageModel {
 
     fn first_non_finite(&self, batch: &Batch) -> Result<Option<String>> {
         LanguageModel::first_non_finite(self, &batch.inputs)
+    }
+
+    fn expert_parallel(&self) -> Option<&ExpertParallel> {
+        LanguageModel::expert_parallel(self)
+    }
+
+    fn shard_batch(&self, batch: Batch, rank: usize, ranks: usize) -> Result<Batch> {
+        let b = batch.inputs.size()[0];
+        let per = b / ranks as i64;
+        let rows = |t: &Tensor| t.f_narrow(0, rank as i64 * per, per);
+        Ok(Batch { inputs: rows(&batch.inputs)?, targets: rows(&batch.targets)? })
     }
 
     fn update_expert_biases(&self, counts: &[(&'static str, usize, Tensor)]) -> Result<()> {

@@ -8,9 +8,10 @@
 
 use crate::error::{ensure_config, Error, Result};
 use crate::model::{LanguageModel, ModelAux, Precision};
+use crate::moe::ExpertParallel;
 use crate::train::checkpoint::{
-    read_tensors, weight_tensors, write_checkpoint_dir, write_tensors, CheckpointMeta, FileWriter, TrainerState,
-    CHECKPOINT_FORMAT,
+    checkpoint_name, load_named_weights, named_variables, read_tensors, weight_tensors, write_checkpoint_dir,
+    write_tensors, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
 };
 use crate::train::data::ByteDataset;
 use crate::train::metrics::{MetricsWindow, MoeLayerMetrics, LN_2};
@@ -145,6 +146,15 @@ pub struct EvalStats {
 
 /// Drives training of one [`Task`] (by default a [`LanguageModel`]): batches, loss, backward,
 /// clipping, AdamW, schedule, aux-loss-free bias updates, checkpoints.
+///
+/// # Expert parallelism
+/// When the task has an [`ExpertParallel`] group of `R` ranks ([`Task::expert_parallel`]), every
+/// rank runs the same trainer: each draws the same global batch and keeps its `B/R` rows, its
+/// objective is its share of the global one (LM loss `/ R`, the MoE layers' partial auxiliary
+/// losses), the backward runs through the exchange tape, the replicated gradients are summed
+/// over ranks, and clipping uses the global norm — so a step equals the single-process step on
+/// the whole batch. Statistics and evaluations are global; rank 0 writes checkpoints (with the
+/// experts gathered, in the single-process format) and every rank restores its slice.
 pub struct Trainer<'a, T: Task = LanguageModel> {
     vs: &'a VarStore,
     task: &'a T,
@@ -182,8 +192,16 @@ impl<'a, T: Task> Trainer<'a, T> {
         ensure_config(task.precision() == config.precision, || {
             format!("the model computes in {:?} but the training config says {:?}", task.precision(), config.precision)
         })?;
+        let ranks = task.expert_parallel().map_or(1, ExpertParallel::world_size);
+        ensure_config(config.batch_size % ranks == 0, || {
+            format!("batch_size ({}) must be a multiple of the {ranks} expert-parallel ranks", config.batch_size)
+        })?;
         let device = vs.device();
-        let val_batches = task.eval_batches(val, config.batch_size, config.seq_len, config.eval_batches, device)?;
+        let val_batches = task
+            .eval_batches(val, config.batch_size, config.seq_len, config.eval_batches, device)?
+            .into_iter()
+            .map(|b| shard(task, b))
+            .collect::<Result<Vec<_>>>()?;
         task.eval_batches(train, 1, config.seq_len, 1, device)?; // fails early if the training split is too short
         Ok(Self {
             vs,
@@ -213,6 +231,11 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.task
     }
 
+    /// Whether this process writes metrics and checkpoints (rank 0, or the only process).
+    pub fn is_main_rank(&self) -> bool {
+        self.task.expert_parallel().is_none_or(|p| p.rank() == 0)
+    }
+
     fn step_seed(&self, step: u64) -> u64 {
         self.config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step
     }
@@ -230,6 +253,8 @@ impl<'a, T: Task> Trainer<'a, T> {
         tch::manual_seed((seed >> 1) as i64);
         let accum = self.config.grad_accum;
         let scale = 1.0 / accum as f64;
+        let parallel = self.task.expert_parallel();
+        let ranks = parallel.map_or(1, ExpertParallel::world_size);
         self.optimizer.zero_grad();
         let (mut loss_sum, mut lb_sum, mut z_sum, mut dropped_sum, mut moe_micro) = (0.0, 0.0, 0.0, 0.0, 0usize);
         let mut counts: Vec<(&'static str, usize, Tensor)> = Vec::new();
@@ -244,13 +269,12 @@ impl<'a, T: Task> Trainer<'a, T> {
                 &mut rng,
                 self.device,
             )?;
+            let batch = shard(self.task, batch)?;
             let out = self.task.loss(&batch, true)?;
-            tokens += out.tokens;
+            tokens += out.tokens * ranks;
             let loss = out.loss.f_double_value(&[])?;
-            if !loss.is_finite() {
-                return Err(self.non_finite(step, &batch, format!("LM loss ({loss})")));
-            }
-            let mut total = out.loss.f_mul_scalar(scale)?;
+            // This rank's share of the global mean LM loss (every rank holds B/R sequences).
+            let mut total = out.loss.f_mul_scalar(scale / ranks as f64)?;
             let records: Vec<&ModelAux> = out.aux.iter().map(|(_, a)| a).collect();
             if let (Some(lb), Some(z)) = (
                 mean_over_moe_layers(&records, |m| &m.load_balancing_loss)?,
@@ -275,14 +299,45 @@ impl<'a, T: Task> Trainer<'a, T> {
                     None => counts.push((stack, layer, m.tokens_per_expert.shallow_clone())),
                 }
             }
-            if let Some(bad) = moe_layers.iter().find(|m| !m.z_loss.is_finite() || !m.load_balancing_loss.is_finite()) {
-                let what = format!("router of {} block {}", bad.stack, bad.layer);
+            let bad_router = moe_layers.iter().find(|m| !m.z_loss.is_finite() || !m.load_balancing_loss.is_finite());
+            let local_bad = match bad_router {
+                _ if !loss.is_finite() => Some(format!("LM loss ({loss})")),
+                Some(bad) => Some(format!("router of {} block {}", bad.stack, bad.layer)),
+                None => None,
+            };
+            if let Some(what) = agree_on_failure(parallel, local_bad)? {
                 return Err(self.non_finite(step, &batch, what));
             }
-            total.f_backward()?;
+            match parallel {
+                Some(p) => p.backward(&total)?,
+                None => total.f_backward()?,
+            }
             loss_sum += loss;
         }
-        let grad_norm = self.optimizer.clip_grad_norm(self.config.grad_clip)?;
+        let grad_norm = match parallel {
+            None => self.optimizer.clip_grad_norm(self.config.grad_clip)?,
+            Some(p) => {
+                p.all_reduce_replicated_grads(&named_variables(self.vs)?)?;
+                let (replicated, sharded) = self.optimizer.grad_square_sums(ExpertParallel::is_sharded)?;
+                let mut sharded = [sharded];
+                p.comm().all_reduce_sum_f64(&mut sharded)?;
+                let norm = (replicated + sharded[0]).sqrt();
+                self.optimizer.clip_to(norm, self.config.grad_clip)?;
+                norm
+            }
+        };
+        if let Some(p) = parallel {
+            // Global statistics: the mean LM loss over ranks; the partial auxiliary losses summed.
+            let mut v = vec![loss_sum / ranks as f64, lb_sum, z_sum];
+            for m in &moe_layers {
+                v.extend([m.load_balancing_loss, m.z_loss, m.router_entropy]);
+            }
+            p.comm().all_reduce_sum_f64(&mut v)?;
+            (loss_sum, lb_sum, z_sum) = (v[0], v[1], v[2]);
+            for (m, chunk) in moe_layers.iter_mut().zip(v[3..].chunks(3)) {
+                (m.load_balancing_loss, m.z_loss, m.router_entropy) = (chunk[0], chunk[1], chunk[2]);
+            }
+        }
         if !grad_norm.is_finite() {
             self.optimizer.zero_grad();
             return Err(Error::NonFinite { step, what: format!("gradient norm ({grad_norm})") });
@@ -316,6 +371,8 @@ impl<'a, T: Task> Trainer<'a, T> {
         });
         let what = match bad_param {
             Some((name, _)) => format!("parameter {name}"),
+            // The diagnosis is a forward pass, which expert-parallel ranks cannot run alone.
+            None if self.task.expert_parallel().is_some() => fallback,
             None => self.task.first_non_finite(batch).ok().flatten().unwrap_or(fallback),
         };
         Error::NonFinite { step, what }
@@ -333,6 +390,11 @@ impl<'a, T: Task> Trainer<'a, T> {
                 let n = out.tokens as f64;
                 sum += out.loss.f_to_kind(Kind::Double)?.f_double_value(&[])? * n;
                 count += n;
+            }
+            if let Some(p) = self.task.expert_parallel() {
+                let mut v = [sum, count];
+                p.comm().all_reduce_sum_f64(&mut v)?;
+                (sum, count) = (v[0], v[1]);
             }
             let loss = sum / count;
             Ok(EvalStats { loss, bits_per_byte: loss / LN_2 })
@@ -353,8 +415,35 @@ impl<'a, T: Task> Trainer<'a, T> {
             elapsed_s,
             window: window.clone(),
         };
-        let weights = weight_tensors(self.vs)?;
-        let optimizer = self.optimizer.state_tensors()?;
+        let (mut weights, mut optimizer) = (weight_tensors(self.vs)?, self.optimizer.state_tensors()?);
+        let parallel = self.task.expert_parallel();
+        if let Some(p) = parallel {
+            weights = p.gather_sharded(weights)?;
+            optimizer = p.gather_sharded(optimizer)?;
+        }
+        let written = if self.is_main_rank() {
+            self.write_checkpoint(root, state, weights, optimizer, keep)
+        } else {
+            Ok(root.join(checkpoint_name(self.step)))
+        };
+        // Every rank waits for rank 0's write (a resume right after must find the files) and
+        // learns whether it failed.
+        let failed = agree_on_failure(parallel, written.as_ref().err().map(ToString::to_string))?;
+        match (written, failed) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(what)) => Err(Error::Checkpoint(format!("writing the checkpoint failed: {what}"))),
+            (Ok(dir), None) => Ok(dir),
+        }
+    }
+
+    fn write_checkpoint(
+        &self,
+        root: &Path,
+        state: TrainerState,
+        weights: Vec<(String, Tensor)>,
+        optimizer: Vec<(String, Tensor)>,
+        keep: usize,
+    ) -> Result<PathBuf> {
         let json = |value: String| move |path: &Path| std::fs::write(path, value).map_err(|e| Error::io(path, e));
         let files: Vec<(&str, FileWriter)> = vec![
             ("model.safetensors", Box::new(|p: &Path| write_tensors(p, &weights))),
@@ -379,8 +468,15 @@ impl<'a, T: Task> Trainer<'a, T> {
                 meta.dir.display()
             )));
         }
-        crate::train::checkpoint::load_weights(self.vs, &meta.dir.join("model.safetensors"))?;
-        self.optimizer.load_state(&read_tensors(&meta.dir.join("optimizer.safetensors"))?)?;
+        let weights_path = meta.dir.join("model.safetensors");
+        let (mut weights, mut optimizer) =
+            (read_tensors(&weights_path)?, read_tensors(&meta.dir.join("optimizer.safetensors"))?);
+        if let Some(p) = self.task.expert_parallel() {
+            weights = p.slice_sharded(weights)?;
+            optimizer = p.slice_sharded(optimizer)?;
+        }
+        load_named_weights(self.vs, &weights, &weights_path)?;
+        self.optimizer.load_state(&optimizer)?;
         if self.optimizer.step_count() != meta.state.step {
             return Err(Error::Checkpoint(format!(
                 "{}: optimizer step {} differs from trainer step {}",
@@ -392,6 +488,28 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.step = meta.state.step;
         Ok((meta.state.window.clone(), meta.state.elapsed_s))
     }
+}
+
+/// This rank's rows of a batch (the batch itself in one process).
+fn shard<T: Task>(task: &T, batch: T::Batch) -> Result<T::Batch> {
+    match task.expert_parallel() {
+        Some(p) if p.world_size() > 1 => task.shard_batch(batch, p.rank(), p.world_size()),
+        _ => Ok(batch),
+    }
+}
+
+/// Whether any rank failed (so that all stop together instead of waiting in a collective): the
+/// local failure (named with its rank when there are several), or a note that another rank
+/// failed.
+fn agree_on_failure(parallel: Option<&ExpertParallel>, local: Option<String>) -> Result<Option<String>> {
+    let Some(p) = parallel else { return Ok(local) };
+    let mut failed = [if local.is_some() { 1.0 } else { 0.0 }];
+    p.comm().all_reduce_sum_f64(&mut failed)?;
+    Ok(match local {
+        Some(what) => Some(format!("{what} on rank {}", p.rank())),
+        None if failed[0] > 0.0 => Some("another rank failed (see its message)".into()),
+        None => None,
+    })
 }
 
 /// Mean over the MoE layers of all stacks of one per-layer scalar; `None` without MoE layers.

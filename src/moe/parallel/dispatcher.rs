@@ -26,7 +26,9 @@ impl ExpertParallelDispatcher {
     pub fn new(comm: Arc<dyn Collectives>, tape: ExchangeTape, num_experts: usize) -> Result<Self> {
         let r = comm.world_size();
         if num_experts == 0 || num_experts % r != 0 {
-            return Err(Error::Config(format!("num_experts ({num_experts}) must be a positive multiple of the {r} ranks")));
+            return Err(Error::Config(format!(
+                "num_experts ({num_experts}) must be a positive multiple of the {r} ranks"
+            )));
         }
         Ok(Self { comm, tape, num_experts })
     }
@@ -69,14 +71,13 @@ impl TokenDispatcher for ExpertParallelDispatcher {
             )));
         }
         let rows = SortDispatcher.dispatch(tokens, plan)?; // grouped by global expert
-        // 1. Counts: chunk r of the plan's group sizes goes to rank r.
+                                                           // 1. Counts: chunk r of the plan's group sizes goes to rank r.
         let from = comm.all_to_all_i64(&plan.group_sizes)?; // [R × local]: rows from rank s for my expert j
-        let send_rows: Vec<usize> =
-            plan.group_sizes.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
+        let send_rows: Vec<usize> = plan.group_sizes.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
         let recv_rows: Vec<usize> = from.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
         // 2. Rows out.
         let received = self.tape.exchange(comm, &rows, &send_rows, &recv_rows)?; // [(s, j) order]
-        // 3. Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
+                                                                                 // 3. Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
         let mut starts = vec![0i64; ranks * local];
         let mut acc = 0;
         for (i, &c) in from.iter().enumerate() {

@@ -2,9 +2,12 @@
 //! their expert and the results come back (GShard, Lepikhin et al. 2020, arXiv 2006.16668, §2.3;
 //! DESIGN §6).
 //!
-//! * [`Collectives`] is the seam to the transport: [`SingleProcess`] (one rank, no-op), and with
-//!   the `mpi` cargo feature [`MpiWorld`] (several processes over MPI). An NCCL backend would
-//!   implement the same trait.
+//! * [`Collectives`] is the seam to the transport: [`SingleProcess`] (one rank, no-op),
+//!   [`ThreadGroup`] (one thread per device in one process, rows staged through host memory),
+//!   and with the `mpi` cargo feature [`MpiWorld`] (several processes over MPI). An NCCL backend
+//!   would implement the same trait.
+//! * [`ExpertParallel`] is the group a whole model trains in: the transport, the exchange tape
+//!   shared by its MoE layers, and which parameters are sharded (the experts) or replicated.
 //! * [`ExpertParallelDispatcher`] is a [`crate::moe::TokenDispatcher`]: counts are exchanged first
 //!   (fixed-size all-to-all), then token rows with variable split sizes; the local experts run on
 //!   what arrives; the results go back with the split sizes swapped. Every rank issues the same
@@ -21,14 +24,18 @@
 //! ranks equals the single-process value.
 
 mod dispatcher;
+mod group;
 #[cfg(feature = "mpi")]
 mod mpi_world;
 mod tape;
+mod threads;
 
 pub use dispatcher::ExpertParallelDispatcher;
+pub use group::ExpertParallel;
 #[cfg(feature = "mpi")]
 pub use mpi_world::MpiWorld;
 pub use tape::ExchangeTape;
+pub use threads::ThreadGroup;
 
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
@@ -127,7 +134,8 @@ pub fn all_reduce_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
     let size = t.size();
     let device = t.device();
     let kind = t.kind();
-    let mut values = Vec::<f64>::try_from(&t.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+    let mut values =
+        Vec::<f64>::try_from(&t.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
     comm.all_reduce_sum_f64(&mut values)?;
     Ok(Tensor::from_slice(&values).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)
 }

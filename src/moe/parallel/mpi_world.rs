@@ -34,7 +34,8 @@ impl MpiWorld {
     /// # Errors
     /// [`Error::Input`] if MPI was already initialised in this process.
     pub fn init() -> Result<Self> {
-        let universe = mpi::initialize().ok_or_else(|| Error::Input("MPI is already initialised in this process".into()))?;
+        let universe =
+            mpi::initialize().ok_or_else(|| Error::Input("MPI is already initialised in this process".into()))?;
         Ok(Self { world: universe.world(), _universe: universe })
     }
 

@@ -41,9 +41,16 @@ fn backward_keep_graph(loss: &Tensor) -> Result<()> {
 
 /// Sends `rows` (`[Σ send_rows, D]`) to the other ranks and returns what arrives
 /// (`[Σ recv_rows, D]`, same dtype and device). Not differentiable.
-pub(crate) fn transfer(comm: &dyn Collectives, rows: &Tensor, send_rows: &[usize], recv_rows: &[usize]) -> Result<Tensor> {
+pub(crate) fn transfer(
+    comm: &dyn Collectives,
+    rows: &Tensor,
+    send_rows: &[usize],
+    recv_rows: &[usize],
+) -> Result<Tensor> {
     let d = rows.size().get(1).copied().unwrap_or(0);
-    let data = Vec::<f32>::try_from(&rows.f_detach()?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?)?;
+    let data = Vec::<f32>::try_from(
+        &rows.f_detach()?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?,
+    )?;
     let width = d as usize;
     let send: Vec<usize> = send_rows.iter().map(|r| r * width).collect();
     let recv: Vec<usize> = recv_rows.iter().map(|r| r * width).collect();

@@ -1,0 +1,153 @@
+//! The expert-parallel group of a whole model: the transport, the exchange tape shared by every
+//! MoE layer, and the parameter bookkeeping a data-and-expert-parallel trainer needs (which
+//! parameters are sharded, gradient synchronisation, gathering and slicing for checkpoints).
+
+use super::{all_gather_tensor, Collectives, ExchangeTape};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+/// `R` ranks training one model: every rank holds a replica of the dense parameters (attention,
+/// norms, embeddings, routers, shared experts, AltUp) and its slice `r·E/R .. (r+1)·E/R` of every
+/// MoE layer's experts (parameters named `….experts.*`, sharded along dimension 0). Each rank
+/// runs `B/R` sequences of the global batch (GShard §2.3: data parallel outside the MoE layers,
+/// expert parallel inside).
+#[derive(Debug, Clone)]
+pub struct ExpertParallel {
+    comm: Arc<dyn Collectives>,
+    tape: ExchangeTape,
+}
+
+impl ExpertParallel {
+    /// A group over `comm` with an empty exchange tape.
+    pub fn new(comm: Arc<dyn Collectives>) -> Self {
+        Self { comm, tape: ExchangeTape::new() }
+    }
+
+    /// The transport.
+    pub fn comm(&self) -> &dyn Collectives {
+        self.comm.as_ref()
+    }
+
+    /// The transport, shared.
+    pub fn comm_arc(&self) -> Arc<dyn Collectives> {
+        self.comm.clone()
+    }
+
+    /// The tape every MoE layer of the model records its exchanges on.
+    pub fn tape(&self) -> &ExchangeTape {
+        &self.tape
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// Number of ranks `R`.
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// Whether the parameter `name` is an expert weight, sharded over ranks along dimension 0
+    /// (its name has a path component `experts`, as in `blocks.1.moe.experts.w_in`).
+    pub fn is_sharded(name: &str) -> bool {
+        name.split('.').any(|part| part == "experts")
+    }
+
+    /// Backward of this rank's share of the objective through the recorded exchanges
+    /// ([`ExchangeTape::backward`]); every rank must call it.
+    ///
+    /// # Errors
+    /// Transport and libtorch errors.
+    pub fn backward(&self, loss: &Tensor) -> Result<()> {
+        self.tape.backward(self.comm(), loss)
+    }
+
+    /// Sums the gradients of the replicated parameters over ranks (one all-reduce of all of them,
+    /// in name order); expert gradients are already complete on their owner. A parameter that
+    /// got a gradient on some rank gets the sum on every rank (a zero gradient slot is created
+    /// where it had none), so the replicas stay identical.
+    ///
+    /// # Errors
+    /// Transport and libtorch errors.
+    pub fn all_reduce_replicated_grads(&self, params: &BTreeMap<String, Tensor>) -> Result<()> {
+        if self.world_size() == 1 {
+            return Ok(());
+        }
+        let replicated: Vec<&Tensor> =
+            params.iter().filter(|(n, p)| !Self::is_sharded(n) && p.requires_grad()).map(|(_, p)| p).collect();
+        // One flag per parameter (has a gradient here), then every gradient, flattened.
+        let mut flat: Vec<f32> = replicated.iter().map(|p| if p.grad().defined() { 1.0 } else { 0.0 }).collect();
+        for p in &replicated {
+            let g = p.grad();
+            let g = if g.defined() { g } else { p.f_zeros_like()? };
+            flat.extend(Vec::<f32>::try_from(
+                &g.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?,
+            )?);
+        }
+        self.comm.all_reduce_sum_f32(&mut flat)?;
+        let mut at = replicated.len();
+        for (i, p) in replicated.into_iter().enumerate() {
+            let n = p.numel();
+            let values = &flat[at..at + n];
+            at += n;
+            if flat[i] == 0.0 {
+                continue; // no rank has a gradient for it
+            }
+            if !p.grad().defined() {
+                p.f_mul_scalar(0.0)?.f_sum(Kind::Float)?.f_backward()?; // creates a zero gradient slot
+            }
+            let summed =
+                Tensor::from_slice(values).f_view(p.size().as_slice())?.f_to_kind(p.kind())?.f_to_device(p.device())?;
+            tch::no_grad(|| p.grad().f_copy_(&summed))?;
+        }
+        Ok(())
+    }
+
+    /// Whole-model tensors from this rank's: expert tensors (names with an `experts` component,
+    /// including optimizer moments like `exp_avg.blocks.1.moe.experts.w_in`) are concatenated
+    /// over ranks along dimension 0; the others are returned as they are. Every rank must call
+    /// it with the same names.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub fn gather_sharded(&self, named: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+        named
+            .into_iter()
+            .map(|(name, t)| {
+                if Self::is_sharded(&name) && self.world_size() > 1 {
+                    let full = all_gather_tensor(self.comm(), &t)?;
+                    Ok((name, full))
+                } else {
+                    Ok((name, t))
+                }
+            })
+            .collect()
+    }
+
+    /// This rank's part of whole-model tensors: the inverse of [`ExpertParallel::gather_sharded`].
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] if an expert tensor's first dimension is not a multiple of `R`.
+    pub fn slice_sharded(&self, named: BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        let (r, ranks) = (self.rank() as i64, self.world_size() as i64);
+        named
+            .into_iter()
+            .map(|(name, t)| {
+                if !Self::is_sharded(&name) || ranks == 1 {
+                    return Ok((name, t));
+                }
+                let rows = t.size().first().copied().unwrap_or(0);
+                if rows % ranks != 0 {
+                    return Err(Error::Checkpoint(format!(
+                        "expert tensor '{name}' has {rows} experts, not a multiple of the {ranks} ranks"
+                    )));
+                }
+                let per = rows / ranks;
+                Ok((name, t.f_narrow(0, r * per, per)?.f_contiguous()?))
+            })
+            .collect()
+    }
+}
