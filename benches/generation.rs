@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         let vs = VarStore::new(Device::Cpu);
         let model = LanguageModel::new(&vs.root(), &config).expect("model");
         let prompt: Vec<i64> = b"To be, or not to be, that is the question:".iter().map(|&b| b as i64).collect();
-        let greedy = Sampling { temperature: 0.0, top_k: None };
+        let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
         group.bench_function(format!("cached_{arch}"), |b| {
             b.iter(|| {
                 model.generate(&prompt, 256, greedy, &mut rand::rngs::StdRng::seed_from_u64(0)).expect("generate")

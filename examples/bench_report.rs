@@ -359,6 +359,10 @@ fn run(args: Args) -> Res<()> {
         let _ = writeln!(md, "\n## Parameters versus compute (the `scaling` sweep)\n\n{table}");
         let _ = writeln!(md, "![parameters vs step time](benchmarks/scaling_params_vs_time.svg)\n\n![relative step time](benchmarks/scaling_relative_time.svg)");
     }
+    let _ = writeln!(
+        md,
+        "\n## Expert parallelism\n\nExchange time per MoE layer against tokens per rank, for 2 and 4 MPI ranks next to the local layer: [benchmarks/expert_parallel.md](benchmarks/expert_parallel.md) (`make bench-expert-parallel`)."
+    );
     let _ = writeln!(md, "\n{NOTES}");
     if peers.is_none() {
         let _ = writeln!(

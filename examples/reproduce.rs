@@ -13,7 +13,7 @@ mod common;
 
 use altup_moe::altup::AltUpConfig;
 use altup_moe::moe::MoeConfig;
-use altup_moe::train::{run, EvalRecord, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::train::{run, CheckpointMeta, EvalRecord, RunOptions, Silent, TrainConfig, Trainer};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use clap::Parser;
 use common::{device_name, load_corpus, parse_device};
@@ -54,6 +54,10 @@ struct Args {
     /// cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
+    /// Retrain every run; by default a run whose final checkpoint matches the current model and
+    /// training settings is kept, so an interrupted reproduction continues where it stopped.
+    #[arg(long)]
+    fresh: bool,
 }
 
 /// The five stacks: name and config (d = 128, 4 blocks, F = 512; MoE on blocks 1 and 3).
@@ -76,6 +80,17 @@ fn variants() -> Vec<(&'static str, ModelConfig)> {
     ]
 }
 
+/// Whether `out` holds a completed run of exactly this model and these training settings.
+fn finished(out: &Path, config: &ModelConfig, tc: &TrainConfig) -> bool {
+    let Ok(meta) = CheckpointMeta::read(out) else { return false };
+    let same_model = meta.model_config::<ModelConfig>().is_ok_and(|c| &c == config);
+    let last_eval = read_metrics(&out.join("metrics.jsonl")).ok().and_then(|mut r| r.pop());
+    same_model
+        && &meta.train_config == tc
+        && meta.state.step == tc.steps
+        && last_eval.is_some_and(|r| r.step == tc.steps)
+}
+
 fn read_metrics(path: &Path) -> altup_moe::Result<Vec<EvalRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| altup_moe::Error::io(path, e))?;
     text.lines()
@@ -91,6 +106,19 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     let mean = values.iter().sum::<f64>() / n;
     let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     (mean, var.sqrt())
+}
+
+/// The median, robust to one run slowed by a busy machine.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
 
 fn plot_err(e: impl std::fmt::Display) -> altup_moe::Error {
@@ -139,14 +167,14 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     let (data_path, corpus) = load_corpus(args.data.as_deref())?;
     let (train, val) = corpus.split(0.1)?;
     let variants = variants();
-    for (name, config) in &variants {
-        for seed in 0..args.seeds {
+    // Seeds outside, stacks inside: a slow spell of a shared machine then lands on every stack
+    // rather than on one, which keeps the step-time ratios fair.
+    for seed in 0..args.seeds {
+        for (name, config) in &variants {
             let out = args.runs.join(format!("{name}-seed{seed}"));
             let mut config = config.clone();
             config.init_seed = seed;
             config.max_seq_len = 128;
-            let vs = VarStore::new(args.device);
-            let model = LanguageModel::new(&vs.root(), &config)?;
             let tc = TrainConfig {
                 steps: args.steps,
                 warmup_steps: 50.min(args.steps / 10),
@@ -155,6 +183,12 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
                 seed,
                 ..TrainConfig::default()
             };
+            if !args.fresh && finished(&out, &config, &tc) {
+                eprintln!("{name:<20} seed {seed}: finished earlier in {}, kept (--fresh retrains)", out.display());
+                continue;
+            }
+            let vs = VarStore::new(args.device);
+            let model = LanguageModel::new(&vs.root(), &config)?;
             let mut trainer = Trainer::new(&vs, &model, &train, &val, tc)?;
             let options = RunOptions {
                 out_dir: out.clone(),
@@ -173,7 +207,10 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
             );
         }
     }
-    report(&args, &variants, &data_path.display().to_string())
+    // Name the corpus relative to the working folder: the report is committed.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let shown = data_path.strip_prefix(&cwd).unwrap_or(&data_path);
+    report(&args, &variants, &shown.display().to_string())
 }
 
 fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_moe::Result<()> {
@@ -196,7 +233,7 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
             name.to_string(),
             (0..evals).map(|i| (mean_at(i, &|r| r.elapsed_s), mean_at(i, &|r| r.val_bpb))).collect(),
         ));
-        rows.push((name.to_string(), mean_std(&finals), config.param_counts(), mean_std(&step_time).0, finals));
+        rows.push((name.to_string(), mean_std(&finals), config.param_counts(), median(step_time), finals));
     }
     let plots = args.report.with_extension("").with_file_name("results");
     std::fs::create_dir_all(&plots).map_err(|e| altup_moe::Error::io(&plots, e))?;
@@ -215,7 +252,8 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
         "Byte-level language models on {data} (90/10 split), d = 128, 4 blocks, 4 heads, F = 512, \
          16 × 128 bytes per step, {} steps (warmup {} + cosine to 10%, peak lr 3e-3, AdamW), {} seed(s) \
          per stack, {}, {} threads. Validation on {} × 16 windows of 128 bytes. Generated by \
-         `make reproduce` (`cargo run --release --example reproduce`).\n",
+         `make reproduce` (`cargo run --release --example reproduce`). Step time is wall time per \
+         optimizer step including evaluations, the median over seeds, relative to dense.\n",
         args.steps,
         50.min(args.steps / 10),
         args.seeds,

@@ -169,7 +169,7 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
     let window = &val.bytes()[..args.seq_len.min(val.len())];
     let mask = corruption.noise_mask(window.len(), &mut rng)?;
     let (input, target) = corruption.apply(window, &mask)?;
-    let greedy = Sampling { temperature: 0.0, top_k: None };
+    let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
     let end = corruption.sentinel(target.iter().filter(|&&t| t >= 256).count() - 1);
     let predicted =
         model.generate(&input, corruption.decoder_start(), Some(end), target.len() + 4, greedy, &mut rng)?;

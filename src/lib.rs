@@ -52,3 +52,13 @@ pub use model::{Arch, LanguageModel, ModelConfig, ModelOutput};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+pub struct GuideDoctests;
+
+/// The expert-parallelism page's code examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/expert_parallelism.md")]
+pub struct ExpertParallelismDoctests;

@@ -50,7 +50,7 @@ fn cached_generation_matches_uncached() {
     let vs = VarStore::new(Device::Cpu);
     let model = LanguageModel::new(&vs.root(), &config).unwrap();
     let prompt = [72i64, 101, 108, 108, 111];
-    let greedy = Sampling { temperature: 0.0, top_k: None };
+    let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let cached = model.generate(&prompt, 30, greedy, &mut rng).unwrap();
     let mut tokens = prompt.to_vec();

@@ -177,3 +177,49 @@ fn timed_runs(warmup: usize, runs: usize, mut f: impl FnMut() -> altup_moe::Resu
     times.sort_by(f64::total_cmp);
     Ok(times)
 }
+
+/// A trained language model read back from disk.
+pub struct LoadedModel {
+    /// The variables (on the requested device).
+    pub vs: tch::nn::VarStore,
+    /// The model.
+    pub model: altup_moe::LanguageModel,
+    /// The weights file that was loaded.
+    pub weights: PathBuf,
+}
+
+/// Loads a decoder-only language model from `path`: a `model.safetensors` file (its
+/// `config.json` next to it), a folder holding both (a run folder written by `train`, or a
+/// `step-*` checkpoint), or a run folder whose newest checkpoint is used.
+pub fn load_model(path: &Path, device: Device) -> altup_moe::Result<LoadedModel> {
+    let folder =
+        if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
+    if path.is_file() && path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(Error::Input(format!(
+            "{} is not a .safetensors weights file; pass a run folder, a step-* checkpoint or a model.safetensors",
+            path.display()
+        )));
+    }
+    let (config_path, weights) = if path.is_file() {
+        (folder.join("config.json"), path.to_path_buf())
+    } else if folder.join("model.safetensors").is_file() && folder.join("config.json").is_file() {
+        (folder.join("config.json"), folder.join("model.safetensors"))
+    } else {
+        let dir = altup_moe::train::find_checkpoint(path)?;
+        (dir.join("config.json"), dir.join("model.safetensors"))
+    };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|source| Error::Json { context: config_path.display().to_string(), source })?;
+    if value.get("encoder").is_some() && value.get("decoder").is_some() {
+        return Err(Error::Config(format!(
+            "{} describes an encoder-decoder (train_seq2seq); this program reads decoder-only language models (train)",
+            config_path.display()
+        )));
+    }
+    let config = altup_moe::ModelConfig::load(&config_path)?;
+    let vs = tch::nn::VarStore::new(device);
+    let model = altup_moe::LanguageModel::new(&vs.root(), &config)?;
+    altup_moe::train::checkpoint::load_weights(&vs, &weights)?;
+    Ok(LoadedModel { vs, model, weights })
+}

@@ -69,7 +69,7 @@ pub enum Widening {
     /// Gemma 3n: block 0 is the embedding, block `i ≥ 1` a learned `D×D` projection of it
     /// rescaled to the embedding's RMS; at the output, blocks `i ≥ 1` go through learned inverse
     /// projections, are RMS-matched to block 0, and all blocks are averaged. Projections start at
-    /// the identity.
+    /// the identity plus `N(0, init_std²)` noise (so that the blocks differ).
     Projected,
 }
 

@@ -1,4 +1,4 @@
-//! Autoregressive sampling from a [`LanguageModel`] (temperature and top-k).
+//! Autoregressive sampling from a [`LanguageModel`] (temperature, top-k and nucleus / top-p).
 
 use crate::error::{Error, Result};
 use crate::model::lm::LanguageModel;
@@ -13,11 +13,16 @@ pub struct Sampling {
     pub temperature: f64,
     /// Keep only the `top_k` most likely tokens before sampling (`None` = all).
     pub top_k: Option<usize>,
+    /// Nucleus sampling (Holtzman et al. 2020, arXiv 1904.09751): keep the smallest set of most
+    /// likely tokens whose probability (after temperature and top-k) reaches `top_p` ∈ (0, 1]
+    /// (`None` = no cut).
+    pub top_p: Option<f64>,
 }
 
 impl Sampling {
     /// # Errors
-    /// [`Error::Input`] for a negative or non-finite temperature or `top_k = 0`.
+    /// [`Error::Input`] for a negative or non-finite temperature, `top_k = 0`, or `top_p`
+    /// outside `(0, 1]`.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::Input(format!("temperature ({}) must be finite and >= 0", self.temperature)));
@@ -25,13 +30,18 @@ impl Sampling {
         if self.top_k == Some(0) {
             return Err(Error::Input("top_k (0) must be positive".into()));
         }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::Input(format!("top_p ({p}) must be in (0, 1]")));
+            }
+        }
         Ok(())
     }
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: Some(40) }
+        Self { temperature: 0.8, top_k: Some(40), top_p: None }
     }
 }
 
@@ -45,7 +55,7 @@ impl LanguageModel {
     ///
     /// # Errors
     /// [`Error::Input`] for an empty prompt, an id outside the vocabulary, a negative or
-    /// non-finite temperature, or `top_k = 0`.
+    /// non-finite temperature, `top_k = 0`, or `top_p` outside `(0, 1]`.
     pub fn generate(
         &self,
         prompt: &[i64],
@@ -136,7 +146,19 @@ pub(crate) fn sample(logits: &Tensor, sampling: Sampling, rng: &mut impl Rng) ->
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     order.truncate(sampling.top_k.unwrap_or(logits.len()).min(logits.len()));
     let max = logits[order[0]];
-    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] - max) / sampling.temperature).exp()).collect();
+    let mut weights: Vec<f64> = order.iter().map(|&i| ((logits[i] - max) / sampling.temperature).exp()).collect();
+    if let Some(p) = sampling.top_p {
+        // The most likely tokens up to and including the one that reaches mass p.
+        let total: f64 = weights.iter().sum();
+        let mut mass = 0.0;
+        let keep = weights.iter().position(|w| {
+            mass += w / total;
+            mass >= p
+        });
+        let keep = keep.map_or(weights.len(), |i| i + 1);
+        order.truncate(keep);
+        weights.truncate(keep);
+    }
     let mut r = rng.random::<f64>() * weights.iter().sum::<f64>();
     for (&i, w) in order.iter().zip(&weights) {
         if r < *w {
@@ -145,4 +167,49 @@ pub(crate) fn sample(logits: &Tensor, sampling: Sampling, rng: &mut impl Rng) ->
         r -= w;
     }
     Ok(*order.last().unwrap_or(&0) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn draws(probs: &[f64], sampling: Sampling, n: usize) -> Vec<usize> {
+        let logits = Tensor::from_slice(&probs.iter().map(|p| p.ln()).collect::<Vec<_>>());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut counts = vec![0; probs.len()];
+        for _ in 0..n {
+            counts[sample(&logits, sampling, &mut rng).unwrap() as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus_and_renormalises() {
+        let probs = [0.5, 0.3, 0.15, 0.05];
+        let at = |top_k, top_p| Sampling { temperature: 1.0, top_k, top_p };
+        // Mass 0.5 < 0.75 <= 0.8: tokens 0 and 1, in proportion 5 : 3.
+        let c = draws(&probs, at(None, Some(0.75)), 4000);
+        assert_eq!(&c[2..], &[0, 0]);
+        let share = c[0] as f64 / 4000.0;
+        assert!((share - 0.625).abs() < 0.03, "{c:?}");
+        // A nucleus inside the first token, and top-k applied first.
+        assert_eq!(draws(&probs, at(None, Some(0.4)), 200), vec![200, 0, 0, 0]);
+        assert_eq!(&draws(&probs, at(Some(3), Some(1.0)), 2000)[3..], &[0]);
+        // Without a cut every token appears.
+        assert!(draws(&probs, at(None, None), 4000).iter().all(|&n| n > 0));
+    }
+
+    #[test]
+    fn bad_sampling_settings_are_named() {
+        let bad = |s: Sampling| s.validate().unwrap_err().to_string();
+        let base = Sampling::default();
+        assert_eq!(bad(Sampling { top_p: Some(0.0), ..base }), "invalid input: top_p (0) must be in (0, 1]");
+        assert_eq!(bad(Sampling { top_p: Some(1.5), ..base }), "invalid input: top_p (1.5) must be in (0, 1]");
+        assert_eq!(bad(Sampling { top_k: Some(0), ..base }), "invalid input: top_k (0) must be positive");
+        assert_eq!(
+            bad(Sampling { temperature: -1.0, ..base }),
+            "invalid input: temperature (-1) must be finite and >= 0"
+        );
+    }
 }

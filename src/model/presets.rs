@@ -69,7 +69,8 @@ impl FromStr for Arch {
 
 impl ModelConfig {
     /// The default small configuration of an architecture: `D = 128`, 4 blocks, 4 heads, FFN and
-    /// expert width 512, 8 experts (Switch capacity factors 1.25 / 2.0) on every other block,
+    /// expert width 512, 8 dropless top-1 experts ([`MoeConfig::default`]: no capacity limit, no
+    /// jitter; [`MoeConfig::switch`] has Switch's capacity factors 1.25 / 2.0) on every other block,
     /// AltUp `K = 2` with alternating selection and mean reduction.
     ///
     /// ```

@@ -43,7 +43,10 @@ pub enum Balancing {
     #[default]
     AuxLoss,
     /// Aux-loss-free balancing (DeepSeek-V3): a per-expert selection bias updated after each
-    /// optimizer step by `±bias_update_rate` towards balance; the trainer adds no balancing loss.
+    /// optimizer step by `±bias_update_rate` towards balance. The trainer still adds
+    /// `load_balancing_coef · L_balance` (DeepSeek-V3 keeps a tiny complementary balance loss);
+    /// set `TrainConfig::load_balancing_coef` to 0 for purely aux-loss-free training (the
+    /// `train` example does with `--balancing aux-free`).
     AuxFree {
         /// γ, the bias update step.
         bias_update_rate: f64,

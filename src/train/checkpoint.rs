@@ -45,7 +45,7 @@ pub struct TrainerState {
 pub struct CheckpointMeta {
     /// The `step-*` folder.
     pub dir: PathBuf,
-    /// `config.json` (a [`ModelConfig`], or a [`crate::model::Seq2SeqConfig`] for an
+    /// `config.json` (a [`crate::ModelConfig`], or a [`crate::model::Seq2SeqConfig`] for an
     /// encoder-decoder; parse it with [`CheckpointMeta::model_config`]).
     pub model_config: serde_json::Value,
     /// `train_config.json`.

@@ -2,7 +2,7 @@
 //! on byte-level data.
 //!
 //! The objective is `LM loss + α · mean_layers(load-balancing loss) + β · mean_layers(z-loss)`
-//! (Switch Transformer §2.2 with α = 1e-2; ST-MoE §3.1 with β = 1e-3). With gradient
+//! (Switch Transformer §2.2 with α = 1e-2; ST-MoE §3.3, eq. 5 with β = 1e-3). With gradient
 //! accumulation every term of every micro-batch is divided by the number of micro-batches, so
 //! the auxiliary losses are scaled exactly like the LM loss.
 

@@ -1,0 +1,96 @@
+//! Sample text from a trained byte-level language model.
+//!
+//! ```text
+//! cargo run --release --example generate -- --model runs/latest --prompt "ROMEO:" --tokens 300
+//! ```
+//!
+//! `--model` takes what `train` writes: its output folder, a `step-*` checkpoint, or a
+//! `model.safetensors` with its `config.json` beside it.
+
+mod common;
+
+use altup_moe::model::Sampling;
+use altup_moe::Error;
+use clap::Parser;
+use common::{device_name, load_model, parse_device};
+use rand::SeedableRng;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tch::Device;
+
+/// Sample from a trained byte-level language model (temperature, top-k, top-p).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A run folder written by `train` (e.g. runs/latest), a step-* checkpoint, or a
+    /// model.safetensors with config.json beside it.
+    #[arg(long, default_value = "runs/latest")]
+    model: PathBuf,
+    /// The text to continue (UTF-8; the model reads its bytes).
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Bytes to generate per sample.
+    #[arg(long, default_value_t = 300)]
+    tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely bytes only (0 = no cut).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of likely bytes whose probability reaches p, in (0, 1].
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Independent samples to draw.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+}
+
+fn generate_main(args: &Args) -> altup_moe::Result<()> {
+    let sampling =
+        Sampling { temperature: args.temperature, top_k: (args.top_k > 0).then_some(args.top_k), top_p: args.top_p };
+    sampling.validate()?;
+    if args.prompt.is_empty() {
+        return Err(Error::Input("--prompt must hold at least one byte".into()));
+    }
+    let loaded = load_model(&args.model, args.device)?;
+    let prompt: Vec<i64> = args.prompt.bytes().map(i64::from).collect();
+    eprintln!(
+        "{} | {} parameters | device {}",
+        loaded.weights.display(),
+        common::human(loaded.model.param_counts().total),
+        device_name(args.device)
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut out = std::io::stdout().lock();
+    for i in 0..args.samples {
+        let tokens = loaded.model.generate(&prompt, args.tokens, sampling, &mut rng)?;
+        let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
+        if args.samples > 1 {
+            let _ = writeln!(out, "--- sample {} ---", i + 1);
+        }
+        let _ = writeln!(out, "{}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match generate_main(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if matches!(e, Error::Checkpoint(_) | Error::Io { .. }) {
+                eprintln!("(train a model first, e.g. `make train`, or point --model at a run folder)");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

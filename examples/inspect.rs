@@ -1,0 +1,185 @@
+//! Inspect a trained language model: parameter counts, how its MoE layers use their experts on
+//! held-out text, and its AltUp coefficients, as tables.
+//!
+//! ```text
+//! cargo run --release --example inspect -- --model runs/latest
+//! ```
+
+mod common;
+
+use altup_moe::altup::AltUpCoefficients;
+use altup_moe::LanguageModel;
+use clap::Parser;
+use common::{human, load_corpus, load_model, parse_device};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tch::{Device, Kind, Tensor};
+
+/// Parameter counts, expert utilisation and AltUp coefficients of a trained language model.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A run folder written by `train` (e.g. runs/latest), a step-* checkpoint, or a
+    /// model.safetensors with config.json beside it.
+    #[arg(long, default_value = "runs/latest")]
+    model: PathBuf,
+    /// Text to measure expert utilisation on: its last 10% (the validation split) [default:
+    /// Shakespeare's plays, as in training].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation windows of 128 bytes to route (in batches of 16).
+    #[arg(long, default_value_t = 64)]
+    windows: usize,
+    /// cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+}
+
+fn params(model: &LanguageModel) {
+    let c = model.param_counts();
+    println!("## Parameters\n\n| part | parameters |\n|---|---|");
+    for (name, n) in [
+        ("total", c.total),
+        ("active per token", c.active_per_token),
+        ("routed experts", c.expert),
+        ("routers", c.router),
+        ("AltUp", c.altup),
+        ("embedding (+ head)", c.embedding),
+    ] {
+        println!("| {name} | {} ({n}) |", human(n));
+    }
+}
+
+/// Tokens per expert, dropped fraction and router entropy per MoE layer over validation windows.
+fn utilisation(model: &LanguageModel, args: &Args) -> altup_moe::Result<()> {
+    let config = model.config();
+    let Some(moe) = &config.moe else {
+        println!("\n## Experts\n\nNo MoE layers.");
+        return Ok(());
+    };
+    common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
+    let (path, corpus) = load_corpus(args.data.as_deref())?;
+    let (_, val) = corpus.split(0.1)?;
+    let seq_len = 128.min(config.max_seq_len);
+    let batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;
+    let mut per_layer: Vec<(usize, Vec<i64>, f64, f64)> = Vec::new(); // layer, counts, dropped, entropy
+    tch::no_grad(|| -> altup_moe::Result<()> {
+        for batch in &batches {
+            let out = model.forward_t(&batch.inputs, false)?;
+            for (i, (layer, aux)) in out.aux.moe_layers().enumerate() {
+                let counts = Vec::<i64>::try_from(&aux.tokens_per_expert.f_to_device(Device::Cpu)?)?;
+                let entropy = aux.router_entropy.f_double_value(&[])?;
+                match per_layer.get_mut(i) {
+                    Some(entry) => {
+                        entry.1.iter_mut().zip(&counts).for_each(|(a, b)| *a += b);
+                        entry.2 += aux.dropped_fraction;
+                        entry.3 += entropy;
+                    }
+                    None => per_layer.push((layer, counts, aux.dropped_fraction, entropy)),
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let n = batches.len() as f64;
+    println!(
+        "\n## Experts\n\n{} experts, top-{}, capacity factor {} (evaluation: {}); routed {} validation windows of {seq_len} bytes from {}. Share = an expert's part of the assignments (uniform = {:.1}%); entropy in nats (uniform = {:.2}).\n",
+        moe.num_experts,
+        moe.top_k,
+        moe.capacity_factor.map_or("none (dropless)".to_string(), |c| c.to_string()),
+        moe.eval_capacity_factor.map_or("none".to_string(), |c| c.to_string()),
+        batches.len() * 16,
+        path.display(),
+        100.0 / moe.num_experts as f64,
+        (moe.num_experts as f64).ln(),
+    );
+    println!("| block | share per expert (%) | busiest / mean | dropped | router entropy |\n|---|---|---|---|---|");
+    for (layer, counts, dropped, entropy) in per_layer {
+        let total = counts.iter().sum::<i64>().max(1) as f64;
+        let shares: Vec<String> = counts.iter().map(|&c| format!("{:.1}", 100.0 * c as f64 / total)).collect();
+        let mean = total / counts.len().max(1) as f64;
+        let max = counts.iter().copied().max().unwrap_or(0) as f64;
+        println!(
+            "| {layer} | {} | {:.2} | {:.1}% | {:.3} |",
+            shares.join(" "),
+            max / mean,
+            100.0 * dropped / n,
+            entropy / n
+        );
+    }
+    Ok(())
+}
+
+fn matrix(t: &Tensor) -> altup_moe::Result<String> {
+    let t = t.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?;
+    let rows: Vec<Vec<f64>> = match t.dim() {
+        1 => vec![Vec::<f64>::try_from(&t)?],
+        _ => Vec::<Vec<f64>>::try_from(&t)?,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| format!("[{}]", r.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+fn altup(model: &LanguageModel) -> altup_moe::Result<()> {
+    let layers = model.altup_layers();
+    let Some(config) = &model.config().altup else {
+        println!("\n## AltUp\n\nNo AltUp.");
+        return Ok(());
+    };
+    println!(
+        "\n## AltUp\n\nK = {} blocks, selection {:?}, widening {:?}.",
+        config.num_blocks, config.selection, config.widening
+    );
+    match layers.first().map(|a| &a.coefficients) {
+        Some(AltUpCoefficients::Static { .. }) => {
+            println!("Predictor P (row i mixes the blocks into prediction i; identity at init) and corrector gains g (ones at init):\n\n| block | P | g |\n|---|---|---|");
+        }
+        _ => println!(
+            "Input-dependent coefficients (Gemma 3n): Frobenius norms of the router W_r and of W_p, W_c (zero at init):\n\n| block | ‖W_r‖ | ‖W_p‖ | ‖W_c‖ |\n|---|---|---|---|"
+        ),
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        match &layer.coefficients {
+            AltUpCoefficients::Static { predictor, corrector } => {
+                println!("| {i} | {} | {} |", matrix(predictor)?, matrix(corrector)?)
+            }
+            AltUpCoefficients::InputDependent { router, prediction_coefs, correction_coefs, .. } => {
+                let norm = |t: &Tensor| t.f_norm().and_then(|n| n.f_double_value(&[]));
+                println!(
+                    "| {i} | {:.3} | {:.3} | {:.3} |",
+                    norm(router)?,
+                    norm(prediction_coefs)?,
+                    norm(correction_coefs)?
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inspect_main(args: &Args) -> altup_moe::Result<()> {
+    let loaded = load_model(&args.model, args.device)?;
+    let c = loaded.model.config();
+    println!("# {}\n", loaded.weights.display());
+    println!(
+        "d_model {}, {} blocks, {} heads, FFN {}, vocabulary {}, sequences up to {}.\n",
+        c.d_model, c.num_layers, c.attention.num_heads, c.ffn.d_ff, c.vocab_size, c.max_seq_len
+    );
+    params(&loaded.model);
+    utilisation(&loaded.model, args)?;
+    altup(&loaded.model)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match inspect_main(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
