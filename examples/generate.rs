@@ -1,7 +1,7 @@
 //! Sample text from a trained byte-level language model.
 //!
 //! ```text
-//! cargo run --release --example generate -- --model runs/latest --prompt "ROMEO:" --tokens 300
+//! cargo run --example generate -- --model runs/latest --prompt "ROMEO:" --tokens 300
 //! ```
 //!
 //! `--model` takes what `train` writes: its output folder, a `step-*` checkpoint, or a
@@ -34,13 +34,13 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     tokens: usize,
     /// Softmax temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f64,
     /// Sample among the k most likely bytes only (0 = no cut).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     top_k: usize,
     /// Nucleus sampling: the smallest set of likely bytes whose probability reaches p, in (0, 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
     /// Independent samples to draw.
     #[arg(long, default_value_t = 1)]
@@ -59,6 +59,12 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
     sampling.validate()?;
     if args.prompt.is_empty() {
         return Err(Error::Input("--prompt must hold at least one byte".into()));
+    }
+    if args.tokens == 0 || args.samples == 0 {
+        return Err(Error::Input(format!(
+            "--tokens ({}) and --samples ({}) must be at least 1",
+            args.tokens, args.samples
+        )));
     }
     let loaded = load_model(&args.model, args.device)?;
     let prompt: Vec<i64> = args.prompt.bytes().map(i64::from).collect();
@@ -87,7 +93,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            if matches!(e, Error::Checkpoint(_) | Error::Io { .. }) {
+            if !args.model.exists() {
                 eprintln!("(train a model first, e.g. `make train`, or point --model at a run folder)");
             }
             ExitCode::FAILURE

@@ -2,15 +2,17 @@
 //! held-out text, and its AltUp coefficients, as tables.
 //!
 //! ```text
-//! cargo run --release --example inspect -- --model runs/latest
+//! cargo run --example inspect -- --model runs/latest
 //! ```
 
 mod common;
 
-use altup_moe::altup::AltUpCoefficients;
+use altup_moe::altup::{AltUpCoefficients, BlockSelection, Widening};
 use altup_moe::LanguageModel;
 use clap::Parser;
 use common::{human, load_corpus, load_model, parse_device};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::{Device, Kind, Tensor};
@@ -35,9 +37,16 @@ struct Args {
     device: Device,
 }
 
-fn params(model: &LanguageModel) {
+/// Appends a line to the report (a `String`; writing to it cannot fail).
+macro_rules! report {
+    ($out:expr, $($arg:tt)*) => {
+        let _ = writeln!($out, $($arg)*);
+    };
+}
+
+fn params(out: &mut String, model: &LanguageModel) {
     let c = model.param_counts();
-    println!("## Parameters\n\n| part | parameters |\n|---|---|");
+    report!(out, "## Parameters\n\n| part | parameters |\n|---|---|");
     for (name, n) in [
         ("total", c.total),
         ("active per token", c.active_per_token),
@@ -46,18 +55,17 @@ fn params(model: &LanguageModel) {
         ("AltUp", c.altup),
         ("embedding (+ head)", c.embedding),
     ] {
-        println!("| {name} | {} ({n}) |", human(n));
+        report!(out, "| {name} | {} ({n}) |", human(n));
     }
 }
 
 /// Tokens per expert, dropped fraction and router entropy per MoE layer over validation windows.
-fn utilisation(model: &LanguageModel, args: &Args) -> altup_moe::Result<()> {
+fn utilisation(out: &mut String, model: &LanguageModel, args: &Args) -> altup_moe::Result<()> {
     let config = model.config();
     let Some(moe) = &config.moe else {
-        println!("\n## Experts\n\nNo MoE layers.");
+        report!(out, "\n## Experts\n\nNo MoE layers.");
         return Ok(());
     };
-    common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
     let (path, corpus) = load_corpus(args.data.as_deref())?;
     let (_, val) = corpus.split(0.1)?;
     let seq_len = 128.min(config.max_seq_len);
@@ -82,7 +90,8 @@ fn utilisation(model: &LanguageModel, args: &Args) -> altup_moe::Result<()> {
         Ok(())
     })?;
     let n = batches.len() as f64;
-    println!(
+    report!(
+        out,
         "\n## Experts\n\n{} experts, top-{}, capacity factor {} (evaluation: {}); routed {} validation windows of {seq_len} bytes from {}. Share = an expert's part of the assignments (uniform = {:.1}%); entropy in nats (uniform = {:.2}).\n",
         moe.num_experts,
         moe.top_k,
@@ -93,13 +102,14 @@ fn utilisation(model: &LanguageModel, args: &Args) -> altup_moe::Result<()> {
         100.0 / moe.num_experts as f64,
         (moe.num_experts as f64).ln(),
     );
-    println!("| block | share per expert (%) | busiest / mean | dropped | router entropy |\n|---|---|---|---|---|");
+    report!(out, "| block | share per expert (%) | busiest / mean | dropped | router entropy |\n|---|---|---|---|---|");
     for (layer, counts, dropped, entropy) in per_layer {
         let total = counts.iter().sum::<i64>().max(1) as f64;
         let shares: Vec<String> = counts.iter().map(|&c| format!("{:.1}", 100.0 * c as f64 / total)).collect();
         let mean = total / counts.len().max(1) as f64;
         let max = counts.iter().copied().max().unwrap_or(0) as f64;
-        println!(
+        report!(
+            out,
             "| {layer} | {} | {:.2} | {:.1}% | {:.3} |",
             shares.join(" "),
             max / mean,
@@ -123,32 +133,36 @@ fn matrix(t: &Tensor) -> altup_moe::Result<String> {
         .join(" "))
 }
 
-fn altup(model: &LanguageModel) -> altup_moe::Result<()> {
+fn altup(out: &mut String, model: &LanguageModel) -> altup_moe::Result<()> {
     let layers = model.altup_layers();
     let Some(config) = &model.config().altup else {
-        println!("\n## AltUp\n\nNo AltUp.");
+        report!(out, "\n## AltUp\n\nNo AltUp.");
         return Ok(());
     };
-    println!(
-        "\n## AltUp\n\nK = {} blocks, selection {:?}, widening {:?}.",
-        config.num_blocks, config.selection, config.widening
+    report!(
+        out,
+        "\n## AltUp\n\nK = {} blocks, selection {}, widening {}.",
+        config.num_blocks,
+        selection_flag(&config.selection),
+        widening_flag(config.widening)
     );
     match layers.first().map(|a| &a.coefficients) {
         Some(AltUpCoefficients::Static { .. }) => {
-            println!("Predictor P (row i mixes the blocks into prediction i; identity at init) and corrector gains g (ones at init):\n\n| block | P | g |\n|---|---|---|");
+            report!(out, "Predictor P (row i mixes the blocks into prediction i; identity at init) and corrector gains g (ones at init):\n\n| block | P | g |\n|---|---|---|");
         }
-        _ => println!(
-            "Input-dependent coefficients (Gemma 3n): Frobenius norms of the router W_r and of W_p, W_c (zero at init):\n\n| block | ‖W_r‖ | ‖W_p‖ | ‖W_c‖ |\n|---|---|---|---|"
-        ),
+        _ => {
+            report!(out, "Input-dependent coefficients (Gemma 3n): Frobenius norms of the router W_r and of W_p, W_c (zero at init):\n\n| block | ‖W_r‖ | ‖W_p‖ | ‖W_c‖ |\n|---|---|---|---|");
+        }
     }
     for (i, layer) in layers.iter().enumerate() {
         match &layer.coefficients {
             AltUpCoefficients::Static { predictor, corrector } => {
-                println!("| {i} | {} | {} |", matrix(predictor)?, matrix(corrector)?)
+                report!(out, "| {i} | {} | {} |", matrix(predictor)?, matrix(corrector)?);
             }
             AltUpCoefficients::InputDependent { router, prediction_coefs, correction_coefs, .. } => {
                 let norm = |t: &Tensor| t.f_norm().and_then(|n| n.f_double_value(&[]));
-                println!(
+                report!(
+                    out,
                     "| {i} | {:.3} | {:.3} | {:.3} |",
                     norm(router)?,
                     norm(prediction_coefs)?,
@@ -160,23 +174,61 @@ fn altup(model: &LanguageModel) -> altup_moe::Result<()> {
     Ok(())
 }
 
-fn inspect_main(args: &Args) -> altup_moe::Result<()> {
+/// The `train --altup-selection` spelling of a block selection.
+fn selection_flag(selection: &BlockSelection) -> String {
+    match selection {
+        BlockSelection::Alternating => "alternating".into(),
+        BlockSelection::Same(j) => format!("same:{j}"),
+        BlockSelection::Schedule(s) => {
+            format!("schedule:{}", s.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+        }
+    }
+}
+
+/// The `train --altup-widening` spelling of a widening.
+fn widening_flag(widening: Widening) -> &'static str {
+    match widening {
+        Widening::WideEmbedding => "wide-embedding",
+        Widening::Recycled => "recycled",
+        Widening::Projected => "projected",
+    }
+}
+
+/// Builds the whole report before printing it, so that a bad flag or file fails before any output.
+fn inspect_main(args: &Args) -> altup_moe::Result<String> {
+    common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
     let loaded = load_model(&args.model, args.device)?;
     let c = loaded.model.config();
-    println!("# {}\n", loaded.weights.display());
-    println!(
+    let mut out = String::new();
+    let out = &mut out;
+    report!(out, "# {}\n", loaded.weights.display());
+    report!(
+        out,
         "d_model {}, {} blocks, {} heads, FFN {}, vocabulary {}, sequences up to {}.\n",
-        c.d_model, c.num_layers, c.attention.num_heads, c.ffn.d_ff, c.vocab_size, c.max_seq_len
+        c.d_model,
+        c.num_layers,
+        c.attention.num_heads,
+        c.ffn.d_ff,
+        c.vocab_size,
+        c.max_seq_len
     );
-    params(&loaded.model);
-    utilisation(&loaded.model, args)?;
-    altup(&loaded.model)
+    params(out, &loaded.model);
+    utilisation(out, &loaded.model, args)?;
+    altup(out, &loaded.model)?;
+    Ok(std::mem::take(out))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match inspect_main(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`inspect | head`) is not an error.
+        Ok(report) => match std::io::stdout().lock().write_all(report.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("error: cannot write the report: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

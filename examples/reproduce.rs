@@ -39,7 +39,9 @@ struct Args {
     /// Validation batches per evaluation.
     #[arg(long, default_value_t = 32)]
     eval_batches: usize,
-    /// A few minutes instead of hours: 150 steps, 1 seed, smaller evaluations.
+    /// A few minutes instead of hours: 150 steps, 1 seed, smaller evaluations, runs under
+    /// runs/reproduce-quick and the report in target/results-quick.md (these override --steps,
+    /// --seeds, --eval-every, --eval-batches, --runs and --report).
     #[arg(long)]
     quick: bool,
     /// A UTF-8 text file or a folder of them [default: Shakespeare's plays].

@@ -25,6 +25,7 @@ use altup_moe::train::{
     find_checkpoint, run, save_json, CheckpointMeta, Observer, RunOptions, Silent, TrainConfig, Trainer,
 };
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
+use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::{
@@ -60,7 +61,7 @@ struct Args {
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     dtype: Precision,
     /// Bytes per sequence (also the model's maximum context).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     seq_len: usize,
     /// Model width d.
     #[arg(long, default_value_t = 128)]
@@ -458,6 +459,13 @@ fn train_main(
         (None, None) => PathBuf::from("runs/latest"),
     };
     if let Some(meta) = &resume {
+        if let Some(steps) = args.steps.filter(|&s| s < meta.state.step) {
+            return Err(Error::Input(format!(
+                "--steps ({steps}) is below the step of the checkpoint {} ({}); a run cannot be shortened",
+                meta.dir.display(),
+                meta.state.step
+            )));
+        }
         if meta.state.step >= train_config.steps {
             say!(
                 "nothing to train: {} is at step {} and --steps is {}",
@@ -626,7 +634,7 @@ fn main() -> ExitCode {
     {
         eprintln!(
             "error: --expert-parallel needs the MPI transport: build with `--features mpi` (Debian: apt-get install \
-             libopenmpi-dev openmpi-bin) and start the ranks with mpirun -np R"
+             libopenmpi-dev openmpi-bin libclang1-14 libclang-common-14-dev) and start the ranks with mpirun -np R"
         );
         ExitCode::FAILURE
     }
@@ -653,6 +661,7 @@ mod tests {
             (vec!["--steps", "-3"], "unexpected argument '-3'"),
             (vec!["--capacity-factor", "-1"], "'-1' is not a positive capacity factor or 'none'"),
             (vec!["--threads", "0"], "0 is not in 1.."),
+            (vec!["--seq-len", "0"], "invalid value '0' for '--seq-len <SEQ_LEN>': 0 is not in 1.."),
         ] {
             let err = args(&flags).unwrap_err().to_string();
             assert!(err.contains(expected), "{flags:?}: {err}");

@@ -171,8 +171,14 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
     let (input, target) = corruption.apply(window, &mask)?;
     let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
     let end = corruption.sentinel(target.iter().filter(|&&t| t >= 256).count() - 1);
-    let predicted =
-        model.generate(&input, corruption.decoder_start(), Some(end), target.len() + 4, greedy, &mut rng)?;
+    let predicted = model.generate(
+        &input,
+        corruption.decoder_start(),
+        Some(end),
+        (target.len() + 4).min(tgt_len),
+        greedy,
+        &mut rng,
+    )?;
     let show = |ids: &[i64]| -> String {
         ids.iter()
             .map(|&t| match t {

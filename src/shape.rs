@@ -38,7 +38,7 @@ pub(crate) fn expect_device(x: &Tensor, what: &str, param: &Tensor) -> Result<()
 }
 
 /// Returns `w` in the dtype of `x` (a cheap shallow clone when they already match).
-/// Parameters stay f32 masters; matmuls run in the activation dtype (DESIGN §8.9).
+/// Parameters stay f32 masters; matmuls run in the activation dtype.
 pub(crate) fn cast_like(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     if w.kind() == x.kind() {
         Ok(w.shallow_clone())

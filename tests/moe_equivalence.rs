@@ -1,4 +1,4 @@
-//! Equivalence and invariant tests of the MoE layer (DESIGN §8.13).
+//! Equivalence and invariant tests of the MoE layer.
 
 use altup_moe::moe::{ExpertBackend, MoeConfig, MoeLayer};
 use altup_moe::nn::{Activation, FeedForward, FeedForwardConfig, InitScheme};

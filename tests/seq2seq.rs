@@ -115,6 +115,18 @@ fn cached_decoder_equals_full_pass() {
     }
 }
 
+/// Generation fills the decoder's window exactly and names the limit when asked for more.
+#[test]
+fn generation_stops_at_the_decoder_window() {
+    let (_vs, model) = build(&tiny(Arch::Dense, 300));
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let greedy = altup_moe::model::Sampling { temperature: 0.0, top_k: None, top_p: None };
+    let out = model.generate(&[104, 105], 299, None, 40, greedy, &mut rng).unwrap();
+    assert_eq!(out.len(), 40);
+    let err = model.generate(&[104, 105], 299, None, 41, greedy, &mut rng).unwrap_err();
+    assert_eq!(err.to_string(), "invalid input: max_new_tokens (41) exceeds the decoder's max_seq_len (40)");
+}
+
 /// Parameter counts match the allocated parameters, shared or separate embeddings, tied or not.
 #[test]
 fn parameter_counts_match() {

@@ -204,6 +204,11 @@ pub fn load_model(path: &Path, device: Device) -> altup_moe::Result<LoadedModel>
         (folder.join("config.json"), path.to_path_buf())
     } else if folder.join("model.safetensors").is_file() && folder.join("config.json").is_file() {
         (folder.join("config.json"), folder.join("model.safetensors"))
+    } else if folder.join("model.safetensors").is_file() && !folder.join("checkpoints").is_dir() {
+        return Err(Error::Input(format!(
+            "{} holds model.safetensors but no config.json beside it (the model config `train` writes)",
+            folder.display()
+        )));
     } else {
         let dir = altup_moe::train::find_checkpoint(path)?;
         (dir.join("config.json"), dir.join("model.safetensors"))

@@ -15,7 +15,7 @@ pub struct LayerAux {
 
 /// Auxiliary record of a whole forward pass, one entry per block.
 ///
-/// Losses are averaged over MoE layers (DESIGN §5: pooling router statistics across layers would
+/// Losses are averaged over MoE layers (pooling router statistics across layers would
 /// hide per-layer imbalance, so each layer computes its own loss first).
 #[derive(Debug, Default)]
 pub struct ModelAux {

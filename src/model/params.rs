@@ -1,4 +1,4 @@
-//! Parameter accounting (DESIGN §8.15), computed from the config alone.
+//! Parameter accounting, computed from the config alone.
 
 use crate::model::config::ModelConfig;
 use crate::moe::RouterKind;

@@ -244,6 +244,13 @@ impl Seq2SeqModel {
         rng: &mut impl Rng,
     ) -> Result<Vec<i64>> {
         sampling.validate()?;
+        // The decoder reads the start token and every generated token but the last.
+        let limit = self.config.decoder.max_seq_len;
+        if max_new_tokens > limit {
+            return Err(Error::Input(format!(
+                "max_new_tokens ({max_new_tokens}) exceeds the decoder's max_seq_len ({limit})"
+            )));
+        }
         let device = self.encoder.embedding().weight.device();
         tch::no_grad(|| {
             let src = Tensor::from_slice(src).f_view([1, -1])?.f_to_device(device)?;

@@ -16,7 +16,7 @@ use crate::nn::init::InitScheme;
 use crate::shape::expect_float;
 use tch::{nn, Kind, Tensor};
 
-/// Per-layer auxiliary record of an MoE forward pass (DESIGN §3: typed, no global lists).
+/// Per-layer auxiliary record of an MoE forward pass (typed, no global lists).
 #[derive(Debug)]
 pub struct MoeAux {
     /// Unscaled load-balancing loss over real tokens (1.0 = balanced), scalar f32, differentiable.

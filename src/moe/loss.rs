@@ -1,5 +1,4 @@
-//! Router auxiliary losses and statistics, computed per MoE layer over real tokens only
-//! (DESIGN §5).
+//! Router auxiliary losses and statistics, computed per MoE layer over real tokens only.
 //!
 //! The functions return *unscaled* values; the trainer multiplies them by its coefficients
 //! (α ≈ 1e-2 for load balancing, β ≈ 1e-3 for the z-loss) and averages them over layers. A

@@ -7,7 +7,7 @@
 //! renormalised gates); DeepSeek-V3 (arXiv 2412.19437, §2.1.2: a per-expert bias added to the
 //! scores for selection only, updated by `±γ` after each step).
 //!
-//! Precision policy (DESIGN §8.9): the router runs in f32 whatever the activation dtype (f64
+//! Precision policy: the router runs in f32 whatever the activation dtype (f64
 //! stays f64 for gradient checks). Softmax comes before top-k, so gates are probabilities over
 //! *all* experts. For `k = 1` the gate is the raw probability of the chosen expert, never
 //! renormalised: a renormalised top-1 gate is constantly 1 and the router would get no gradient

@@ -1,4 +1,4 @@
-//! Weight initialisation, as data in one place (DESIGN §8.6).
+//! Weight initialisation, as data in one place.
 //!
 //! GPT-2 scheme (Radford et al. 2019, §2.3): every matrix `N(0, std²)`; projections that write
 //! into the residual stream (attention output, FFN/expert output) use `std / sqrt(2 · layers)`.

@@ -302,6 +302,16 @@ pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
 }
 
 /// Loads named tensors (read from `origin`, named in errors) into `vs`, with the checks of
+/// Up to five names in `["a", "b"]` form, then how many more there are.
+fn first_names(names: &[&String]) -> String {
+    const SHOWN: usize = 5;
+    let head = format!("{:?}", &names[..names.len().min(SHOWN)]);
+    match names.len().saturating_sub(SHOWN) {
+        0 => head,
+        more => format!("{head} and {more} more"),
+    }
+}
+
 /// [`load_weights`].
 ///
 /// # Errors
@@ -312,9 +322,17 @@ pub fn load_named_weights(vs: &VarStore, file: &BTreeMap<String, Tensor>, origin
     let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
     let unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
+        // Optimizer state files hold `exp_avg.*` moments: a common wrong pick.
+        let hint = if unexpected.len() == file.len() && file.keys().any(|k| k.starts_with("exp_avg")) {
+            " (this looks like optimizer state, not model weights: use model.safetensors)"
+        } else {
+            ""
+        };
         return Err(Error::Checkpoint(format!(
-            "{} does not match the model: missing {missing:?}, unexpected {unexpected:?}",
-            path.display()
+            "{} does not match the model: missing {}, unexpected {}{hint}",
+            path.display(),
+            first_names(&missing),
+            first_names(&unexpected)
         )));
     }
     for (name, var) in &vars {
@@ -342,7 +360,7 @@ pub fn load_named_weights(vs: &VarStore, file: &BTreeMap<String, Tensor>, origin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     #[test]
     fn save_load_is_bitwise_and_mismatches_are_named() {
@@ -365,6 +383,24 @@ mod tests {
         let _ = (vs4.root() / "b").f_zeros("weight", &[3, 2]).unwrap();
         let err = load_weights(&vs4, &path).unwrap_err().to_string();
         assert!(err.contains("missing [\"b.weight\"], unexpected [\"a.weight\"]"), "{err}");
+    }
+
+    #[test]
+    fn long_name_lists_are_cut_and_optimizer_files_are_recognised() {
+        let vs = VarStore::new(Device::Cpu);
+        for i in 0..8 {
+            let _ = (vs.root() / format!("p{i}")).f_zeros("weight", &[1]).unwrap();
+        }
+        let file: BTreeMap<String, Tensor> =
+            (0..8).map(|i| (format!("exp_avg.p{i}.weight"), Tensor::zeros([1], (Kind::Float, Device::Cpu)))).collect();
+        let err = load_named_weights(&vs, &file, Path::new("optimizer.safetensors")).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "missing [\"p0.weight\", \"p1.weight\", \"p2.weight\", \"p3.weight\", \"p4.weight\"] and 3 more"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with("(this looks like optimizer state, not model weights: use model.safetensors)"), "{err}");
     }
 
     #[test]

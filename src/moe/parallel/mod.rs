@@ -1,6 +1,5 @@
 //! Expert parallelism: `R` ranks each own `E/R` experts; token rows travel to the rank that owns
-//! their expert and the results come back (GShard, Lepikhin et al. 2020, arXiv 2006.16668, §2.3;
-//! DESIGN §6).
+//! their expert and the results come back (GShard, Lepikhin et al. 2020, arXiv 2006.16668, §2.3).
 //!
 //! * [`Collectives`] is the seam to the transport: [`SingleProcess`] (one rank, no-op),
 //!   [`ThreadGroup`] (one thread per device in one process, rows staged through host memory),

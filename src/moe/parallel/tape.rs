@@ -1,5 +1,5 @@
 //! Differentiable row exchanges without custom autograd: record every exchange of a forward pass
-//! and run the backward in segments (DESIGN §6).
+//! and run the backward in segments.
 
 use super::Collectives;
 use crate::error::{Error, Result};
