@@ -110,6 +110,16 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Two-sided 95% critical value of Student's t with `dof` degrees of freedom.
+fn t_critical_95(dof: usize) -> f64 {
+    const TABLE: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    match dof {
+        0 => f64::INFINITY,
+        d if d <= TABLE.len() => TABLE[d - 1],
+        _ => 1.96,
+    }
+}
+
 /// The median, robust to one run slowed by a busy machine.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -215,6 +225,9 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     report(&args, &variants, &shown.display().to_string())
 }
 
+/// Everything from this line on in an existing report is kept when the report is rewritten.
+const HAND_WRITTEN: &str = "<!-- hand-written reading below: kept by `make reproduce` -->";
+
 fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_moe::Result<()> {
     let mut rows = Vec::new();
     let (mut by_step, mut by_time) = (Vec::new(), Vec::new());
@@ -231,9 +244,12 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
             name.to_string(),
             (0..evals).map(|i| (mean_at(i, &|r| r.step as f64), mean_at(i, &|r| r.val_bpb))).collect(),
         ));
+        // Wall time: the median over seeds, like the step time (one run slowed by a busy machine
+        // would otherwise shift the whole curve).
+        let median_at = |i: usize, f: &dyn Fn(&EvalRecord) -> f64| median(runs.iter().map(|r| f(&r[i])).collect());
         by_time.push((
             name.to_string(),
-            (0..evals).map(|i| (mean_at(i, &|r| r.elapsed_s), mean_at(i, &|r| r.val_bpb))).collect(),
+            (0..evals).map(|i| (median_at(i, &|r| r.elapsed_s), mean_at(i, &|r| r.val_bpb))).collect(),
         ));
         rows.push((name.to_string(), mean_std(&finals), config.param_counts(), median(step_time), finals));
     }
@@ -245,7 +261,12 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
         "optimizer steps",
         "Validation bits per byte (mean over seeds)",
     )?;
-    plot(&by_time, &plots.join("val_bpb_vs_time.svg"), "wall time (s)", "Validation bits per byte against wall time")?;
+    plot(
+        &by_time,
+        &plots.join("val_bpb_vs_time.svg"),
+        "wall time (s, median over seeds)",
+        "Validation bits per byte (mean over seeds) against wall time",
+    )?;
     let dense_time = rows[0].3;
     let mut md = String::new();
     let _ = writeln!(md, "# Reproducing AltUp's and MoE's claims at small scale\n");
@@ -263,15 +284,16 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
         tch::get_num_threads(),
         args.eval_batches
     );
-    let _ = writeln!(md, "| stack | val bits/byte (mean ± std) | per seed | total params | active params | step time vs dense |\n|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| stack | val bits/byte (mean ± std) | per seed | total params | active params | step time (ms) | vs dense |\n|---|---|---|---|---|---|---|");
     for (name, (mean, std), counts, time, finals) in &rows {
         let per_seed: Vec<String> = finals.iter().map(|f| format!("{f:.4}")).collect();
         let _ = writeln!(
             md,
-            "| {name} | {mean:.4} ± {std:.4} | {} | {:.2}M | {:.2}M | {:.2}× |",
+            "| {name} | {mean:.4} ± {std:.4} | {} | {:.2}M | {:.2}M | {:.0} | {:.2}× |",
             per_seed.join(", "),
             counts.total as f64 / 1e6,
             counts.active_per_token as f64 / 1e6,
+            time * 1e3,
             time / dense_time
         );
     }
@@ -287,25 +309,40 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
     ];
     for (claim, a, b) in claims {
         let (Some(ra), Some(rb)) = (find(a), find(b)) else { continue };
-        let diff = ra.1 .0 - rb.1 .0;
-        let spread = (ra.1 .1.powi(2) + rb.1 .1.powi(2)).sqrt();
-        let verdict = if args.seeds < 2 {
-            "one seed: no spread to compare with"
-        } else if diff < -2.0 * spread {
-            "holds here (better by more than twice the combined seed spread)"
-        } else if diff > 2.0 * spread {
-            "does not hold here (worse by more than twice the combined seed spread)"
+        // Seed s gives every stack the same data order and validation windows, so the per-seed
+        // differences are paired: compare their mean with its standard error (Student's t).
+        let diffs: Vec<f64> = ra.4.iter().zip(&rb.4).map(|(x, y)| x - y).collect();
+        let (diff, diff_std) = mean_std(&diffs);
+        let n = diffs.len();
+        let t = diff / (diff_std / (n as f64).sqrt());
+        let t_crit = t_critical_95(n.saturating_sub(1));
+        let verdict = if n < 2 {
+            "one seed: no spread to compare with".to_string()
+        } else if t < -t_crit {
+            format!("holds here (paired t = {t:.1}, beyond the 95% bound ±{t_crit:.2})")
+        } else if t > t_crit {
+            format!("does not hold here: worse (paired t = {t:.1}, beyond ±{t_crit:.2})")
         } else {
-            "not resolved at this scale (the difference is within twice the combined seed spread)"
+            format!("not resolved at this scale (paired t = {t:.1}, within ±{t_crit:.2})")
         };
         let _ = writeln!(
             md,
-            "- **{claim}**: {a} − {b} = {diff:+.4} bits/byte (combined seed std {spread:.4}); step time {:.2}× → {verdict}.",
+            "- **{claim}**: {a} − {b} = {diff:+.4} bits/byte (per seed {}; std of the paired differences \
+             {diff_std:.4}; unpaired seed std {:.4}); step time {:.2}× → {verdict}.",
+            diffs.iter().map(|d| format!("{d:+.4}")).collect::<Vec<_>>().join(", "),
+            (ra.1 .1.powi(2) + rb.1 .1.powi(2)).sqrt(),
             ra.3 / rb.3
         );
     }
-    std::fs::write(&args.report, &md).map_err(|e| altup_moe::Error::io(&args.report, e))?;
     println!("{md}");
+    // Keep a hand-written reading of the numbers across regenerations.
+    if let Some(kept) = std::fs::read_to_string(&args.report)
+        .ok()
+        .and_then(|old| old.find(HAND_WRITTEN).map(|at| old[at..].to_string()))
+    {
+        let _ = write!(md, "\n{kept}");
+    }
+    std::fs::write(&args.report, &md).map_err(|e| altup_moe::Error::io(&args.report, e))?;
     eprintln!("wrote {} and {}/", args.report.display(), plots.display());
     Ok(())
 }
