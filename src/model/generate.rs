@@ -45,6 +45,14 @@ impl Default for Sampling {
     }
 }
 
+/// The checks both generation paths make before decoding.
+fn check_request(prompt: &[i64], sampling: Sampling) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::Input("the prompt must hold at least one token".into()));
+    }
+    sampling.validate()
+}
+
 impl LanguageModel {
     /// Extends `prompt` by `max_new_tokens` sampled tokens, in evaluation mode under `no_grad`;
     /// the random draws come from `rng`, so a seeded `rng` gives a reproducible sample.
@@ -63,10 +71,7 @@ impl LanguageModel {
         sampling: Sampling,
         rng: &mut impl Rng,
     ) -> Result<Vec<i64>> {
-        if prompt.is_empty() {
-            return Err(Error::Input("the prompt must hold at least one token".into()));
-        }
-        sampling.validate()?;
+        check_request(prompt, sampling)?;
         let device = self.device();
         let max_len = self.config().max_seq_len;
         let mut tokens = prompt.to_vec();
@@ -115,10 +120,7 @@ impl LanguageModel {
         sampling: Sampling,
         rng: &mut impl Rng,
     ) -> Result<Vec<i64>> {
-        if prompt.is_empty() {
-            return Err(Error::Input("the prompt must hold at least one token".into()));
-        }
-        sampling.validate()?;
+        check_request(prompt, sampling)?;
         let device = self.device();
         let max_len = self.config().max_seq_len;
         let mut tokens = prompt.to_vec();
