@@ -79,7 +79,8 @@ bench: venv
 	cargo run --release --example bench_report -- --peers $(BENCH_OUT)/peers.json --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
 	$(MAKE) bench-expert-parallel
 
-# Exchange overhead of expert parallelism (needs MPI; a few seconds).
+# Cost of expert parallelism: one-rank training step vs one process at 2, 8, 16 blocks (time and
+# peak RSS), exchange share with 2 ranks, one MoE layer with 2 and 4 ranks (needs MPI; ~10 min).
 bench-expert-parallel: venv
 	cargo run --release --features mpi --example expert_parallel_bench -- --out docs/benchmarks/expert_parallel.md
 

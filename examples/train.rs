@@ -18,11 +18,11 @@ use altup_moe::altup::{
     AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,
 };
 use altup_moe::model::{MoeLayers, Precision, Sampling};
-use altup_moe::moe::{Balancing, CapacityPriority, ExpertParallel, MoeConfig, RouterKind, ThreadGroup};
+use altup_moe::moe::{Balancing, CapacityPriority, ExpertParallel, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
-use altup_moe::train::checkpoint::{weight_tensors, write_atomic, write_tensors};
 use altup_moe::train::{
-    find_checkpoint, run, save_json, CheckpointMeta, Observer, RunOptions, Silent, TrainConfig, Trainer,
+    find_checkpoint, run, save_json, save_weights_gathered, CheckpointMeta, Observer, RunOptions, Silent, TrainConfig,
+    Trainer,
 };
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
 use clap::builder::TypedValueParser as _;
@@ -371,13 +371,6 @@ fn given(matches: &ArgMatches, ids: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The expert-parallel group of this MPI job.
-#[cfg(feature = "mpi")]
-fn expert_parallel_group() -> altup_moe::Result<(ExpertParallel, std::sync::Arc<altup_moe::moe::parallel::MpiWorld>)> {
-    let world = std::sync::Arc::new(altup_moe::moe::parallel::MpiWorld::init()?);
-    Ok((ExpertParallel::new(world.clone()), world))
-}
-
 fn train_main(
     args: Args,
     matches: &ArgMatches,
@@ -548,13 +541,7 @@ fn train_main(
         return Err(e);
     }
     // The whole model (an expert-parallel job gathers every rank's experts; rank 0 writes).
-    let mut weights = weight_tensors(&vs)?;
-    if let Some(p) = &parallel {
-        weights = p.gather_sharded(weights)?;
-    }
-    if main_rank {
-        write_atomic(&out.join("model.safetensors"), |tmp| write_tensors(tmp, &weights))?;
-    }
+    save_weights_gathered(&vs, parallel.as_ref(), &out.join("model.safetensors"))?;
     say!("wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}", out.display());
 
     if args.sample_len > 0 {
@@ -585,59 +572,10 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
-    let fail = |e: altup_moe::Error| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    };
-    if !args.devices.is_empty() {
-        let devices = args.devices.clone();
-        let ranks =
-            match ThreadGroup::run(&devices, |group, device| train_main(args.clone(), &matches, Some(group), device)) {
-                Ok(ranks) => ranks,
-                Err(e) => return fail(e),
-            };
-        let mut code = ExitCode::SUCCESS;
-        for (rank, result) in ranks.into_iter().enumerate() {
-            if let Err(e) = result {
-                eprintln!("error (rank {rank}, {}): {e}", device_name(devices[rank]));
-                code = ExitCode::FAILURE;
-            }
-        }
-        return code;
-    }
-    if !args.expert_parallel {
-        let device = args.device;
-        return train_main(args, &matches, None, device).map_or_else(fail, |()| ExitCode::SUCCESS);
-    }
-    #[cfg(feature = "mpi")]
-    {
-        let (group, world) = match expert_parallel_group() {
-            Ok(g) => g,
-            Err(e) => return fail(e),
-        };
-        let rank = group.rank();
-        // With CUDA, rank r takes device r mod the devices of its host.
-        let device = match args.device {
-            Device::Cuda(_) => Device::Cuda(rank % tch::Cuda::device_count().max(1) as usize),
-            device => device,
-        };
-        match train_main(args, &matches, Some(group), device) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                // The other ranks may be waiting in a collective: stop the whole job.
-                eprintln!("error (rank {rank}): {e}");
-                world.abort(1)
-            }
-        }
-    }
-    #[cfg(not(feature = "mpi"))]
-    {
-        eprintln!(
-            "error: --expert-parallel needs the MPI transport: build with `--features mpi` (Debian: apt-get install \
-             libopenmpi-dev openmpi-bin libclang1-14 libclang-common-14-dev) and start the ranks with mpirun -np R"
-        );
-        ExitCode::FAILURE
-    }
+    let (expert_parallel, devices, device) = (args.expert_parallel, args.devices.clone(), args.device);
+    common::run_ranks(expert_parallel, &devices, device, |group, device| {
+        train_main(args.clone(), &matches, group, device)
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //!
 //! ```text
 //! cargo run --example train_seq2seq -- --arch altup-moe --steps 400
+//! # expert parallelism over 2 processes (each holds half of every MoE layer's experts):
+//! cargo build --release --features mpi --example train_seq2seq
+//! mpirun -np 2 target/release/examples/train_seq2seq --expert-parallel --arch switch --steps 400
 //! ```
 //!
 //! Writes `OUT/config.json` (the encoder-decoder config), `OUT/train_config.json`,
@@ -13,8 +16,10 @@
 mod common;
 
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
+use altup_moe::moe::ExpertParallel;
 use altup_moe::train::{
-    run, save_json, save_weights, RunOptions, SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer,
+    run, save_json, save_weights_gathered, Observer, RunOptions, Silent, SpanCorruption, SpanCorruptionTask,
+    TrainConfig, Trainer,
 };
 use altup_moe::Arch;
 use clap::Parser;
@@ -30,7 +35,7 @@ use tch::{nn::VarStore, Device};
 /// Pre-train a small encoder-decoder on real text (default: the plays of Shakespeare) with T5's
 /// span-corruption objective: about 15% of the bytes, in spans of mean length 3, are replaced by
 /// sentinels, and the decoder reconstructs them.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version)]
 struct Args {
     /// Stack for both encoder and decoder: dense, switch, altup or altup-moe.
@@ -90,9 +95,30 @@ struct Args {
     /// Save a checkpoint every this many steps (0 = only after the last step).
     #[arg(long, default_value_t = 0)]
     save_every: u64,
+    /// Intra-op threads for libtorch [default: libtorch's choice].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    threads: Option<i32>,
+    /// Expert parallelism over the ranks of an MPI job (`mpirun -np R …`; needs a build with
+    /// `--features mpi`): each rank holds E/R experts of every MoE layer of both stacks and B/R
+    /// windows of every batch; rank 0 prints and writes. With CUDA, rank r uses
+    /// cuda:(r mod devices).
+    #[arg(long, conflicts_with = "devices")]
+    expert_parallel: bool,
+    /// Expert parallelism over several devices of this process, one rank (thread) per device,
+    /// e.g. cuda:0,cuda:1 (cpu,cpu works too, for trying it out).
+    #[arg(long, value_delimiter = ',', value_parser = parse_device)]
+    devices: Vec<Device>,
 }
 
-fn train_main(args: Args) -> altup_moe::Result<()> {
+fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> altup_moe::Result<()> {
+    let main_rank = parallel.as_ref().is_none_or(|p| p.rank() == 0);
+    // Only rank 0 talks; the others stay quiet unless they fail.
+    macro_rules! say {
+        ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
+    }
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
     let (data_path, corpus) = load_corpus(args.data.as_deref())?;
     let (train, val) = corpus.split(0.1)?;
     let corruption = SpanCorruption::default();
@@ -126,28 +152,39 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
         data: data_description(&data_path, &corpus),
         ..TrainConfig::default()
     };
-    let vs = VarStore::new(args.device);
-    let mut model = Seq2SeqModel::new(&vs.root(), &config)?;
+    let vs = VarStore::new(device);
+    let mut model = match &parallel {
+        Some(p) => Seq2SeqModel::new_expert_parallel(&vs.root(), &config, p.clone())?,
+        None => Seq2SeqModel::new(&vs.root(), &config)?,
+    };
     model.set_precision(args.dtype);
     let task = SpanCorruptionTask { model: &model, corruption: corruption.clone(), eval_seed: args.seed };
     let mut trainer = Trainer::new(&vs, &task, &train, &val, train_config.clone())?;
 
     let counts = config.param_counts();
-    eprintln!(
+    say!(
         "arch {} encoder-decoder | {} params ({} active per token) | device {} | {} windows of {} bytes -> {} input / {} target tokens",
         args.arch,
         human(counts.total),
         human(counts.active_per_token),
-        device_name(args.device),
+        match &parallel {
+            Some(p) => format!("{} x {} expert-parallel ranks", device_name(device), p.world_size()),
+            None => device_name(device),
+        },
         args.batch_size,
         args.seq_len,
         src_len,
         tgt_len,
     );
-    std::fs::create_dir_all(&args.out).map_err(|e| altup_moe::Error::io(&args.out, e))?;
-    save_json(&args.out.join("config.json"), &config)?;
-    save_json(&args.out.join("train_config.json"), &train_config)?;
+    if main_rank {
+        std::fs::create_dir_all(&args.out).map_err(|e| altup_moe::Error::io(&args.out, e))?;
+        save_json(&args.out.join("config.json"), &config)?;
+        save_json(&args.out.join("train_config.json"), &train_config)?;
+    }
     let bar = progress_bar(args.steps, 0);
+    if !main_rank {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let options = RunOptions {
         out_dir: args.out.clone(),
         save_every: (args.save_every > 0).then_some(args.save_every),
@@ -155,16 +192,20 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
         stop_after: None,
         overwrite: args.overwrite,
     };
-    let result = run(&mut trainer, None, &options, &mut Progress { bar: &bar });
+    let mut progress = Progress { bar: &bar };
+    let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
+    let result = run(&mut trainer, None, &options, observer);
     bar.finish_and_clear();
     result?;
-    save_weights(&vs, &args.out.join("model.safetensors"))?;
-    eprintln!(
+    // The whole model (an expert-parallel job gathers every rank's experts; rank 0 writes).
+    save_weights_gathered(&vs, parallel.as_ref(), &args.out.join("model.safetensors"))?;
+    say!(
         "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
         args.out.display()
     );
 
-    // Reconstruct one corrupted validation window.
+    // Reconstruct one corrupted validation window (every rank takes part: the MoE layers exchange
+    // rows; greedy decoding gives every rank the same tokens).
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let window = &val.bytes()[..args.seq_len.min(val.len())];
     let mask = corruption.noise_mask(window.len(), &mut rng)?;
@@ -194,12 +235,16 @@ fn train_main(args: Args) -> altup_moe::Result<()> {
             })
             .collect()
     };
-    println!("--- corrupted input ---\n{}", show(&input));
-    println!("--- target ---\n{}", show(&target));
-    println!("--- model ---\n{}", show(&predicted));
+    if main_rank {
+        println!("--- corrupted input ---\n{}", show(&input));
+        println!("--- target ---\n{}", show(&target));
+        println!("--- model ---\n{}", show(&predicted));
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    common::exit_code(train_main(Args::parse()))
+    let args = Args::parse();
+    let (expert_parallel, devices, device) = (args.expert_parallel, args.devices.clone(), args.device);
+    common::run_ranks(expert_parallel, &devices, device, |group, device| train_main(args.clone(), group, device))
 }

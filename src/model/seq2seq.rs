@@ -11,6 +11,7 @@ use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
 use crate::model::presets::Arch;
 use crate::model::stack::{check_tokens, Stack, StackCache, StackContext};
+use crate::moe::ExpertParallel;
 use crate::nn::{Embedding, InitScheme, Linear};
 use crate::shape::{accumulate_kind, cast_like};
 use rand::Rng;
@@ -114,6 +115,7 @@ pub struct Seq2SeqModel {
     encoder: Stack,
     decoder: Stack,
     head: Option<Linear>,
+    parallel: Option<ExpertParallel>,
 }
 
 impl Seq2SeqModel {
@@ -122,6 +124,24 @@ impl Seq2SeqModel {
     /// # Errors
     /// [`Error::Config`] from [`Seq2SeqConfig::validate`].
     pub fn new(path: &nn::Path, config: &Seq2SeqConfig) -> Result<Self> {
+        Self::build(path, config, None)
+    }
+
+    /// This rank's part of an expert-parallel encoder-decoder over `parallel`: as
+    /// [`crate::LanguageModel::new_expert_parallel`], for both stacks (every parameter but the
+    /// experts replicated; each MoE layer holds experts `r·E/R .. (r+1)·E/R`, initialised as in
+    /// [`Seq2SeqModel::new`]). Every rank must run the same calls; train it with
+    /// [`crate::train::Trainer`] and [`crate::train::SpanCorruptionTask`], which shard each
+    /// batch over the ranks.
+    ///
+    /// # Errors
+    /// As [`Seq2SeqModel::new`]; [`Error::Config`] if an MoE layer's `num_experts` is not a
+    /// multiple of the ranks or its routing needs the whole batch in one place.
+    pub fn new_expert_parallel(path: &nn::Path, config: &Seq2SeqConfig, parallel: ExpertParallel) -> Result<Self> {
+        Self::build(path, config, Some(parallel))
+    }
+
+    fn build(path: &nn::Path, config: &Seq2SeqConfig, parallel: Option<ExpertParallel>) -> Result<Self> {
         config.validate()?;
         let (e, d) = (&config.encoder, &config.decoder);
         let init = InitScheme::gpt2(d.init_std, e.num_layers + d.num_layers, d.init_seed);
@@ -130,14 +150,21 @@ impl Seq2SeqModel {
         } else {
             None
         };
-        let encoder = Stack::new(&(path / "encoder"), e, &init, shared.as_ref().map(Embedding::share))?;
-        let decoder = Stack::new(&(path / "decoder"), d, &init, shared.as_ref().map(Embedding::share))?;
+        let share = || shared.as_ref().map(Embedding::share);
+        let encoder = Stack::build(&(path / "encoder"), e, &init, share(), parallel.as_ref())?;
+        let decoder = Stack::build(&(path / "decoder"), d, &init, share(), parallel.as_ref())?;
         let head = if d.tie_embeddings {
             None
         } else {
             Some(Linear::new(&(path / "head"), d.d_model as i64, d.vocab_size as i64, init.std, &init)?)
         };
-        Ok(Self { config: config.clone(), encoder, decoder, head })
+        Ok(Self { config: config.clone(), encoder, decoder, head, parallel })
+    }
+
+    /// The expert-parallel group the model's MoE layers exchange tokens over (`None` in one
+    /// process).
+    pub fn expert_parallel(&self) -> Option<&ExpertParallel> {
+        self.parallel.as_ref()
     }
 
     /// The configuration.

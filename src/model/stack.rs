@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::output::{LayerAux, ModelAux};
 use crate::model::precision::Precision;
-use crate::moe::{ExpertParallel, MoeAux};
+use crate::moe::{ExpertParallel, GraphCuts, MoeAux};
 use crate::nn::{Block, BlockCache, BlockContext, Embedding, Ffn, InitScheme, RmsNorm};
 use tch::{nn, Kind, Tensor};
 
@@ -77,6 +77,9 @@ pub struct Stack {
     sequence_altup: Vec<SequenceAltUp>,
     final_norm: RmsNorm,
     precision: Precision,
+    /// Backward segment boundaries (block inputs, the encoder memory) when the stack's MoE layers
+    /// exchange tokens between ranks.
+    cuts: GraphCuts,
 }
 
 impl Stack {
@@ -91,7 +94,10 @@ impl Stack {
     }
 
     /// [`Stack::new`] with its MoE layers expert-parallel over `parallel` when given (this rank
-    /// holds its slice of every MoE layer's experts; see [`crate::moe::ExpertParallel`]).
+    /// holds its slice of every MoE layer's experts; see [`crate::moe::ExpertParallel`]). A stack
+    /// whose MoE layers exchange rows also cuts its graph at every block input and at the
+    /// encoder memory, so that the segmented backward walks each block once
+    /// ([`crate::moe::parallel::ExchangeTape`]).
     ///
     /// # Errors
     /// As [`Stack::new`]; [`Error::Config`] if an MoE config does not suit expert parallelism.
@@ -131,6 +137,12 @@ impl Stack {
         }
         let widening = config.altup.as_ref().map(|a| AltUpWidening::new(path, a, d, init)).transpose()?;
         let final_norm = RmsNorm::new(&(path / "final_norm"), d as i64, config.norm_eps)?;
+        // Exchanges cut the graph; cutting also at every block input keeps each backward
+        // segment inside one block (see `moe::parallel::ExchangeTape`).
+        let cuts = match parallel {
+            Some(p) if blocks.iter().any(Block::is_moe) => GraphCuts::on(p.tape()),
+            _ => GraphCuts::none(),
+        };
         Ok(Self {
             config: config.clone(),
             embed,
@@ -140,6 +152,7 @@ impl Stack {
             sequence_altup,
             final_norm,
             precision: Precision::F32,
+            cuts,
         })
     }
 
@@ -240,12 +253,15 @@ impl Stack {
             };
             Err(Error::NonFinite { step: 0, what })
         };
+        let memory = ctx.memory.map(|m| self.cuts.cut(m)).transpose()?;
+        let ctx = &StackContext { memory: memory.as_ref(), ..*ctx };
         let mut layers = Vec::with_capacity(self.blocks.len());
         let hidden = match (&self.config.altup, &self.widening) {
             (Some(altup_config), Some(widening)) => {
                 let k = altup_config.num_blocks;
                 let mut x = widening.widen(&embedded)?;
                 for (layer, altup) in self.altup.iter().enumerate() {
+                    x = self.cuts.cut(&x)?;
                     let active = altup_config.selection.active_block(layer, k);
                     let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
                     let (y, moe) =
@@ -259,6 +275,7 @@ impl Stack {
             _ => {
                 let mut x = embedded;
                 for layer in 0..self.blocks.len() {
+                    x = self.cuts.cut(&x)?;
                     let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
                     let (y, moe) = self.run_block(layer, &x, ctx, block_cache)?;
                     check(layer, &y, &moe)?;

@@ -10,11 +10,27 @@
 //! of the input, so its backward writes each gradient row once.
 
 use crate::error::Result;
+use crate::moe::batch::{BatchCounts, PartCounts};
 use crate::moe::experts::Experts;
-use crate::moe::parallel::Collectives;
-use crate::moe::plan::DispatchPlan;
+use crate::moe::plan::{count_real, DispatchPlan};
 use crate::shape::{accumulate_kind, expect_shape};
 use tch::Tensor;
+
+/// What a layer pass knows about its own tokens before dispatch, for
+/// [`TokenDispatcher::count_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct LocalRouting<'a> {
+    /// Token rows `N` of this pass (real and masked).
+    pub num_tokens: i64,
+    /// Token mask `[N]` bool (true = real), `None` = all real.
+    pub valid: Option<&'a Tensor>,
+    /// Token-choice expert indices `[N, k]`; `None` for expert choice.
+    pub expert_index: Option<&'a Tensor>,
+    /// Number of experts `E`.
+    pub num_experts: i64,
+    /// Whether the pass records autograd (gradient mode on; every rank must agree).
+    pub needs_grad: bool,
+}
 
 /// Moves token rows to experts and expert outputs back to tokens.
 pub trait TokenDispatcher: std::fmt::Debug + Send {
@@ -38,23 +54,46 @@ pub trait TokenDispatcher: std::fmt::Debug + Send {
     fn combine(&self, expert_out: &Tensor, plan: &DispatchPlan) -> Result<Tensor>;
 
     /// Dispatch, expert computation and combine. A dispatcher that moves rows to other ranks
-    /// runs `experts` (this rank's experts) on the rows it receives.
+    /// runs `experts` (this rank's experts) on the rows it receives, using `batch` (from
+    /// [`TokenDispatcher::count_batch`]) to know how many rows each rank sends.
     ///
     /// # Shapes
     /// `tokens`: `[N, D]` → `[N, D]`.
     ///
     /// # Errors
     /// Errors of dispatch, the experts, combine, or the transport.
-    fn run(&self, tokens: &Tensor, plan: &DispatchPlan, experts: &Experts) -> Result<Tensor> {
+    fn run(&self, tokens: &Tensor, plan: &DispatchPlan, batch: &BatchCounts, experts: &Experts) -> Result<Tensor> {
+        let _ = batch;
         let rows = self.dispatch(tokens, plan)?;
         let expert_out = experts.forward(&rows, &plan.group_sizes)?;
         self.combine(&expert_out, plan)
     }
 
-    /// The ranks this dispatcher spans (`None` for a single process): the MoE layer then makes
-    /// capacity and statistics global.
-    fn collectives(&self) -> Option<&dyn Collectives> {
-        None
+    /// The layer's token rows as this dispatcher needs them. Locally they are returned as they
+    /// are; a dispatcher that exchanges rows cuts the graph here (the rows' gradient arrives in
+    /// two parts, see [`crate::moe::parallel::ExchangeTape`]).
+    ///
+    /// # Shapes
+    /// `tokens`: `[N, D]` → `[N, D]`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    fn layer_input(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(tokens.shallow_clone())
+    }
+
+    /// The batch this pass's tokens belong to: held whole locally (the default); with expert
+    /// parallelism, every rank's token and assignment counts (one collective per layer and
+    /// pass), from which capacity and the layer's statistics become global.
+    ///
+    /// # Errors
+    /// Transport errors; [`crate::Error::Input`] if ranks disagree on gradients.
+    fn count_batch(&self, local: &LocalRouting) -> Result<BatchCounts> {
+        Ok(BatchCounts::whole(PartCounts {
+            tokens: local.num_tokens,
+            real_tokens: count_real(local.valid, local.num_tokens)?,
+            needs_grad: local.needs_grad,
+        }))
     }
 }
 

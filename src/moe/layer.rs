@@ -5,11 +5,11 @@
 
 use crate::error::{Error, Result};
 use crate::moe::config::{Balancing, CapacityPriority, MoeConfig, RouterKind};
-use crate::moe::dispatch::{SortDispatcher, TokenDispatcher};
+use crate::moe::dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
 use crate::moe::experts::Experts;
-use crate::moe::loss::{load_balancing_loss, load_balancing_loss_partial, router_entropy, router_z_loss};
-use crate::moe::parallel::{all_reduce_tensor, Collectives, ExchangeTape, ExpertParallelDispatcher};
-use crate::moe::plan::{count_real, expert_capacity, plan_expert_choice, plan_token_choice, plan_token_choice_limited};
+use crate::moe::loss::{load_balancing_loss, router_entropy, router_z_loss};
+use crate::moe::parallel::{grad_mode_enabled, Collectives, ExchangeTape, ExpertParallelDispatcher};
+use crate::moe::plan::{expert_capacity, plan_expert_choice, plan_token_choice_limited};
 use crate::moe::router::{select_top_k, Router};
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::init::InitScheme;
@@ -161,53 +161,46 @@ impl MoeLayer {
         if size.last().copied() != Some(d) {
             return Err(Error::Shape(format!("MoE input must have last dimension {d}, got shape {size:?}")));
         }
-        let tokens = x.f_reshape([-1, d])?;
+        let tokens = self.dispatcher.layer_input(&x.f_reshape([-1, d])?)?;
         let n = tokens.size()[0];
-        // With expert parallelism a rank may hold no tokens; it still takes part in the exchanges.
-        if n == 0 && self.dispatcher.collectives().is_none() {
-            return Err(Error::Shape(format!("MoE input holds no tokens (shape {size:?})")));
-        }
         let valid = mask.map(|m| flat_mask(m, &size[..size.len() - 1], x.device())).transpose()?;
         let valid = valid.as_ref();
-        let comm = self.dispatcher.collectives();
-        let local_real = count_real(valid, n)?;
-        let num_real = match comm {
-            Some(c) => {
-                let mut v = [local_real as f64];
-                c.all_reduce_sum_f64(&mut v)?;
-                v[0] as i64
-            }
-            None => local_real,
-        };
 
         let scores = self.router.scores(&tokens, train)?;
         let e = self.router.num_experts();
         let cf = self.config.capacity_factor_for(train);
         let min_capacity = self.config.min_capacity as i64;
-        let plan = match self.config.router {
+        let needs_grad = grad_mode_enabled();
+        let local = |expert_index| LocalRouting { num_tokens: n, valid, expert_index, num_experts: e, needs_grad };
+        let (plan, batch) = match self.config.router {
             RouterKind::TokenChoice => {
                 let k = self.config.top_k as i64;
                 let (index, gate) =
                     select_top_k(&scores.probs, k, self.config.normalize_gates, self.router.expert_bias.as_ref())?;
-                let capacity = cf.map(|cf| expert_capacity(num_real, e, k, cf, min_capacity)).transpose()?;
+                // Capacity counts the real tokens of the whole batch (every rank's, in parallel).
+                let batch = self.dispatcher.count_batch(&local(Some(&index)))?;
+                let capacity =
+                    cf.map(|cf| expert_capacity(batch.num_real_tokens(), e, k, cf, min_capacity)).transpose()?;
+                let limits = capacity.map(|c| batch.capacity_limits(c, x.device())).transpose()?.flatten();
                 let priority = match self.config.priority {
                     CapacityPriority::Position => None,
                     CapacityPriority::Confidence => Some(scores.probs.f_amax(-1, false)?),
                 };
-                match (comm, capacity) {
-                    (Some(c), Some(capacity)) => {
-                        let limits = rank_limits(c, &index, valid, e, capacity)?;
-                        plan_token_choice_limited(&index, &gate, e, valid, Some(capacity), Some(&limits), None)?
-                    }
-                    _ => plan_token_choice(&index, &gate, e, valid, capacity, priority.as_ref())?,
-                }
+                let plan =
+                    plan_token_choice_limited(&index, &gate, e, valid, capacity, limits.as_ref(), priority.as_ref())?;
+                (plan, batch)
             }
             RouterKind::ExpertChoice => {
                 let cf = cf.ok_or_else(|| Error::Config("expert_choice routing needs a capacity factor".into()))?;
-                plan_expert_choice(&scores.probs, valid, expert_capacity(num_real, e, 1, cf, min_capacity)?)?
+                let batch = self.dispatcher.count_batch(&local(None))?;
+                let capacity = expert_capacity(batch.num_real_tokens(), e, 1, cf, min_capacity)?;
+                (plan_expert_choice(&scores.probs, valid, capacity)?, batch)
             }
         };
-        let mut out = self.dispatcher.run(&tokens, &plan, &self.experts)?;
+        if batch.num_tokens() == 0 {
+            return Err(Error::Shape(format!("MoE input holds no tokens (shape {size:?})")));
+        }
+        let mut out = self.dispatcher.run(&tokens, &plan, &batch, &self.experts)?;
         if let Some(shared) = &self.shared {
             let mut y = shared.forward(&tokens)?;
             if let Some(v) = valid {
@@ -215,43 +208,16 @@ impl MoeLayer {
             }
             out = out.f_add(&y)?;
         }
-        let aux = match comm {
-            None => MoeAux {
-                load_balancing_loss: load_balancing_loss(&scores.probs, &plan.routed_per_expert, valid)?,
-                z_loss: router_z_loss(&scores.logits, valid)?,
-                tokens_per_expert: plan.routed_per_expert.shallow_clone(),
-                dropped_fraction: plan.dropped_fraction,
-                router_entropy: router_entropy(&scores.probs, valid)?,
-                capacity: plan.capacity,
-                num_real_tokens: num_real,
-            },
-            Some(c) => {
-                let routed = all_reduce_tensor(c, &plan.routed_per_expert)?;
-                let mut kept = [plan.num_kept() as f64];
-                c.all_reduce_sum_f64(&mut kept)?;
-                let total = (routed.f_sum(Kind::Int64)?.f_int64_value(&[])?).max(1) as f64;
-                let n_global = num_real.max(1) as f64;
-                let share = local_real as f64 / n_global;
-                let (load_balancing_loss, z_loss, router_entropy) = if local_real == 0 {
-                    let zero = || Tensor::f_zeros([], (scores.logits.kind(), scores.logits.device()));
-                    (zero()?, zero()?, zero()?)
-                } else {
-                    (
-                        load_balancing_loss_partial(&scores.probs, &routed, valid, n_global)?,
-                        router_z_loss(&scores.logits, valid)?.f_mul_scalar(share)?,
-                        router_entropy(&scores.probs, valid)?.f_mul_scalar(share)?,
-                    )
-                };
-                MoeAux {
-                    load_balancing_loss,
-                    z_loss,
-                    tokens_per_expert: routed,
-                    dropped_fraction: 1.0 - kept[0] / total,
-                    router_entropy,
-                    capacity: plan.capacity,
-                    num_real_tokens: num_real,
-                }
-            }
+        // Statistics of the whole batch: global fractions, and this part's share of each mean.
+        let routed = batch.routed_per_expert(&plan.routed_per_expert)?;
+        let aux = MoeAux {
+            load_balancing_loss: batch.share(load_balancing_loss(&scores.probs, &routed, valid)?)?,
+            z_loss: batch.share(router_z_loss(&scores.logits, valid)?)?,
+            router_entropy: batch.share(router_entropy(&scores.probs, valid)?)?,
+            tokens_per_expert: routed,
+            dropped_fraction: batch.dropped_fraction(plan.capacity, plan.dropped_fraction),
+            capacity: plan.capacity,
+            num_real_tokens: batch.num_real_tokens(),
         };
         Ok((out.f_view(size.as_slice())?, aux))
     }
@@ -270,41 +236,6 @@ impl MoeLayer {
             Balancing::AuxLoss => Ok(()),
         }
     }
-}
-
-/// Capacity limits `[k, E]` of this rank's assignments with expert parallelism: the positional
-/// priority of one rank holding the whole batch (first choices of every rank before any second
-/// choice; ranks in order), so that the kept set equals the single-process one.
-fn rank_limits(
-    comm: &dyn Collectives,
-    index: &Tensor,
-    valid: Option<&Tensor>,
-    e: i64,
-    capacity: i64,
-) -> Result<Tensor> {
-    let (_, k) = index.size2()?;
-    let device = index.device();
-    let mut experts = index.shallow_clone();
-    if let Some(v) = valid {
-        experts = experts.f_where_self(&v.f_unsqueeze(1)?, &Tensor::f_full([1], e, (Kind::Int64, device))?)?;
-    }
-    // Routed assignments per (choice, expert) on this rank.
-    let local =
-        experts.f_transpose(0, 1)?.f_one_hot(e + 1)?.f_sum_dim_intlist(1, false, Kind::Int64)?.f_narrow(1, 0, e)?;
-    let local = Vec::<i64>::try_from(&local.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
-    let all = comm.all_gather_i64(&local)?; // [R, k, E]
-    let (ranks, me) = (comm.world_size(), comm.rank());
-    let (k, e) = (k as usize, e as usize);
-    let at = |r: usize, c: usize, x: usize| all[(r * k + c) * e + x];
-    let mut limits = Vec::with_capacity(k * e);
-    for c in 0..k {
-        for x in 0..e {
-            let earlier_choices: i64 = (0..c).map(|c2| (0..ranks).map(|r| at(r, c2, x)).sum::<i64>()).sum();
-            let earlier_ranks: i64 = (0..me).map(|r| at(r, c, x)).sum();
-            limits.push((capacity - earlier_choices - earlier_ranks).max(0));
-        }
-    }
-    Ok(Tensor::from_slice(&limits).f_view([k as i64, e as i64])?.f_to_device(device)?)
 }
 
 /// Flattens a token mask to `[N]` bool after checking its shape.

@@ -69,32 +69,6 @@ pub fn load_balancing_loss(probs: &Tensor, routed_per_expert: &Tensor, valid: Op
     Ok(fraction.f_mul(&mean_prob)?.f_sum(acc)?.f_mul_scalar(e as f64)?)
 }
 
-/// This rank's share of a load-balancing loss computed over several ranks (expert parallelism):
-/// `E · Σ_e f_e · S_e / N` with `f_e` from the *global* counts `routed_global`, `S_e` the sum of
-/// this rank's probabilities of expert `e` over its real tokens and `N` the global number of real
-/// tokens. The shares of all ranks add up to [`load_balancing_loss`] over the whole batch.
-///
-/// # Shapes
-/// `probs`: `[N_local, E]`; `routed_global`: `[E]`; `valid`: `[N_local]` bool → scalar.
-///
-/// # Errors
-/// [`Error::Shape`] if the shapes disagree.
-pub fn load_balancing_loss_partial(
-    probs: &Tensor,
-    routed_global: &Tensor,
-    valid: Option<&Tensor>,
-    num_tokens_global: f64,
-) -> Result<Tensor> {
-    let (n, _) = check(probs, valid, "load_balancing_loss_partial")?;
-    let real = match valid {
-        Some(v) => v.f_sum(Kind::Int64)?.f_int64_value(&[])? as f64,
-        None => n as f64,
-    };
-    // The local-mean loss with global fractions, rescaled from local to global token counts.
-    let local = load_balancing_loss(probs, routed_global, valid)?;
-    Ok(local.f_mul_scalar(real.max(1.0) / num_tokens_global.max(1.0))?)
-}
-
 /// Router z-loss `mean_t (logsumexp_e h_{t,e})²` over real tokens, on the router *logits*
 /// (Zoph et al. 2022, "ST-MoE", arXiv 2202.08906, eq. 5). Keeps logits small, which keeps the f32
 /// softmax exact.

@@ -25,6 +25,7 @@
 //! | aux-loss-free bias balancing | DeepSeek-V3, arXiv 2412.19437 |
 //! | dropless grouped-matmul dispatch | MegaBlocks, arXiv 2211.15841 |
 
+pub mod batch;
 pub mod config;
 pub mod dispatch;
 pub mod experts;
@@ -35,12 +36,15 @@ pub mod plan;
 pub mod reference;
 pub mod router;
 
+pub use batch::{BatchCounts, PartCounts};
 pub use config::{Balancing, CapacityPriority, MoeConfig, RouterKind};
-pub use dispatch::{SortDispatcher, TokenDispatcher};
+pub use dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
 pub use experts::{ExpertBackend, Experts};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
-pub use parallel::{Collectives, ExchangeTape, ExpertParallel, ExpertParallelDispatcher, SingleProcess, ThreadGroup};
-pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, plan_token_choice_limited, DispatchPlan};
+pub use parallel::{
+    Collectives, ExchangeTape, ExpertParallel, ExpertParallelDispatcher, GraphCuts, SingleProcess, ThreadGroup,
+};
+pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, DispatchPlan};
 pub use reference::one_hot_moe;
 pub use router::{select_top_k, Router, RouterScores, Routing};

@@ -103,13 +103,14 @@ pub fn plan_token_choice(
     plan_token_choice_limited(expert_index, gate, num_experts, valid, capacity, None, token_priority)
 }
 
-/// [`plan_token_choice`] where, instead of one capacity per expert, `limits` (`[k, E]` i64) caps
-/// how many assignments of choice `c` expert `e` keeps (expert parallelism: the slots left for
-/// this rank after the assignments that precede it on other ranks). `capacity` is only reported.
+/// [`plan_token_choice`] where, instead of one capacity per expert, `limits` (`[k, E]` i64) may
+/// cap how many assignments of choice `c` expert `e` keeps (a batch split over ranks: the slots
+/// left for this rank after the assignments that precede it on other ranks, see
+/// [`crate::moe::BatchCounts::capacity_limits`]). With limits, `capacity` is only reported.
 ///
 /// # Errors
 /// As [`plan_token_choice`]; [`Error::Shape`] if `limits` is not `[k, E]`.
-pub fn plan_token_choice_limited(
+pub(crate) fn plan_token_choice_limited(
     expert_index: &Tensor,
     gate: &Tensor,
     num_experts: i64,

@@ -4,7 +4,7 @@
 //! an MoE layer, arXiv 2101.03961 §2).
 
 use crate::error::Result;
-use crate::moe::{ExpertParallel, MoeAux, MoeConfig, MoeLayer};
+use crate::moe::{ExpertParallel, GraphCuts, MoeAux, MoeConfig, MoeLayer};
 use crate::nn::attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::init::InitScheme;
@@ -84,6 +84,8 @@ pub struct Block {
     pub ffn_norm: RmsNorm,
     /// Dense FFN or MoE.
     pub ffn: Ffn,
+    /// Backward segment boundary before the FFN sublayer of an expert-parallel MoE block.
+    cuts: GraphCuts,
     d_model: i64,
 }
 
@@ -109,6 +111,12 @@ impl Block {
         init: &InitScheme,
         parallel: Option<&ExpertParallel>,
     ) -> Result<Self> {
+        // An expert-parallel MoE block cuts its graph before the FFN sublayer: the residual's
+        // gradient arrives there in parts (see `moe::parallel::ExchangeTape`).
+        let cuts = match (&config.ffn, parallel) {
+            (FfnConfig::Moe(_), Some(p)) => GraphCuts::on(p.tape()),
+            _ => GraphCuts::none(),
+        };
         let ffn = match (&config.ffn, parallel) {
             (FfnConfig::Dense(c), _) => Ffn::Dense(FeedForward::new(&(path / "ffn"), d_model, c, init)?),
             (FfnConfig::Moe(c), None) => Ffn::Moe(Box::new(MoeLayer::new(&(path / "moe"), d_model, c, init)?)),
@@ -135,6 +143,7 @@ impl Block {
             cross,
             ffn_norm: RmsNorm::new(&(path / "ffn_norm"), d_model as i64, config.norm_eps)?,
             ffn,
+            cuts,
             d_model: d_model as i64,
         })
     }
@@ -183,6 +192,7 @@ impl Block {
             let y = cross.forward(&norm.forward(&x)?, memory, ctx.memory_mask, cache.map(|c| &mut c.cross_attn))?;
             x = x.f_add(&y)?;
         }
+        let x = self.cuts.cut(&x)?;
         let h = self.ffn_norm.forward(&x)?;
         let (y, aux) = match &self.ffn {
             Ffn::Dense(ffn) => (ffn.forward(&h)?, None),

@@ -8,6 +8,7 @@
 //! checkpoints are kept.
 
 use crate::error::{Error, Result};
+use crate::moe::ExpertParallel;
 use crate::train::metrics::MetricsWindow;
 use crate::train::trainer::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -279,7 +280,23 @@ pub fn named_variables(vs: &VarStore) -> Result<BTreeMap<String, Tensor>> {
 /// # Errors
 /// [`Error::Checkpoint`] for duplicate names, [`Error::Io`] / [`Error::Torch`] on write errors.
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
-    let named = weight_tensors(vs)?;
+    save_weights_gathered(vs, None, path)
+}
+
+/// [`save_weights`] for a model that may be expert-parallel: with a group, every rank must call
+/// it; each rank's experts are gathered into the whole model (the single-process format) and
+/// rank 0 writes the file.
+///
+/// # Errors
+/// As [`save_weights`]; transport errors.
+pub fn save_weights_gathered(vs: &VarStore, parallel: Option<&ExpertParallel>, path: &Path) -> Result<()> {
+    let mut named = weight_tensors(vs)?;
+    if let Some(p) = parallel {
+        named = p.gather_sharded(named)?;
+        if p.rank() != 0 {
+            return Ok(());
+        }
+    }
     write_atomic(path, |tmp| write_tensors(tmp, &named))
 }
 

@@ -12,7 +12,8 @@ pub mod task;
 pub mod trainer;
 
 pub use checkpoint::{
-    find_checkpoint, load_weights, save_json, save_weights, write_atomic, CheckpointMeta, TrainerState,
+    find_checkpoint, load_weights, save_json, save_weights, save_weights_gathered, write_atomic, CheckpointMeta,
+    TrainerState,
 };
 pub use data::{find_shakespeare, Batch, ByteDataset, Corpus};
 pub use metrics::{EvalRecord, MetricsWindow, MetricsWriter, MoeLayerMetrics};

@@ -288,6 +288,16 @@ impl Task for SpanCorruptionTask<'_> {
         })
     }
 
+    fn expert_parallel(&self) -> Option<&ExpertParallel> {
+        self.model.expert_parallel()
+    }
+
+    fn shard_batch(&self, batch: Seq2SeqBatch, rank: usize, ranks: usize) -> Result<Seq2SeqBatch> {
+        let per = batch.src.size()[0] / ranks as i64;
+        let rows = |t: &Tensor| t.f_narrow(0, rank as i64 * per, per);
+        Ok(Seq2SeqBatch { src: rows(&batch.src)?, tgt_in: rows(&batch.tgt_in)?, tgt_out: rows(&batch.tgt_out)? })
+    }
+
     fn update_expert_biases(&self, counts: &[(&'static str, usize, Tensor)]) -> Result<()> {
         for stack_name in ["encoder", "decoder"] {
             let layers: Vec<(usize, Tensor)> =

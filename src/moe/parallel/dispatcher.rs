@@ -2,15 +2,17 @@
 
 use super::{Collectives, ExchangeTape};
 use crate::error::{Error, Result};
-use crate::moe::dispatch::{SortDispatcher, TokenDispatcher};
+use crate::moe::batch::{BatchCounts, PartCounts};
+use crate::moe::dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
 use crate::moe::experts::Experts;
-use crate::moe::plan::DispatchPlan;
+use crate::moe::plan::{count_real, DispatchPlan};
 use std::sync::Arc;
 use tch::Tensor;
 
 /// Dispatches token rows to the ranks owning their experts: rank `r` owns experts
-/// `r·E/R .. (r+1)·E/R`. Per MoE layer and pass: one fixed-size all-to-all of counts, one
-/// variable all-to-all of rows out, one of results back (see the module docs).
+/// `r·E/R .. (r+1)·E/R`. Per MoE layer and pass: one all-gather of every rank's token and
+/// assignment counts ([`TokenDispatcher::count_batch`]), one variable all-to-all of rows out and
+/// one of results back, in the activations' dtype (see the module docs).
 #[derive(Debug, Clone)]
 pub struct ExpertParallelDispatcher {
     comm: Arc<dyn Collectives>,
@@ -19,7 +21,7 @@ pub struct ExpertParallelDispatcher {
 }
 
 impl ExpertParallelDispatcher {
-    /// A dispatcher over `comm` for `num_experts` experts recording exchanges on `tape`.
+    /// A dispatcher over `comm` for `num_experts` experts recording cuts and exchanges on `tape`.
     ///
     /// # Errors
     /// [`Error::Config`] if `num_experts` is not a multiple of the number of ranks.
@@ -55,13 +57,39 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         SortDispatcher.combine(expert_out, plan)
     }
 
-    fn collectives(&self) -> Option<&dyn Collectives> {
-        Some(self.comm.as_ref())
+    fn layer_input(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.tape.cut(tokens)
     }
 
-    fn run(&self, tokens: &Tensor, plan: &DispatchPlan, experts: &Experts) -> Result<Tensor> {
+    fn count_batch(&self, local: &LocalRouting) -> Result<BatchCounts> {
+        let index = local.expert_index.ok_or_else(|| {
+            Error::Config(
+                "expert parallelism supports token-choice routing only (expert choice needs the whole batch)".into(),
+            )
+        })?;
+        let e = local.num_experts;
+        let (_, k) = index.size2()?;
+        // One all-gather: [rows, real rows, needs grad, assignments per (choice, expert)].
+        let mut mine = vec![local.num_tokens, count_real(local.valid, local.num_tokens)?, local.needs_grad as i64];
+        mine.extend(BatchCounts::count_assignments(index, local.valid, e)?);
+        let width = mine.len();
+        let all = self.comm.all_gather_i64(&mine)?;
+        if all.len() != width * self.comm.world_size() {
+            return Err(Error::Input(format!(
+                "the ranks sent routing counts of different lengths ({} values for {} ranks of {width})",
+                all.len(),
+                self.comm.world_size()
+            )));
+        }
+        let parts =
+            all.chunks(width).map(|c| PartCounts { tokens: c[0], real_tokens: c[1], needs_grad: c[2] != 0 }).collect();
+        let assignments = all.chunks(width).flat_map(|c| c[3..].iter().copied()).collect();
+        BatchCounts::split(self.comm.rank(), parts, assignments, k as usize, e as usize)
+    }
+
+    fn run(&self, tokens: &Tensor, plan: &DispatchPlan, batch: &BatchCounts, experts: &Experts) -> Result<Tensor> {
         let comm = self.comm.as_ref();
-        let (ranks, local) = (comm.world_size(), self.local_experts());
+        let (ranks, local, me) = (comm.world_size(), self.local_experts(), comm.rank());
         if plan.group_sizes.len() != self.num_experts || experts.num_experts() as usize != local {
             return Err(Error::Shape(format!(
                 "expert-parallel layer expects {} global and {local} local experts, got a plan over {} and {} local",
@@ -70,14 +98,28 @@ impl TokenDispatcher for ExpertParallelDispatcher {
                 experts.num_experts()
             )));
         }
-        let rows = SortDispatcher.dispatch(tokens, plan)?; // grouped by global expert
-                                                           // 1. Counts: chunk r of the plan's group sizes goes to rank r.
-        let from = comm.all_to_all_i64(&plan.group_sizes)?; // [R × local]: rows from rank s for my expert j
+        let e = self.num_experts;
+        // Rows every rank keeps per expert, known to all from the gathered counts.
+        let kept = batch
+            .kept_rows(plan.capacity)
+            .filter(|k| k.len() == ranks * e)
+            .ok_or_else(|| Error::Input("the expert-parallel dispatcher needs every rank's routing counts".into()))?;
+        if kept[me * e..(me + 1) * e] != plan.group_sizes[..] {
+            return Err(Error::Input(format!(
+                "rank {me}'s plan keeps {:?} rows per expert, the gathered counts say {:?}",
+                plan.group_sizes,
+                &kept[me * e..(me + 1) * e]
+            )));
+        }
+        // from[s·local + j]: rows rank s sends to my expert j.
+        let from: Vec<i64> =
+            (0..ranks).flat_map(|s| kept[s * e + me * local..s * e + (me + 1) * local].to_vec()).collect();
         let send_rows: Vec<usize> = plan.group_sizes.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
         let recv_rows: Vec<usize> = from.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
-        // 2. Rows out.
-        let received = self.tape.exchange(comm, &rows, &send_rows, &recv_rows)?; // [(s, j) order]
-                                                                                 // 3. Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
+        let needs_grad = batch.needs_grad();
+        let rows = SortDispatcher.dispatch(tokens, plan)?; // grouped by global expert
+        let received = self.tape.exchange(comm, &rows, &send_rows, &recv_rows, needs_grad)?; // [(s, j) order]
+                                                                                             // Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
         let mut starts = vec![0i64; ranks * local];
         let mut acc = 0;
         for (i, &c) in from.iter().enumerate() {
@@ -91,15 +133,15 @@ impl TokenDispatcher for ExpertParallelDispatcher {
                 order.extend(starts[i]..starts[i] + from[i]);
             }
         }
+        let local_sizes: Vec<i64> = (0..local).map(|j| (0..ranks).map(|s| from[s * local + j]).sum()).collect();
+        let identity = order.iter().enumerate().all(|(i, &o)| i as i64 == o);
         let device = tokens.device();
         let order = Tensor::from_slice(&order).f_to_device(device)?;
-        let grouped = received.f_index_select(0, &order)?;
-        let local_sizes: Vec<i64> = (0..local).map(|j| (0..ranks).map(|s| from[s * local + j]).sum()).collect();
+        let grouped = if identity { received.shallow_clone() } else { received.f_index_select(0, &order)? };
         let out = experts.forward(&grouped, &local_sizes)?;
-        // 4. Back to (source rank, expert) order and home.
-        let inverse = order.f_argsort_stable(true, 0, false)?;
-        let home = out.f_index_select(0, &inverse)?;
-        let returned = self.tape.exchange(comm, &home, &recv_rows, &send_rows)?;
+        // Back to (source rank, expert) order and home.
+        let home = if identity { out } else { out.f_index_select(0, &order.f_argsort_stable(true, 0, false)?)? };
+        let returned = self.tape.exchange(comm, &home, &recv_rows, &send_rows, needs_grad)?;
         SortDispatcher.combine(&returned, plan)
     }
 }

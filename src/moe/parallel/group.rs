@@ -22,7 +22,13 @@ pub struct ExpertParallel {
 impl ExpertParallel {
     /// A group over `comm` with an empty exchange tape.
     pub fn new(comm: Arc<dyn Collectives>) -> Self {
-        Self { comm, tape: ExchangeTape::new() }
+        Self::with_tape(comm, ExchangeTape::new())
+    }
+
+    /// A group over `comm` recording on `tape` (e.g. [`ExchangeTape::strict`], to check that a
+    /// model's backward walks each part of its graph once).
+    pub fn with_tape(comm: Arc<dyn Collectives>, tape: ExchangeTape) -> Self {
+        Self { comm, tape }
     }
 
     /// The transport.

@@ -33,7 +33,8 @@ pub use dispatcher::ExpertParallelDispatcher;
 pub use group::ExpertParallel;
 #[cfg(feature = "mpi")]
 pub use mpi_world::MpiWorld;
-pub use tape::ExchangeTape;
+pub(crate) use tape::grad_mode_enabled;
+pub use tape::{ExchangeTape, GraphCuts};
 pub use threads::ThreadGroup;
 
 use crate::error::{Error, Result};
@@ -55,12 +56,12 @@ pub trait Collectives: std::fmt::Debug + Send + Sync {
     /// [`Error::Input`] if `send` does not split into `R` chunks; transport errors.
     fn all_to_all_i64(&self, send: &[i64]) -> Result<Vec<i64>>;
 
-    /// Variable all-to-all of f32 values: `send_counts[r]` values go to rank `r` (in order),
-    /// `recv_counts[r]` values arrive from rank `r`.
+    /// Variable all-to-all of raw bytes (token rows in their own dtype): `send_counts[r]` bytes
+    /// go to rank `r` (in order), `recv_counts[r]` bytes arrive from rank `r`.
     ///
     /// # Errors
     /// [`Error::Input`] for inconsistent counts; transport errors.
-    fn all_to_all_f32(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>>;
+    fn all_to_all_bytes(&self, send: &[u8], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<u8>>;
 
     /// All-gather: every rank contributes `send` (same length everywhere); returns the
     /// concatenation over ranks in rank order.
@@ -102,7 +103,7 @@ impl Collectives for SingleProcess {
     fn all_to_all_i64(&self, send: &[i64]) -> Result<Vec<i64>> {
         Ok(send.to_vec())
     }
-    fn all_to_all_f32(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>> {
+    fn all_to_all_bytes(&self, send: &[u8], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<u8>> {
         if send_counts != recv_counts || send_counts.iter().sum::<usize>() != send.len() {
             return Err(Error::Input(format!("inconsistent counts {send_counts:?} / {recv_counts:?}")));
         }

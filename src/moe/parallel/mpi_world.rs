@@ -81,19 +81,36 @@ impl Collectives for MpiWorld {
         Ok(recv)
     }
 
-    fn all_to_all_f32(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>> {
+    fn all_to_all_bytes(&self, send: &[u8], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<u8>> {
         if send_counts.iter().sum::<usize>() != send.len() {
-            return Err(Error::Input(format!("send counts {send_counts:?} do not add up to {}", send.len())));
+            return Err(Error::Input(format!("send counts {send_counts:?} do not add up to {} bytes", send.len())));
         }
-        let (sc, rc) = (counts(send_counts, "send")?, counts(recv_counts, "receive")?);
+        // Every chunk travels behind a one-byte header, so that no message is empty: some Open MPI
+        // releases (Debian's 4.1 among them) skip empty sends but still post the matching
+        // receives in `MPI_Alltoallv`, and a rank that leaves early then matches its next
+        // exchange against them (MPI_ERR_TRUNCATE). Costs one copy of the rows.
+        let padded = |c: &[usize]| c.iter().map(|n| n + 1).collect::<Vec<usize>>();
+        let (sc, rc) = (counts(&padded(send_counts), "send")?, counts(&padded(recv_counts), "receive")?);
         let (sd, rd) = (displacements(&sc), displacements(&rc));
-        let mut recv = vec![0f32; recv_counts.iter().sum()];
+        let mut framed = Vec::with_capacity(send.len() + send_counts.len());
+        let mut at = 0;
+        for &n in send_counts {
+            framed.push(0u8);
+            framed.extend_from_slice(&send[at..at + n]);
+            at += n;
+        }
+        let mut recv = vec![0u8; recv_counts.iter().sum::<usize>() + recv_counts.len()];
         {
-            let sp = Partition::new(send, &sc[..], &sd[..]);
+            let sp = Partition::new(&framed[..], &sc[..], &sd[..]);
             let mut rp = PartitionMut::new(&mut recv[..], &rc[..], &rd[..]);
             self.world.all_to_all_varcount_into(&sp, &mut rp);
         }
-        Ok(recv)
+        let mut out = Vec::with_capacity(recv_counts.iter().sum());
+        for (&n, &d) in recv_counts.iter().zip(&rd) {
+            let start = d as usize + 1;
+            out.extend_from_slice(&recv[start..start + n]);
+        }
+        Ok(out)
     }
 
     fn all_gather_i64(&self, send: &[i64]) -> Result<Vec<i64>> {

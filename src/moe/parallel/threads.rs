@@ -31,7 +31,8 @@ enum Posted {
     #[default]
     Empty,
     I64(Vec<i64>),
-    F32(Vec<f32>, Vec<usize>),
+    F32(Vec<f32>),
+    Bytes(Vec<u8>, Vec<usize>),
     F64(Vec<f64>),
 }
 
@@ -174,19 +175,19 @@ impl Collectives for ThreadGroup {
         })
     }
 
-    fn all_to_all_f32(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>> {
+    fn all_to_all_bytes(&self, send: &[u8], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<u8>> {
         if send_counts.len() != self.shared.size || send_counts.iter().sum::<usize>() != send.len() {
-            return Err(Error::Input(format!("send counts {send_counts:?} do not split {} values", send.len())));
+            return Err(Error::Input(format!("send counts {send_counts:?} do not split {} bytes", send.len())));
         }
-        self.exchange(Posted::F32(send.to_vec(), send_counts.to_vec()), |slots| {
+        self.exchange(Posted::Bytes(send.to_vec(), send_counts.to_vec()), |slots| {
             let mut out = Vec::with_capacity(recv_counts.iter().sum());
             for (s, slot) in slots.iter().enumerate() {
-                let Posted::F32(v, counts) = slot else { return Err(mismatch("all_to_all_f32")) };
+                let Posted::Bytes(v, counts) = slot else { return Err(mismatch("all_to_all_bytes")) };
                 let start: usize = counts[..self.rank].iter().sum();
                 let n = counts[self.rank];
                 if recv_counts.get(s) != Some(&n) {
                     return Err(Error::Input(format!(
-                        "rank {} expected {:?} values from rank {s}, which sends {n}",
+                        "rank {} expected {:?} bytes from rank {s}, which sends {n}",
                         self.rank,
                         recv_counts.get(s)
                     )));
@@ -209,10 +210,10 @@ impl Collectives for ThreadGroup {
     }
 
     fn all_gather_f32(&self, send: &[f32]) -> Result<Vec<f32>> {
-        self.exchange(Posted::F32(send.to_vec(), Vec::new()), |slots| {
+        self.exchange(Posted::F32(send.to_vec()), |slots| {
             let mut out = Vec::with_capacity(send.len() * slots.len());
             for s in slots {
-                let Posted::F32(v, _) = s else { return Err(mismatch("all_gather_f32")) };
+                let Posted::F32(v) = s else { return Err(mismatch("all_gather_f32")) };
                 out.extend_from_slice(v);
             }
             Ok(out)
@@ -236,10 +237,10 @@ impl Collectives for ThreadGroup {
     }
 
     fn all_reduce_sum_f32(&self, values: &mut [f32]) -> Result<()> {
-        let sum = self.exchange(Posted::F32(values.to_vec(), Vec::new()), |slots| {
+        let sum = self.exchange(Posted::F32(values.to_vec()), |slots| {
             let mut sum = vec![0.0f32; values.len()];
             for s in slots {
-                let Posted::F32(v, _) = s else { return Err(mismatch("all_reduce_sum_f32")) };
+                let Posted::F32(v) = s else { return Err(mismatch("all_reduce_sum_f32")) };
                 if v.len() != sum.len() {
                     return Err(mismatch("length"));
                 }
@@ -262,10 +263,10 @@ mod tests {
             let (c, r) = (p.comm(), p.rank() as i64);
             let a2a = c.all_to_all_i64(&[10 * r, 10 * r + 1, 10 * r + 2])?;
             let counts: Vec<usize> = (0..3).map(|to| (r as usize + to) % 2).collect(); // r→to sends (r+to)%2 values
-            let send: Vec<f32> =
-                counts.iter().enumerate().flat_map(|(to, &n)| vec![(r * 10) as f32 + to as f32; n]).collect();
+            let send: Vec<u8> =
+                counts.iter().enumerate().flat_map(|(to, &n)| vec![(r * 10) as u8 + to as u8; n]).collect();
             let recv: Vec<usize> = (0..3).map(|from| (from + r as usize) % 2).collect();
-            let v = c.all_to_all_f32(&send, &counts, &recv)?;
+            let v = c.all_to_all_bytes(&send, &counts, &recv)?;
             let mut sum = [r as f64, 1.0];
             c.all_reduce_sum_f64(&mut sum)?;
             let gathered = c.all_gather_i64(&[r])?;
@@ -276,8 +277,8 @@ mod tests {
             let (a2a, v, sum, gathered) = out.unwrap();
             let r = r as i64;
             assert_eq!(a2a, vec![r, 10 + r, 20 + r]);
-            let want: Vec<f32> =
-                (0..3).filter(|from| (from + r) % 2 == 1).map(|from| (from * 10) as f32 + r as f32).collect();
+            let want: Vec<u8> =
+                (0..3).filter(|from| (from + r) % 2 == 1).map(|from| (from * 10) as u8 + r as u8).collect();
             assert_eq!(v, want, "rank {r}");
             assert_eq!(sum, [3.0, 3.0]);
             assert_eq!(gathered, vec![0, 1, 2]);
