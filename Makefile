@@ -27,7 +27,7 @@ FEATURES ?= $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/
 
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train generate inspect test doc bench bench-expert-parallel reproduce reproduce-quick clean
+.PHONY: all venv fixtures build train generate inspect test gpu-check doc bench bench-expert-parallel reproduce reproduce-quick clean
 
 all: test
 
@@ -63,6 +63,21 @@ inspect: venv
 test: fixtures
 	cargo test --all-targets $(FEATURES)
 	cargo test --doc $(FEATURES)
+
+# On a machine with a GPU: the test suite on the device, then training of every stack and
+# precision, generation, the encoder-decoder, expert parallelism, determinism, the expert kernel
+# choice and host reads per step, into one report ($(GPU_CHECK_OUT)/report.md). CI runs it on the
+# CPU with small batches: GPU_CHECK_DEVICE=cpu GPU_CHECK_STEPS=3 GPU_CHECK_ARGS="--batch-size 4 --seq-len 64".
+GPU_CHECK_DEVICE ?= cuda
+GPU_CHECK_STEPS  ?= 30
+GPU_CHECK_ARGS   ?=
+GPU_CHECK_OUT    := target/gpu-check
+
+gpu-check: fixtures
+	mkdir -p $(GPU_CHECK_OUT)
+	-ALTUP_MOE_TEST_DEVICE=$(GPU_CHECK_DEVICE) cargo test --all-targets $(FEATURES) > $(GPU_CHECK_OUT)/tests.log 2>&1
+	tail -n 3 $(GPU_CHECK_OUT)/tests.log
+	cargo run --example gpu_check $(FEATURES) -- --device $(GPU_CHECK_DEVICE) --steps $(GPU_CHECK_STEPS) $(GPU_CHECK_ARGS) --tests-log $(GPU_CHECK_OUT)/tests.log --out $(GPU_CHECK_OUT)/report.md
 
 doc: venv
 	cargo doc --no-deps

@@ -6,6 +6,13 @@
 //!   because no symbol of it is referenced directly, and CUDA is then never available at run time.
 //!
 //! torch-sys (`links = "tch"`) exports its library directory as `DEP_TCH_LIBTORCH_LIB`.
+//!
+//! The script re-runs when the installed libtorch changes (a CPU wheel swapped for a CUDA wheel in
+//! the same virtual environment, or the reverse), so that the link flags above follow it: it
+//! watches the library directory, which cargo scans recursively (a file added, removed or changed
+//! in it counts), and `libtorch_cuda.so` itself when it exists. A watched path that does not exist
+//! would make cargo re-run the script, and rebuild the crate, on every build, hence the condition;
+//! the directory watch already catches the file appearing.
 
 use std::env;
 use std::path::Path;
@@ -21,8 +28,13 @@ fn main() {
         println!("cargo:warning=DEP_TCH_LIBTORCH_LIB is not set; binaries will need LD_LIBRARY_PATH to find libtorch");
         return;
     };
+    println!("cargo:rerun-if-changed={lib_dir}");
+    let torch_cuda = Path::new(&lib_dir).join("libtorch_cuda.so");
+    if torch_cuda.exists() {
+        println!("cargo:rerun-if-changed={}", torch_cuda.display());
+    }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-    if target_os == "linux" && Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
+    if target_os == "linux" && torch_cuda.exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");

@@ -57,7 +57,8 @@ struct Args {
     /// Micro-batches per optimizer step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
-    /// Compute precision of the activations: f32 or bf16 (weights stay f32).
+    /// Compute precision of the activations: f32, bf16, or bf16-mixed (bf16 sublayers on an f32
+    /// residual stream); weights stay f32.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     dtype: Precision,
     /// Bytes per sequence (also the model's maximum context).
@@ -204,6 +205,10 @@ struct Args {
     /// Intra-op threads for libtorch [default: libtorch's choice].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     threads: Option<i32>,
+    /// Only deterministic libtorch kernels (reproducible runs on CUDA, slower; an operation
+    /// without a deterministic kernel becomes an error). CPU runs are reproducible without it.
+    #[arg(long)]
+    deterministic: bool,
     /// Expert parallelism over the ranks of an MPI job (`mpirun -np R …`; needs a build with
     /// `--features mpi`): each rank holds E/R experts of every MoE layer and B/R sequences of
     /// every batch; rank 0 prints and writes. With CUDA, rank r uses cuda:(r mod devices).
@@ -389,6 +394,9 @@ fn train_main(
     };
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
+    }
+    if args.deterministic {
+        altup_moe::runtime::set_deterministic(true);
     }
     ensure_flag(args.keep_checkpoints > 0, "--keep-checkpoints (0) must be at least 1")?;
     let (data_path, corpus) = load_corpus(args.data.as_deref())?;
@@ -594,7 +602,7 @@ mod tests {
             (vec!["--activation", "tanh"], "unknown value `tanh`, expected one of `gelu`, `relu`, `swiglu`"),
             (vec!["--altup-selection", "sometimes"], "unknown selection 'sometimes'"),
             (vec!["--altup-output", "block:x"], "'x': invalid digit"),
-            (vec!["--dtype", "f16"], "unknown precision 'f16' (expected f32 or bf16)"),
+            (vec!["--dtype", "f16"], "unknown precision 'f16' (expected f32, bf16 or bf16-mixed)"),
             (vec!["--balancing", "magic"], "invalid value 'magic' for '--balancing <BALANCING>'"),
             (vec!["--steps", "-3"], "unexpected argument '-3'"),
             (vec!["--capacity-factor", "-1"], "'-1' is not a positive capacity factor or 'none'"),

@@ -71,7 +71,8 @@ struct Args {
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true)]
     lr: f64,
-    /// Compute precision of the activations: f32 or bf16.
+    /// Compute precision of the activations: f32, bf16, or bf16-mixed (bf16 sublayers on an f32
+    /// residual stream); weights stay f32.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     dtype: Precision,
     /// Seed of the initialisation, the data order and the corruption.

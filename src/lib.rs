@@ -25,10 +25,11 @@
 //!
 //! ```
 //! use altup_moe::{Arch, LanguageModel, ModelConfig};
-//! use tch::{nn::VarStore, Device};
+//! use tch::nn::VarStore;
 //!
 //! let config = ModelConfig::preset(Arch::Switch);
-//! let vs = VarStore::new(Device::Cpu);
+//! // the device the tests run on (ALTUP_MOE_TEST_DEVICE, default cpu)
+//! let vs = VarStore::new(altup_moe::testing::device()?);
 //! let model = LanguageModel::new(&vs.root(), &config)?;
 //! let counts = model.param_counts();
 //! assert!(counts.active_per_token < counts.total);
@@ -39,10 +40,14 @@
 
 pub mod altup;
 pub mod error;
+pub mod host;
 pub mod model;
 pub mod moe;
 pub mod nn;
+pub mod runtime;
 mod shape;
+/// The device that tests, doctests and examples run on (`ALTUP_MOE_TEST_DEVICE`).
+pub mod testing;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -5,17 +5,17 @@ mod common;
 
 use altup_moe::altup::{AltUpConfig, BlockSelection, Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
-use common::{copy_shared, tiny};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use common::{copy_shared, device, tiny};
+use tch::{nn::VarStore, Kind, Tensor};
 
 fn build(config: &ModelConfig) -> (VarStore, LanguageModel) {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), config).unwrap();
     (vs, model)
 }
 
 fn tokens(b: i64, t: i64) -> Tensor {
-    Tensor::randint(256, [b, t], (Kind::Int64, Device::Cpu))
+    Tensor::randint(256, [b, t], (Kind::Int64, device()))
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -77,7 +77,7 @@ fn sequence_altup_does_not_leak_the_future() {
         tch::no_grad(|| {
             for (name, var) in vs.variables() {
                 if name.contains(".seq_altup.") {
-                    var.shallow_clone().copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.5 + 1.0));
+                    var.shallow_clone().copy_(&(Tensor::randn(var.size(), (Kind::Float, device())) * 0.5 + 1.0));
                 }
             }
         });
@@ -123,7 +123,7 @@ fn every_altup_parameter_gets_a_gradient() {
         tch::no_grad(|| {
             for (name, var) in vs.variables() {
                 if name.contains("_coefs") {
-                    var.shallow_clone().copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * 0.1));
+                    var.shallow_clone().copy_(&(Tensor::randn(var.size(), (Kind::Float, device())) * 0.1));
                 }
             }
         });

@@ -5,10 +5,11 @@ mod common;
 
 use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
+use common::device;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tch::{nn::VarStore, Device};
+use tch::nn::VarStore;
 
 const STEPS: u64 = 6;
 
@@ -30,7 +31,7 @@ fn data() -> (ByteDataset, ByteDataset) {
 /// Trains to `STEPS` in `out`, resuming from its newest checkpoint when `resume` is set.
 fn train(out: &Path, resume: bool) {
     let (train, val) = data();
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &tiny()).unwrap();
     let config = TrainConfig {
         steps: STEPS,

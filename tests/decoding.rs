@@ -5,9 +5,9 @@ mod common;
 use altup_moe::altup::AltUpConfig;
 use altup_moe::model::Sampling;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
-use common::tiny;
+use common::{device, tiny};
 use rand::SeedableRng;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 fn configs() -> Vec<(String, ModelConfig)> {
     let mut out: Vec<(String, ModelConfig)> = Arch::ALL.iter().map(|&a| (a.to_string(), tiny(a))).collect();
@@ -24,9 +24,9 @@ fn configs() -> Vec<(String, ModelConfig)> {
 #[test]
 fn cached_decoding_equals_full_recomputation() {
     for (name, config) in configs() {
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &config).unwrap();
-        let tokens = Tensor::randint(256, [2, 11], (Kind::Int64, Device::Cpu));
+        let tokens = Tensor::randint(256, [2, 11], (Kind::Int64, device()));
         let full = model.forward_t(&tokens, false).unwrap().logits;
         let mut cache = model.new_cache();
         let mut pieces = vec![model.forward_cached(&tokens.narrow(1, 0, 4), &mut cache).unwrap().logits];
@@ -47,7 +47,7 @@ fn cached_decoding_equals_full_recomputation() {
 fn cached_generation_matches_uncached() {
     let mut config = tiny(Arch::AltUpMoe);
     config.max_seq_len = 40;
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &config).unwrap();
     let prompt = [72i64, 101, 108, 108, 111];
     let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
@@ -55,7 +55,7 @@ fn cached_generation_matches_uncached() {
     let cached = model.generate(&prompt, 30, greedy, &mut rng).unwrap();
     let mut tokens = prompt.to_vec();
     for _ in 0..30 {
-        let input = Tensor::from_slice(&tokens).view([1, -1]);
+        let input = Tensor::from_slice(&tokens).view([1, -1]).to_device(device());
         let logits = model.forward_t(&input, false).unwrap().logits.select(1, -1);
         tokens.push(logits.argmax(-1, false).int64_value(&[0]));
     }
@@ -73,10 +73,10 @@ fn cached_generation_matches_uncached() {
 fn sequence_altup_generation_recomputes() {
     let mut config = tiny(Arch::Dense);
     config.sequence_altup = Some(altup_moe::altup::SequenceAltUpConfig { stride: 2 });
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &config).unwrap();
     let mut cache = model.new_cache();
-    let err = model.forward_cached(&Tensor::zeros([1, 2], (Kind::Int64, Device::Cpu)), &mut cache).unwrap_err();
+    let err = model.forward_cached(&Tensor::zeros([1, 2], (Kind::Int64, device())), &mut cache).unwrap_err();
     assert_eq!(err.to_string(), "invalid input: cached decoding does not support Sequence-AltUp stacks");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let out = model.generate(&[1, 2, 3], 5, Sampling::default(), &mut rng).unwrap();

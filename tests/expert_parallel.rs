@@ -1,6 +1,10 @@
 //! Expert parallelism is exact: R ranks give the single-process results, for one MoE layer and
 //! for three training steps of a model — as threads of one process ([`ThreadGroup`]) and, with
 //! the cargo feature `mpi`, as processes (the tests launch this test binary under `mpirun`).
+//!
+//! Every rank runs on the test device (`ALTUP_MOE_TEST_DEVICE`, see `common::device`): thread
+//! ranks share it, and `mpirun`'s processes inherit the variable, so that the ranks and the
+//! single-process reference always compute on the same kind of device.
 
 mod common;
 
@@ -15,10 +19,11 @@ use altup_moe::train::{
     Trainer,
 };
 use altup_moe::{Arch, LanguageModel, ModelConfig};
+use common::device;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 const D: i64 = 8;
 const INIT: InitScheme = InitScheme { std: 0.3, residual_std: 0.3, seed: 11 };
@@ -35,7 +40,7 @@ fn scenario(name: &str) -> (MoeConfig, i64) {
     }
 }
 
-/// Global inputs and cotangents, identical on every rank.
+/// Global inputs and cotangents, identical on every rank, on the test device.
 fn data(n: i64) -> (Tensor, Tensor) {
     // Not from libtorch's generator: it is global to the process, and other tests running on
     // other threads reseed it (the trainer does, every step).
@@ -44,7 +49,7 @@ fn data(n: i64) -> (Tensor, Tensor) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut normal = |len: i64| -> Tensor {
         let v: Vec<f32> = (0..len * D).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
-        Tensor::from_slice(&v).view([len, D])
+        Tensor::from_slice(&v).view([len, D]).to_device(device())
     };
     (normal(n), normal(n))
 }
@@ -163,7 +168,7 @@ fn train_run(kind: Trained, out: &Path, parallel: Option<ExpertParallel>) {
     let (train, val) = train_data();
     let config = train_config(kind);
     let session = |stop: Option<u64>, restore: bool| {
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         match kind {
             Trained::EncoderDecoder => {
                 let c = Trained::encoder_decoder();
@@ -286,9 +291,9 @@ fn single_process_expert_parallel_equals_the_local_layer() {
     for name in ["dropless", "capacity", "idle-expert"] {
         let (config, n) = scenario(name);
         let (x, g) = data(n);
-        let local_vs = VarStore::new(Device::Cpu);
+        let local_vs = VarStore::new(device());
         let local = MoeLayer::new(&local_vs.root(), D as usize, &config, &INIT).unwrap();
-        let ep_vs = VarStore::new(Device::Cpu);
+        let ep_vs = VarStore::new(device());
         let tape = ExchangeTape::new();
         let ep = MoeLayer::new_expert_parallel(
             &ep_vs.root(),
@@ -333,7 +338,7 @@ fn layer_rank(name: &str, world: Arc<dyn Collectives>) -> Vec<(&'static str, Ten
     let (start, len) = shard(name, n, r, ranks);
     let x_local = x.narrow(0, start, len).copy().set_requires_grad(true);
     let g_local = g.narrow(0, start, len);
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let tape = ExchangeTape::new();
     let layer =
         MoeLayer::new_expert_parallel(&vs.root(), D as usize, &config, &INIT, world.clone(), tape.clone()).unwrap();
@@ -348,7 +353,7 @@ fn layer_rank(name: &str, world: Arc<dyn Collectives>) -> Vec<(&'static str, Ten
         lens[r] = len as f64;
         world.all_reduce_sum_f64(&mut lens).unwrap();
         let max = lens.iter().cloned().fold(0.0, f64::max) as i64;
-        let padded = Tensor::zeros([max, D], (Kind::Float, Device::Cpu));
+        let padded = Tensor::zeros([max, D], (Kind::Float, device()));
         if len > 0 {
             padded.narrow(0, 0, len).copy_(t);
         }
@@ -362,23 +367,24 @@ fn layer_rank(name: &str, world: Arc<dyn Collectives>) -> Vec<(&'static str, Ten
         ("w_in_grad", all_gather_tensor(world.as_ref(), &layer.experts.w_in.grad()).unwrap()),
         ("w_out_grad", all_gather_tensor(world.as_ref(), &layer.experts.w_out.grad()).unwrap()),
         ("router_grad", all_reduce_tensor(world.as_ref(), &layer.router.weight.grad()).unwrap()),
-        ("dropped", Tensor::from_slice(&[aux.dropped_fraction])),
+        ("dropped", Tensor::from_slice(&[aux.dropped_fraction]).to_device(device())),
         ("tokens_per_expert", aux.tokens_per_expert.to_kind(Kind::Float)),
     ];
     results.into()
 }
 
-/// Asserts that gathered results equal the single-process ones within 1e-5.
+/// Asserts that gathered results equal the single-process ones within 1e-5 (results read back
+/// from an MPI rank's file are on the CPU: compare on the reference's device).
 fn assert_matches_reference(name: &str, ranks: usize, got: &HashMap<String, Tensor>, how: &str) {
     for (key, want) in reference(name) {
-        let diff = (&got[key] - &want).abs().max().double_value(&[]);
+        let diff = (&got[key].to_device(want.device()) - &want).abs().max().double_value(&[]);
         eprintln!("{name} R={ranks} ({how}) {key}: max |diff| = {diff:e}");
         assert!(diff <= 1e-5, "{name} with {ranks} ranks ({how}): {key} differs by {diff}");
     }
 }
 
-/// Several ranks as threads of this process (the multi-device backend, here on the CPU): every
-/// layer scenario equals the single-process layer with 2 and 4 ranks.
+/// Several ranks as threads of this process (the multi-device backend, here with every rank on
+/// the test device): every layer scenario equals the single-process layer with 2 and 4 ranks.
 #[test]
 fn thread_group_ranks_equal_one_process() {
     for ranks in [2, 4] {
@@ -386,7 +392,7 @@ fn thread_group_ranks_equal_one_process() {
             if name == "empty-rank" && ranks != 2 {
                 continue;
             }
-            let results = ThreadGroup::run(&vec![Device::Cpu; ranks], |p, _| {
+            let results = ThreadGroup::run(&vec![device(); ranks], |p, _| {
                 Ok(layer_rank(name, p.comm_arc())
                     .into_iter()
                     .map(|(k, t)| (k.to_string(), t))
@@ -410,7 +416,7 @@ fn thread_group_training_equals_one_process() {
         train_run(kind, &single, None);
         for ranks in [2, 4] {
             let dir = root.path().join(format!("{kind:?}-threads-{ranks}"));
-            for result in ThreadGroup::run(&vec![Device::Cpu; ranks], |p, _| {
+            for result in ThreadGroup::run(&vec![device(); ranks], |p, _| {
                 train_run(kind, &dir, Some(p));
                 Ok(())
             })
@@ -427,10 +433,10 @@ fn thread_group_training_equals_one_process() {
 /// miss exchanges in the backward: every rank gets an error naming the disagreement, none hangs.
 #[test]
 fn ranks_that_disagree_on_gradients_fail_together() {
-    let results = ThreadGroup::run(&[Device::Cpu; 2], |p, _| {
+    let results = ThreadGroup::run(&[device(); 2], |p, _| {
         let (config, n) = scenario("dropless");
         let (x, _) = data(n);
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let layer =
             MoeLayer::new_expert_parallel(&vs.root(), D as usize, &config, &INIT, p.comm_arc(), p.tape().clone())?;
         let x = x.narrow(0, p.rank() as i64 * n / 2, n / 2);
@@ -452,7 +458,7 @@ fn ranks_that_disagree_on_gradients_fail_together() {
 fn reference(name: &str) -> HashMap<&'static str, Tensor> {
     let (config, n) = scenario(name);
     let (x, g) = data(n);
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let layer = MoeLayer::new(&vs.root(), D as usize, &config, &INIT).unwrap();
     if name == "idle-expert" {
         bias_towards_three_experts(&layer);
@@ -466,7 +472,7 @@ fn reference(name: &str) -> HashMap<&'static str, Tensor> {
         ("w_in_grad", layer.experts.w_in.grad()),
         ("w_out_grad", layer.experts.w_out.grad()),
         ("router_grad", layer.router.weight.grad()),
-        ("dropped", Tensor::from_slice(&[aux.dropped_fraction])),
+        ("dropped", Tensor::from_slice(&[aux.dropped_fraction]).to_device(device())),
         ("tokens_per_expert", aux.tokens_per_expert.to_kind(Kind::Float)),
     ])
 }

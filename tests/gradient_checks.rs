@@ -1,11 +1,14 @@
 //! Finite-difference gradient checks in f64: the autograd gradients of the router + MoE layer,
 //! the AltUp layer (both coefficient modes) and a whole tiny model match central differences.
 
+mod common;
+
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput, SequenceAltUpConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{Activation, InitScheme};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use common::device;
+use tch::{nn::VarStore, Kind, Tensor};
 
 const H: f64 = 1e-6;
 
@@ -49,7 +52,7 @@ fn check(vs: &VarStore, extra: &[(&str, &Tensor)], samples: i64, loss: impl Fn()
 }
 
 fn weights(shape: &[i64]) -> Tensor {
-    Tensor::randn(shape, (Kind::Double, Device::Cpu))
+    Tensor::randn(shape, (Kind::Double, device()))
 }
 
 #[test]
@@ -57,7 +60,7 @@ fn router_and_moe_layer() {
     for (k, normalize, activation, shared) in
         [(1, false, Activation::Gelu, 0), (2, true, Activation::SwiGlu, 1), (2, false, Activation::Relu, 0)]
     {
-        let mut vs = VarStore::new(Device::Cpu);
+        let mut vs = VarStore::new(device());
         let config = MoeConfig {
             num_experts: 4,
             top_k: k,
@@ -82,7 +85,7 @@ fn router_and_moe_layer() {
 fn altup_layer() {
     for coefficients in [Coefficients::Static, Coefficients::InputDependent { clip: None }] {
         for compute_on in [ComputeInput::Input, ComputeInput::Prediction] {
-            let mut vs = VarStore::new(Device::Cpu);
+            let mut vs = VarStore::new(device());
             let altup = AltUp::new(
                 &vs.root(),
                 3,
@@ -134,7 +137,7 @@ fn whole_tiny_model() {
             config.altup = altup;
         }
         config.sequence_altup = seq;
-        let mut vs = VarStore::new(Device::Cpu);
+        let mut vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &config).unwrap();
         vs.double();
         tch::no_grad(|| {
@@ -144,8 +147,8 @@ fn whole_tiny_model() {
                 }
             }
         });
-        let tokens = Tensor::from_slice(&[1i64, 5, 3, 9, 0, 2, 7, 7, 4, 10, 6, 1]).view([2, 6]);
-        let targets = Tensor::from_slice(&[5i64, 3, 9, 0, 2, 8, 7, 4, 10, 6, 1, 3]);
+        let tokens = Tensor::from_slice(&[1i64, 5, 3, 9, 0, 2, 7, 7, 4, 10, 6, 1]).view([2, 6]).to_device(device());
+        let targets = Tensor::from_slice(&[5i64, 3, 9, 0, 2, 8, 7, 4, 10, 6, 1, 3]).to_device(device());
         check(&vs, &[], 3, || {
             let out = model.forward_t(&tokens, true).unwrap();
             let lm = out

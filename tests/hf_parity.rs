@@ -2,12 +2,16 @@
 //! (f32, within 1e-5). Fixtures are written by `tests/python/hf_fixtures.py` (run by
 //! `make test`, or `make fixtures`).
 
+mod common;
+
 use altup_moe::moe::{load_balancing_loss, router_z_loss, MoeConfig, MoeLayer};
 use altup_moe::nn::{Activation, InitScheme};
+use common::device;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
+/// The tensors of fixture `name`, read from its file and moved to the test device.
 fn fixture(name: &str) -> HashMap<String, Tensor> {
     let dir = std::env::var_os("ALTUP_MOE_FIXTURES")
         .map(PathBuf::from)
@@ -18,11 +22,11 @@ fn fixture(name: &str) -> HashMap<String, Tensor> {
         "missing fixture {}: run `make fixtures` (python tests/python/hf_fixtures.py target/hf-fixtures)",
         path.display()
     );
-    Tensor::read_safetensors(&path).unwrap().into_iter().collect()
+    Tensor::read_safetensors(&path).unwrap().into_iter().map(|(n, t)| (n, t.to_device(device()))).collect()
 }
 
 fn load_layer(f: &HashMap<String, Tensor>, config: MoeConfig) -> (VarStore, MoeLayer) {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let d = f["x"].size()[2] as usize;
     let layer = MoeLayer::new(&vs.root(), d, &config, &InitScheme::default()).unwrap();
     tch::no_grad(|| {
@@ -96,7 +100,7 @@ fn gemma3n_altup_predict_and_correct_match_hugging_face() {
         let (k, d) = (x.size()[0] as usize, x.size()[3] as usize);
         let clip = f["clip"].double_value(&[0]);
         let active = f["active"].int64_value(&[0]) as usize;
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let altup = AltUp::new(
             &vs.root(),
             k,

@@ -6,11 +6,11 @@ use altup_moe::altup::{AltUpConfig, OutputReduction};
 use altup_moe::model::MoeLayers;
 use altup_moe::train::checkpoint::named_variables;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
-use common::{copy_shared, tiny};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use common::{copy_shared, device, tiny};
+use tch::{nn::VarStore, Kind, Tensor};
 
 fn tokens(b: i64, t: i64) -> Tensor {
-    Tensor::randint(256, [b, t], (Kind::Int64, Device::Cpu))
+    Tensor::randint(256, [b, t], (Kind::Int64, device()))
 }
 
 /// Parameter counts from the formulas equal the number of elements actually allocated, and
@@ -28,7 +28,7 @@ fn param_counts_match_the_var_store_and_names_are_unique() {
     tied.tie_embeddings = true;
     configs.push(tied);
     for config in configs {
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &config).unwrap();
         let vars = named_variables(&vs).unwrap();
         let numel: usize = vars.values().map(|t| t.numel()).sum();
@@ -46,7 +46,7 @@ fn param_counts_match_the_var_store_and_names_are_unique() {
             assert_eq!(counts.active_per_token, numel);
         }
     }
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let _ = LanguageModel::new(&vs.root(), &tiny(Arch::AltUpMoe)).unwrap();
     let names: Vec<String> = named_variables(&vs).unwrap().into_keys().collect();
     for expected in [
@@ -70,11 +70,11 @@ fn param_counts_match_the_var_store_and_names_are_unique() {
 #[test]
 fn altup_with_one_block_equals_the_plain_stack() {
     for (plain_arch, altup_arch) in [(Arch::Dense, Arch::AltUp), (Arch::Switch, Arch::AltUpMoe)] {
-        let plain_vs = VarStore::new(Device::Cpu);
+        let plain_vs = VarStore::new(device());
         let plain = LanguageModel::new(&plain_vs.root(), &tiny(plain_arch)).unwrap();
         let mut config = tiny(altup_arch);
         config.altup = Some(AltUpConfig { num_blocks: 1, ..Default::default() });
-        let altup_vs = VarStore::new(Device::Cpu);
+        let altup_vs = VarStore::new(device());
         let altup = LanguageModel::new(&altup_vs.root(), &config).unwrap();
         let unmatched = copy_shared(&plain_vs, &altup_vs);
         assert!(unmatched.iter().all(|n| n.contains(".altup.")), "{unmatched:?}");
@@ -93,7 +93,7 @@ fn altup_with_one_block_equals_the_plain_stack() {
 #[test]
 fn altup_models_produce_logits_and_aux_for_every_block() {
     for arch in Arch::ALL {
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &tiny(arch)).unwrap();
         let out = model.forward_t(&tokens(3, 7), true).unwrap();
         assert_eq!(out.logits.size(), vec![3, 7, 256]);
@@ -113,7 +113,7 @@ fn later_tokens_do_not_change_earlier_logits() {
         if let Some(m) = &mut config.moe {
             m.capacity_factor = None; // capacity couples tokens by position order; dropless does not
         }
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &config).unwrap();
         let x = tokens(2, 10);
         let y = x.copy();
@@ -183,7 +183,7 @@ fn each_invalid_config_returns_its_error() {
     for (mutate, expected) in cases {
         let mut config = tiny(Arch::AltUpMoe);
         mutate(&mut config);
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let err = LanguageModel::new(&vs.root(), &config).unwrap_err().to_string();
         assert_eq!(err, format!("invalid config: {expected}"));
         assert_eq!(vs.variables().len(), 0, "a failed build must not leave parameters behind ({expected})");
@@ -192,24 +192,21 @@ fn each_invalid_config_returns_its_error() {
 
 #[test]
 fn bad_token_inputs_are_errors_naming_the_value() {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &tiny(Arch::AltUpMoe)).unwrap();
     let cases: Vec<(Tensor, &str)> = vec![
         (
-            Tensor::from_slice(&[1i64, 300]).view([1, 2]),
+            Tensor::from_slice(&[1i64, 300]).view([1, 2]).to_device(device()),
             "invalid input: token id 300 at flat position 1 is outside the vocabulary 0..256",
         ),
+        (Tensor::zeros([1, 13], (Kind::Int64, device())), "invalid input: sequence length 13 exceeds max_seq_len (12)"),
         (
-            Tensor::zeros([1, 13], (Kind::Int64, Device::Cpu)),
-            "invalid input: sequence length 13 exceeds max_seq_len (12)",
-        ),
-        (
-            Tensor::zeros([0, 4], (Kind::Int64, Device::Cpu)),
+            Tensor::zeros([0, 4], (Kind::Int64, device())),
             "invalid input: tokens must hold at least one sequence of one token, got shape [0, 4]",
         ),
-        (Tensor::zeros([4], (Kind::Int64, Device::Cpu)), "shape error: tokens must have shape [B, T], got [4]"),
+        (Tensor::zeros([4], (Kind::Int64, device())), "shape error: tokens must have shape [B, T], got [4]"),
         (
-            Tensor::zeros([1, 4], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([1, 4], (Kind::Float, device())),
             "invalid input: token ids must be an integer tensor, got dtype Float",
         ),
     ];

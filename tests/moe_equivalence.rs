@@ -1,8 +1,11 @@
 //! Equivalence and invariant tests of the MoE layer.
 
+mod common;
+
 use altup_moe::moe::{ExpertBackend, MoeConfig, MoeLayer};
 use altup_moe::nn::{Activation, FeedForward, FeedForwardConfig, InitScheme};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use common::device;
+use tch::{nn::VarStore, Kind, Tensor};
 
 const INIT: InitScheme = InitScheme { std: 0.2, residual_std: 0.2, seed: 0 };
 
@@ -22,10 +25,10 @@ fn one_expert_moe_equals_dense_ffn() {
     for activation in [Activation::Gelu, Activation::SwiGlu] {
         for backend in [ExpertBackend::Loop, ExpertBackend::GroupedMm] {
             let (d, f) = (8, 16);
-            let dense_vs = VarStore::new(Device::Cpu);
+            let dense_vs = VarStore::new(device());
             let dense =
                 FeedForward::new(&dense_vs.root(), d, &FeedForwardConfig { d_ff: f, activation }, &INIT).unwrap();
-            let moe_vs = VarStore::new(Device::Cpu);
+            let moe_vs = VarStore::new(device());
             let config = MoeConfig {
                 num_experts: 1,
                 top_k: 1,
@@ -42,9 +45,9 @@ fn one_expert_moe_equals_dense_ffn() {
                 copy(mg, &dg.weight.tr().unsqueeze(0));
             }
 
-            let x = Tensor::randn([2, 5, d as i64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let x = Tensor::randn([2, 5, d as i64], (Kind::Float, device())).set_requires_grad(true);
             let x2 = x.detach().copy().set_requires_grad(true);
-            let g = Tensor::randn([2, 5, d as i64], (Kind::Float, Device::Cpu));
+            let g = Tensor::randn([2, 5, d as i64], (Kind::Float, device()));
             let y_dense = dense.forward(&x).unwrap();
             let (y_moe, aux) = moe.forward_t(&x2, true).unwrap();
             assert_close(&y_dense, &y_moe, 1e-6, "outputs");
@@ -82,7 +85,7 @@ fn grouped_matmul_equals_per_expert_loop() {
     ] {
         let (d, f, e) = (8, 12, 6);
         let build = |backend| {
-            let vs = VarStore::new(Device::Cpu);
+            let vs = VarStore::new(device());
             let config = MoeConfig {
                 num_experts: e,
                 top_k,
@@ -105,8 +108,8 @@ fn grouped_matmul_equals_per_expert_loop() {
                 let _ = r.shallow_clone().get(0).fill_(0.5);
             }
         });
-        let x = Tensor::rand([3, 7, d as i64], (Kind::Float, Device::Cpu));
-        let g = Tensor::randn([3, 7, d as i64], (Kind::Float, Device::Cpu));
+        let x = Tensor::rand([3, 7, d as i64], (Kind::Float, device()));
+        let g = Tensor::randn([3, 7, d as i64], (Kind::Float, device()));
         let (y1, aux1) = looped.forward_t(&x, true).unwrap();
         let (y2, aux2) = grouped.forward_t(&x, true).unwrap();
         assert_close(&y1, &y2, 1e-5, "outputs");
@@ -130,7 +133,7 @@ fn grouped_matmul_equals_per_expert_loop() {
 #[test]
 fn token_over_capacity_gets_exactly_zero_output() {
     let d = 4;
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     // N = 6 tokens, E = 2, cf = 0.5 -> C = ceil(0.5 * 6 / 2) = 2 (min_capacity 1).
     let config = MoeConfig {
         num_experts: 2,
@@ -146,7 +149,7 @@ fn token_over_capacity_gets_exactly_zero_output() {
         w.copy_(&Tensor::from_slice(&[5.0f32, 5.0, 5.0, 5.0, -5.0, -5.0, -5.0, -5.0]).view([2, 4]));
     });
     // Every token has positive entries, so all six choose expert 0.
-    let x = Tensor::rand([1, 6, d as i64], (Kind::Float, Device::Cpu)) + 0.1;
+    let x = Tensor::rand([1, 6, d as i64], (Kind::Float, device())) + 0.1;
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(aux.capacity, Some(2));
     assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![6, 0]);
@@ -163,10 +166,10 @@ fn token_over_capacity_gets_exactly_zero_output() {
 /// the f32 result.
 #[test]
 fn bf16_activations_follow_the_precision_policy() {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let config = MoeConfig { num_experts: 4, d_ff: 16, capacity_factor: None, ..Default::default() };
     let moe = MoeLayer::new(&vs.root(), 8, &config, &INIT).unwrap();
-    let x = Tensor::randn([2, 3, 8], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([2, 3, 8], (Kind::Float, device()));
     let (y32, _) = moe.forward_t(&x, true).unwrap();
     let (y16, aux) = moe.forward_t(&x.to_kind(Kind::BFloat16), true).unwrap();
     assert_eq!(y16.kind(), Kind::BFloat16);
@@ -177,10 +180,10 @@ fn bf16_activations_follow_the_precision_policy() {
 /// Input errors name the offending shape instead of panicking.
 #[test]
 fn wrong_width_is_a_shape_error() {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let moe = MoeLayer::new(&vs.root(), 8, &MoeConfig::default(), &INIT).unwrap();
-    let err = moe.forward_t(&Tensor::zeros([2, 3, 7], (Kind::Float, Device::Cpu)), true).unwrap_err();
+    let err = moe.forward_t(&Tensor::zeros([2, 3, 7], (Kind::Float, device())), true).unwrap_err();
     assert_eq!(err.to_string(), "shape error: MoE input must have last dimension 8, got shape [2, 3, 7]");
-    let err = moe.forward_t(&Tensor::zeros([2, 3, 8], (Kind::Int64, Device::Cpu)), true).unwrap_err();
+    let err = moe.forward_t(&Tensor::zeros([2, 3, 8], (Kind::Int64, device())), true).unwrap_err();
     assert!(err.to_string().contains("floating-point"), "{err}");
 }

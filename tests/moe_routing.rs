@@ -1,19 +1,22 @@
 //! Routing families, masks, and one test per known MoE failure class (issue: "immune to the
 //! known failure classes").
 
+mod common;
+
 use altup_moe::model::{LayerAux, ModelAux};
 use altup_moe::moe::{
     load_balancing_loss, one_hot_moe, Balancing, CapacityPriority, ExpertBackend, Experts, MoeConfig, MoeLayer,
     RouterKind,
 };
 use altup_moe::nn::{Activation, InitScheme};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use common::device;
+use tch::{nn::VarStore, Kind, Tensor};
 
 const INIT: InitScheme = InitScheme { std: 0.3, residual_std: 0.3, seed: 5 };
 const D: i64 = 8;
 
 fn layer(config: MoeConfig) -> (VarStore, MoeLayer) {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let layer = MoeLayer::new(&vs.root(), D as usize, &config, &INIT).unwrap();
     (vs, layer)
 }
@@ -52,14 +55,14 @@ fn output_is_the_gated_sum_of_the_chosen_experts() {
             ..Default::default()
         };
         let (_vs, moe) = layer(config);
-        let x = Tensor::randn([6, D], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([6, D], (Kind::Float, device()));
         let (y, _) = moe.forward_t(&x, true).unwrap();
         let probs = x.linear::<Tensor>(&moe.router.weight, None).softmax(-1, Kind::Float);
         let (top, index) = probs.topk(k as i64, -1, true, true);
         for t in 0..6 {
             let xt = x.get(t).unsqueeze(0);
             let denom = if normalize { top.get(t).sum(Kind::Float).double_value(&[]) } else { 1.0 };
-            let mut expected = Tensor::zeros([1, D], (Kind::Float, Device::Cpu));
+            let mut expected = Tensor::zeros([1, D], (Kind::Float, device()));
             for c in 0..k as i64 {
                 let e = index.int64_value(&[t, c]);
                 let g = top.double_value(&[t, c]) / denom;
@@ -85,8 +88,8 @@ fn sort_dispatch_equals_one_hot_reference() {
                 ..Default::default()
             };
             let (_vs, moe) = layer(config);
-            let x = Tensor::randn([13, D], (Kind::Float, Device::Cpu));
-            let mask = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1]).ne(0);
+            let x = Tensor::randn([13, D], (Kind::Float, device()));
+            let mask = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1]).to_device(device()).ne(0);
             let mask = masked.then_some(mask);
             let (y, aux) = moe.forward_masked_t(&x, mask.as_ref(), true).unwrap();
             let routing = moe.router.route(&x, true).unwrap();
@@ -101,7 +104,7 @@ fn sort_dispatch_equals_one_hot_reference() {
 /// per-layer losses (averaged by `ModelAux`) report both layers as fully imbalanced.
 #[test]
 fn per_layer_losses_are_not_pooled_across_layers() {
-    let x = Tensor::zeros([6, D], (Kind::Float, Device::Cpu));
+    let x = Tensor::zeros([6, D], (Kind::Float, device()));
     let _ = x.select(1, 0).fill_(4.0);
     let mut layers = Vec::new();
     let mut probs = Vec::new();
@@ -126,7 +129,7 @@ fn per_layer_losses_are_not_pooled_across_layers() {
     let mean = aux.load_balancing_loss().unwrap().unwrap().double_value(&[]);
     assert!((mean - expected).abs() < 1e-5);
     // What pooling would have reported: counts (6, 6) and mean probabilities (0.5, 0.5) -> 1.0.
-    let pooled_counts = Tensor::from_slice(&[6i64, 6]);
+    let pooled_counts = Tensor::from_slice(&[6i64, 6]).to_device(device());
     let pooled = load_balancing_loss(&Tensor::cat(&probs, 0), &pooled_counts, None).unwrap().double_value(&[]);
     assert!((pooled - 1.0).abs() < 1e-5, "pooled statistics look balanced: {pooled}");
 }
@@ -137,9 +140,9 @@ fn per_layer_losses_are_not_pooled_across_layers() {
 fn top1_router_gets_gradient_from_the_task_loss_alone() {
     let (_vs, moe) =
         layer(MoeConfig { num_experts: 4, top_k: 1, normalize_gates: true, d_ff: 16, ..Default::default() });
-    let x = Tensor::randn([2, 5, D], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([2, 5, D], (Kind::Float, device()));
     let (y, _) = moe.forward_t(&x, true).unwrap();
-    (y * Tensor::randn([2, 5, D], (Kind::Float, Device::Cpu))).sum(Kind::Float).backward();
+    (y * Tensor::randn([2, 5, D], (Kind::Float, device()))).sum(Kind::Float).backward();
     let g = moe.router.weight.grad().abs().sum(Kind::Float).double_value(&[]);
     assert!(g > 1e-6, "router gradient from the task loss is {g}");
 }
@@ -161,15 +164,15 @@ fn padding_is_not_counted_in_losses_or_capacity() {
             ..Default::default()
         };
         let (_vs, moe) = layer(config);
-        let x = Tensor::randn([2, 6, D], (Kind::Float, Device::Cpu));
-        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0]).view([2, 6]);
+        let x = Tensor::randn([2, 6, D], (Kind::Float, device()));
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0]).view([2, 6]).to_device(device());
         let (y, aux) = moe.forward_masked_t(&x, Some(&mask), true).unwrap();
-        let real_index = Tensor::from_slice(&[0i64, 1, 2, 3, 6, 7, 8]);
+        let real_index = Tensor::from_slice(&[0i64, 1, 2, 3, 6, 7, 8]).to_device(device());
         let real = x.view([12, D]).index_select(0, &real_index);
         let (y_real, aux_real) = moe.forward_t(&real, true).unwrap();
         let y_flat = y.view([12, D]);
         assert!(max_diff(&y_flat.index_select(0, &real_index), &y_real) < 1e-6, "{router:?}");
-        let pad_index = Tensor::from_slice(&[4i64, 5, 9, 10, 11]);
+        let pad_index = Tensor::from_slice(&[4i64, 5, 9, 10, 11]).to_device(device());
         assert_eq!(y_flat.index_select(0, &pad_index).abs().max().double_value(&[]), 0.0, "{router:?}: padding output");
         assert_eq!(aux.capacity, aux_real.capacity, "{router:?}");
         assert_eq!(aux.num_real_tokens, 7);
@@ -189,7 +192,7 @@ fn padding_is_not_counted_in_losses_or_capacity() {
 #[test]
 fn z_loss_uses_logits() {
     let (_vs, moe) = layer(MoeConfig { num_experts: 3, d_ff: 8, ..Default::default() });
-    let x = Tensor::randn([7, D], (Kind::Float, Device::Cpu)) * 5.0;
+    let x = Tensor::randn([7, D], (Kind::Float, device())) * 5.0;
     let (_, aux) = moe.forward_t(&x, false).unwrap();
     let logits = x.linear::<Tensor>(&moe.router.weight, None);
     let on_logits = logits.logsumexp([-1], false).square().mean(Kind::Float).double_value(&[]);
@@ -213,8 +216,8 @@ fn combine_is_deterministic() {
             d_ff: 16,
             ..Default::default()
         });
-        let x = Tensor::randn([3, 9, D], (Kind::Float, Device::Cpu));
-        let g = Tensor::randn([3, 9, D], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([3, 9, D], (Kind::Float, device()));
+        let g = Tensor::randn([3, 9, D], (Kind::Float, device()));
         let run = || {
             let xg = x.detach().copy().set_requires_grad(true);
             let (y, _) = moe.forward_t(&xg, true).unwrap();
@@ -242,7 +245,7 @@ fn capacity_rounding_does_not_drop_tokens() {
     });
     // Tokens are unit vectors: tokens 0-2 -> expert 0, 3-5 -> 1, 6-8 -> 2, 9 -> 3.
     let experts = [0i64, 0, 0, 1, 1, 1, 2, 2, 2, 3];
-    let x = Tensor::from_slice(&experts).one_hot(D).to_kind(Kind::Float);
+    let x = Tensor::from_slice(&experts).to_device(device()).one_hot(D).to_kind(Kind::Float);
     let (_, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(aux.capacity, Some(3));
     assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![3, 3, 3, 1]);
@@ -255,14 +258,14 @@ fn capacity_rounding_does_not_drop_tokens() {
 fn expert_choice_output_by_hand() {
     let config = MoeConfig { num_experts: 3, d_ff: 8, ..MoeConfig::expert_choice(3, 8) };
     let (_vs, moe) = layer(config);
-    let x = Tensor::randn([6, D], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([6, D], (Kind::Float, device()));
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     let c = 4; // ceil(2 · 6 / 3)
     assert_eq!(aux.capacity, Some(c));
     assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![c, c, c]);
     let probs = x.linear::<Tensor>(&moe.router.weight, None).softmax(-1, Kind::Float);
     let (_, picked) = probs.transpose(0, 1).topk(c, -1, true, true);
-    let expected = Tensor::zeros([6, D], (Kind::Float, Device::Cpu));
+    let expected = Tensor::zeros([6, D], (Kind::Float, device()));
     for e in 0..3 {
         for j in 0..c {
             let t = picked.int64_value(&[e, j]);
@@ -292,8 +295,8 @@ fn batch_prioritized_routing_keeps_confident_tokens() {
         let _ = w.get(0).get(0).fill_(1.0);
     });
     // All tokens prefer expert 0 (positive channel 0), with increasing confidence; C = ceil(0.5·6/2) = 2.
-    let strength = Tensor::from_slice(&[0.5f32, 3.0, 1.0, 4.0, 2.0, 0.7]);
-    let x = Tensor::zeros([6, D], (Kind::Float, Device::Cpu));
+    let strength = Tensor::from_slice(&[0.5f32, 3.0, 1.0, 4.0, 2.0, 0.7]).to_device(device());
+    let x = Tensor::zeros([6, D], (Kind::Float, device()));
     x.select(1, 0).copy_(&strength);
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(aux.capacity, Some(2));
@@ -308,7 +311,7 @@ fn shared_experts_add_to_the_routed_output() {
     let (_vs, moe) = layer(config);
     let shared = moe.shared.as_ref().unwrap();
     assert_eq!(shared.w_in.weight.size(), vec![16, D]);
-    let x = Tensor::randn([5, D], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([5, D], (Kind::Float, device()));
     let (y, _) = moe.forward_t(&x, true).unwrap();
     let routing = moe.router.route(&x, true).unwrap();
     let routed = one_hot_moe(&x, &routing, &moe.experts, None, None).unwrap();
@@ -330,7 +333,7 @@ fn aux_free_bias_balances_selection() {
         let _ = w.zero_();
         let _ = w.get(0).get(0).fill_(1.0);
     });
-    let x = Tensor::zeros([4, D], (Kind::Float, Device::Cpu));
+    let x = Tensor::zeros([4, D], (Kind::Float, device()));
     let _ = x.select(1, 0).fill_(0.5); // p(expert 0) = sigmoid(0.5) ≈ 0.62 for every token
     let (_, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![4, 0]);
@@ -364,15 +367,15 @@ fn invalid_moe_options_are_named() {
         ),
     ];
     for (config, expected) in cases {
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         let err = MoeLayer::new(&vs.root(), 8, &config, &INIT).unwrap_err().to_string();
         assert!(err.contains(expected), "{err}");
     }
     let (_vs, moe) = layer(MoeConfig::default());
     let err = moe
         .forward_masked_t(
-            &Tensor::zeros([2, 3, D], (Kind::Float, Device::Cpu)),
-            Some(&Tensor::ones([3, 2], (Kind::Int64, Device::Cpu))),
+            &Tensor::zeros([2, 3, D], (Kind::Float, device())),
+            Some(&Tensor::ones([3, 2], (Kind::Int64, device()))),
             true,
         )
         .unwrap_err();
@@ -381,7 +384,7 @@ fn invalid_moe_options_are_named() {
         let cf = Some(2.0);
         let (_vs, moe) =
             layer(MoeConfig { router, capacity_factor: cf, eval_capacity_factor: cf, ..Default::default() });
-        let err = moe.forward_t(&Tensor::zeros([0, 4, D], (Kind::Float, Device::Cpu)), true).unwrap_err();
+        let err = moe.forward_t(&Tensor::zeros([0, 4, D], (Kind::Float, device())), true).unwrap_err();
         assert_eq!(err.to_string(), "shape error: MoE input holds no tokens (shape [0, 4, 8])", "{router:?}");
     }
 }
@@ -394,7 +397,7 @@ fn fine_grained_experts_grouped_equals_loop() {
     };
     let (_a, grouped) = make(ExpertBackend::GroupedMm);
     let (_b, looped) = make(ExpertBackend::Loop);
-    let x = Tensor::randn([4, 16, D], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn([4, 16, D], (Kind::Float, device()));
     let (y1, _) = grouped.forward_t(&x, true).unwrap();
     let (y2, _) = looped.forward_t(&x, true).unwrap();
     assert!(max_diff(&y1, &y2) < 1e-5);

@@ -1,11 +1,14 @@
 //! Property tests: any config either builds a working model or is rejected with a config error
 //! naming a value; dispatch/combine invariants hold for any routing, capacity and mask.
 
+mod common;
+
 use altup_moe::altup::{AltUpConfig, SequenceAltUpConfig};
 use altup_moe::moe::{plan_token_choice, MoeConfig, SortDispatcher, TokenDispatcher};
 use altup_moe::{Error, LanguageModel, ModelConfig};
+use common::device;
 use proptest::prelude::*;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -52,11 +55,11 @@ proptest! {
         if stride > 0 {
             c.sequence_altup = Some(SequenceAltUpConfig { stride });
         }
-        let vs = VarStore::new(Device::Cpu);
+        let vs = VarStore::new(device());
         match LanguageModel::new(&vs.root(), &c) {
             Ok(model) => {
                 BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let tokens = Tensor::randint(vocab as i64, [2, 5], (Kind::Int64, Device::Cpu));
+                let tokens = Tensor::randint(vocab as i64, [2, 5], (Kind::Int64, device()));
                 let out = model.forward_t(&tokens, true).unwrap();
                 prop_assert_eq!(out.logits.size(), vec![2, 5, vocab as i64]);
                 prop_assert!(out.logits.isfinite().all().int64_value(&[]) == 1);
@@ -84,14 +87,14 @@ proptest! {
         let k = k_raw.min(e);
         tch::manual_seed(seed as i64);
         // Distinct experts per token: top-k of random scores.
-        let (_, index) = Tensor::rand([n, e], (Kind::Float, Device::Cpu)).topk(k, -1, true, true);
-        let valid = Tensor::from_slice(&(0..n).map(|t| (mask_bits >> (t % 32)) & 1 == 1 || t % 3 == 0).collect::<Vec<bool>>());
-        let gates = Tensor::ones([n, k], (Kind::Float, Device::Cpu));
+        let (_, index) = Tensor::rand([n, e], (Kind::Float, device())).topk(k, -1, true, true);
+        let valid = Tensor::from_slice(&(0..n).map(|t| (mask_bits >> (t % 32)) & 1 == 1 || t % 3 == 0).collect::<Vec<bool>>()).to_device(device());
+        let gates = Tensor::ones([n, k], (Kind::Float, device()));
         let plan = plan_token_choice(&index, &gates, e, Some(&valid), capacity, None).unwrap();
-        let x = Tensor::randn([n, 4], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([n, 4], (Kind::Float, device()));
         let y = SortDispatcher.combine(&SortDispatcher.dispatch(&x, &plan).unwrap(), &plan).unwrap();
-        let kept_per_token = Tensor::zeros([n], (Kind::Float, Device::Cpu))
-            .index_add(0, &plan.tokens().unwrap(), &Tensor::ones([plan.num_kept()], (Kind::Float, Device::Cpu)));
+        let kept_per_token = Tensor::zeros([n], (Kind::Float, device()))
+            .index_add(0, &plan.tokens().unwrap(), &Tensor::ones([plan.num_kept()], (Kind::Float, device())));
         prop_assert!(y.allclose(&(&x * kept_per_token.unsqueeze(1)), 1e-6, 1e-6, false));
         let masked_rows = y.index_select(0, &valid.logical_not().nonzero().squeeze_dim(1));
         prop_assert!(masked_rows.numel() == 0 || masked_rows.abs().max().double_value(&[]) == 0.0);

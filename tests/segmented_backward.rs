@@ -11,8 +11,9 @@ use altup_moe::model::{ModelAux, MoeLayers, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::{ExchangeTape, ExpertParallel, SingleProcess};
 use altup_moe::train::checkpoint::named_variables;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
+use common::device;
 use std::sync::Arc;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 /// A model variant, and whether its cuts isolate every block completely (a strict tape passes).
 /// The input-dependent AltUp prediction and Sequence-AltUp's anchors feed both the layer and
@@ -81,16 +82,17 @@ fn one_rank_with_cuts_equals_one_ordinary_backward_for_every_stack() {
     for (name, config, isolated) in variants() {
         for tape in [ExchangeTape::new(), ExchangeTape::strict()] {
             tch::manual_seed(7);
-            let tokens = Tensor::randint(config.vocab_size as i64, [2, 12], (Kind::Int64, Device::Cpu));
-            let g = Tensor::randn([2, 12, config.vocab_size as i64], (Kind::Float, Device::Cpu));
+            let tokens = Tensor::randint(config.vocab_size as i64, [2, 12], (Kind::Int64, device()));
+            let g = Tensor::randn([2, 12, config.vocab_size as i64], (Kind::Float, device()));
             // The second sequence ends in 3 padding tokens.
-            let mask = Tensor::from_slice(&(0..24).map(|i| i < 21).collect::<Vec<bool>>()).view([2, 12]);
-            let plain_vs = VarStore::new(Device::Cpu);
+            let mask =
+                Tensor::from_slice(&(0..24).map(|i| i < 21).collect::<Vec<bool>>()).view([2, 12]).to_device(device());
+            let plain_vs = VarStore::new(device());
             let plain = LanguageModel::new(&plain_vs.root(), &config).unwrap();
             let out = plain.forward_masked_t(&tokens, Some(&mask), true).unwrap();
             objective(&out.logits, &g, &[&out.aux]).backward();
 
-            let ep_vs = VarStore::new(Device::Cpu);
+            let ep_vs = VarStore::new(device());
             let group = ExpertParallel::with_tape(Arc::new(SingleProcess), tape.clone());
             let ep = LanguageModel::new_expert_parallel(&ep_vs.root(), &config, group).unwrap();
             let ep_out = ep.forward_masked_t(&tokens, Some(&mask), true).unwrap();
@@ -126,16 +128,17 @@ fn encoder_decoder_with_cuts_equals_one_ordinary_backward() {
         (stack.ffn, stack.moe) = (base.ffn.clone(), base.moe.clone());
     }
     tch::manual_seed(3);
-    let src = Tensor::randint(300, [2, 10], (Kind::Int64, Device::Cpu));
-    let src_mask = Tensor::from_slice(&(0..20).map(|i| i < 18).collect::<Vec<bool>>()).view([2, 10]);
-    let tgt = Tensor::randint(300, [2, 7], (Kind::Int64, Device::Cpu));
-    let g = Tensor::randn([2, 7, 300], (Kind::Float, Device::Cpu));
-    let plain_vs = VarStore::new(Device::Cpu);
+    let src = Tensor::randint(300, [2, 10], (Kind::Int64, device()));
+    let src_mask =
+        Tensor::from_slice(&(0..20).map(|i| i < 18).collect::<Vec<bool>>()).view([2, 10]).to_device(device());
+    let tgt = Tensor::randint(300, [2, 7], (Kind::Int64, device()));
+    let g = Tensor::randn([2, 7, 300], (Kind::Float, device()));
+    let plain_vs = VarStore::new(device());
     let plain = Seq2SeqModel::new(&plain_vs.root(), &config).unwrap();
     let out = plain.forward_t(&src, Some(&src_mask), &tgt, true).unwrap();
     objective(&out.logits, &g, &[&out.encoder_aux, &out.decoder_aux]).backward();
     let tape = ExchangeTape::strict();
-    let ep_vs = VarStore::new(Device::Cpu);
+    let ep_vs = VarStore::new(device());
     let group = ExpertParallel::with_tape(Arc::new(SingleProcess), tape.clone());
     let ep = Seq2SeqModel::new_expert_parallel(&ep_vs.root(), &config, group).unwrap();
     let ep_out = ep.forward_t(&src, Some(&src_mask), &tgt, true).unwrap();
@@ -152,19 +155,19 @@ fn encoder_decoder_with_cuts_equals_one_ordinary_backward() {
 fn accumulated_micro_batches_equal_one_batch_twice_as_large() {
     let config = common::tiny(Arch::AltUpMoe);
     tch::manual_seed(11);
-    let tokens = Tensor::randint(config.vocab_size as i64, [4, 12], (Kind::Int64, Device::Cpu));
-    let targets = Tensor::randint(config.vocab_size as i64, [4, 12], (Kind::Int64, Device::Cpu));
+    let tokens = Tensor::randint(config.vocab_size as i64, [4, 12], (Kind::Int64, device()));
+    let targets = Tensor::randint(config.vocab_size as i64, [4, 12], (Kind::Int64, device()));
     let loss = |model: &LanguageModel, rows: std::ops::Range<i64>| {
         let logits = model.forward_t(&tokens.narrow(0, rows.start, rows.end - rows.start), true).unwrap().logits;
         logits
             .view([-1, config.vocab_size as i64])
             .cross_entropy_for_logits(&targets.narrow(0, rows.start, rows.end - rows.start).view([-1]))
     };
-    let whole_vs = VarStore::new(Device::Cpu);
+    let whole_vs = VarStore::new(device());
     let whole = LanguageModel::new(&whole_vs.root(), &config).unwrap();
     loss(&whole, 0..4).backward();
     let tape = ExchangeTape::strict();
-    let ep_vs = VarStore::new(Device::Cpu);
+    let ep_vs = VarStore::new(device());
     let group = ExpertParallel::with_tape(Arc::new(SingleProcess), tape.clone());
     let ep = LanguageModel::new_expert_parallel(&ep_vs.root(), &config, group).unwrap();
     for half in [0..2, 2..4] {

@@ -8,8 +8,8 @@ use altup_moe::moe::MoeConfig;
 use altup_moe::nn::FeedForwardConfig;
 use altup_moe::train::{SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer};
 use altup_moe::Arch;
-use common::copy_shared;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use common::{copy_shared, device};
+use tch::{nn::VarStore, Kind, Tensor};
 
 fn tiny(arch: Arch, vocab: usize) -> Seq2SeqConfig {
     let mut c = Seq2SeqConfig::preset(arch, vocab);
@@ -26,13 +26,13 @@ fn tiny(arch: Arch, vocab: usize) -> Seq2SeqConfig {
 }
 
 fn build(config: &Seq2SeqConfig) -> (VarStore, Seq2SeqModel) {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = Seq2SeqModel::new(&vs.root(), config).unwrap();
     (vs, model)
 }
 
 fn ids(b: i64, t: i64, vocab: i64) -> Tensor {
-    Tensor::randint(vocab, [b, t], (Kind::Int64, Device::Cpu))
+    Tensor::randint(vocab, [b, t], (Kind::Int64, device()))
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -57,7 +57,9 @@ fn source_padding_does_not_affect_real_positions() {
     for arch in Arch::ALL {
         let (_vs, model) = build(&tiny(arch, 300));
         let src = ids(2, 9, 256);
-        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 9]);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+            .view([2, 9])
+            .to_device(device());
         let tgt = ids(2, 5, 300);
         let repadded = src.copy();
         let _ = repadded.get(0).narrow(0, 6, 3).fill_(200);
@@ -150,7 +152,7 @@ fn parameter_counts_match() {
 fn inconsistent_configs_are_named() {
     let mut c = tiny(Arch::Dense, 300);
     c.encoder.attention.causal = true;
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let err = Seq2SeqModel::new(&vs.root(), &c).unwrap_err().to_string();
     assert_eq!(err, "invalid config: encoder attention.causal (true) must be false");
     let mut c = tiny(Arch::Dense, 300);

@@ -4,7 +4,8 @@ mod common;
 
 use altup_moe::train::{load_weights, save_weights, ByteDataset, TrainConfig, Trainer};
 use altup_moe::{Arch, LanguageModel, ModelConfig};
-use tch::{nn::VarStore, Device};
+use common::{device, on_cpu};
+use tch::nn::VarStore;
 
 fn tiny(arch: Arch) -> ModelConfig {
     let mut c = ModelConfig::preset(arch);
@@ -41,7 +42,7 @@ fn config(steps: u64) -> TrainConfig {
 
 fn train(arch: Arch, steps: u64, seed: u64) -> (VarStore, LanguageModel, Vec<f64>, f64) {
     let (train, val) = text();
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &ModelConfig { init_seed: seed, ..tiny(arch) }).unwrap();
     let mut trainer = Trainer::new(&vs, &model, &train, &val, config(steps)).unwrap();
     let losses: Vec<f64> = (0..steps).map(|_| trainer.step().unwrap().loss).collect();
@@ -63,13 +64,22 @@ fn loss_falls_over_thirty_steps_for_every_stack() {
     }
 }
 
-/// The same seeds give the same loss curve.
+/// The same seeds give the same loss curve: bitwise on the CPU; elsewhere within 1e-5
+/// (relative), because libtorch's CUDA attention backward (SDPA) is not deterministic.
 #[test]
 fn same_seed_same_losses() {
-    let (_, _, a, va) = train(Arch::AltUpMoe, 5, 3);
-    let (_, _, b, vb) = train(Arch::AltUpMoe, 5, 3);
-    assert_eq!(a, b);
-    assert_eq!(va, vb);
+    let (_, _, mut a, va) = train(Arch::AltUpMoe, 5, 3);
+    let (_, _, mut b, vb) = train(Arch::AltUpMoe, 5, 3);
+    a.push(va);
+    b.push(vb);
+    if on_cpu() {
+        assert_eq!(a, b);
+    } else {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0), "{a:?} vs {b:?}");
+        }
+    }
 }
 
 /// A trained model saved to safetensors and loaded into a fresh model gives bitwise-equal logits.
@@ -79,9 +89,9 @@ fn saved_weights_load_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     save_weights(&vs, &path).unwrap();
-    let vs2 = VarStore::new(Device::Cpu);
+    let vs2 = VarStore::new(device());
     let model2 = LanguageModel::new(&vs2.root(), &ModelConfig { init_seed: 99, ..tiny(Arch::AltUpMoe) }).unwrap();
-    let tokens = tch::Tensor::randint(256, [2, 16], (tch::Kind::Int64, Device::Cpu));
+    let tokens = tch::Tensor::randint(256, [2, 16], (tch::Kind::Int64, device()));
     let before = model2.forward_t(&tokens, false).unwrap().logits;
     load_weights(&vs2, &path).unwrap();
     let expected = model.forward_t(&tokens, false).unwrap().logits;
@@ -93,7 +103,7 @@ fn saved_weights_load_bitwise() {
 #[test]
 fn train_config_errors_name_the_value() {
     let (train, val) = text();
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &tiny(Arch::Dense)).unwrap();
     let err = Trainer::new(&vs, &model, &train, &val, TrainConfig { seq_len: 64, ..config(3) }).unwrap_err();
     assert_eq!(err.to_string(), "invalid config: seq_len (64) must be <= the model's max_seq_len (32)");

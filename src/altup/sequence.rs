@@ -84,7 +84,7 @@ impl SequenceAltUp {
     /// Runs `layer` on the anchor tokens and spreads the result causally (module docs).
     ///
     /// `layer` receives the anchor tokens `[B, T', D]`, their positions `[T']` and the anchors'
-    /// mask `[B, T']` (when `mask` is given).
+    /// mask `[B, T']` (when `mask` is given), on `x`'s device even when `mask` lives elsewhere.
     ///
     /// # Shapes
     /// `x`: `[B, T, D]`, `mask`: `[B, T]` → `[B, T, D]` in `x`'s dtype.
@@ -103,7 +103,7 @@ impl SequenceAltUp {
         }
         let plan = self.anchors(size[1], x.device())?;
         let anchors = x.f_index_select(1, &plan.positions)?;
-        let anchor_mask = mask.map(|m| m.f_index_select(1, &plan.positions)).transpose()?;
+        let anchor_mask = mask.map(|m| m.f_to_device(x.device())?.f_index_select(1, &plan.positions)).transpose()?;
         let (computed, aux) = layer(&anchors, &plan.positions, anchor_mask.as_ref())?;
         if computed.size() != anchors.size() {
             return Err(Error::Shape(format!(

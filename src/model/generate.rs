@@ -1,10 +1,11 @@
 //! Autoregressive sampling from a [`LanguageModel`] (temperature, top-k and nucleus / top-p).
 
 use crate::error::{Error, Result};
+use crate::host;
 use crate::model::lm::LanguageModel;
 use crate::model::output::ModelOutput;
 use rand::Rng;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// How the next token is drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,7 +140,7 @@ impl LanguageModel {
 
 /// Draws one token from next-token logits `[V]` (greedy at temperature 0).
 pub(crate) fn sample(logits: &Tensor, sampling: Sampling, rng: &mut impl Rng) -> Result<i64> {
-    let logits = Vec::<f64>::try_from(logits.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?)?;
+    let logits = host::f64s(logits)?;
     if sampling.temperature == 0.0 {
         let best = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
         return Ok(best as i64);

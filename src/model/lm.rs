@@ -23,16 +23,18 @@ use tch::{nn, Tensor};
 ///
 /// ```
 /// use altup_moe::{Arch, LanguageModel, ModelConfig};
-/// use tch::{nn::VarStore, Device, Kind, Tensor};
+/// use tch::{nn::VarStore, Kind, Tensor};
 ///
 /// let mut config = ModelConfig::preset(Arch::AltUpMoe);
 /// config.d_model = 32;
 /// config.num_layers = 2;
 /// config.ffn.d_ff = 64;
 /// config.moe.as_mut().unwrap().d_ff = 64;
-/// let vs = VarStore::new(Device::Cpu);
+/// // the device the tests run on (ALTUP_MOE_TEST_DEVICE, default cpu)
+/// let device = altup_moe::testing::device()?;
+/// let vs = VarStore::new(device);
 /// let model = LanguageModel::new(&vs.root(), &config)?;
-/// let tokens = Tensor::randint(256, [2, 16], (Kind::Int64, Device::Cpu));
+/// let tokens = Tensor::randint(256, [2, 16], (Kind::Int64, device));
 /// let out = model.forward_t(&tokens, true)?;
 /// assert_eq!(out.logits.size(), vec![2, 16, 256]);
 /// let balance = out.aux.load_balancing_loss()?.expect("one MoE layer");
@@ -181,7 +183,17 @@ impl LanguageModel {
     /// # Errors
     /// As [`LanguageModel::forward_t`], plus [`Error::Shape`] for a mask that is not `[B, T]`.
     pub fn forward_masked_t(&self, tokens: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<ModelOutput> {
-        let (hidden, aux) = self.stack.forward(tokens, &StackContext { mask, train, ..Default::default() }, None)?;
+        self.forward_with(tokens, &StackContext { mask, train, ..Default::default() })
+    }
+
+    /// [`LanguageModel::forward_t`] with every option of the stack's context (mask, training
+    /// mode, the non-finite check, ids the caller has already validated; the memory fields are
+    /// for encoder-decoders and must be `None` here).
+    ///
+    /// # Errors
+    /// As [`LanguageModel::forward_masked_t`].
+    pub fn forward_with(&self, tokens: &Tensor, ctx: &StackContext) -> Result<ModelOutput> {
+        let (hidden, aux) = self.stack.forward(tokens, ctx, None)?;
         Ok(ModelOutput { logits: self.logits(&hidden)?, aux })
     }
 

@@ -4,16 +4,24 @@
 
 use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};
 use crate::error::{Error, Result};
+use crate::host;
 use crate::model::config::ModelConfig;
 use crate::model::output::{LayerAux, ModelAux};
 use crate::model::precision::Precision;
 use crate::moe::{ExpertParallel, GraphCuts, MoeAux};
 use crate::nn::{Block, BlockCache, BlockContext, Embedding, Ffn, InitScheme, RmsNorm};
+use crate::shape::accumulate_kind;
 use tch::{nn, Kind, Tensor};
 
 /// Whether every element of `t` is finite.
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
-    Ok(t.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+    Ok(host::i64_scalar(&t.f_isfinite()?.f_all()?)? != 0)
+}
+
+/// `x` in the accumulation dtype (f32 for bf16/f16 activations, unchanged otherwise).
+fn to_accumulate(x: &Tensor) -> Result<Tensor> {
+    let acc = accumulate_kind(x);
+    Ok(if acc == x.kind() { x.shallow_clone() } else { x.f_to_kind(acc)? })
 }
 
 /// Checks a token tensor `[B, T]` and its optional mask.
@@ -60,6 +68,10 @@ pub struct StackContext<'a> {
     pub train: bool,
     /// Stop at the first block whose output or router is non-finite ([`Error::NonFinite`]).
     pub check_finite: bool,
+    /// The caller has checked that every token id lies in `0..V` (a trainer's byte batches, for
+    /// instance): the stack skips its own check, which reads the ids back to the host
+    /// ([`crate::nn::Embedding::forward_prevalidated`]).
+    pub ids_validated: bool,
 }
 
 /// A transformer stack built from a [`ModelConfig`] (its head settings are ignored).
@@ -209,7 +221,8 @@ impl Stack {
 
     /// Runs the stack on `tokens`, returning the final-normed hidden states and one aux record
     /// per block. With `cache`, the tokens continue the cached sequence (positions start at
-    /// `cache.len`); Sequence-AltUp stacks cannot be cached.
+    /// `cache.len`); Sequence-AltUp stacks cannot be cached. `tokens` and the masks of `ctx` may
+    /// live on another device than the model (e.g. the host): they are moved to the model's.
     ///
     /// # Shapes
     /// `tokens`: `[B, T]` integer ids in `0..V` with `cache.len + T ≤ max_seq_len` →
@@ -238,9 +251,11 @@ impl Stack {
         if cache.is_some() && !self.sequence_altup.is_empty() {
             return Err(Error::Input("cached decoding does not support Sequence-AltUp stacks".into()));
         }
-        let mut embedded = self.embed.forward(tokens)?;
-        if self.precision == Precision::Bf16 {
-            embedded = embedded.f_to_kind(Kind::BFloat16)?;
+        let mut embedded =
+            if ctx.ids_validated { self.embed.forward_prevalidated(tokens)? } else { self.embed.forward(tokens)? };
+        let residual = self.precision.residual_kind(embedded.kind());
+        if residual != embedded.kind() {
+            embedded = embedded.f_to_kind(residual)?;
         }
         let check = |layer: usize, y: &Tensor, moe: &Option<MoeAux>| -> Result<()> {
             if !ctx.check_finite {
@@ -254,7 +269,12 @@ impl Stack {
             Err(Error::NonFinite { step: 0, what })
         };
         let memory = ctx.memory.map(|m| self.cuts.cut(m)).transpose()?;
-        let ctx = &StackContext { memory: memory.as_ref(), ..*ctx };
+        // Caller-provided masks may live on another device than the model (the host).
+        let to_model = |m: &Tensor| m.f_to_device(embedded.device());
+        let mask = ctx.mask.map(to_model).transpose()?;
+        let memory_mask = ctx.memory_mask.map(to_model).transpose()?;
+        let ctx =
+            &StackContext { mask: mask.as_ref(), memory: memory.as_ref(), memory_mask: memory_mask.as_ref(), ..*ctx };
         let mut layers = Vec::with_capacity(self.blocks.len());
         let hidden = match (&self.config.altup, &self.widening) {
             (Some(altup_config), Some(widening)) => {
@@ -270,7 +290,7 @@ impl Stack {
                     layers.push(LayerAux { layer, moe });
                     x = y;
                 }
-                widening.collapse(&x)?
+                widening.collapse(&to_accumulate(&x)?)?
             }
             _ => {
                 let mut x = embedded;
@@ -285,6 +305,9 @@ impl Stack {
                 x
             }
         };
+        // The final norm, the head and the logits run in f32 (f64 for an f64 model) whatever the
+        // compute precision.
+        let hidden = to_accumulate(&hidden)?;
         if let Some(c) = cache {
             c.len += t;
         }
@@ -306,6 +329,7 @@ impl Stack {
             memory: ctx.memory,
             memory_mask: ctx.memory_mask,
             train: ctx.train,
+            compute: self.precision.sublayer_kind(),
         };
         match self.sequence_altup.get(layer) {
             Some(seq) => seq.forward_t(x, ctx.mask, |anchors, positions, anchor_mask| {

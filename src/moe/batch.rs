@@ -11,6 +11,8 @@
 //! assignments are exactly those of the single process.
 
 use crate::error::{Error, Result};
+use crate::host;
+use crate::moe::plan::count_values;
 use tch::{Device, Kind, Tensor};
 
 /// What one part (rank) of the batch reports for a layer pass.
@@ -219,12 +221,9 @@ impl BatchCounts {
         }
         let key = experts
             .f_add(&Tensor::f_arange(k, (Kind::Int64, device))?.f_mul_scalar(num_experts + 1)?.f_unsqueeze(1)?)?;
-        let counts = key
-            .f_reshape([-1])?
-            .f_bincount::<Tensor>(None, k * (num_experts + 1))?
-            .f_view([k, num_experts + 1])?
-            .f_narrow(1, 0, num_experts)?;
-        Ok(Vec::<i64>::try_from(&counts.f_to_device(Device::Cpu)?.f_contiguous()?.f_view([-1])?)?)
+        let counts =
+            count_values(&key, k * (num_experts + 1))?.f_view([k, num_experts + 1])?.f_narrow(1, 0, num_experts)?;
+        host::i64s(&counts)
     }
 }
 

@@ -9,6 +9,7 @@
 //!   loop makes libtorch allocate a full-size gradient buffer per expert.
 
 use crate::error::{Error, Result};
+use crate::moe::kernel::{self, KernelKey};
 use crate::nn::feed_forward::Activation;
 use crate::nn::init::InitScheme;
 use crate::shape::{cast_like, expect_device, expect_shape};
@@ -23,11 +24,12 @@ pub const LOOP_MIN_ROWS_PER_EXPERT: i64 = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpertBackend {
-    /// The faster kernel measured per device (`benches/moe_layer.rs`, D = 256, F = 1024): on CPU
-    /// the per-expert loop when experts average at least [`LOOP_MIN_ROWS_PER_EXPERT`] rows
-    /// (large matmuls; libtorch 2.13's CPU grouped matmul is slower there) and grouped matmul for
-    /// smaller groups (many tiny matmuls); on CUDA grouped matmul for bf16. Grouped matmul needs
-    /// f32/bf16 rows aligned to 16 bytes; everything else uses the loop.
+    /// The faster kernel for the device: on CPU (measured in `benches/moe_layer.rs`, D = 256,
+    /// F = 1024) the per-expert loop when experts average at least [`LOOP_MIN_ROWS_PER_EXPERT`]
+    /// rows (large matmuls; libtorch 2.13's CPU grouped matmul is slower there) and grouped
+    /// matmul for smaller groups (many tiny matmuls); on an accelerator whichever of the two
+    /// was faster when timed once for the shape class ([`crate::moe::kernel`]). Grouped matmul
+    /// needs f32/bf16 rows aligned to 16 bytes; everything else uses the loop.
     #[default]
     Auto,
     /// Always `torch._grouped_mm`; errors where libtorch does not support it.
@@ -107,26 +109,64 @@ impl Experts {
         self.w_in.size()[0]
     }
 
-    /// The kernel [`ExpertBackend::Auto`] resolves to for `rows` rows of this dtype and device.
-    pub fn resolved_backend(&self, rows: i64, kind: Kind, device: Device) -> ExpertBackend {
-        match self.backend {
-            ExpertBackend::Auto => {
-                let size = self.w_in.size();
-                let aligned = |n: i64| (n * kind.elt_size_in_bytes() as i64) % 16 == 0;
-                let supported = match device {
-                    Device::Cpu => {
-                        matches!(kind, Kind::Float | Kind::BFloat16) && rows < LOOP_MIN_ROWS_PER_EXPERT * size[0]
-                    }
-                    _ => kind == Kind::BFloat16,
-                };
-                if supported && aligned(size[1]) && aligned(size[2]) {
-                    ExpertBackend::GroupedMm
-                } else {
-                    ExpertBackend::Loop
-                }
-            }
-            fixed => fixed,
+    /// The kernel [`ExpertBackend::Auto`] resolves to for `rows` rows of this dtype and device:
+    /// on the CPU the measured rule (grouped matmul below [`LOOP_MIN_ROWS_PER_EXPERT`] rows per
+    /// expert, the loop from there); on an accelerator the faster of the two for this shape
+    /// class, timed once and cached ([`crate::moe::kernel`]). Grouped matmul needs f32/bf16 rows
+    /// aligned to 16 bytes; everything else uses the loop.
+    ///
+    /// # Errors
+    /// libtorch errors of the one-off measurement on an accelerator.
+    pub fn resolved_backend(&self, rows: i64, kind: Kind, device: Device) -> Result<ExpertBackend> {
+        if self.backend != ExpertBackend::Auto {
+            return Ok(self.backend);
         }
+        let size = self.w_in.size();
+        let aligned = |n: i64| (n * kind.elt_size_in_bytes() as i64) % 16 == 0;
+        if !matches!(kind, Kind::Float | Kind::BFloat16) || !aligned(size[1]) || !aligned(size[2]) {
+            return Ok(ExpertBackend::Loop);
+        }
+        match device {
+            Device::Cpu if rows < LOOP_MIN_ROWS_PER_EXPERT * size[0] => Ok(ExpertBackend::GroupedMm),
+            Device::Cpu => Ok(ExpertBackend::Loop),
+            _ => {
+                let key = KernelKey::new(device, kind, [size[0], size[1], size[2]], self.w_gate.is_some(), rows);
+                kernel::choose(key, |backend| self.time_kernel(backend, &key))
+            }
+        }
+    }
+
+    /// Seconds of one forward + backward of `backend` on random rows and weights of `key`'s
+    /// shape (fastest of 3 after a warm-up), synchronising the device around each run.
+    fn time_kernel(&self, backend: ExpertBackend, key: &KernelKey) -> Result<f64> {
+        let [e, d, f] = key.shape;
+        let rows_per_expert = key.rows_per_expert;
+        let sizes = vec![rows_per_expert; e as usize];
+        let weight = |shape: [i64; 3]| -> Result<Tensor> {
+            Ok(Tensor::f_randn(shape, (Kind::Float, key.device))?.f_mul_scalar(0.02)?.set_requires_grad(true))
+        };
+        let (w_in, w_out) = (weight([e, d, f])?, weight([e, f, d])?);
+        let w_gate = key.gated.then(|| weight([e, d, f])).transpose()?;
+        let weights = Weights { w_in: &w_in, w_gate: w_gate.as_ref(), w_out: &w_out, activation: self.activation };
+        let rows = Tensor::f_randn([e * rows_per_expert, d], (key.kind, key.device))?.set_requires_grad(true);
+        let cotangent = Tensor::f_randn([e * rows_per_expert, d], (key.kind, key.device))?;
+        let sync = || {
+            if let Device::Cuda(i) = key.device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
+        let mut best = f64::INFINITY;
+        for run in 0..4 {
+            sync();
+            let start = std::time::Instant::now();
+            let y = weights.run(backend, &rows, &sizes)?;
+            y.f_mul(&cotangent)?.f_sum(Kind::Float)?.f_backward()?;
+            sync();
+            if run > 0 {
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(best)
     }
 
     /// Runs every expert on its contiguous group of rows.
@@ -152,13 +192,30 @@ impl Experts {
         if n == 0 {
             return Ok(rows.f_zeros_like()?);
         }
-        match self.resolved_backend(n, rows.kind(), rows.device()) {
-            ExpertBackend::Loop => self.forward_loop(rows, group_sizes),
-            _ => self.forward_grouped(rows, group_sizes),
+        let backend = self.resolved_backend(n, rows.kind(), rows.device())?;
+        let weights =
+            Weights { w_in: &self.w_in, w_gate: self.w_gate.as_ref(), w_out: &self.w_out, activation: self.activation };
+        weights.run(backend, rows, group_sizes)
+    }
+}
+
+/// The weights one kernel call uses (the layer's, or random ones of the same shape when timing).
+struct Weights<'a> {
+    w_in: &'a Tensor,
+    w_gate: Option<&'a Tensor>,
+    w_out: &'a Tensor,
+    activation: Activation,
+}
+
+impl Weights<'_> {
+    fn run(&self, backend: ExpertBackend, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+        match backend {
+            ExpertBackend::Loop => self.looped(rows, group_sizes),
+            _ => self.grouped(rows, group_sizes),
         }
     }
 
-    fn forward_grouped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+    fn grouped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
         let mut total = 0i32;
         let offsets: Vec<i32> = group_sizes
             .iter()
@@ -171,19 +228,16 @@ impl Experts {
         let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
             Ok(x.f_internal_grouped_mm(&cast_like(w, x)?, Some(&offs), None, None)?)
         };
-        let h = mm(rows, &self.w_in)?;
-        let gate = self.w_gate.as_ref().map(|w| mm(rows, w)).transpose()?;
-        mm(&self.activation.apply(&h, gate.as_ref())?, &self.w_out)
+        let h = mm(rows, self.w_in)?;
+        let gate = self.w_gate.map(|w| mm(rows, w)).transpose()?;
+        mm(&self.activation.apply(&h, gate.as_ref())?, self.w_out)
     }
 
-    fn forward_loop(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
-        let w_in = cast_like(&self.w_in, rows)?.f_unbind(0)?;
-        let w_gate = self
-            .w_gate
-            .as_ref()
-            .map(|w| -> Result<Vec<Tensor>> { Ok(cast_like(w, rows)?.f_unbind(0)?) })
-            .transpose()?;
-        let w_out = cast_like(&self.w_out, rows)?.f_unbind(0)?;
+    fn looped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+        let w_in = cast_like(self.w_in, rows)?.f_unbind(0)?;
+        let w_gate =
+            self.w_gate.map(|w| -> Result<Vec<Tensor>> { Ok(cast_like(w, rows)?.f_unbind(0)?) }).transpose()?;
+        let w_out = cast_like(self.w_out, rows)?.f_unbind(0)?;
         let mut outputs = Vec::with_capacity(group_sizes.len());
         let mut start = 0;
         for (expert, &size) in group_sizes.iter().enumerate() {
@@ -210,10 +264,17 @@ mod tests {
         let experts =
             Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto, &InitScheme::default()).unwrap();
         let small = 8 * LOOP_MIN_ROWS_PER_EXPERT - 1;
-        assert_eq!(experts.resolved_backend(small, Kind::Float, Device::Cpu), ExpertBackend::GroupedMm);
-        assert_eq!(experts.resolved_backend(small + 1, Kind::Float, Device::Cpu), ExpertBackend::Loop);
-        assert_eq!(experts.resolved_backend(small, Kind::Double, Device::Cpu), ExpertBackend::Loop);
-        assert_eq!(experts.resolved_backend(10, Kind::Float, Device::Cuda(0)), ExpertBackend::Loop);
-        assert_eq!(experts.resolved_backend(10, Kind::BFloat16, Device::Cuda(0)), ExpertBackend::GroupedMm);
+        let resolved = |rows, kind| experts.resolved_backend(rows, kind, Device::Cpu).unwrap();
+        assert_eq!(resolved(small, Kind::Float), ExpertBackend::GroupedMm);
+        assert_eq!(resolved(small + 1, Kind::Float), ExpertBackend::Loop);
+        assert_eq!(resolved(small, Kind::BFloat16), ExpertBackend::GroupedMm);
+        assert_eq!(resolved(small, Kind::Double), ExpertBackend::Loop, "no grouped kernel for f64");
+        // Timing both kernels (what an accelerator does once per shape class) works and returns
+        // positive times; here on the CPU.
+        let key = KernelKey::new(Device::Cpu, Kind::Float, [8, 16, 32], false, 64);
+        for backend in [ExpertBackend::GroupedMm, ExpertBackend::Loop] {
+            let seconds = experts.time_kernel(backend, &key).unwrap();
+            assert!(seconds > 0.0 && seconds.is_finite(), "{backend:?}");
+        }
     }
 }

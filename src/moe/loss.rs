@@ -14,7 +14,7 @@ fn masked_mean(values: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
     Ok(match valid {
         None => values.f_mean(acc)?,
         Some(v) => {
-            let v = v.f_to_kind(acc)?;
+            let v = v.f_to_device(values.device())?.f_to_kind(acc)?;
             values.f_mul(&v)?.f_sum(acc)?.f_div(&v.f_sum(acc)?.f_clamp_min(1.0)?)?
         }
     })
@@ -54,12 +54,12 @@ pub fn load_balancing_loss(probs: &Tensor, routed_per_expert: &Tensor, valid: Op
         )));
     }
     let acc = accumulate_kind(probs);
-    let counts = routed_per_expert.f_to_kind(acc)?;
+    let counts = routed_per_expert.f_to_device(probs.device())?.f_to_kind(acc)?;
     let fraction = counts.f_div(&counts.f_sum(acc)?.f_clamp_min(1.0)?)?;
     let mean_prob = match valid {
         None => probs.f_mean_dim(0, false, acc)?,
         Some(v) => {
-            let v = v.f_to_kind(acc)?;
+            let v = v.f_to_device(probs.device())?.f_to_kind(acc)?;
             probs
                 .f_mul(&v.f_unsqueeze(1)?)?
                 .f_sum_dim_intlist(0, false, acc)?

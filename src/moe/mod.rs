@@ -29,6 +29,7 @@ pub mod batch;
 pub mod config;
 pub mod dispatch;
 pub mod experts;
+pub mod kernel;
 pub mod layer;
 pub mod loss;
 pub mod parallel;

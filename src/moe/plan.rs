@@ -11,7 +11,8 @@
 //! only; masked tokens take no capacity and get no expert.
 
 use crate::error::{ensure_config, Error, Result};
-use tch::{Device, Kind, Tensor};
+use crate::host;
+use tch::{Kind, Tensor};
 
 /// Expert capacity `C = max(min_capacity, ceil(capacity_factor · top_k · num_tokens / num_experts))`.
 ///
@@ -69,16 +70,25 @@ impl DispatchPlan {
     }
 }
 
-fn host_i64(t: &Tensor) -> Result<Vec<i64>> {
-    Ok(Vec::<i64>::try_from(&t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?)?)
-}
-
-/// Number of `true` entries of an optional `[N]` mask (all `N` tokens without a mask).
+/// Number of `true` entries of an optional `[N]` mask (all `N` tokens without a mask; one host
+/// read with a mask).
 pub(crate) fn count_real(valid: Option<&Tensor>, n: i64) -> Result<i64> {
     match valid {
-        Some(v) => Ok(v.f_sum(Kind::Int64)?.f_int64_value(&[])?),
+        Some(v) => host::i64_scalar(&v.f_sum(Kind::Int64)?),
         None => Ok(n),
     }
+}
+
+/// Occurrences of each value `0..bins` in the integer tensor `values` (any shape), `[bins]` i64.
+/// Unlike `bincount`, which reads the minimum and maximum back to the host on CUDA, this stays on
+/// the device (integer `scatter_add` is exact and deterministic).
+///
+/// # Errors
+/// [`Error::Shape`] if a value lies outside `0..bins`; [`Error::Torch`] on libtorch failure.
+pub(crate) fn count_values(values: &Tensor, bins: i64) -> Result<Tensor> {
+    let flat = values.f_reshape([-1])?;
+    let ones = Tensor::f_ones_like(&flat)?;
+    Ok(Tensor::f_zeros([bins], (Kind::Int64, values.device()))?.f_scatter_add(0, &flat, &ones)?)
 }
 
 /// Plans token-choice dispatch.
@@ -141,10 +151,8 @@ pub(crate) fn plan_token_choice_limited(
         Tensor::f_arange(k, int)?.f_mul_scalar(n)?.f_unsqueeze(1)?.f_add(&order.f_unsqueeze(0)?)?.f_reshape([-1])?; // a = c·N + t, in visiting order
     let sort = flat_expert.f_argsort_stable(true, 0, false)?;
     let sorted_expert = flat_expert.f_index_select(0, &sort)?;
-    let counts = flat_expert.f_bincount::<Tensor>(None, num_experts + 1)?;
-    if counts.size()[0] != num_experts + 1 {
-        return Err(Error::Shape(format!("expert indices must lie in 0..{num_experts}")));
-    }
+    let counts = count_values(&flat_expert, num_experts + 1)
+        .map_err(|_| Error::Shape(format!("expert indices must lie in 0..{num_experts}")))?;
     let routed_per_expert = counts.f_narrow(0, 0, num_experts)?;
     let mut keep = sorted_expert.f_lt(num_experts)?;
     let first = counts.f_cumsum(0, Kind::Int64)?.f_sub(&counts)?;
@@ -171,20 +179,23 @@ pub(crate) fn plan_token_choice_limited(
         (None, Some(c)) => keep = keep.f_logical_and(&rank.f_lt(c)?)?,
         (None, None) => {}
     }
-    let kept = sort.f_masked_select(&keep)?;
+    let kept_per_expert = match (limits, capacity) {
+        (Some(_), _) => count_values(&sorted_expert.f_where_scalarother(&keep, num_experts)?, num_experts + 1)?
+            .f_narrow(0, 0, num_experts)?,
+        (None, Some(c)) => routed_per_expert.f_clamp_max(c)?,
+        (None, None) => routed_per_expert.shallow_clone(),
+    };
+    // The one host read of the plan: rows per expert (the expert kernels and every shape below
+    // need them).
+    let group_sizes = host::i64s(&kept_per_expert)?;
+    let kept_total: i64 = group_sizes.iter().sum();
+    // Kept assignments first, in expert order (a stable sort, not `masked_select`, which would
+    // read the count back to the host once more).
+    let kept =
+        sort.f_index_select(0, &keep.f_logical_not()?.f_argsort_stable(true, 0, false)?.f_narrow(0, 0, kept_total)?)?;
     let assignment = flat_assignment.f_index_select(0, &kept)?;
     let gate = gate.f_transpose(0, 1)?.f_reshape([-1])?.f_index_select(0, &assignment)?;
-    let kept_per_expert = if limits.is_some() {
-        flat_expert.f_index_select(0, &kept)?.f_bincount::<Tensor>(None, num_experts)?
-    } else {
-        match capacity {
-            Some(c) => routed_per_expert.f_clamp_max(c)?,
-            None => routed_per_expert.shallow_clone(),
-        }
-    };
-    let group_sizes = host_i64(&kept_per_expert)?;
     let total = k * count_real(valid, n)?;
-    let kept_total: i64 = group_sizes.iter().sum();
     let dropped_fraction = if total == 0 { 0.0 } else { 1.0 - kept_total as f64 / total as f64 };
     Ok(DispatchPlan {
         num_tokens: n,
@@ -221,22 +232,29 @@ pub fn plan_expert_choice(probs: &Tensor, valid: Option<&Tensor>, capacity: i64)
     };
     let (top_scores, top_tokens) = scores.f_transpose(0, 1)?.f_topk(c, -1, true, true)?; // [E, C]
     let keep = top_scores.f_ge(0.0)?;
-    let group_sizes = host_i64(&keep.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
-    let flat_keep = keep.f_reshape([-1])?;
-    let tokens = top_tokens.f_reshape([-1])?.f_masked_select(&flat_keep)?; // expert order
-    let gate = top_scores.f_reshape([-1])?.f_masked_select(&flat_keep)?;
+    let group_sizes = host::i64s(&keep.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
+    let kept_total: i64 = group_sizes.iter().sum();
+    let kept = keep.f_reshape([-1])?.f_logical_not()?.f_argsort_stable(true, 0, false)?.f_narrow(0, 0, kept_total)?;
+    let tokens = top_tokens.f_reshape([-1])?.f_index_select(0, &kept)?; // expert order
+    let gate = top_scores.f_reshape([-1])?.f_index_select(0, &kept)?;
     // Slot of each assignment = its rank among the same token's assignments.
     let m = tokens.size()[0];
     let by_token = tokens.f_argsort_stable(true, 0, false)?;
     let sorted_tokens = tokens.f_index_select(0, &by_token)?;
-    let per_token = tokens.f_bincount::<Tensor>(None, n)?;
+    let per_token = count_values(&tokens, n)?;
     let first = per_token.f_cumsum(0, Kind::Int64)?.f_sub(&per_token)?;
     let rank_sorted = Tensor::f_arange(m, int)?.f_sub(&first.f_index_select(0, &sorted_tokens)?)?;
     let slot = Tensor::f_zeros([m], int)?.f_index_copy(0, &by_token, &rank_sorted)?;
-    let num_slots = if m == 0 { 1 } else { per_token.f_max()?.f_int64_value(&[])?.max(1) };
+    // One read for the slot count and the served tokens together (none without tokens).
+    let (max_per_token, served) = if n == 0 {
+        (0, 0)
+    } else {
+        let read = host::i64s(&Tensor::f_stack(&[per_token.f_max()?, per_token.f_gt(0)?.f_sum(Kind::Int64)?], 0)?)?;
+        (read[0], read[1])
+    };
+    let num_slots = if m == 0 { 1 } else { max_per_token.max(1) };
     let assignment = slot.f_mul_scalar(n)?.f_add(&tokens)?;
     let real = count_real(valid, n)?;
-    let served = per_token.f_gt(0)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
     let dropped_fraction = if real == 0 { 0.0 } else { 1.0 - served as f64 / real as f64 };
     let routed_per_expert = Tensor::from_slice(&group_sizes).f_to_device(device)?;
     Ok(DispatchPlan {
@@ -254,6 +272,7 @@ pub fn plan_expert_choice(probs: &Tensor, valid: Option<&Tensor>, capacity: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     fn t(v: &[i64], shape: [i64; 2]) -> Tensor {
         Tensor::from_slice(v).view(shape)

@@ -153,7 +153,8 @@ impl SelfAttention {
     /// real tokens). Rotary angles use `positions` (`[T]`, e.g. Sequence-AltUp's strided
     /// anchors), else `past .. past + T` with `past` the cached length. `mask` (`[B, T]`, true or
     /// non-zero = real token) keeps padded keys out. With `cache`, the new keys/values (and mask)
-    /// are appended to it and the queries attend to every cached key as well.
+    /// are appended to it and the queries attend to every cached key as well. `positions` and
+    /// `mask` may live on another device than `x` (e.g. the host): they are moved to `x`'s.
     ///
     /// # Shapes
     /// `x`: `[B, T, D]`, `positions`: `[T]`, `mask`: `[B, T]` → `[B, T, D]`.
@@ -188,7 +189,7 @@ impl SelfAttention {
             .map_err(|_| Error::Shape("qkv split".into()))?;
         let (q, mut k) = (self.rope.apply(&q, Some(positions))?, self.rope.apply(&k, Some(positions))?);
         let mut v = v;
-        let mut key_mask = mask.map(|m| m.f_to_kind(Kind::Bool)).transpose()?;
+        let mut key_mask = mask.map(|m| m.f_to_device(x.device())?.f_to_kind(Kind::Bool)).transpose()?;
         if let Some(cache) = cache {
             if let (Some(ck), Some(cv)) = (&cache.keys, &cache.values) {
                 if ck.size()[0] != b {
@@ -255,7 +256,8 @@ impl CrossAttention {
     }
 
     /// Every query attends to every real position of `memory`. With `cache`, the memory's keys
-    /// and values are computed on the first call and reused afterwards.
+    /// and values are computed on the first call and reused afterwards. `memory_mask` may live on
+    /// another device than `x`: it is moved to `x`'s.
     ///
     /// # Shapes
     /// `x`: `[B, T, D]`, `memory`: `[B, S, D]`, `memory_mask`: `[B, S]` → `[B, T, D]`.
@@ -293,7 +295,8 @@ impl CrossAttention {
             }
         };
         let q = split_heads(&self.q.forward(x)?, 1, self.num_heads, self.head_dim)?.remove(0);
-        let mask = memory_mask.map(|m| m.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, s])).transpose()?;
+        let mask =
+            memory_mask.map(|m| m.f_to_device(x.device())?.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, s])).transpose()?;
         let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false)?;
         self.out.forward(&merge_heads(&y)?)
     }

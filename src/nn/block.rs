@@ -10,7 +10,7 @@ use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::init::InitScheme;
 use crate::nn::norm::RmsNorm;
 use crate::shape::expect_shape;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// The feed-forward sublayer of a block.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +57,23 @@ pub struct BlockContext<'a> {
     pub memory_mask: Option<&'a Tensor>,
     /// Training mode (MoE capacity factor, router jitter).
     pub train: bool,
+    /// The dtype the sublayers compute in when it differs from the residual stream's (bf16
+    /// sublayers on an f32 residual stream, [`crate::model::Precision::Bf16Mixed`]); `None`: the
+    /// input's dtype.
+    pub compute: Option<Kind>,
+}
+
+/// `residual + update` in the residual's dtype: a lower-precision update (a bf16 sublayer's
+/// output) is converted up before the addition, so the residual is never rounded to the
+/// update's precision.
+///
+/// # Shapes
+/// `residual`, `update`: the same shape → that shape, in `residual`'s dtype.
+///
+/// # Errors
+/// [`crate::Error::Torch`] on a shape mismatch.
+pub fn residual_add(residual: &Tensor, update: &Tensor) -> Result<Tensor> {
+    Ok(residual.f_add(&update.f_to_kind(residual.kind())?)?)
 }
 
 /// Incremental-decoding state of one block.
@@ -178,22 +195,32 @@ impl Block {
         mut cache: Option<&mut BlockCache>,
     ) -> Result<(Tensor, Option<MoeAux>)> {
         expect_shape(x, "block input", "[B, T, D]", &[None, None, Some(self.d_model)])?;
+        // A sublayer's input: the normed residual, in the sublayer's compute dtype.
+        let sublayer_input = |norm: &RmsNorm, x: &Tensor| -> Result<Tensor> {
+            let h = norm.forward(x)?;
+            Ok(match ctx.compute {
+                Some(kind) if kind != h.kind() => h.f_to_kind(kind)?,
+                _ => h,
+            })
+        };
         let attn_out = self.attn.forward(
-            &self.attn_norm.forward(x)?,
+            &sublayer_input(&self.attn_norm, x)?,
             ctx.positions,
             ctx.mask,
             cache.as_deref_mut().map(|c| &mut c.self_attn),
         )?;
-        let mut x = x.f_add(&attn_out)?;
+        let mut x = residual_add(x, &attn_out)?;
         if let Some((norm, cross)) = &self.cross {
             let memory = ctx
                 .memory
                 .ok_or_else(|| crate::Error::Shape("a cross-attending block needs the encoder output".into()))?;
-            let y = cross.forward(&norm.forward(&x)?, memory, ctx.memory_mask, cache.map(|c| &mut c.cross_attn))?;
-            x = x.f_add(&y)?;
+            let query = sublayer_input(norm, &x)?;
+            let memory = memory.f_to_kind(query.kind())?;
+            let y = cross.forward(&query, &memory, ctx.memory_mask, cache.map(|c| &mut c.cross_attn))?;
+            x = residual_add(&x, &y)?;
         }
         let x = self.cuts.cut(&x)?;
-        let h = self.ffn_norm.forward(&x)?;
+        let h = sublayer_input(&self.ffn_norm, &x)?;
         let (y, aux) = match &self.ffn {
             Ffn::Dense(ffn) => (ffn.forward(&h)?, None),
             Ffn::Moe(moe) => {
@@ -201,6 +228,6 @@ impl Block {
                 (y, Some(aux))
             }
         };
-        Ok((x.f_add(&y)?, aux))
+        Ok((residual_add(&x, &y)?, aux))
     }
 }

@@ -1,6 +1,7 @@
 //! Token embedding table.
 
 use crate::error::{Error, Result};
+use crate::host;
 use crate::nn::init::InitScheme;
 use tch::{nn, Kind, Tensor};
 
@@ -44,7 +45,36 @@ impl Embedding {
     /// (the message names the offending id).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         validate_token_ids(tokens, self.vocab_size())?;
-        Ok(Tensor::f_embedding(&self.weight, &tokens.f_to_kind(Kind::Int64)?, -1, false, false)?)
+        self.lookup(tokens)
+    }
+
+    /// [`Embedding::forward`] for ids the caller has already checked against `0..V` (a training
+    /// batch of bytes with `V ≥ 256`, say): only the dtype is checked, so the ids are not read
+    /// back to the host. An id outside `0..V` is still an error of libtorch's lookup on the CPU
+    /// (a device-side assertion on CUDA), never a silent wrong row.
+    ///
+    /// # Shapes
+    /// As [`Embedding::forward`].
+    ///
+    /// # Errors
+    /// [`Error::Input`] if `tokens` is not an integer tensor; [`Error::Torch`] for an id outside
+    /// `0..V`.
+    pub fn forward_prevalidated(&self, tokens: &Tensor) -> Result<Tensor> {
+        check_integer(tokens)?;
+        self.lookup(tokens)
+    }
+
+    /// The lookup, with `tokens` moved to the table's device.
+    fn lookup(&self, tokens: &Tensor) -> Result<Tensor> {
+        let tokens = tokens.f_to_device(self.weight.device())?.f_to_kind(Kind::Int64)?;
+        Ok(Tensor::f_embedding(&self.weight, &tokens, -1, false, false)?)
+    }
+}
+
+fn check_integer(tokens: &Tensor) -> Result<()> {
+    match tokens.kind() {
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => Ok(()),
+        other => Err(Error::Input(format!("token ids must be an integer tensor, got dtype {other:?}"))),
     }
 }
 
@@ -53,18 +83,25 @@ impl Embedding {
 /// # Errors
 /// [`Error::Input`] naming the dtype or the first out-of-range id and its position.
 pub fn validate_token_ids(tokens: &Tensor, vocab_size: i64) -> Result<()> {
-    match tokens.kind() {
-        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => {}
-        other => return Err(Error::Input(format!("token ids must be an integer tensor, got dtype {other:?}"))),
-    }
+    check_integer(tokens)?;
     if tokens.numel() == 0 {
         return Ok(());
     }
     let ids = tokens.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?;
     let bad = ids.f_lt(0)?.f_logical_or(&ids.f_ge(vocab_size)?)?;
-    if bad.f_any()?.f_int64_value(&[])? != 0 {
-        let position = bad.f_to_kind(Kind::Int64)?.f_argmax(0, false)?.f_int64_value(&[])?;
-        let value = ids.f_int64_value(&[position])?;
+    // One host read: whether any id is bad, the first bad position and its value.
+    let position = bad.f_to_kind(Kind::Int64)?.f_argmax(0, false)?;
+    let summary = Tensor::f_stack(
+        &[
+            bad.f_any()?.f_to_kind(Kind::Int64)?,
+            position.shallow_clone(),
+            ids.f_index_select(0, &position.f_unsqueeze(0)?)?.f_squeeze()?,
+        ],
+        0,
+    )?;
+    let summary = host::i64s(&summary)?;
+    if summary[0] != 0 {
+        let (position, value) = (summary[1], summary[2]);
         return Err(Error::Input(format!(
             "token id {value} at flat position {position} is outside the vocabulary 0..{vocab_size}"
         )));
@@ -88,5 +125,12 @@ mod tests {
         let err = emb.forward(&Tensor::from_slice(&[1.0f32]).view([1, 1])).unwrap_err();
         assert!(err.to_string().contains("integer tensor"), "{err}");
         assert_eq!(emb.forward(&Tensor::from_slice(&[9i64, 0]).view([1, 2])).unwrap().size(), vec![1, 2, 4]);
+        // Prevalidated ids are not read back; a bad one is still an error, not a wrong row.
+        let before = crate::host::host_reads();
+        let ids = Tensor::from_slice(&[9i64, 0]).view([1, 2]);
+        assert!(emb.forward_prevalidated(&ids).unwrap().equal(&emb.forward(&ids).unwrap()));
+        assert_eq!(crate::host::host_reads() - before, 1, "only forward's check reads");
+        assert!(emb.forward_prevalidated(&Tensor::from_slice(&[10i64]).view([1, 1])).is_err());
+        assert!(emb.forward_prevalidated(&Tensor::from_slice(&[1.0f32]).view([1, 1])).is_err());
     }
 }

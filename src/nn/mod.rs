@@ -13,7 +13,7 @@ pub mod norm;
 pub mod rope;
 
 pub use attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
-pub use block::{Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
+pub use block::{residual_add, Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use embedding::Embedding;
 pub use feed_forward::{Activation, FeedForward, FeedForwardConfig};
 pub use init::InitScheme;

@@ -86,6 +86,21 @@ mod tests {
         assert!(y.narrow(2, 0, 1).allclose(&x.narrow(2, 0, 1), 1e-6, 1e-6, false));
     }
 
+    /// Positions are integers: in bf16, 1857 would round to 1856. The angles come from the
+    /// positions in f32 (f64 for f64 inputs), whatever the activations' dtype.
+    #[test]
+    fn rotary_angles_use_exact_positions_under_bf16() {
+        let rope = Rope::new(8, 10_000.0).unwrap();
+        let x = Tensor::randn([1, 1, 1, 8], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let at = |p: i64| Tensor::from_slice(&[p]);
+        let y = rope.apply(&x, Some(&at(1857))).unwrap().to_kind(Kind::Float);
+        let exact = rope.apply(&x.to_kind(Kind::Float), Some(&at(1857))).unwrap();
+        let rounded = rope.apply(&x.to_kind(Kind::Float), Some(&at(1856))).unwrap();
+        let err = |a: &Tensor| (&y - a).abs().max().double_value(&[]);
+        assert!(err(&exact) < 2e-2, "one bf16 rounding of the output: {}", err(&exact));
+        assert!(err(&rounded) > 5.0 * err(&exact), "{} vs {}", err(&rounded), err(&exact));
+    }
+
     #[test]
     fn dot_products_depend_only_on_relative_position() {
         // <R(m) q, R(n) k> = <R(m+s) q, R(n+s) k> for any shift s.

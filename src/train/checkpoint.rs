@@ -8,6 +8,7 @@
 //! checkpoints are kept.
 
 use crate::error::{Error, Result};
+use crate::host;
 use crate::moe::ExpertParallel;
 use crate::train::metrics::MetricsWindow;
 use crate::train::trainer::TrainConfig;
@@ -305,7 +306,7 @@ pub fn save_weights_gathered(vs: &VarStore, parallel: Option<&ExpertParallel>, p
 /// # Errors
 /// [`Error::Checkpoint`] for duplicate names.
 pub fn weight_tensors(vs: &VarStore) -> Result<Vec<(String, Tensor)>> {
-    named_variables(vs)?.into_iter().map(|(n, t)| Ok((n, t.f_to_device(tch::Device::Cpu)?))).collect()
+    named_variables(vs)?.into_iter().map(|(n, t)| Ok((n, host::to_cpu(&t)?))).collect()
 }
 
 /// Loads a safetensors file into `vs`, after checking that it holds exactly the model's

@@ -5,6 +5,7 @@
 //! moments are plain tensors, named after their parameters.
 
 use crate::error::{ensure_config, Result};
+use crate::host;
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -99,8 +100,8 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
         for p in &self.params {
-            out.push((format!("exp_avg.{}", p.name), p.exp_avg.f_to_device(tch::Device::Cpu)?));
-            out.push((format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.f_to_device(tch::Device::Cpu)?));
+            out.push((format!("exp_avg.{}", p.name), host::to_cpu(&p.exp_avg)?));
+            out.push((format!("exp_avg_sq.{}", p.name), host::to_cpu(&p.exp_avg_sq)?));
         }
         Ok(out)
     }
@@ -138,7 +139,8 @@ impl AdamW {
             }
         }
         let step = &state["step"];
-        if step.numel() != 1 || step.kind() != Kind::Int64 || step.int64_value(&[0]) < 0 {
+        let step_value = if step.numel() == 1 && step.kind() == Kind::Int64 { host::i64_scalar(step)? } else { -1 };
+        if step_value < 0 {
             return Err(crate::Error::Checkpoint(format!(
                 "optimizer 'step' must be one non-negative i64, got {step:?}"
             )));
@@ -150,7 +152,7 @@ impl AdamW {
             }
             Ok(())
         })?;
-        self.step = step.int64_value(&[0]) as u64;
+        self.step = step_value as u64;
         Ok(())
     }
 
@@ -161,11 +163,12 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of all gradients.
+    /// Global L2 norm of all gradients, a scalar f32 tensor on the parameters' device (not read
+    /// back to the host).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn grad_norm(&self) -> Result<f64> {
+    pub fn grad_norm(&self) -> Result<Tensor> {
         let norms: Vec<Tensor> = self
             .params
             .iter()
@@ -173,63 +176,74 @@ impl AdamW {
             .filter(|g| g.defined())
             .map(|g| g.f_to_kind(Kind::Float)?.f_norm().map_err(Into::into))
             .collect::<Result<_>>()?;
-        if norms.is_empty() {
-            return Ok(0.0);
+        match norms.first() {
+            None => Ok(Tensor::f_zeros([], (Kind::Float, self.device()))?),
+            Some(_) => Ok(Tensor::f_stack(&norms, 0)?.f_norm()?),
         }
-        Ok(Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?)
+    }
+
+    fn device(&self) -> tch::Device {
+        self.params.first().map_or(tch::Device::Cpu, |p| p.param.device())
     }
 
     /// Scales all gradients so that their global norm is at most `max_norm` (no-op for
-    /// `max_norm <= 0`). Returns the norm before clipping.
+    /// `max_norm <= 0`), on the device. Returns the norm before clipping (scalar f32 tensor).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor> {
         let norm = self.grad_norm()?;
-        self.clip_to(norm, max_norm)?;
+        self.clip_to(&norm, max_norm)?;
         Ok(norm)
     }
 
-    /// Sums of squared gradient entries, split into the parameters `sharded` selects and the
-    /// others (for a global norm over ranks that hold different slices of some parameters).
+    /// Sums of squared gradient entries `[other, sharded]` (f64, on the device), split into the
+    /// parameters `sharded` selects and the others (for a global norm over ranks that hold
+    /// different slices of some parameters).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn grad_square_sums(&self, sharded: impl Fn(&str) -> bool) -> Result<(f64, f64)> {
-        let (mut other, mut split) = (0.0, 0.0);
+    pub fn grad_square_sums(&self, sharded: impl Fn(&str) -> bool) -> Result<Tensor> {
+        let zero = || Tensor::f_zeros([], (Kind::Double, self.device()));
+        let (mut other, mut split) = (zero()?, zero()?);
         for p in &self.params {
             let g = p.param.grad();
             if !g.defined() {
                 continue;
             }
-            let sq = g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
+            let sq = g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?;
             if sharded(&p.name) {
-                split += sq;
+                split = split.f_add(&sq)?;
             } else {
-                other += sq;
+                other = other.f_add(&sq)?;
             }
         }
-        Ok((other, split))
+        Ok(Tensor::f_stack(&[other, split], 0)?)
     }
 
-    /// Scales all gradients by `max_norm / norm` when the (externally computed) global `norm`
-    /// exceeds `max_norm > 0`.
+    /// Scales all gradients by `max_norm / norm` when the global `norm` (a scalar tensor,
+    /// computed here or over several ranks) exceeds `max_norm > 0`; nothing is read back to the
+    /// host (the scale is `1` otherwise, and for a non-finite norm).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn clip_to(&mut self, norm: f64, max_norm: f64) -> Result<()> {
-        if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            tch::no_grad(|| -> Result<()> {
-                for p in &self.params {
-                    let mut g = p.param.grad();
-                    if g.defined() {
-                        let _ = g.f_mul_scalar_(scale)?;
-                    }
-                }
-                Ok(())
-            })?;
+    pub fn clip_to(&mut self, norm: &Tensor, max_norm: f64) -> Result<()> {
+        if max_norm <= 0.0 {
+            return Ok(());
         }
+        let norm = norm.f_to_kind(Kind::Float)?.f_to_device(self.device())?;
+        let clip = norm.f_gt(max_norm)?.f_logical_and(&norm.f_isfinite()?)?;
+        let scale = norm.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?;
+        let scale = scale.f_where_scalarother(&clip, 1.0)?;
+        tch::no_grad(|| -> Result<()> {
+            for p in &self.params {
+                let mut g = p.param.grad();
+                if g.defined() {
+                    let _ = g.f_mul_(&scale.f_to_kind(g.kind())?)?;
+                }
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -301,7 +315,11 @@ mod tests {
         let w = vs.root().f_zeros("w", &[2]).unwrap();
         let mut opt = AdamW::new(&vs, AdamWConfig::default()).unwrap();
         (&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
-        assert!((opt.clip_grad_norm(1.0).unwrap() - 5.0).abs() < 1e-6);
-        assert!((opt.grad_norm().unwrap() - 1.0).abs() < 1e-5);
+        assert!((opt.clip_grad_norm(1.0).unwrap().double_value(&[]) - 5.0).abs() < 1e-6);
+        assert!((opt.grad_norm().unwrap().double_value(&[]) - 1.0).abs() < 1e-5);
+        // Below the limit, and for a non-finite norm, nothing is scaled.
+        let _ = opt.clip_to(&Tensor::from(0.5f32), 1.0);
+        let _ = opt.clip_to(&Tensor::from(f32::NAN), 1.0);
+        assert!((opt.grad_norm().unwrap().double_value(&[]) - 1.0).abs() < 1e-5);
     }
 }

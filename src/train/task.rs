@@ -3,7 +3,7 @@
 //! [`Seq2SeqModel`]).
 
 use crate::error::{ensure_config, Error, Result};
-use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel};
+use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel, StackContext};
 use crate::moe::ExpertParallel;
 use crate::train::data::{Batch, ByteDataset};
 use crate::train::span_corruption::{Seq2SeqBatch, SpanCorruption};
@@ -37,7 +37,8 @@ pub trait Task {
     /// The compute precision of the model.
     fn precision(&self) -> Precision;
 
-    /// Checks that windows of `seq_len` bytes fit the model.
+    /// Checks that windows of `seq_len` bytes fit the model (their length, and the ids its
+    /// batches will hold).
     ///
     /// # Errors
     /// [`Error::Config`] naming the limit.
@@ -137,7 +138,11 @@ impl Task for LanguageModel {
 
     fn check_seq_len(&self, seq_len: usize) -> Result<()> {
         let max = self.config().max_seq_len;
-        ensure_config(seq_len <= max, || format!("seq_len ({seq_len}) must be <= the model's max_seq_len ({max})"))
+        ensure_config(seq_len <= max, || format!("seq_len ({seq_len}) must be <= the model's max_seq_len ({max})"))?;
+        // Batches hold bytes: with V ≥ 256 every id is valid, and the forward pass need not
+        // check them (a host read per step).
+        let vocab = self.config().vocab_size;
+        ensure_config(vocab >= 256, || format!("vocab_size ({vocab}) must be at least 256 to train on bytes"))
     }
 
     fn sample_batch(
@@ -163,7 +168,8 @@ impl Task for LanguageModel {
     }
 
     fn loss(&self, batch: &Batch, train: bool) -> Result<TaskLoss> {
-        let out = self.forward_t(&batch.inputs, train)?;
+        let ctx = StackContext { train, ids_validated: true, ..Default::default() };
+        let out = self.forward_with(&batch.inputs, &ctx)?;
         Ok(TaskLoss {
             loss: cross_entropy(&out.logits, &batch.targets)?,
             tokens: batch.targets.numel(),

@@ -7,6 +7,8 @@
 //! the auxiliary losses are scaled exactly like the LM loss.
 
 use crate::error::{ensure_config, Error, Result};
+use crate::host;
+use crate::model::stack::all_finite;
 use crate::model::{LanguageModel, ModelAux, Precision};
 use crate::moe::ExpertParallel;
 use crate::train::checkpoint::{
@@ -244,6 +246,10 @@ impl<'a, T: Task> Trainer<'a, T> {
     /// depend only on the seed and `s`, and libtorch's generator is reseeded per step, so runs
     /// are reproducible and resumable.
     ///
+    /// The step reads values back to the host once (besides one read per MoE layer for its
+    /// expert group sizes): losses, gradient norm and per-layer statistics together, after the
+    /// backward — which is also when the non-finite guard looks at them.
+    ///
     /// # Errors
     /// [`Error::NonFinite`] naming the step and the first parameter, block output or router with
     /// non-finite values (or the loss / gradient norm); the parameters are left unchanged.
@@ -256,10 +262,13 @@ impl<'a, T: Task> Trainer<'a, T> {
         let parallel = self.task.expert_parallel();
         let ranks = parallel.map_or(1, ExpertParallel::world_size);
         self.optimizer.zero_grad();
-        let (mut loss_sum, mut lb_sum, mut z_sum, mut dropped_sum, mut moe_micro) = (0.0, 0.0, 0.0, 0.0, 0usize);
+        // Everything the step reports stays on the device until the one read below.
+        let mut micro_batches = Vec::with_capacity(accum);
+        let mut losses = Vec::with_capacity(accum); // LM loss per micro-batch
+        let mut routers = Vec::new(); // per micro-batch and MoE layer: balance, z-loss
+        let mut layers: Vec<LayerRecord> = Vec::new(); // the last micro-batch's MoE layers
         let mut counts: Vec<(&'static str, usize, Tensor)> = Vec::new();
-        let mut moe_layers = Vec::new();
-        let mut tokens = 0;
+        let (mut dropped_sum, mut tokens) = (0.0, 0);
         for micro in 0..accum {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add((micro as u64) << 48));
             let batch = self.task.sample_batch(
@@ -272,7 +281,7 @@ impl<'a, T: Task> Trainer<'a, T> {
             let batch = shard(self.task, batch)?;
             let out = self.task.loss(&batch, true)?;
             tokens += out.tokens * ranks;
-            let loss = out.loss.f_double_value(&[])?;
+            losses.push(out.loss.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([1])?);
             // This rank's share of the global mean LM loss (every rank holds B/R sequences).
             let mut total = out.loss.f_mul_scalar(scale / ranks as f64)?;
             let records: Vec<&ModelAux> = out.aux.iter().map(|(_, a)| a).collect();
@@ -283,49 +292,89 @@ impl<'a, T: Task> Trainer<'a, T> {
                 total = total
                     .f_add(&lb.f_mul_scalar(self.config.load_balancing_coef * scale)?)?
                     .f_add(&z.f_mul_scalar(self.config.z_loss_coef * scale)?)?;
-                lb_sum += lb.f_double_value(&[])?;
-                z_sum += z.f_double_value(&[])?;
                 let dropped: Vec<f64> =
                     records.iter().flat_map(|a| a.moe_layers().map(|(_, m)| m.dropped_fraction)).collect();
                 dropped_sum += dropped.iter().sum::<f64>() / dropped.len().max(1) as f64;
-                moe_micro += 1;
             }
-            moe_layers = layer_metrics(&out.aux)?;
-            let step_counts =
-                out.aux.iter().flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)));
-            for (i, (stack, layer, m)) in step_counts.enumerate() {
+            layers = LayerRecord::of(&out.aux)?;
+            for layer in &layers {
+                routers.push(layer.losses.f_narrow(0, 0, 2)?);
+            }
+            for (i, layer) in layers.iter().enumerate() {
                 match counts.get_mut(i) {
-                    Some((_, _, c)) => *c = c.f_add(&m.tokens_per_expert)?,
-                    None => counts.push((stack, layer, m.tokens_per_expert.shallow_clone())),
+                    Some((_, _, c)) => *c = c.f_add(&layer.tokens_per_expert)?,
+                    None => counts.push((layer.stack, layer.layer, layer.tokens_per_expert.shallow_clone())),
                 }
-            }
-            let bad_router = moe_layers.iter().find(|m| !m.z_loss.is_finite() || !m.load_balancing_loss.is_finite());
-            let local_bad = match bad_router {
-                _ if !loss.is_finite() => Some(format!("LM loss ({loss})")),
-                Some(bad) => Some(format!("router of {} block {}", bad.stack, bad.layer)),
-                None => None,
-            };
-            if let Some(what) = agree_on_failure(parallel, local_bad)? {
-                return Err(self.non_finite(step, &batch, what));
             }
             match parallel {
                 Some(p) => p.backward(&total)?,
                 None => total.f_backward()?,
             }
-            loss_sum += loss;
+            micro_batches.push(batch);
         }
         let grad_norm = match parallel {
             None => self.optimizer.clip_grad_norm(self.config.grad_clip)?,
             Some(p) => {
                 p.all_reduce_replicated_grads(&named_variables(self.vs)?)?;
-                let (replicated, sharded) = self.optimizer.grad_square_sums(ExpertParallel::is_sharded)?;
-                let mut sharded = [sharded];
+                let mut sums = host::f64s(&self.optimizer.grad_square_sums(ExpertParallel::is_sharded)?)?;
+                let mut sharded = [sums[1]];
                 p.comm().all_reduce_sum_f64(&mut sharded)?;
-                let norm = (replicated + sharded[0]).sqrt();
-                self.optimizer.clip_to(norm, self.config.grad_clip)?;
+                sums[1] = sharded[0];
+                let norm = Tensor::from((sums[0] + sums[1]).sqrt() as f32);
+                self.optimizer.clip_to(&norm, self.config.grad_clip)?;
                 norm
             }
         };
+        // The step's one read: [losses (accum), grad norm, routers (accum × layers × 2), the last
+        // micro-batch's layers (balance, z-loss, entropy, tokens per expert)].
+        let mut parts: Vec<Tensor> = losses;
+        parts.push(grad_norm.f_to_kind(Kind::Double)?.f_reshape([1])?);
+        parts.extend(routers.iter().map(|r| r.f_to_kind(Kind::Double)).collect::<std::result::Result<Vec<_>, _>>()?);
+        for layer in &layers {
+            parts.push(layer.losses.f_to_kind(Kind::Double)?);
+            parts.push(layer.tokens_per_expert.f_to_kind(Kind::Double)?);
+        }
+        let values = host::f64s(&Tensor::f_cat(&parts, 0)?)?;
+        let (micro_losses, rest) = values.split_at(accum);
+        let (grad_norm, rest) = (rest[0], &rest[1..]);
+        let per_micro = layers.len();
+        let (router_values, mut rest) = rest.split_at(accum * per_micro * 2);
+        let moe_layers: Vec<MoeLayerMetrics> = layers
+            .iter()
+            .map(|layer| {
+                let e = layer.tokens_per_expert.numel();
+                let (losses, after) = rest.split_at(3);
+                let (per_expert, after) = after.split_at(e);
+                rest = after;
+                layer.metrics(losses, per_expert)
+            })
+            .collect();
+        // The non-finite guard: the first micro-batch whose LM loss or router went bad.
+        let mut local_bad = None;
+        for (micro, loss) in micro_losses.iter().enumerate() {
+            let router = router_values[micro * per_micro * 2..(micro + 1) * per_micro * 2]
+                .chunks(2)
+                .position(|v| !v[0].is_finite() || !v[1].is_finite());
+            local_bad = match router {
+                _ if !loss.is_finite() => Some((micro, format!("LM loss ({loss})"))),
+                Some(i) => Some((micro, format!("router of {} block {}", layers[i].stack, layers[i].layer))),
+                None => continue,
+            };
+            break;
+        }
+        let failed = agree_on_failure(parallel, local_bad.as_ref().map(|(_, what)| what.clone()))?;
+        if let Some(what) = failed {
+            let micro = local_bad.map_or(0, |(micro, _)| micro);
+            return Err(self.non_finite(step, &micro_batches[micro], what));
+        }
+        let (mut loss_sum, mut lb_sum, mut z_sum) = (micro_losses.iter().sum::<f64>(), 0.0, 0.0);
+        if per_micro > 0 {
+            for micro in router_values.chunks(per_micro * 2) {
+                lb_sum += micro.iter().step_by(2).sum::<f64>() / per_micro as f64;
+                z_sum += micro.iter().skip(1).step_by(2).sum::<f64>() / per_micro as f64;
+            }
+        }
+        let mut moe_layers = moe_layers;
         if let Some(p) = parallel {
             // Global statistics: the mean LM loss over ranks; the partial auxiliary losses summed.
             let mut v = vec![loss_sum / ranks as f64, lb_sum, z_sum];
@@ -346,7 +395,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.optimizer.step(lr)?;
         self.task.update_expert_biases(&counts)?;
         self.step = step;
-        let moe_mean = |sum: f64| (moe_micro > 0).then(|| sum / moe_micro as f64);
+        let moe_mean = |sum: f64| (per_micro > 0).then_some(sum * scale);
         Ok(StepStats {
             step,
             loss: loss_sum * scale,
@@ -366,9 +415,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.optimizer.zero_grad();
         let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let bad_param = params.into_iter().find(|(_, p)| {
-            p.f_isfinite().and_then(|f| f.f_all()).and_then(|a| a.f_int64_value(&[])).is_ok_and(|v| v == 0)
-        });
+        let bad_param = params.into_iter().find(|(_, p)| all_finite(p).is_ok_and(|finite| !finite));
         let what = match bad_param {
             Some((name, _)) => format!("parameter {name}"),
             // The diagnosis is a forward pass, which expert-parallel ranks cannot run alone.
@@ -388,7 +435,7 @@ impl<'a, T: Task> Trainer<'a, T> {
             for batch in &self.val_batches {
                 let out = self.task.loss(batch, false)?;
                 let n = out.tokens as f64;
-                sum += out.loss.f_to_kind(Kind::Double)?.f_double_value(&[])? * n;
+                sum += host::f64_scalar(&out.loss)? * n;
                 count += n;
             }
             if let Some(p) = self.task.expert_parallel() {
@@ -525,26 +572,58 @@ fn mean_over_moe_layers(
     Ok(Some(stacked.f_mean(stacked.kind())?))
 }
 
-/// Per-MoE-layer statistics of one forward pass of every stack.
-fn layer_metrics(aux: &[(&'static str, ModelAux)]) -> Result<Vec<MoeLayerMetrics>> {
-    aux.iter()
-        .flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)))
-        .map(|(stack, layer, m)| {
-            let tokens_per_expert = Vec::<i64>::try_from(&m.tokens_per_expert.f_to_device(Device::Cpu)?)?;
-            let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
-            let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
-            Ok(MoeLayerMetrics {
-                stack: stack.to_string(),
-                layer,
-                load_balancing_loss: m.load_balancing_loss.f_double_value(&[])?,
-                z_loss: m.z_loss.f_double_value(&[])?,
-                dropped_frac: m.dropped_fraction,
-                router_entropy: m.router_entropy.f_double_value(&[])?,
-                max_load: if mean > 0.0 { max / mean } else { 0.0 },
-                tokens_per_expert,
+/// One MoE layer's statistics of a forward pass, still on the device.
+struct LayerRecord {
+    stack: &'static str,
+    layer: usize,
+    /// `[balance, z-loss, entropy]`, detached.
+    losses: Tensor,
+    /// Assignments per expert, `[E]` i64.
+    tokens_per_expert: Tensor,
+    dropped_fraction: f64,
+}
+
+impl LayerRecord {
+    /// The MoE layers of one forward pass of every stack.
+    fn of(aux: &[(&'static str, ModelAux)]) -> Result<Vec<Self>> {
+        aux.iter()
+            .flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)))
+            .map(|(stack, layer, m)| {
+                let parts = [&m.load_balancing_loss, &m.z_loss, &m.router_entropy];
+                let losses = Tensor::f_stack(
+                    &parts
+                        .map(|t| t.f_detach().and_then(|t| t.f_to_kind(Kind::Float)))
+                        .into_iter()
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                    0,
+                )?;
+                Ok(Self {
+                    stack,
+                    layer,
+                    losses,
+                    tokens_per_expert: m.tokens_per_expert.shallow_clone(),
+                    dropped_fraction: m.dropped_fraction,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
+
+    /// The metrics from the values read back: `losses` = balance, z-loss, entropy.
+    fn metrics(&self, losses: &[f64], per_expert: &[f64]) -> MoeLayerMetrics {
+        let tokens_per_expert: Vec<i64> = per_expert.iter().map(|&v| v as i64).collect();
+        let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
+        let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
+        MoeLayerMetrics {
+            stack: self.stack.to_string(),
+            layer: self.layer,
+            load_balancing_loss: losses[0],
+            z_loss: losses[1],
+            dropped_frac: self.dropped_fraction,
+            router_entropy: losses[2],
+            max_load: if mean > 0.0 { max / mean } else { 0.0 },
+            tokens_per_expert,
+        }
+    }
 }
 
 fn pretty<S: Serialize>(value: &S) -> Result<String> {

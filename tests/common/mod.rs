@@ -5,6 +5,23 @@ use altup_moe::train::checkpoint::named_variables;
 use altup_moe::train::{ByteDataset, Corpus};
 use altup_moe::{Arch, ModelConfig};
 use tch::nn::VarStore;
+use tch::Device;
+
+/// The device the tests run on: `ALTUP_MOE_TEST_DEVICE` (`cpu`, the default, `cuda` or `cuda:N`),
+/// through [`altup_moe::testing::device`].
+///
+/// # Panics
+/// With the helper's message when the variable is malformed or names a CUDA device libtorch
+/// does not have.
+pub fn device() -> Device {
+    altup_moe::testing::device().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Whether the tests run on the CPU (bitwise reproducibility holds there; libtorch's CUDA
+/// attention backward is not deterministic).
+pub fn on_cpu() -> bool {
+    device() == Device::Cpu
+}
 
 /// A tiny config of `arch`: d = 16, 3 blocks, 2 heads, F = 32, 4 experts, sequences ≤ 12.
 pub fn tiny(arch: Arch) -> ModelConfig {

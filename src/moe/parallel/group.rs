@@ -4,6 +4,7 @@
 
 use super::{all_gather_tensor, Collectives, ExchangeTape};
 use crate::error::{Error, Result};
+use crate::host;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -89,9 +90,7 @@ impl ExpertParallel {
         for p in &replicated {
             let g = p.grad();
             let g = if g.defined() { g } else { p.f_zeros_like()? };
-            flat.extend(Vec::<f32>::try_from(
-                &g.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?,
-            )?);
+            flat.extend(host::f32s(&g)?);
         }
         self.comm.all_reduce_sum_f32(&mut flat)?;
         let mut at = replicated.len();

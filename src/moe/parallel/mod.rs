@@ -38,7 +38,8 @@ pub use tape::{ExchangeTape, GraphCuts};
 pub use threads::ThreadGroup;
 
 use crate::error::{Error, Result};
-use tch::{Kind, Tensor};
+use crate::host;
+use tch::Tensor;
 
 /// The collective operations expert parallelism needs. All ranks must call the same operations
 /// in the same order.
@@ -134,8 +135,7 @@ pub fn all_reduce_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
     let size = t.size();
     let device = t.device();
     let kind = t.kind();
-    let mut values =
-        Vec::<f64>::try_from(&t.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+    let mut values = host::f64s(t)?;
     comm.all_reduce_sum_f64(&mut values)?;
     Ok(Tensor::from_slice(&values).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)
 }
@@ -150,7 +150,7 @@ pub fn all_gather_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
     }
     let mut size = t.size();
     let (device, kind) = (t.device(), t.kind());
-    let values = Vec::<f32>::try_from(&t.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+    let values = host::f32s(t)?;
     let gathered = comm.all_gather_f32(&values)?;
     size[0] *= comm.world_size() as i64;
     Ok(Tensor::from_slice(&gathered).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)

@@ -30,9 +30,10 @@
 
 use super::Collectives;
 use crate::error::{Error, Result};
+use crate::host;
 use crate::shape::accumulate_kind;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 /// One recorded cut.
 #[derive(Debug)]
@@ -119,9 +120,7 @@ pub(crate) fn transfer(
     }
     let (kind, device, d) = (rows.kind(), rows.device(), size[1]);
     let row_bytes = d as usize * kind.elt_size_in_bytes();
-    let host = rows.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
-    let mut data = vec![0u8; sent * row_bytes];
-    host.f_copy_data_u8(&mut data, host.numel())?;
+    let data = host::bytes(&rows.f_detach()?)?;
     let bytes = |r: &[usize]| -> Vec<usize> { r.iter().map(|n| n * row_bytes).collect() };
     let got = comm.all_to_all_bytes(&data, &bytes(send_rows), &bytes(recv_rows))?;
     let n: usize = recv_rows.iter().sum();
@@ -304,7 +303,7 @@ impl GraphCuts {
 mod tests {
     use super::*;
     use crate::moe::SingleProcess;
-    use tch::Kind;
+    use tch::{Device, Kind};
 
     fn leaf(values: &[f64]) -> Tensor {
         Tensor::from_slice(values).set_requires_grad(true)
