@@ -82,16 +82,17 @@ gpu-check: fixtures
 doc: venv
 	cargo doc --no-deps
 
-# Criterion benches, the parameter-vs-compute sweep, the PyTorch / Hugging Face peers, and the
-# report docs/benchmarks.md (about 40 minutes on 2 cores).
+# The parameter-vs-compute sweep (interleaved rounds per family), then the report
+# docs/benchmarks.md: every target and peer comparison timed interleaved (A B A B ...) with 95%
+# intervals, PyTorch / Hugging Face in a benches/peers.py --serve process, then the expert-parallel
+# benchmark (about 45 minutes on 2 cores). The criterion benches (`cargo bench`, or one of them
+# with `cargo bench --bench moe_layer`) are for exploring single components.
 BENCH_OUT := target/bench
 
 bench: venv
 	mkdir -p $(BENCH_OUT) docs/benchmarks
-	cargo bench
 	cargo run --release --example scaling -- --out docs/benchmarks
-	$(VENV)/bin/python benches/peers.py $(BENCH_OUT)/peers.json
-	cargo run --release --example bench_report -- --peers $(BENCH_OUT)/peers.json --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
+	cargo run --release --example bench_report -- --python $(VENV)/bin/python --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
 	$(MAKE) bench-expert-parallel
 
 # Cost of expert parallelism: one-rank training step vs one process at 2, 8, 16 blocks (time and

@@ -1,6 +1,13 @@
 """Times the peers of altup-moe's layers and training step at the same shapes and thread count.
 
-Usage: python benches/peers.py OUT.json [--quick]
+Usage: python benches/peers.py OUT.json [--quick]     fastest-of-N timings of every case, as JSON
+       python benches/peers.py --serve                 one timed call per case name read on stdin
+
+In `--serve` mode examples/bench_report.rs drives this process: it times one call of its own,
+asks for one call of the peer (a line `CASE` on stdin; the answer is the seconds, or `error: ...`),
+and so on, A B A B, so that both sides see the same machine state and each pair gives a ratio.
+Case names: switch/e{E}_t{TOKENS}, mixtral_e8_k2_t16384, gemma3n_altup_k4_d512_t2048,
+train_step/{dense,switch,altup,altup-moe}_d{D}.
 
 Measures (forward + backward, fastest of several runs after warm-up, CPU):
   * Hugging Face SwitchTransformersSparseMLP (top-1, capacity never binding) at E in {1, 8, 64},
@@ -39,13 +46,14 @@ def best_seconds(fn):
 
 
 def fwd_bwd(module, x, call):
+    """A step callable: forward + backward of `call(x)` against a random cotangent."""
     g = torch.randn_like(x)
 
     def step():
         module.zero_grad(set_to_none=True)
         (call(x) * g).sum().backward()
 
-    return best_seconds(step)
+    return step
 
 
 def switch_layer(e, d=256, f=1024, tokens=2048):
@@ -220,7 +228,7 @@ class LM(nn.Module):
         return logits, aux
 
 
-def train_step_seconds(arch, d, batch=16, seq=128):
+def train_step(arch, d, batch=16, seq=128):
     torch.manual_seed(0)
     model = LM(arch, d, heads=4 if d >= 128 else 2)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -237,25 +245,63 @@ def train_step_seconds(arch, d, batch=16, seq=128):
         opt.step()
         loss.item()
 
-    return best_seconds(step)
+    return step
+
+
+def case(name):
+    """The step callable of a case name (see the module docs)."""
+    if name.startswith("switch/"):
+        e, tokens = name.split("/")[1].split("_")
+        return switch_layer(int(e[1:]), tokens=int(tokens[1:]))
+    if name.startswith("mixtral_e8_k2_t"):
+        return mixtral_block(tokens=int(name.rsplit("_t", 1)[1]))
+    if name == "gemma3n_altup_k4_d512_t2048":
+        return gemma_altup()
+    if name.startswith("train_step/"):
+        arch, d = name.split("/")[1].rsplit("_d", 1)
+        return train_step(arch, int(d))
+    raise ValueError(f"unknown case {name!r}")
+
+
+def serve():
+    """Answer `CASE` lines with the seconds of one call (the first request of a case also runs
+    WARMUP untimed calls)."""
+    steps = {}
+    print(f"ready {torch.get_num_threads()} {torch.__version__}", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if not name:
+            continue
+        try:
+            if name not in steps:
+                steps[name] = case(name)
+                for _ in range(WARMUP):
+                    steps[name]()
+            t = time.perf_counter()
+            steps[name]()
+            print(time.perf_counter() - t, flush=True)
+        except Exception as e:  # reported to the driver, which names the case
+            print(f"error: {e}", flush=True)
 
 
 def main():
+    if "--serve" in sys.argv:
+        return serve()
     out = sys.argv[1]
     threads = torch.get_num_threads()
     results = {"threads": threads, "torch": torch.__version__, "runs": RUNS, "switch": {}, "train_step": {}}
     token_counts = [2048] if QUICK else [2048, 16384]
     for tokens in token_counts:
         for e in [1, 8, 64]:
-            results["switch"][f"e{e}_t{tokens}"] = switch_layer(e, tokens=tokens)
+            results["switch"][f"e{e}_t{tokens}"] = best_seconds(switch_layer(e, tokens=tokens))
             print(f"HF Switch E={e} tokens={tokens}: {results['switch'][f'e{e}_t{tokens}'] * 1e3:.1f} ms", file=sys.stderr)
-    results["mixtral_e8_k2_t16384"] = mixtral_block(tokens=2048 if QUICK else 16384)
+    results["mixtral_e8_k2_t16384"] = best_seconds(mixtral_block(tokens=2048 if QUICK else 16384))
     print(f"HF Mixtral E=8 k=2: {results['mixtral_e8_k2_t16384'] * 1e3:.1f} ms", file=sys.stderr)
-    results["gemma3n_altup_k4_d512_t2048"] = gemma_altup()
+    results["gemma3n_altup_k4_d512_t2048"] = best_seconds(gemma_altup())
     print(f"HF Gemma3nTextAltUp: {results['gemma3n_altup_k4_d512_t2048'] * 1e3:.1f} ms", file=sys.stderr)
     for d in [128, 64]:
         for arch in ["dense", "switch", "altup", "altup-moe"]:
-            results["train_step"][f"{arch}_d{d}"] = train_step_seconds(arch, d)
+            results["train_step"][f"{arch}_d{d}"] = best_seconds(train_step(arch, d))
             print(f"PyTorch eager train step {arch} d={d}: {results['train_step'][f'{arch}_d{d}'] * 1e3:.1f} ms", file=sys.stderr)
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

@@ -1,8 +1,10 @@
 //! Parameter-versus-compute scaling: sweeps the number of experts E ∈ {1, 2, 4, 8, 16, 32, 64}
 //! for top-1 and top-2 routing, and AltUp K ∈ {1, 2, 4}, at a fixed model width and tokens per
 //! step. For each point it records total and active parameters, analytic forward FLOPs per
-//! token, and the measured forward+backward time of a training step (median of several runs
-//! after warm-up). Writes `scaling.json`, `scaling.md` and two SVG plots to `--out`.
+//! token, and the forward+backward time of a training step. The points of a family are timed in
+//! interleaved rounds (each round runs every point once), and each point's time relative to the
+//! family's first point is the median of the per-round ratios with a 95% interval. Writes
+//! `scaling.json`, `scaling.md` and two SVG plots to `--out`.
 //!
 //! ```text
 //! cargo run --release --example scaling -- --out docs/benchmarks
@@ -14,7 +16,7 @@ use altup_moe::altup::AltUpConfig;
 use altup_moe::moe::MoeConfig;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use clap::Parser;
-use common::{device_name, median_seconds, parse_device, plot_err};
+use common::{device_name, interleaved, median, parse_device, plot_err, seconds, PairedRatio};
 use plotters::coord::combinators::LogCoord;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -39,11 +41,11 @@ struct Args {
     /// Tokens per sequence (tokens per step = batch × sequence).
     #[arg(long, default_value_t = 256)]
     seq_len: i64,
-    /// Timed runs per point (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    /// Timed rounds per family (each round runs every point of the family once).
+    #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// Untimed warm-up runs per point.
-    #[arg(long, default_value_t = 2)]
+    /// Untimed warm-up rounds.
+    #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Output folder.
     #[arg(long, default_value = "target/bench")]
@@ -68,6 +70,8 @@ struct Point {
     forward_flops_per_token: f64,
     step_seconds: f64,
     relative_time: f64,
+    relative_low: f64,
+    relative_high: f64,
 }
 
 /// Forward FLOPs per token: 2 per active matmul weight (embeddings excluded), attention scores
@@ -81,7 +85,8 @@ fn forward_flops(config: &ModelConfig, seq_len: i64) -> f64 {
     2.0 * matmul + config.num_layers as f64 * per_block
 }
 
-fn measure(args: &Args, config: &ModelConfig) -> altup_moe::Result<f64> {
+/// One forward+backward step of `config`'s model on random bytes, as a call returning its seconds.
+fn step(args: &Args, config: &ModelConfig) -> altup_moe::Result<Box<dyn FnMut() -> altup_moe::Result<f64>>> {
     let vs = VarStore::new(args.device);
     let mut model = LanguageModel::new(&vs.root(), config)?;
     if args.bf16 {
@@ -89,24 +94,28 @@ fn measure(args: &Args, config: &ModelConfig) -> altup_moe::Result<f64> {
     }
     let tokens = Tensor::randint(256, [args.batch_size, args.seq_len + 1], (Kind::Int64, args.device));
     let (inputs, targets) = (tokens.narrow(1, 0, args.seq_len), tokens.narrow(1, 1, args.seq_len));
-    median_seconds(args.warmup, args.runs, || {
-        let out = model.forward_t(&inputs, true)?;
-        let mut loss = out.logits.view([-1, 256]).f_cross_entropy_loss::<Tensor>(
-            &targets.reshape([-1]),
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        )?;
-        if let (Some(lb), Some(z)) = (out.aux.load_balancing_loss()?, out.aux.z_loss()?) {
-            loss = loss + lb * 0.01 + z * 0.001;
-        }
-        loss.f_backward()?;
-        if let Device::Cuda(index) = args.device {
-            tch::Cuda::synchronize(index as i64);
-        }
-        Ok(())
-    })
+    let device = args.device;
+    Ok(Box::new(move || {
+        let _keep = &vs;
+        seconds(|| {
+            let out = model.forward_t(&inputs, true)?;
+            let mut loss = out.logits.view([-1, 256]).f_cross_entropy_loss::<Tensor>(
+                &targets.reshape([-1]),
+                None,
+                Reduction::Mean,
+                -100,
+                0.0,
+            )?;
+            if let (Some(lb), Some(z)) = (out.aux.load_balancing_loss()?, out.aux.z_loss()?) {
+                loss = loss + lb * 0.01 + z * 0.001;
+            }
+            loss.f_backward()?;
+            if let Device::Cuda(index) = device {
+                tch::Cuda::synchronize(index as i64);
+            }
+            Ok(())
+        })
+    }))
 }
 
 fn base_config(args: &Args) -> ModelConfig {
@@ -118,55 +127,75 @@ fn base_config(args: &Args) -> ModelConfig {
     config
 }
 
-fn sweep(args: &Args) -> altup_moe::Result<Vec<Point>> {
-    let mut points: Vec<Point> = Vec::new();
-    let mut push =
-        |family: &str, config: &ModelConfig, experts: usize, top_k: usize, k: usize, baseline: Option<f64>| {
-            let seconds = measure(args, config)?;
+/// A family's points, timed in interleaved rounds; ratios against its first point.
+fn family(
+    args: &Args,
+    family: &str,
+    members: Vec<(ModelConfig, usize, usize, usize)>,
+) -> altup_moe::Result<Vec<Point>> {
+    eprintln!("{family}: {} points, {} rounds", members.len(), args.runs);
+    let mut calls = members.iter().map(|(config, ..)| step(args, config)).collect::<altup_moe::Result<Vec<_>>>()?;
+    let mut refs: Vec<&mut dyn FnMut() -> altup_moe::Result<f64>> = calls.iter_mut().map(|c| &mut **c as _).collect();
+    let times = interleaved(args.warmup, args.runs, &mut refs)?;
+    Ok(members
+        .iter()
+        .zip(&times)
+        .map(|((config, experts, top_k, k), t)| {
             let counts = config.param_counts();
+            let ratio = PairedRatio::new(&times[0], t);
             let point = Point {
                 family: family.to_string(),
-                experts,
-                top_k,
-                altup_blocks: k,
+                experts: *experts,
+                top_k: *top_k,
+                altup_blocks: *k,
                 total_params: counts.total,
                 active_params: counts.active_per_token,
                 forward_flops_per_token: forward_flops(config, args.seq_len),
-                step_seconds: seconds,
-                relative_time: baseline.map_or(1.0, |b| seconds / b),
+                step_seconds: median(t),
+                relative_time: ratio.median,
+                relative_low: ratio.low,
+                relative_high: ratio.high,
             };
             eprintln!(
-            "{:<8} E={:<3} k={} K={} | {:>7.2}M params, {:>6.2}M active | {:>7.1} MFLOP/token | {:>8.1} ms ({:.3}x)",
-            point.family,
-            experts,
-            top_k,
-            k,
-            point.total_params as f64 / 1e6,
-            point.active_params as f64 / 1e6,
-            point.forward_flops_per_token / 1e6,
-            seconds * 1e3,
-            point.relative_time
-        );
-            points.push(point);
-            Ok::<f64, altup_moe::Error>(seconds)
-        };
+                "{:<8} E={:<3} k={} K={} | {:>7.2}M params, {:>6.2}M active | {:>7.1} MFLOP/token | {:>8.1} ms ({})",
+                point.family,
+                experts,
+                top_k,
+                k,
+                point.total_params as f64 / 1e6,
+                point.active_params as f64 / 1e6,
+                point.forward_flops_per_token / 1e6,
+                point.step_seconds * 1e3,
+                ratio.show()
+            );
+            point
+        })
+        .collect())
+}
+
+fn sweep(args: &Args) -> altup_moe::Result<Vec<Point>> {
+    let mut points: Vec<Point> = Vec::new();
     for top_k in [1usize, 2] {
-        let mut baseline = None;
-        for e in [1usize, 2, 4, 8, 16, 32, 64].into_iter().filter(|&e| e >= top_k) {
+        let members = [1usize, 2, 4, 8, 16, 32, 64]
+            .into_iter()
+            .filter(|&e| e >= top_k)
+            .map(|e| {
+                let mut config = base_config(args);
+                config.moe = Some(MoeConfig { num_experts: e, top_k, d_ff: 4 * args.d_model, ..MoeConfig::default() });
+                (config, e, top_k, 1)
+            })
+            .collect();
+        points.extend(family(args, &format!("moe-k{top_k}"), members)?);
+    }
+    let members = [1usize, 2, 4]
+        .into_iter()
+        .map(|k| {
             let mut config = base_config(args);
-            config.moe = Some(MoeConfig { num_experts: e, top_k, d_ff: 4 * args.d_model, ..MoeConfig::default() });
-            let family = format!("moe-k{top_k}");
-            let seconds = push(&family, &config, e, top_k, 1, baseline)?;
-            baseline.get_or_insert(seconds);
-        }
-    }
-    let mut baseline = None;
-    for k in [1usize, 2, 4] {
-        let mut config = base_config(args);
-        config.altup = Some(AltUpConfig { num_blocks: k, ..AltUpConfig::default() });
-        let seconds = push("altup", &config, 0, 0, k, baseline)?;
-        baseline.get_or_insert(seconds);
-    }
+            config.altup = Some(AltUpConfig { num_blocks: k, ..AltUpConfig::default() });
+            (config, 0, 0, k)
+        })
+        .collect();
+    points.extend(family(args, "altup", members)?);
     Ok(points)
 }
 
@@ -214,9 +243,9 @@ fn plots(points: &[Point], out: &std::path::Path) -> altup_moe::Result<()> {
     let path = out.join("scaling_relative_time.svg");
     let root = SVGBackend::new(&path, (720, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let max_rel = points.iter().map(|p| p.relative_time).fold(1.0, f64::max) * 1.15;
+    let max_rel = points.iter().map(|p| p.relative_high).filter(|h| h.is_finite()).fold(1.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Step time relative to E = 1 (MoE) / K = 1 (AltUp)", ("sans-serif", 18))
+        .caption("Step time relative to E = 1 (top-1), E = 2 (top-2), K = 1 (AltUp), 95% intervals", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -228,12 +257,15 @@ fn plots(points: &[Point], out: &std::path::Path) -> altup_moe::Result<()> {
         .y_desc("relative step time")
         .draw()
         .map_err(plot_err)?;
+    let x_of = |p: &Point| (if p.family == "altup" { p.altup_blocks } else { p.experts }) as f64;
     for (family, color) in families {
-        let data = series(family)
-            .iter()
-            .map(|p| ((if p.family == "altup" { p.altup_blocks } else { p.experts }) as f64, p.relative_time))
-            .collect();
+        let data = series(family).iter().map(|p| (x_of(p), p.relative_time)).collect();
         draw_family(&mut chart, family, color, data)?;
+        // The 95% interval of each ratio.
+        let bars = series(family).into_iter().map(|p| {
+            PathElement::new(vec![(x_of(p), p.relative_low), (x_of(p), p.relative_high)], color.stroke_width(1))
+        });
+        chart.draw_series(bars).map_err(plot_err)?;
     }
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(plot_err)?;
     root.present().map_err(plot_err)?;
@@ -242,7 +274,7 @@ fn plots(points: &[Point], out: &std::path::Path) -> altup_moe::Result<()> {
 
 fn table(points: &[Point], args: &Args) -> String {
     let mut md = format!(
-        "Forward+backward step time of a {}-block model (d = {}, F = {}, MoE on every other block, dropless), {} tokens per step ({} × {}), {}{}, median of {} runs.\n\n",
+        "Forward+backward step time of a {}-block model (d = {}, F = {}, MoE on every other block, dropless), {} tokens per step ({} × {}), {}{}; the points of a family timed in {} interleaved rounds (median time), relative = median of the per-round ratios to the family's first point, with its 95% interval.\n\n",
         args.layers,
         args.d_model,
         4 * args.d_model,
@@ -253,10 +285,10 @@ fn table(points: &[Point], args: &Args) -> String {
         if args.bf16 { ", bf16" } else { ", f32" },
         args.runs
     );
-    md += "| sweep | E | k | K | total params | active params | fwd MFLOP/token | step (ms) | relative |\n|---|---|---|---|---|---|---|---|---|\n";
+    md += "| sweep | E | k | K | total params | active params | fwd MFLOP/token | step (ms) | relative [95%] |\n|---|---|---|---|---|---|---|---|---|\n";
     for p in points {
         md += &format!(
-            "| {} | {} | {} | {} | {:.2}M | {:.2}M | {:.1} | {:.1} | {:.3} |\n",
+            "| {} | {} | {} | {} | {:.2}M | {:.2}M | {:.1} | {:.1} | {:.3} [{:.3}, {:.3}] |\n",
             p.family,
             if p.experts == 0 { "-".into() } else { p.experts.to_string() },
             if p.top_k == 0 { "-".into() } else { p.top_k.to_string() },
@@ -265,7 +297,9 @@ fn table(points: &[Point], args: &Args) -> String {
             p.active_params as f64 / 1e6,
             p.forward_flops_per_token / 1e6,
             p.step_seconds * 1e3,
-            p.relative_time
+            p.relative_time,
+            p.relative_low,
+            p.relative_high
         );
     }
     md

@@ -363,6 +363,41 @@ impl PairedRatio {
     }
 }
 
+/// Interleaved timing: `rounds` rounds after `warmup` untimed ones, each calling every entry of
+/// `calls` once in order (A B A B … for two), so that every variant sees the same machine state
+/// round after round. Each call returns its own duration in seconds (so it can time only the
+/// part that matters, or ask another process). Returns `times[call][round]`.
+pub fn interleaved(
+    warmup: usize,
+    rounds: usize,
+    calls: &mut [&mut dyn FnMut() -> altup_moe::Result<f64>],
+) -> altup_moe::Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(rounds); calls.len()];
+    for round in 0..warmup + rounds {
+        for (i, call) in calls.iter_mut().enumerate() {
+            let t = call()?;
+            if round >= warmup {
+                times[i].push(t);
+            }
+        }
+    }
+    Ok(times)
+}
+
+/// Seconds of one call of `f`.
+pub fn seconds(f: impl FnOnce() -> altup_moe::Result<()>) -> altup_moe::Result<f64> {
+    let start = std::time::Instant::now();
+    f()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// The median of `values` (upper median for an even count; NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Peak resident memory of this process (`VmHWM`), in MiB; `None` where /proc is unavailable.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
