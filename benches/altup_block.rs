@@ -7,8 +7,9 @@
 
 mod common;
 
-use altup_moe::altup::{AltUp, Coefficients, ComputeInput};
-use altup_moe::nn::{AttentionConfig, Block, BlockConfig, FeedForwardConfig, FfnConfig, InitScheme};
+use altup_moe::altup::{AltUp, AltUpConfig};
+use altup_moe::model::{Block, BlockConfig, FfnConfig};
+use altup_moe::nn::{AttentionConfig, FeedForwardConfig, InitScheme};
 use common::{measuring, ratio};
 use criterion::{BenchmarkId, Criterion};
 use std::hint::black_box;
@@ -51,7 +52,7 @@ fn bench(c: &mut Criterion) {
             let altups: Vec<AltUp> = (0..LAYERS)
                 .map(|l| {
                     let path = vs.root() / format!("altup{k}") / l;
-                    AltUp::new(&path, k, d, Coefficients::Static, ComputeInput::Input, &init).expect("altup")
+                    AltUp::new(&path, &AltUpConfig { num_blocks: k, ..Default::default() }, d, &init).expect("altup")
                 })
                 .collect();
             let wide = Tensor::randn([k as i64, BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));

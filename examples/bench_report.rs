@@ -12,9 +12,10 @@
 
 mod common;
 
-use altup_moe::altup::{AltUp, Coefficients, ComputeInput};
+use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput};
+use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
-use altup_moe::nn::{AttentionConfig, Block, BlockConfig, FeedForward, FeedForwardConfig, FfnConfig, InitScheme};
+use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme};
 use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
 use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
 use clap::Parser;
@@ -161,7 +162,9 @@ fn expert_matmuls(e: i64, tokens: i64, grouped: bool) -> Res<Call> {
 fn gemma_altup() -> Res<Call> {
     let vs = VarStore::new(Device::Cpu);
     let coefficients = Coefficients::InputDependent { clip: Some(120.0) };
-    let altup = AltUp::new(&vs.root(), 4, 512, coefficients, ComputeInput::Prediction, &InitScheme::default())?;
+    let config =
+        AltUpConfig { num_blocks: 4, coefficients, compute_on: ComputeInput::Prediction, ..Default::default() };
+    let altup = AltUp::new(&vs.root(), &config, 512, &InitScheme::default())?;
     let x = Tensor::randn([4, 8, 256, 512], (Kind::Float, Device::Cpu));
     fwd_bwd(vs, x, move |x| {
         let pred = altup.predict(x, 0, true)?;
@@ -196,7 +199,7 @@ fn stack(d: usize, which: Stack) -> Res<Call> {
         Stack::AltUp(k) | Stack::Mixing(k) => k,
     };
     let altups: Vec<AltUp> = (0..4)
-        .map(|l| AltUp::new(&(vs.root() / "a" / l), k, d, Coefficients::Static, ComputeInput::Input, &init))
+        .map(|l| AltUp::new(&(vs.root() / "a" / l), &AltUpConfig { num_blocks: k, ..Default::default() }, d, &init))
         .collect::<Res<_>>()?;
     let shape: Vec<i64> = match which {
         Stack::Plain => vec![8, 256, d as i64],

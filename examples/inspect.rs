@@ -75,7 +75,7 @@ fn utilisation(out: &mut String, model: &LanguageModel, args: &Args) -> altup_mo
         for batch in &batches {
             let out = model.forward_t(&batch.inputs, false)?;
             for (i, (layer, aux)) in out.aux.moe_layers().enumerate() {
-                let counts = Vec::<i64>::try_from(&aux.tokens_per_expert.f_to_device(Device::Cpu)?)?;
+                let counts = Vec::<i64>::try_from(&aux.assignments_per_expert.f_to_device(Device::Cpu)?)?;
                 let entropy = aux.router_entropy.f_double_value(&[])?;
                 match per_layer.get_mut(i) {
                     Some(entry) => {
@@ -159,12 +159,12 @@ fn altup(out: &mut String, model: &LanguageModel) -> altup_moe::Result<()> {
             AltUpCoefficients::Static { predictor, corrector } => {
                 report!(out, "| {i} | {} | {} |", matrix(predictor)?, matrix(corrector)?);
             }
-            AltUpCoefficients::InputDependent { router, prediction_coefs, correction_coefs, .. } => {
+            AltUpCoefficients::InputDependent { modality_router, prediction_coefs, correction_coefs, .. } => {
                 let norm = |t: &Tensor| t.f_norm().and_then(|n| n.f_double_value(&[]));
                 report!(
                     out,
                     "| {i} | {:.3} | {:.3} | {:.3} |",
-                    norm(router)?,
+                    norm(modality_router)?,
                     norm(prediction_coefs)?,
                     norm(correction_coefs)?
                 );

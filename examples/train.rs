@@ -264,7 +264,7 @@ fn model_config(args: &Args) -> altup_moe::Result<ModelConfig> {
     config.attention.num_heads = args.heads;
     config.ffn = FeedForwardConfig { d_ff, activation: args.activation };
     if let Some(moe) = &mut config.moe {
-        let default_cf = (args.router == RouterKind::ExpertChoice).then_some(2.0);
+        let default_cf = args.router.policy().default_capacity_factor();
         let capacity_factor = args.capacity_factor.map_or(default_cf, |c| c.0);
         *moe = MoeConfig {
             num_experts: args.experts,

@@ -7,9 +7,9 @@
 //!   z-losses (Switch Transformer, GShard, ST-MoE).
 //! * [`altup`]: the `K`-block widened representation with its predictor and corrector
 //!   (Baykal et al. 2023).
-//! * [`nn`]: RMSNorm, causal attention with RoPE, dense FFN, the pre-norm block.
-//! * [`model`]: a serde [`ModelConfig`] with presets for dense, Switch, AltUp and AltUp+MoE stacks,
-//!   and the [`LanguageModel`] built from it.
+//! * [`nn`]: RMSNorm, causal attention with RoPE, dense FFN, embeddings, parameter roles.
+//! * [`model`]: the pre-norm block (dense or MoE FFN), stacks, a serde [`ModelConfig`] with
+//!   presets for dense, Switch, AltUp and AltUp+MoE stacks, and the [`LanguageModel`] built from it.
 //! * [`train`]: byte-level data, AdamW, schedule, atomic checkpoints, metrics, trainer.
 //!
 //! # Shape legend
@@ -21,7 +21,8 @@
 //! Every forward returns its output and a typed auxiliary record; configs are validated once when
 //! a layer is built and errors name the offending value; parameters are f32 masters and
 //! routers/mixing run in f32; parameter names mirror the module tree
-//! (`blocks.3.moe.experts.w_in`).
+//! (`blocks.3.moe.experts.w_in`). A `_t` suffix (`forward_t`) means the call takes the training
+//! flag (MoE capacity factor, router jitter, AltUp coefficient clipping), as in tch.
 //!
 //! ```
 //! use altup_moe::{Arch, LanguageModel, ModelConfig};

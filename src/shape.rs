@@ -24,6 +24,28 @@ pub(crate) fn expect_float(x: &Tensor, what: &str) -> Result<()> {
     }
 }
 
+/// Whether `kind` is an integer dtype (token ids).
+pub(crate) fn is_integer(kind: Kind) -> bool {
+    matches!(kind, Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8)
+}
+
+/// Whether a token mask may have dtype `kind`: bool, or integer (non-zero = real token).
+pub(crate) fn is_mask_kind(kind: Kind) -> bool {
+    kind == Kind::Bool || is_integer(kind)
+}
+
+/// `mask` as a bool tensor (non-zero = real) — the one mask dtype check of the crate.
+///
+/// # Errors
+/// [`Error::Shape`] naming `what` and the dtype for a floating-point mask.
+pub(crate) fn mask_to_bool(mask: &Tensor, what: &str) -> Result<Tensor> {
+    match mask.kind() {
+        Kind::Bool => Ok(mask.shallow_clone()),
+        kind if is_integer(kind) => Ok(mask.f_ne(0)?),
+        other => Err(Error::Shape(format!("{what} must be bool or integer, got dtype {other:?}"))),
+    }
+}
+
 /// Checks that `x` lives on the same device as the module parameter `param`.
 pub(crate) fn expect_device(x: &Tensor, what: &str, param: &Tensor) -> Result<()> {
     if x.device() == param.device() {

@@ -250,8 +250,8 @@ fn compare_runs(kind: Trained, want: &Path, got: &Path, tol: f64, what: &str) {
             worst_metric = worst_metric.max((a - b).abs() / a.abs().max(1.0));
             assert!((a - b).abs() <= tol * a.abs().max(1.0), "{what}: {key} {a} vs {b} at step {}", w["step"]);
         };
-        for key in ["train_loss", "val_loss", "aux_loss", "z_loss", "dropped_frac", "lr"] {
-            if kind.moe_layers() > 0 || !["aux_loss", "z_loss", "dropped_frac"].contains(&key) {
+        for key in ["train_loss", "val_loss", "load_balancing_loss", "z_loss", "dropped_fraction", "lr"] {
+            if kind.moe_layers() > 0 || !["load_balancing_loss", "z_loss", "dropped_fraction"].contains(&key) {
                 close(key, &w[key], &g[key]);
             }
         }
@@ -259,10 +259,10 @@ fn compare_runs(kind: Trained, want: &Path, got: &Path, tol: f64, what: &str) {
         assert_eq!(lw.len(), kind.moe_layers(), "{what}: MoE layers");
         assert_eq!(lw.len(), lg.len());
         for (a, b) in lw.iter().zip(lg) {
-            for key in ["load_balancing_loss", "z_loss", "router_entropy", "dropped_frac"] {
+            for key in ["load_balancing_loss", "z_loss", "router_entropy", "dropped_fraction"] {
                 close(key, &a[key], &b[key]);
             }
-            assert_eq!(a["tokens_per_expert"], b["tokens_per_expert"], "{what}: tokens per expert");
+            assert_eq!(a["assignments_per_expert"], b["assignments_per_expert"], "{what}: tokens per expert");
         }
     }
     let tensors = |dir: &Path, file: &str| -> std::collections::BTreeMap<String, Tensor> {
@@ -368,7 +368,7 @@ fn layer_rank(name: &str, world: Arc<dyn Collectives>) -> Vec<(&'static str, Ten
         ("w_out_grad", all_gather_tensor(world.as_ref(), &layer.experts.w_out.grad()).unwrap()),
         ("router_grad", all_reduce_tensor(world.as_ref(), &layer.router.weight.grad()).unwrap()),
         ("dropped", Tensor::from_slice(&[aux.dropped_fraction]).to_device(device())),
-        ("tokens_per_expert", aux.tokens_per_expert.to_kind(Kind::Float)),
+        ("assignments_per_expert", aux.assignments_per_expert.to_kind(Kind::Float)),
     ];
     results.into()
 }
@@ -473,7 +473,7 @@ fn reference(name: &str) -> HashMap<&'static str, Tensor> {
         ("w_out_grad", layer.experts.w_out.grad()),
         ("router_grad", layer.router.weight.grad()),
         ("dropped", Tensor::from_slice(&[aux.dropped_fraction]).to_device(device())),
-        ("tokens_per_expert", aux.tokens_per_expert.to_kind(Kind::Float)),
+        ("assignments_per_expert", aux.assignments_per_expert.to_kind(Kind::Float)),
     ])
 }
 

@@ -86,15 +86,9 @@ fn altup_layer() {
     for coefficients in [Coefficients::Static, Coefficients::InputDependent { clip: None }] {
         for compute_on in [ComputeInput::Input, ComputeInput::Prediction] {
             let mut vs = VarStore::new(device());
-            let altup = AltUp::new(
-                &vs.root(),
-                3,
-                4,
-                coefficients,
-                compute_on,
-                &InitScheme { std: 0.5, residual_std: 0.5, seed: 1 },
-            )
-            .unwrap();
+            let config = AltUpConfig { num_blocks: 3, coefficients, compute_on, ..Default::default() };
+            let altup =
+                AltUp::new(&vs.root(), &config, 4, &InitScheme { std: 0.5, residual_std: 0.5, seed: 1 }).unwrap();
             vs.double();
             // Move every coefficient away from its (identity) initialisation.
             tch::no_grad(|| {

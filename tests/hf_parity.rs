@@ -93,7 +93,7 @@ fn mixtral_top2_block_matches_hugging_face() {
 /// training (where the coefficient clip binds), for active block 0 and 2.
 #[test]
 fn gemma3n_altup_predict_and_correct_match_hugging_face() {
-    use altup_moe::altup::{AltUp, AltUpCoefficients, Coefficients, ComputeInput};
+    use altup_moe::altup::{AltUp, AltUpCoefficients, AltUpConfig, Coefficients, ComputeInput};
     for name in ["gemma3n_altup_active0", "gemma3n_altup_active2"] {
         let f = fixture(name);
         let x = &f["x"];
@@ -101,23 +101,26 @@ fn gemma3n_altup_predict_and_correct_match_hugging_face() {
         let clip = f["clip"].double_value(&[0]);
         let active = f["active"].int64_value(&[0]) as usize;
         let vs = VarStore::new(device());
-        let altup = AltUp::new(
-            &vs.root(),
-            k,
-            d,
-            Coefficients::InputDependent { clip: Some(clip) },
-            ComputeInput::Prediction,
-            &InitScheme::default(),
-        )
-        .unwrap();
-        let AltUpCoefficients::InputDependent { router_norm, router, prediction_coefs, correction_coefs, .. } =
-            &altup.coefficients
+        let config = AltUpConfig {
+            num_blocks: k,
+            coefficients: Coefficients::InputDependent { clip: Some(clip) },
+            compute_on: ComputeInput::Prediction,
+            ..Default::default()
+        };
+        let altup = AltUp::new(&vs.root(), &config, d, &InitScheme::default()).unwrap();
+        let AltUpCoefficients::InputDependent {
+            modality_norm,
+            modality_router,
+            prediction_coefs,
+            correction_coefs,
+            ..
+        } = &altup.coefficients
         else {
             unreachable!()
         };
         tch::no_grad(|| {
-            router_norm.weight.shallow_clone().copy_(&f["router_norm.weight"]);
-            router.shallow_clone().copy_(&f["router.weight"]);
+            modality_norm.weight.shallow_clone().copy_(&f["router_norm.weight"]);
+            modality_router.shallow_clone().copy_(&f["router.weight"]);
             prediction_coefs.shallow_clone().copy_(&f["prediction_coefs.weight"]);
             correction_coefs.shallow_clone().copy_(&f["correction_coefs.weight"]);
         });

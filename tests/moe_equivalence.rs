@@ -114,8 +114,8 @@ fn grouped_matmul_equals_per_expert_loop() {
         let (y2, aux2) = grouped.forward_t(&x, true).unwrap();
         assert_close(&y1, &y2, 1e-5, "outputs");
         assert_eq!(aux1.dropped_fraction, aux2.dropped_fraction);
-        assert!(aux1.tokens_per_expert.equal(&aux2.tokens_per_expert));
-        let counts = Vec::<i64>::try_from(&aux1.tokens_per_expert).unwrap();
+        assert!(aux1.assignments_per_expert.equal(&aux2.assignments_per_expert));
+        let counts = Vec::<i64>::try_from(&aux1.assignments_per_expert).unwrap();
         assert!(counts.contains(&0), "the test must exercise an empty expert: {counts:?}");
         (&y1 * &g).sum(Kind::Float).backward();
         (&y2 * &g).sum(Kind::Float).backward();
@@ -152,7 +152,7 @@ fn token_over_capacity_gets_exactly_zero_output() {
     let x = Tensor::rand([1, 6, d as i64], (Kind::Float, device())) + 0.1;
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(aux.capacity, Some(2));
-    assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![6, 0]);
+    assert_eq!(Vec::<i64>::try_from(&aux.assignments_per_expert).unwrap(), vec![6, 0]);
     assert!((aux.dropped_fraction - 4.0 / 6.0).abs() < 1e-12);
     let row_norms = Vec::<f32>::try_from(y.squeeze_dim(0).abs().sum_dim_intlist(-1, false, Kind::Float)).unwrap();
     assert!(row_norms[0] > 0.0 && row_norms[1] > 0.0, "{row_norms:?}");

@@ -176,7 +176,7 @@ fn padding_is_not_counted_in_losses_or_capacity() {
         assert_eq!(y_flat.index_select(0, &pad_index).abs().max().double_value(&[]), 0.0, "{router:?}: padding output");
         assert_eq!(aux.capacity, aux_real.capacity, "{router:?}");
         assert_eq!(aux.num_real_tokens, 7);
-        assert!(aux.tokens_per_expert.equal(&aux_real.tokens_per_expert), "{router:?}");
+        assert!(aux.assignments_per_expert.equal(&aux_real.assignments_per_expert), "{router:?}");
         assert_eq!(aux.dropped_fraction, aux_real.dropped_fraction);
         for (a, b, what) in [
             (&aux.load_balancing_loss, &aux_real.load_balancing_loss, "balance"),
@@ -248,7 +248,7 @@ fn capacity_rounding_does_not_drop_tokens() {
     let x = Tensor::from_slice(&experts).to_device(device()).one_hot(D).to_kind(Kind::Float);
     let (_, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(aux.capacity, Some(3));
-    assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![3, 3, 3, 1]);
+    assert_eq!(Vec::<i64>::try_from(&aux.assignments_per_expert).unwrap(), vec![3, 3, 3, 1]);
     assert_eq!(aux.dropped_fraction, 0.0);
 }
 
@@ -262,7 +262,7 @@ fn expert_choice_output_by_hand() {
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     let c = 4; // ceil(2 · 6 / 3)
     assert_eq!(aux.capacity, Some(c));
-    assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![c, c, c]);
+    assert_eq!(Vec::<i64>::try_from(&aux.assignments_per_expert).unwrap(), vec![c, c, c]);
     let probs = x.linear::<Tensor>(&moe.router.weight, None).softmax(-1, Kind::Float);
     let (_, picked) = probs.transpose(0, 1).topk(c, -1, true, true);
     let expected = Tensor::zeros([6, D], (Kind::Float, device()));
@@ -336,11 +336,11 @@ fn aux_free_bias_balances_selection() {
     let x = Tensor::zeros([4, D], (Kind::Float, device()));
     let _ = x.select(1, 0).fill_(0.5); // p(expert 0) = sigmoid(0.5) ≈ 0.62 for every token
     let (_, aux) = moe.forward_t(&x, true).unwrap();
-    assert_eq!(Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(), vec![4, 0]);
-    moe.update_expert_bias(&aux.tokens_per_expert).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&aux.assignments_per_expert).unwrap(), vec![4, 0]);
+    moe.update_expert_bias(&aux.assignments_per_expert).unwrap();
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(
-        Vec::<i64>::try_from(&aux.tokens_per_expert).unwrap(),
+        Vec::<i64>::try_from(&aux.assignments_per_expert).unwrap(),
         vec![0, 4],
         "bias +0.6 on expert 1 flips the choice"
     );

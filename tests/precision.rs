@@ -4,8 +4,8 @@
 
 mod common;
 
+use altup_moe::model::residual_add;
 use altup_moe::model::{Precision, StackContext};
-use altup_moe::nn::residual_add;
 use altup_moe::{Arch, LanguageModel};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 

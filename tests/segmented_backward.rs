@@ -9,7 +9,7 @@ mod common;
 use altup_moe::altup::{Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
 use altup_moe::model::{ModelAux, MoeLayers, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::{ExchangeTape, ExpertParallel, SingleProcess};
-use altup_moe::train::checkpoint::named_variables;
+use altup_moe::train::weights::named_variables;
 use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::device;
 use std::sync::Arc;

@@ -194,7 +194,7 @@ fn span_corruption_training_learns() {
         assert!(after < before - 1.5, "{arch}: validation loss {before:.3} -> {after:.3}");
         assert_eq!(stats[0].tokens, 8 * corruption.lengths(32).unwrap().1);
         assert_eq!(
-            stats[0].moe_layers.iter().filter(|m| m.stack == "encoder").count(),
+            stats[0].moe_layers.iter().filter(|m| m.stack == altup_moe::model::StackKind::Encoder).count(),
             if arch.has_moe() { 1 } else { 0 }
         );
         let out = model

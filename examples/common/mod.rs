@@ -188,7 +188,7 @@ impl Observer for Progress<'_> {
                 record.val_loss,
                 record.val_bpb,
                 record.tokens_per_s,
-                match (record.aux_loss, record.dropped_frac) {
+                match (record.load_balancing_loss, record.dropped_fraction) {
                     (Some(a), Some(d)) => format!(" | balance {a:.3} | dropped {:.1}%", 100.0 * d),
                     _ => String::new(),
                 }
@@ -302,7 +302,7 @@ pub fn load_model(path: &Path, device: Device) -> altup_moe::Result<LoadedModel>
     let config = altup_moe::ModelConfig::load(&config_path)?;
     let vs = tch::nn::VarStore::new(device);
     let model = altup_moe::LanguageModel::new(&vs.root(), &config)?;
-    altup_moe::train::checkpoint::load_weights(&vs, &weights)?;
+    altup_moe::train::load_weights(&vs, &weights)?;
     Ok(LoadedModel { vs, model, weights })
 }
 

@@ -17,10 +17,11 @@
 //! Initialisation is the identity (`P = I`, `g = 1`; `W_p = W_c = 0`): with `K = 1` AltUp is
 //! exactly the wrapped layer.
 
-use crate::altup::config::{Coefficients, ComputeInput};
+use crate::altup::config::{AltUpConfig, Coefficients, ComputeInput};
 use crate::error::{Error, Result};
 use crate::nn::init::InitScheme;
 use crate::nn::norm::RmsNorm;
+use crate::nn::role::ParamRole;
 use crate::shape::accumulate_kind;
 use tch::{nn, Kind, Tensor};
 
@@ -36,10 +37,11 @@ pub enum AltUpCoefficients {
     },
     /// Gemma 3n's per-token coefficients.
     InputDependent {
-        /// RMSNorm of the router input (`router_norm.weight` `[D]`).
-        router_norm: RmsNorm,
-        /// `W_r`, `[K, D]`.
-        router: Tensor,
+        /// RMSNorm of the modality router's input (`router_norm.weight` `[D]`).
+        modality_norm: RmsNorm,
+        /// `W_r`, `[K, D]` (`router.weight`, Hugging Face's name): Gemma's "router" of
+        /// modalities, which mixes AltUp coefficients — not an MoE router.
+        modality_router: Tensor,
         /// `W_p`, `[K², K]`.
         prediction_coefs: Tensor,
         /// `W_c`, `[K, K]`.
@@ -63,19 +65,17 @@ pub struct AltUp {
 }
 
 impl AltUp {
-    /// Creates the parameters under `path`.
+    /// Creates the parameters of one layer under `path` from `config`'s block count, coefficient
+    /// mode and compute input (selection, widening and output belong to the stack). Every
+    /// parameter is created without weight decay ([`ParamRole::NO_DECAY`]): the predictor and
+    /// corrector start at the identity and decay would pull them to zero.
     ///
     /// # Errors
-    /// [`Error::Config`] if `num_blocks` is 0.
-    pub fn new(
-        path: &nn::Path,
-        num_blocks: usize,
-        d_model: usize,
-        coefficients: Coefficients,
-        compute_on: ComputeInput,
-        init: &InitScheme,
-    ) -> Result<Self> {
-        crate::error::ensure_config(num_blocks > 0, || "altup num_blocks (K = 0) must be positive".into())?;
+    /// [`Error::Config`] from [`AltUpConfig::validate`].
+    pub fn new(path: &nn::Path, config: &AltUpConfig, d_model: usize, init: &InitScheme) -> Result<Self> {
+        config.validate()?;
+        let (num_blocks, coefficients, compute_on) = (config.num_blocks, config.coefficients, config.compute_on);
+        let path = &ParamRole::NO_DECAY.on(path);
         let k = num_blocks as i64;
         let coefficients = match coefficients {
             Coefficients::Static => AltUpCoefficients::Static {
@@ -83,8 +83,8 @@ impl AltUp {
                 corrector: path.f_ones("corrector", &[k])?,
             },
             Coefficients::InputDependent { clip } => AltUpCoefficients::InputDependent {
-                router_norm: RmsNorm::new(&(path / "router_norm"), d_model as i64, 1e-6)?,
-                router: init.normal(&(path / "router"), "weight", &[k, d_model as i64], init.std)?,
+                modality_norm: RmsNorm::new(&(path / "router_norm"), d_model as i64, 1e-6)?,
+                modality_router: init.normal(&(path / "router"), "weight", &[k, d_model as i64], init.std)?,
                 prediction_coefs: (path / "prediction_coefs").f_zeros("weight", &[k * k, k])?,
                 correction_coefs: (path / "correction_coefs").f_zeros("weight", &[k, k])?,
                 clip,
@@ -120,11 +120,11 @@ impl AltUp {
     ///
     /// # Shapes
     /// `v`: `[..., D]` → `[..., K]`.
-    fn modalities(router_norm: &RmsNorm, router: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn modalities(modality_norm: &RmsNorm, modality_router: &Tensor, v: &Tensor) -> Result<Tensor> {
         let acc = accumulate_kind(v);
         let d = v.size().last().copied().unwrap_or(1) as f64;
-        let normed = router_norm.forward(v)?.f_to_kind(acc)?.f_div_scalar(d)?;
-        Ok(normed.f_linear::<Tensor>(&router.f_to_kind(acc)?, None)?.f_tanh()?)
+        let normed = modality_norm.forward(v)?.f_to_kind(acc)?.f_div_scalar(d)?;
+        Ok(normed.f_linear::<Tensor>(&modality_router.f_to_kind(acc)?, None)?.f_tanh()?)
     }
 
     fn clipped(w: &Tensor, clip: Option<f64>, train: bool) -> Result<Tensor> {
@@ -152,9 +152,9 @@ impl AltUp {
             AltUpCoefficients::Static { predictor, .. } => {
                 predictor.f_to_kind(acc)?.f_matmul(&x32.f_reshape([self.num_blocks, -1])?)?.f_view(size.as_slice())?
             }
-            AltUpCoefficients::InputDependent { router_norm, router, prediction_coefs, clip, .. } => {
+            AltUpCoefficients::InputDependent { modality_norm, modality_router, prediction_coefs, clip, .. } => {
                 let k = self.num_blocks;
-                let m = Self::modalities(router_norm, router, &x.f_select(0, active as i64)?)?; // [B, T, K]
+                let m = Self::modalities(modality_norm, modality_router, &x.f_select(0, active as i64)?)?; // [B, T, K]
                 let w = Self::clipped(prediction_coefs, *clip, train)?.f_to_kind(acc)?;
                 let lead: Vec<i64> = size[1..size.len() - 1].to_vec();
                 let mut c_shape = lead.clone();
@@ -202,8 +202,8 @@ impl AltUp {
                 shape.extend(std::iter::repeat_n(1, computed.dim()));
                 Ok(corrector.f_to_kind(acc)?.f_view(shape.as_slice())?)
             }
-            AltUpCoefficients::InputDependent { router_norm, router, correction_coefs, clip, .. } => {
-                let m = Self::modalities(router_norm, router, computed)?; // [B, T, K]
+            AltUpCoefficients::InputDependent { modality_norm, modality_router, correction_coefs, clip, .. } => {
+                let m = Self::modalities(modality_norm, modality_router, computed)?; // [B, T, K]
                 let w = Self::clipped(correction_coefs, *clip, train)?.f_to_kind(acc)?;
                 let g = m.f_linear::<Tensor>(&w, None)?.f_add_scalar(1.0)?; // [B, T, K]
                 Ok(g.f_movedim([-1], [0])?.f_unsqueeze(-1)?)
@@ -268,7 +268,8 @@ mod tests {
 
     fn altup(k: usize, coefficients: Coefficients, compute_on: ComputeInput) -> (nn::VarStore, AltUp) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let a = AltUp::new(&vs.root(), k, 4, coefficients, compute_on, &InitScheme::default()).unwrap();
+        let config = AltUpConfig { num_blocks: k, coefficients, compute_on, ..Default::default() };
+        let a = AltUp::new(&vs.root(), &config, 4, &InitScheme::default()).unwrap();
         (vs, a)
     }
 

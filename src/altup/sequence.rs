@@ -18,6 +18,7 @@
 
 use crate::altup::config::SequenceAltUpConfig;
 use crate::error::{Error, Result};
+use crate::nn::role::ParamRole;
 use crate::shape::accumulate_kind;
 use tch::{nn, Kind, Tensor};
 
@@ -55,6 +56,7 @@ impl SequenceAltUp {
     pub fn new(path: &nn::Path, config: &SequenceAltUpConfig) -> Result<Self> {
         config.validate()?;
         let n = config.stride as i64 - 1;
+        let path = &ParamRole::NO_DECAY.on(path); // mixing scalars: no weight decay
         Ok(Self {
             alpha: path.f_ones("alpha", &[n])?,
             beta: path.f_zeros("beta", &[n])?,
@@ -91,7 +93,7 @@ impl SequenceAltUp {
     ///
     /// # Errors
     /// [`Error::Shape`] if `x` is not 3-D or the layer returns another shape; errors of `layer`.
-    pub fn forward_t<A>(
+    pub fn forward<A>(
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
@@ -138,7 +140,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let seq = SequenceAltUp::new(&vs.root(), &SequenceAltUpConfig { stride: 3 }).unwrap();
         let x = Tensor::randn([2, 7, 4], (Kind::Float, Device::Cpu));
-        let (y, positions) = seq.forward_t(&x, None, |a, p, _| Ok((a * 2.0 + 1.0, p.shallow_clone()))).unwrap();
+        let (y, positions) = seq.forward(&x, None, |a, p, _| Ok((a * 2.0 + 1.0, p.shallow_clone()))).unwrap();
         assert_eq!(Vec::<i64>::try_from(&positions).unwrap(), vec![0, 3, 6]);
         for t in 0..7 {
             let a = (t / 3) * 3;

@@ -2,8 +2,9 @@
 
 use crate::altup::{AltUpConfig, SequenceAltUpConfig};
 use crate::error::{ensure_config, Error, Result};
+use crate::model::block::{BlockConfig, FfnConfig};
 use crate::moe::MoeConfig;
-use crate::nn::{AttentionConfig, BlockConfig, FeedForwardConfig, FfnConfig};
+use crate::nn::{AttentionConfig, FeedForwardConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

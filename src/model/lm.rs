@@ -1,14 +1,15 @@
 //! Decoder-only language model: a [`Stack`] and an output head.
 
 use crate::error::{Error, Result};
+use crate::model::block::Block;
 use crate::model::config::ModelConfig;
+use crate::model::head::OutputHead;
 use crate::model::output::ModelOutput;
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
 use crate::model::stack::{Stack, StackCache, StackContext};
 use crate::moe::ExpertParallel;
-use crate::nn::{Block, InitScheme, Linear};
-use crate::shape::{accumulate_kind, cast_like};
+use crate::nn::InitScheme;
 use tch::{nn, Tensor};
 
 /// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
@@ -44,7 +45,7 @@ use tch::{nn, Tensor};
 #[derive(Debug)]
 pub struct LanguageModel {
     stack: Stack,
-    head: Option<Linear>,
+    head: OutputHead,
     parallel: Option<ExpertParallel>,
 }
 
@@ -82,11 +83,8 @@ impl LanguageModel {
         }
         let init = InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed);
         let stack = Stack::build(path, config, &init, None, parallel.as_ref())?;
-        let head = if config.tie_embeddings {
-            None
-        } else {
-            Some(Linear::new(&(path / "head"), config.d_model as i64, config.vocab_size as i64, init.std, &init)?)
-        };
+        let (d, v) = (config.d_model, config.vocab_size);
+        let head = OutputHead::new(path, d, v, config.tie_embeddings, stack.embedding(), &init)?;
         Ok(Self { stack, head, parallel })
     }
 
@@ -218,15 +216,7 @@ impl LanguageModel {
         Ok(ModelOutput { logits: self.logits(&hidden)?, aux })
     }
 
-    /// Output head (tied to the embedding when configured).
-    ///
-    /// # Shapes
-    /// `hidden`: `[B, T, D]` → `[B, T, V]` in f32 (f64 for f64 models).
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = match &self.head {
-            Some(head) => head.forward(hidden)?,
-            None => hidden.f_linear::<Tensor>(&cast_like(&self.stack.embedding().weight, hidden)?, None)?,
-        };
-        Ok(logits.f_to_kind(accumulate_kind(&logits))?)
+        self.head.forward(hidden)
     }
 }

@@ -1,8 +1,10 @@
 //! The model builder: a serde [`ModelConfig`], presets for the four stacks ([`Arch`]), the
 //! [`LanguageModel`], its typed auxiliary output, parameter accounting and sampling.
 
+pub mod block;
 pub mod config;
 pub mod generate;
+pub mod head;
 pub mod lm;
 pub mod output;
 pub mod params;
@@ -11,10 +13,12 @@ pub mod presets;
 pub mod seq2seq;
 pub mod stack;
 
+pub use block::{residual_add, Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use config::{ModelConfig, MoeLayers};
 pub use generate::Sampling;
+pub use head::OutputHead;
 pub use lm::LanguageModel;
-pub use output::{LayerAux, ModelAux, ModelOutput};
+pub use output::{LayerAux, ModelAux, ModelOutput, StackKind};
 pub use params::ParamCounts;
 pub use precision::Precision;
 pub use presets::Arch;

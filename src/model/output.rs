@@ -4,6 +4,32 @@ use crate::error::Result;
 use crate::moe::MoeAux;
 use tch::Tensor;
 
+/// Which stack of a model a record comes from: a language model's only stack is its decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StackKind {
+    /// A bidirectional encoder (of an encoder-decoder).
+    Encoder,
+    /// A causal decoder (a language model, or the decoder of an encoder-decoder).
+    Decoder,
+}
+
+impl StackKind {
+    /// `encoder` or `decoder` (as written in `metrics.jsonl`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StackKind::Encoder => "encoder",
+            StackKind::Decoder => "decoder",
+        }
+    }
+}
+
+impl std::fmt::Display for StackKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Auxiliary record of one block.
 #[derive(Debug)]
 pub struct LayerAux {

@@ -1,7 +1,6 @@
 //! Parameter accounting, computed from the config alone.
 
 use crate::model::config::ModelConfig;
-use crate::moe::RouterKind;
 use serde::Serialize;
 
 /// Parameter counts of a model.
@@ -51,13 +50,7 @@ impl ModelConfig {
                     expert += moe.num_experts * per_expert;
                     router += moe.num_experts * d;
                     blocks += moe.num_shared_experts * per_expert;
-                    let active_experts = match moe.router {
-                        // Expert choice: on average cf experts per token (C = cf·N/E tokens per expert).
-                        RouterKind::ExpertChoice => {
-                            (moe.capacity_factor.unwrap_or(1.0).ceil() as usize).clamp(1, moe.num_experts)
-                        }
-                        RouterKind::TokenChoice => moe.top_k,
-                    };
+                    let active_experts = moe.router.policy().active_experts(&moe.routing_options());
                     inactive += (moe.num_experts - active_experts) * per_expert;
                 }
                 _ => blocks += self.ffn.num_params(d),

@@ -6,14 +6,14 @@
 use crate::error::{ensure_config, Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::generate::{sample, Sampling};
+use crate::model::head::OutputHead;
 use crate::model::output::ModelAux;
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
 use crate::model::presets::Arch;
 use crate::model::stack::{check_tokens, Stack, StackCache, StackContext};
 use crate::moe::ExpertParallel;
-use crate::nn::{Embedding, InitScheme, Linear};
-use crate::shape::{accumulate_kind, cast_like};
+use crate::nn::{Embedding, InitScheme};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -114,7 +114,7 @@ pub struct Seq2SeqModel {
     config: Seq2SeqConfig,
     encoder: Stack,
     decoder: Stack,
-    head: Option<Linear>,
+    head: OutputHead,
     parallel: Option<ExpertParallel>,
 }
 
@@ -153,11 +153,7 @@ impl Seq2SeqModel {
         let share = || shared.as_ref().map(Embedding::share);
         let encoder = Stack::build(&(path / "encoder"), e, &init, share(), parallel.as_ref())?;
         let decoder = Stack::build(&(path / "decoder"), d, &init, share(), parallel.as_ref())?;
-        let head = if d.tie_embeddings {
-            None
-        } else {
-            Some(Linear::new(&(path / "head"), d.d_model as i64, d.vocab_size as i64, init.std, &init)?)
-        };
+        let head = OutputHead::new(path, d.d_model, d.vocab_size, d.tie_embeddings, decoder.embedding(), &init)?;
         Ok(Self { config: config.clone(), encoder, decoder, head, parallel })
     }
 
@@ -299,10 +295,6 @@ impl Seq2SeqModel {
     }
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = match &self.head {
-            Some(head) => head.forward(hidden)?,
-            None => hidden.f_linear::<Tensor>(&cast_like(&self.decoder.embedding().weight, hidden)?, None)?,
-        };
-        Ok(logits.f_to_kind(accumulate_kind(&logits))?)
+        self.head.forward(hidden)
     }
 }

@@ -5,13 +5,14 @@
 use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};
 use crate::error::{Error, Result};
 use crate::host;
+use crate::model::block::{Block, BlockCache, BlockContext, Ffn};
 use crate::model::config::ModelConfig;
 use crate::model::output::{LayerAux, ModelAux};
 use crate::model::precision::Precision;
 use crate::moe::{ExpertParallel, GraphCuts, MoeAux};
-use crate::nn::{Block, BlockCache, BlockContext, Embedding, Ffn, InitScheme, RmsNorm};
-use crate::shape::accumulate_kind;
-use tch::{nn, Kind, Tensor};
+use crate::nn::{Embedding, InitScheme, RmsNorm};
+use crate::shape::{accumulate_kind, is_mask_kind};
+use tch::{nn, Tensor};
 
 /// Whether every element of `t` is finite.
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
@@ -34,8 +35,7 @@ pub(crate) fn check_tokens(tokens: &Tensor, mask: Option<&Tensor>, what: &str) -
         return Err(Error::Input(format!("{what} must hold at least one sequence of one token, got shape {size:?}")));
     }
     if let Some(m) = mask {
-        let integer = matches!(m.kind(), Kind::Bool | Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8);
-        if m.size() != size || !integer {
+        if m.size() != size || !is_mask_kind(m.kind()) {
             return Err(Error::Shape(format!(
                 "the mask of {what} must be a bool or integer tensor of shape {size:?}, got {:?} {:?}",
                 m.size(),
@@ -141,7 +141,7 @@ impl Stack {
             let block_path = path / "blocks" / layer;
             blocks.push(Block::build(&block_path, d, &config.block_config(layer), init, parallel)?);
             if let Some(a) = &config.altup {
-                altup.push(AltUp::new(&(&block_path / "altup"), a.num_blocks, d, a.coefficients, a.compute_on, init)?);
+                altup.push(AltUp::new(&(&block_path / "altup"), a, d, init)?);
             }
             if let Some(s) = &config.sequence_altup {
                 sequence_altup.push(SequenceAltUp::new(&(&block_path / "seq_altup"), s)?);
@@ -332,7 +332,7 @@ impl Stack {
             compute: self.precision.sublayer_kind(),
         };
         match self.sequence_altup.get(layer) {
-            Some(seq) => seq.forward_t(x, ctx.mask, |anchors, positions, anchor_mask| {
+            Some(seq) => seq.forward(x, ctx.mask, |anchors, positions, anchor_mask| {
                 block.forward(
                     anchors,
                     &BlockContext { mask: anchor_mask, positions: Some(positions), ..block_ctx },

@@ -2,38 +2,9 @@
 
 use crate::error::{ensure_config, Result};
 use crate::moe::experts::ExpertBackend;
+use crate::moe::routing::{CapacityPriority, RouterKind, RoutingOptions};
 use crate::nn::feed_forward::Activation;
 use serde::{Deserialize, Serialize};
-
-/// Who chooses: tokens choose experts, or experts choose tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouterKind {
-    /// Each token picks its top-k experts (Switch k = 1, GShard/Mixtral k = 2).
-    #[default]
-    TokenChoice,
-    /// Each expert picks its top-`C` tokens, `C = ceil(capacity_factor · N / E)` (Zhou et al. 2022,
-    /// "Mixture-of-Experts with Expert Choice Routing", arXiv 2202.09368). A token may get 0..E
-    /// experts. The choice looks at every token of the batch, so in a causal language model a
-    /// token's routing depends on *later* tokens of the batch window: it is natural in encoders
-    /// (bidirectional, every token visible anyway) and elsewhere only where that leak is acceptable.
-    ExpertChoice,
-}
-
-/// Which assignments win when an expert's capacity is exceeded (token choice).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapacityPriority {
-    /// Earlier tokens first, all first choices before any second choice (Switch, GShard).
-    #[default]
-    Position,
-    /// Batch prioritized routing (Riquelme et al. 2021, "Scaling Vision with Sparse Mixture of
-    /// Experts", arXiv 2106.05974, §4.1): tokens with the highest top-1 router probability first.
-    /// A later, more confident token can then push an earlier one out of an expert, so in a causal
-    /// decoder this leaks future information when capacity binds; it is natural in encoders.
-    /// (Position priority never lets a later token displace an earlier one.)
-    Confidence,
-}
 
 /// How expert load is balanced.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -158,19 +129,10 @@ impl MoeConfig {
         {
             if let Some(cf) = cf {
                 ensure_config(cf > 0.0 && cf.is_finite(), || format!("{name} ({cf}) must be positive and finite"))?;
-            } else if self.router == RouterKind::ExpertChoice {
-                return Err(crate::Error::Config(format!(
-                    "expert_choice routing needs a {name} (experts pick C = cf·N/E tokens)"
-                )));
             }
         }
         ensure_config((0.0..1.0).contains(&self.jitter), || format!("jitter ({}) must be in [0, 1)", self.jitter))?;
-        ensure_config(self.router == RouterKind::TokenChoice || self.top_k == 1, || {
-            format!(
-                "top_k ({}) is not used by expert_choice routing (experts pick C = cf·N/E tokens); leave it at 1",
-                self.top_k
-            )
-        })?;
+        self.router.policy().validate(&self.routing_options())?;
         if let Balancing::AuxFree { bias_update_rate } = self.balancing {
             ensure_config(bias_update_rate > 0.0 && bias_update_rate.is_finite(), || {
                 format!("bias_update_rate ({bias_update_rate}) must be positive and finite")
@@ -183,6 +145,19 @@ impl MoeConfig {
     pub fn params_per_expert(&self, d_model: usize) -> usize {
         let matrices = if self.activation.is_gated() { 3 } else { 2 };
         matrices * d_model * self.d_ff
+    }
+
+    /// The options the routing policy reads.
+    pub fn routing_options(&self) -> RoutingOptions {
+        RoutingOptions {
+            num_experts: self.num_experts,
+            top_k: self.top_k,
+            normalize_gates: self.normalize_gates,
+            capacity_factor: self.capacity_factor,
+            eval_capacity_factor: self.eval_capacity_factor,
+            min_capacity: self.min_capacity,
+            priority: self.priority,
+        }
     }
 
     /// The capacity factor for training or evaluation.

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::moe::kernel::{self, KernelKey};
 use crate::nn::feed_forward::Activation;
 use crate::nn::init::InitScheme;
+use crate::nn::role::ParamRole;
 use crate::shape::{cast_like, expect_device, expect_shape};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -93,6 +94,8 @@ impl Experts {
             return Err(Error::Config(format!("expert slice {range:?} is not within 0..{num_experts}")));
         }
         let (e, d, f) = (num_experts as i64, d_model as i64, d_ff as i64);
+        // Decayed, and sharded over expert-parallel ranks along the expert dimension.
+        let path = &ParamRole::EXPERT.on(path);
         let r = range.start as i64..range.end as i64;
         let w_in = init.normal_slice(path, "w_in", &[e, d, f], init.std, r.clone())?;
         let w_gate = if activation.is_gated() {

@@ -4,17 +4,17 @@
 //! arXiv 2401.06066).
 
 use crate::error::{Error, Result};
-use crate::moe::config::{Balancing, CapacityPriority, MoeConfig, RouterKind};
-use crate::moe::dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
+use crate::moe::config::{Balancing, MoeConfig};
+use crate::moe::dispatch::{SortDispatcher, TokenDispatcher};
 use crate::moe::experts::Experts;
 use crate::moe::loss::{load_balancing_loss, router_entropy, router_z_loss};
 use crate::moe::parallel::{grad_mode_enabled, Collectives, ExchangeTape, ExpertParallelDispatcher};
-use crate::moe::plan::{expert_capacity, plan_expert_choice, plan_token_choice_limited};
-use crate::moe::router::{select_top_k, Router};
+use crate::moe::router::Router;
+use crate::moe::routing::RoutingInput;
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::init::InitScheme;
-use crate::shape::expect_float;
-use tch::{nn, Kind, Tensor};
+use crate::shape::{expect_float, mask_to_bool};
+use tch::{nn, Tensor};
 
 /// Per-layer auxiliary record of an MoE forward pass (typed, no global lists).
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct MoeAux {
     /// Unscaled router z-loss over real tokens, scalar f32, differentiable.
     pub z_loss: Tensor,
     /// Assignments per expert before capacity, real tokens only, `[E]` i64.
-    pub tokens_per_expert: Tensor,
+    pub assignments_per_expert: Tensor,
     /// Token choice: fraction of assignments dropped for lack of capacity; expert choice:
     /// fraction of real tokens no expert picked.
     pub dropped_fraction: f64,
@@ -115,11 +115,7 @@ impl MoeLayer {
         tape: ExchangeTape,
     ) -> Result<Self> {
         config.validate()?;
-        if config.router != RouterKind::TokenChoice || config.priority != CapacityPriority::Position {
-            return Err(Error::Config(
-                "expert parallelism supports token-choice routing with positional capacity priority".into(),
-            ));
-        }
+        config.router.policy().check_expert_parallel(&config.routing_options())?;
         let dispatcher = ExpertParallelDispatcher::new(comm, tape, config.num_experts)?;
         let mut layer = Self::new_with_experts(path, d_model, config, init, dispatcher.owned())?;
         layer.dispatcher = Box::new(dispatcher);
@@ -162,41 +158,20 @@ impl MoeLayer {
             return Err(Error::Shape(format!("MoE input must have last dimension {d}, got shape {size:?}")));
         }
         let tokens = self.dispatcher.layer_input(&x.f_reshape([-1, d])?)?;
-        let n = tokens.size()[0];
         let valid = mask.map(|m| flat_mask(m, &size[..size.len() - 1], x.device())).transpose()?;
         let valid = valid.as_ref();
 
         let scores = self.router.scores(&tokens, train)?;
-        let e = self.router.num_experts();
-        let cf = self.config.capacity_factor_for(train);
-        let min_capacity = self.config.min_capacity as i64;
-        let needs_grad = grad_mode_enabled();
-        let local = |expert_index| LocalRouting { num_tokens: n, valid, expert_index, num_experts: e, needs_grad };
-        let (plan, batch) = match self.config.router {
-            RouterKind::TokenChoice => {
-                let k = self.config.top_k as i64;
-                let (index, gate) =
-                    select_top_k(&scores.probs, k, self.config.normalize_gates, self.router.expert_bias.as_ref())?;
-                // Capacity counts the real tokens of the whole batch (every rank's, in parallel).
-                let batch = self.dispatcher.count_batch(&local(Some(&index)))?;
-                let capacity =
-                    cf.map(|cf| expert_capacity(batch.num_real_tokens(), e, k, cf, min_capacity)).transpose()?;
-                let limits = capacity.map(|c| batch.capacity_limits(c, x.device())).transpose()?.flatten();
-                let priority = match self.config.priority {
-                    CapacityPriority::Position => None,
-                    CapacityPriority::Confidence => Some(scores.probs.f_amax(-1, false)?),
-                };
-                let plan =
-                    plan_token_choice_limited(&index, &gate, e, valid, capacity, limits.as_ref(), priority.as_ref())?;
-                (plan, batch)
-            }
-            RouterKind::ExpertChoice => {
-                let cf = cf.ok_or_else(|| Error::Config("expert_choice routing needs a capacity factor".into()))?;
-                let batch = self.dispatcher.count_batch(&local(None))?;
-                let capacity = expert_capacity(batch.num_real_tokens(), e, 1, cf, min_capacity)?;
-                (plan_expert_choice(&scores.probs, valid, capacity)?, batch)
-            }
-        };
+        let (plan, batch) = self.config.router.policy().plan(&RoutingInput {
+            scores: &scores,
+            valid,
+            expert_bias: self.router.expert_bias.as_ref(),
+            options: self.config.routing_options(),
+            train,
+            needs_grad: grad_mode_enabled(),
+            dispatcher: self.dispatcher.as_ref(),
+            device: x.device(),
+        })?;
         if batch.num_tokens() == 0 {
             return Err(Error::Shape(format!("MoE input holds no tokens (shape {size:?})")));
         }
@@ -214,7 +189,7 @@ impl MoeLayer {
             load_balancing_loss: batch.share(load_balancing_loss(&scores.probs, &routed, valid)?)?,
             z_loss: batch.share(router_z_loss(&scores.logits, valid)?)?,
             router_entropy: batch.share(router_entropy(&scores.probs, valid)?)?,
-            tokens_per_expert: routed,
+            assignments_per_expert: routed,
             dropped_fraction: batch.dropped_fraction(plan.capacity, plan.dropped_fraction),
             capacity: plan.capacity,
             num_real_tokens: batch.num_real_tokens(),
@@ -243,10 +218,5 @@ fn flat_mask(mask: &Tensor, leading: &[i64], device: tch::Device) -> Result<Tens
     if mask.size() != leading {
         return Err(Error::Shape(format!("token mask must have shape {leading:?}, got {:?}", mask.size())));
     }
-    let bool_mask = match mask.kind() {
-        Kind::Bool => mask.shallow_clone(),
-        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => mask.f_ne(0)?,
-        other => return Err(Error::Shape(format!("token mask must be bool or integer, got dtype {other:?}"))),
-    };
-    Ok(bool_mask.f_reshape([-1])?.f_to_device(device)?)
+    Ok(mask_to_bool(mask, "token mask")?.f_reshape([-1])?.f_to_device(device)?)
 }

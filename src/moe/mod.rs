@@ -36,9 +36,10 @@ pub mod parallel;
 pub mod plan;
 pub mod reference;
 pub mod router;
+pub mod routing;
 
 pub use batch::{BatchCounts, PartCounts};
-pub use config::{Balancing, CapacityPriority, MoeConfig, RouterKind};
+pub use config::{Balancing, MoeConfig};
 pub use dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
 pub use experts::{ExpertBackend, Experts};
 pub use layer::{MoeAux, MoeLayer};
@@ -48,4 +49,7 @@ pub use parallel::{
 };
 pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, DispatchPlan};
 pub use reference::one_hot_moe;
-pub use router::{select_top_k, Router, RouterScores, Routing};
+pub use router::{Router, Routing};
+pub use routing::{
+    select_top_k, CapacityPriority, RouterKind, RouterScores, RoutingInput, RoutingOptions, RoutingPolicy,
+};

@@ -1,5 +1,5 @@
-//! Router: f32 logits and probabilities, token-choice top-k selection, optional jitter and the
-//! aux-loss-free selection bias.
+//! Router: f32 logits and probabilities (top-k selection is token choice's, in
+//! [`crate::moe::routing`]), optional jitter and the aux-loss-free selection bias.
 //!
 //! Sources: Switch Transformer (Fedus et al. 2021, arXiv 2101.03961, §2.1–2.2: f32 router,
 //! top-1 gate = raw probability, multiplicative jitter); GShard (Lepikhin et al. 2020,
@@ -15,18 +15,10 @@
 
 use crate::error::{Error, Result};
 use crate::moe::config::MoeConfig;
+use crate::moe::routing::{select_top_k, RouterScores};
 use crate::nn::init::InitScheme;
 use crate::shape::{accumulate_kind, expect_device, expect_float, expect_shape};
 use tch::{nn, Kind, Tensor};
-
-/// Router logits and probabilities for `N` tokens over `E` experts.
-#[derive(Debug)]
-pub struct RouterScores {
-    /// Logits `h = x · W_rᵀ`, `[N, E]`, f32 (the z-loss is computed on these).
-    pub logits: Tensor,
-    /// `softmax(h)`, `[N, E]`, f32.
-    pub probs: Tensor,
-}
 
 /// A token-choice routing decision.
 #[derive(Debug)]
@@ -147,38 +139,6 @@ impl Router {
             Ok(())
         })
     }
-}
-
-/// Top-k selection after the softmax. With `selection_bias`, experts are *chosen* by
-/// `probs + bias` but gated by the unbiased `probs` (DeepSeek-V3). With `normalize_gates` and
-/// `k > 1` the k gates are divided by their sum (Mixtral); `k = 1` always keeps the raw probability.
-///
-/// # Shapes
-/// `probs`: `[N, E]`; `selection_bias`: `[E]` → expert indices `[N, k]` i64 and gates `[N, k]`.
-///
-/// # Errors
-/// [`Error::Shape`] if `k` is not in `1..=E`.
-pub fn select_top_k(
-    probs: &Tensor,
-    k: i64,
-    normalize_gates: bool,
-    selection_bias: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
-    let (_, e) = probs.size2()?;
-    if k < 1 || k > e {
-        return Err(Error::Shape(format!("top_k ({k}) must be between 1 and the {e} experts")));
-    }
-    let (mut gate, expert_index) = match selection_bias {
-        None => probs.f_topk(k, -1, true, true)?,
-        Some(bias) => {
-            let (_, index) = probs.f_add(&bias.f_to_kind(probs.kind())?)?.f_topk(k, -1, true, true)?;
-            (probs.f_gather(1, &index, false)?, index)
-        }
-    };
-    if normalize_gates && k > 1 {
-        gate = gate.f_div(&gate.f_sum_dim_intlist(-1, true, gate.kind())?)?;
-    }
-    Ok((expert_index, gate))
 }
 
 #[cfg(test)]

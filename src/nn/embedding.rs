@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::host;
 use crate::nn::init::InitScheme;
+use crate::shape::is_integer;
 use tch::{nn, Kind, Tensor};
 
 /// Lookup table `[V, W]`: token id → row. For AltUp, `W = K·D` and the row is split into `K`
@@ -73,7 +74,7 @@ impl Embedding {
 
 fn check_integer(tokens: &Tensor) -> Result<()> {
     match tokens.kind() {
-        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => Ok(()),
+        kind if is_integer(kind) => Ok(()),
         other => Err(Error::Input(format!("token ids must be an integer tensor, got dtype {other:?}"))),
     }
 }

@@ -1,6 +1,7 @@
 //! Root-mean-square layer normalisation (Zhang & Sennrich 2019, arXiv 1910.07467).
 
 use crate::error::Result;
+use crate::nn::role::ParamRole;
 use crate::shape::{accumulate_kind, expect_float};
 use tch::{nn, Tensor};
 
@@ -24,7 +25,8 @@ impl RmsNorm {
         crate::error::ensure_config(eps > 0.0 && eps.is_finite(), || {
             format!("norm_eps ({eps}) must be positive and finite")
         })?;
-        let weight = path.f_ones("weight", &[dim])?;
+        // A gain, not a projection: no weight decay.
+        let weight = ParamRole::NO_DECAY.on(path).f_ones("weight", &[dim])?;
         Ok(Self { weight, eps, dim })
     }
 

@@ -1,7 +1,7 @@
 //! Evaluation records written as JSON lines (`metrics.jsonl`, one object per evaluation).
 
 use crate::error::{Error, Result};
-use crate::train::trainer::{EvalStats, StepStats};
+use crate::train::stats::{EvalStats, MoeLayerMetrics, StepStats};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -9,27 +9,6 @@ use std::path::{Path, PathBuf};
 
 /// Natural log of 2: bits per byte = loss in nats per byte / ln 2.
 pub const LN_2: f64 = std::f64::consts::LN_2;
-
-/// Per-MoE-layer statistics of the last training step before an evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MoeLayerMetrics {
-    /// The stack: `decoder` (a language model's only stack) or `encoder`.
-    pub stack: String,
-    /// Block index within the stack.
-    pub layer: usize,
-    /// Unscaled load-balancing loss (1.0 = balanced).
-    pub load_balancing_loss: f64,
-    /// Unscaled router z-loss.
-    pub z_loss: f64,
-    /// Fraction of assignments dropped for lack of capacity.
-    pub dropped_frac: f64,
-    /// Mean router entropy in nats.
-    pub router_entropy: f64,
-    /// Assignments per expert before capacity.
-    pub tokens_per_expert: Vec<i64>,
-    /// Most loaded expert's assignments over the mean (1 = perfectly balanced).
-    pub max_load: f64,
-}
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,11 +25,13 @@ pub struct EvalRecord {
     pub tokens_per_s: f64,
     /// Mean unscaled load-balancing loss over MoE layers and steps since the previous
     /// evaluation (`null` without MoE).
-    pub aux_loss: Option<f64>,
+    #[serde(alias = "aux_loss")]
+    pub load_balancing_loss: Option<f64>,
     /// Mean unscaled router z-loss, likewise (`null` without MoE).
     pub z_loss: Option<f64>,
     /// Mean dropped-assignment fraction, likewise (`null` without MoE).
-    pub dropped_frac: Option<f64>,
+    #[serde(alias = "dropped_frac")]
+    pub dropped_fraction: Option<f64>,
     /// Learning rate of the last step.
     pub lr: f64,
     /// Wall-clock seconds since training started.
@@ -104,9 +85,9 @@ impl MetricsWindow {
             val_loss: eval.loss,
             val_bpb: eval.bits_per_byte,
             tokens_per_s: self.tokens as f64 / self.seconds.max(1e-9),
-            aux_loss: moe_mean(self.aux_sum),
+            load_balancing_loss: moe_mean(self.aux_sum),
             z_loss: moe_mean(self.z_sum),
-            dropped_frac: moe_mean(self.dropped_sum),
+            dropped_fraction: moe_mean(self.dropped_sum),
             lr: last.lr,
             elapsed_s,
             moe_layers: last.moe_layers.clone(),
@@ -156,7 +137,7 @@ impl MetricsWriter {
             Err(e) => return Err(Error::io(path, e)),
         };
         let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-        crate::train::checkpoint::write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e)))?;
+        crate::train::weights::write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e)))?;
         let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
         Ok(Self { file, path: path.to_path_buf() })
     }
@@ -169,5 +150,29 @@ impl MetricsWriter {
         let line =
             serde_json::to_string(record).map_err(|source| Error::Json { context: "metrics record".into(), source })?;
         writeln!(self.file, "{line}").and_then(|()| self.file.flush()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StackKind;
+
+    /// Metrics files written before the names settled (`aux_loss`, `dropped_frac`,
+    /// `tokens_per_expert`) still read back.
+    #[test]
+    fn old_field_names_still_read() {
+        let line = r#"{"step":100,"train_loss":2.5,"val_loss":2.4,"val_bpb":3.46,"tokens_per_s":7000.0,
+            "aux_loss":1.02,"z_loss":2.5,"dropped_frac":0.0,"lr":0.003,"elapsed_s":12.0,
+            "moe_layers":[{"stack":"decoder","layer":1,"load_balancing_loss":1.02,"z_loss":2.5,
+            "dropped_frac":0.125,"router_entropy":2.0,"tokens_per_expert":[3,5],"max_load":1.25}]}"#;
+        let record: EvalRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(record.load_balancing_loss, Some(1.02));
+        assert_eq!(record.dropped_fraction, Some(0.0));
+        let layer = &record.moe_layers[0];
+        assert_eq!((layer.stack, layer.dropped_fraction), (StackKind::Decoder, 0.125));
+        assert_eq!(layer.assignments_per_expert, vec![3, 5]);
+        let written = serde_json::to_string(&record).unwrap();
+        assert!(written.contains("\"load_balancing_loss\":1.02") && written.contains("\"assignments_per_expert\""));
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::error::{ensure_config, Result};
 use crate::host;
+use crate::nn::role::{roles, ParamRole};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -19,7 +20,9 @@ pub struct AdamWConfig {
     pub beta2: f64,
     /// Denominator epsilon.
     pub eps: f64,
-    /// Decoupled weight decay λ, applied to matrices only (see [`applies_weight_decay`]).
+    /// Decoupled weight decay λ, applied to the parameters created with decay (projections,
+    /// embeddings, routers, experts; not norms or AltUp coefficients — see
+    /// [`crate::nn::ParamRole`]).
     pub weight_decay: f64,
 }
 
@@ -29,19 +32,14 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Whether a parameter gets weight decay: matrices (2-D and up: embeddings, projections,
-/// routers, experts) do; norm gains and AltUp's predictor/corrector scalars do not.
-pub fn applies_weight_decay(name: &str, param: &Tensor) -> bool {
-    param.dim() >= 2 && !name.contains(".altup.")
-}
-
 #[derive(Debug)]
 struct ParamState {
     name: String,
     param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    decay: bool,
+    /// Fixed where the parameter was created ([`ParamRole`]).
+    role: ParamRole,
 }
 
 /// AdamW over every trainable variable of a `VarStore`, in name order.
@@ -67,11 +65,12 @@ impl AdamW {
         })?;
         let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
+        let roles = roles(vs);
         let params = named
             .into_iter()
             .map(|(name, param)| {
                 Ok(ParamState {
-                    decay: applies_weight_decay(&name, &param),
+                    role: roles.get(&name).copied().unwrap_or_default(),
                     exp_avg: param.f_zeros_like()?,
                     exp_avg_sq: param.f_zeros_like()?,
                     name,
@@ -89,7 +88,7 @@ impl AdamW {
 
     /// Names of the parameters that get weight decay.
     pub fn decayed_parameters(&self) -> Vec<&str> {
-        self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
+        self.params.iter().filter(|p| p.role.weight_decay).map(|p| p.name.as_str()).collect()
     }
 
     /// The optimizer state as named tensors: `step` (`[1]` i64), and `exp_avg.<param>` /
@@ -104,6 +103,14 @@ impl AdamW {
             out.push((format!("exp_avg_sq.{}", p.name), host::to_cpu(&p.exp_avg_sq)?));
         }
         Ok(out)
+    }
+
+    /// Whether the state tensor `name` (from [`AdamW::state_tensors`]) belongs to a parameter
+    /// sharded over expert-parallel ranks.
+    pub fn is_sharded_state(&self, name: &str) -> bool {
+        self.params.iter().any(|p| {
+            p.role.sharded && (name == format!("exp_avg.{}", p.name) || name == format!("exp_avg_sq.{}", p.name))
+        })
     }
 
     /// Restores the state written by [`AdamW::state_tensors`] (e.g. read back from a safetensors
@@ -197,13 +204,13 @@ impl AdamW {
         Ok(norm)
     }
 
-    /// Sums of squared gradient entries `[other, sharded]` (f64, on the device), split into the
-    /// parameters `sharded` selects and the others (for a global norm over ranks that hold
-    /// different slices of some parameters).
+    /// Sums of squared gradient entries `[replicated, sharded]` (f64, on the device), split by
+    /// the parameters' roles (for a global norm over expert-parallel ranks that hold different
+    /// slices of the sharded parameters).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn grad_square_sums(&self, sharded: impl Fn(&str) -> bool) -> Result<Tensor> {
+    pub fn grad_square_sums(&self) -> Result<Tensor> {
         let zero = || Tensor::f_zeros([], (Kind::Double, self.device()));
         let (mut other, mut split) = (zero()?, zero()?);
         for p in &self.params {
@@ -212,7 +219,7 @@ impl AdamW {
                 continue;
             }
             let sq = g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?;
-            if sharded(&p.name) {
+            if p.role.sharded {
                 split = split.f_add(&sq)?;
             } else {
                 other = other.f_add(&sq)?;
@@ -269,7 +276,7 @@ impl AdamW {
                 let _ = p.exp_avg.f_add_(&g.f_mul_scalar(1.0 - c.beta1)?)?;
                 let _ = p.exp_avg_sq.f_mul_scalar_(c.beta2)?;
                 let _ = p.exp_avg_sq.f_add_(&g.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
-                if p.decay && c.weight_decay > 0.0 {
+                if p.role.weight_decay && c.weight_decay > 0.0 {
                     let _ = p.param.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
                 }
                 let denom = p.exp_avg_sq.f_div_scalar(bias2)?.f_sqrt()?.f_add_scalar(c.eps)?;
@@ -299,12 +306,12 @@ mod tests {
     }
 
     #[test]
-    fn decay_only_on_matrices_and_not_altup_scalars() {
+    fn decay_follows_the_role_a_parameter_was_created_with() {
         let vs = VarStore::new(Device::Cpu);
         let block = vs.root() / "blocks" / 0;
         let _ = (&block / "ffn" / "w_in").f_zeros("weight", &[2, 2]);
-        let _ = (&block / "attn_norm").f_zeros("weight", &[2]);
-        let _ = (&block / "altup").f_zeros("predictor", &[2, 2]);
+        let _ = ParamRole::NO_DECAY.on(&(&block / "attn_norm")).f_zeros("weight", &[2]);
+        let _ = ParamRole::NO_DECAY.on(&(&block / "ffn")).f_zeros("gain", &[2, 2]);
         let opt = AdamW::new(&vs, AdamWConfig::default()).unwrap();
         assert_eq!(opt.decayed_parameters(), vec!["blocks.0.ffn.w_in.weight"]);
     }

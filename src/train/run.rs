@@ -4,8 +4,9 @@
 use crate::error::{Error, Result};
 use crate::train::checkpoint::list_checkpoints;
 use crate::train::metrics::{EvalRecord, MetricsWindow, MetricsWriter};
+use crate::train::stats::StepStats;
 use crate::train::task::Task;
-use crate::train::trainer::{StepStats, Trainer};
+use crate::train::trainer::Trainer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 //! [`Seq2SeqModel`]).
 
 use crate::error::{ensure_config, Error, Result};
-use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel, StackContext};
+use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel, StackContext, StackKind};
 use crate::moe::ExpertParallel;
 use crate::train::data::{Batch, ByteDataset};
 use crate::train::span_corruption::{Seq2SeqBatch, SpanCorruption};
@@ -19,7 +19,7 @@ pub struct TaskLoss {
     /// Tokens predicted in the batch.
     pub tokens: usize,
     /// Auxiliary records, one per stack, with the stack's name.
-    pub aux: Vec<(&'static str, ModelAux)>,
+    pub aux: Vec<(StackKind, ModelAux)>,
 }
 
 /// A model and its training objective, as seen by [`crate::train::Trainer`].
@@ -86,7 +86,7 @@ pub trait Task {
     ///
     /// # Errors
     /// [`Error::Input`] for an unknown stack or a non-MoE block.
-    fn update_expert_biases(&self, counts: &[(&'static str, usize, Tensor)]) -> Result<()>;
+    fn update_expert_biases(&self, counts: &[(StackKind, usize, Tensor)]) -> Result<()>;
 
     /// The expert-parallel group of the model (`None`, the default, in one process). With a
     /// group, the trainer gives each rank its shard of every batch ([`Task::shard_batch`]) and
@@ -173,7 +173,7 @@ impl Task for LanguageModel {
         Ok(TaskLoss {
             loss: cross_entropy(&out.logits, &batch.targets)?,
             tokens: batch.targets.numel(),
-            aux: vec![("decoder", out.aux)],
+            aux: vec![(StackKind::Decoder, out.aux)],
         })
     }
 
@@ -192,7 +192,7 @@ impl Task for LanguageModel {
         Ok(Batch { inputs: rows(&batch.inputs)?, targets: rows(&batch.targets)? })
     }
 
-    fn update_expert_biases(&self, counts: &[(&'static str, usize, Tensor)]) -> Result<()> {
+    fn update_expert_biases(&self, counts: &[(StackKind, usize, Tensor)]) -> Result<()> {
         let layers: Vec<(usize, Tensor)> = counts.iter().map(|(_, l, c)| (*l, c.shallow_clone())).collect();
         LanguageModel::update_expert_biases(self, &layers)
     }
@@ -273,7 +273,7 @@ impl Task for SpanCorruptionTask<'_> {
         Ok(TaskLoss {
             loss: cross_entropy(&out.logits, &batch.tgt_out)?,
             tokens: batch.tgt_out.numel(),
-            aux: vec![("encoder", out.encoder_aux), ("decoder", out.decoder_aux)],
+            aux: vec![(StackKind::Encoder, out.encoder_aux), (StackKind::Decoder, out.decoder_aux)],
         })
     }
 
@@ -304,15 +304,12 @@ impl Task for SpanCorruptionTask<'_> {
         Ok(Seq2SeqBatch { src: rows(&batch.src)?, tgt_in: rows(&batch.tgt_in)?, tgt_out: rows(&batch.tgt_out)? })
     }
 
-    fn update_expert_biases(&self, counts: &[(&'static str, usize, Tensor)]) -> Result<()> {
-        for stack_name in ["encoder", "decoder"] {
+    fn update_expert_biases(&self, counts: &[(StackKind, usize, Tensor)]) -> Result<()> {
+        for kind in [StackKind::Encoder, StackKind::Decoder] {
             let layers: Vec<(usize, Tensor)> =
-                counts.iter().filter(|(s, _, _)| *s == stack_name).map(|(_, l, c)| (*l, c.shallow_clone())).collect();
-            let stack = if stack_name == "encoder" { self.model.encoder() } else { self.model.decoder() };
+                counts.iter().filter(|(s, _, _)| *s == kind).map(|(_, l, c)| (*l, c.shallow_clone())).collect();
+            let stack = if kind == StackKind::Encoder { self.model.encoder() } else { self.model.decoder() };
             stack.update_expert_biases(&layers)?;
-        }
-        if let Some((s, _, _)) = counts.iter().find(|(s, _, _)| *s != "encoder" && *s != "decoder") {
-            return Err(Error::Input(format!("unknown stack '{s}'")));
         }
         Ok(())
     }

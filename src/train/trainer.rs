@@ -9,142 +9,24 @@
 use crate::error::{ensure_config, Error, Result};
 use crate::host;
 use crate::model::stack::all_finite;
-use crate::model::{LanguageModel, ModelAux, Precision};
+use crate::model::{LanguageModel, ModelAux, StackKind};
 use crate::moe::ExpertParallel;
+use crate::nn::role::roles;
 use crate::train::checkpoint::{
-    checkpoint_name, load_named_weights, named_variables, read_tensors, weight_tensors, write_checkpoint_dir,
-    write_tensors, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
+    checkpoint_name, write_checkpoint_dir, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
 };
+use crate::train::config::TrainConfig;
 use crate::train::data::ByteDataset;
-use crate::train::metrics::{MetricsWindow, MoeLayerMetrics, LN_2};
-use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::metrics::{MetricsWindow, LN_2};
+use crate::train::optim::AdamW;
 use crate::train::schedule::LrSchedule;
+use crate::train::stats::{EvalStats, MoeLayerMetrics, StepStats};
 use crate::train::task::Task;
+use crate::train::weights::{load_named_weights, read_tensors, weight_tensors, write_tensors};
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Kind, Tensor};
-
-/// Training hyper-parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    /// Optimizer steps.
-    pub steps: u64,
-    /// Sequences per micro-batch `B`.
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step (gradient accumulation).
-    pub grad_accum: usize,
-    /// Tokens per sequence `T`.
-    pub seq_len: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Linear warmup steps.
-    pub warmup_steps: u64,
-    /// Final learning rate as a fraction of the peak (cosine decay).
-    pub min_lr_ratio: f64,
-    /// Maximum global gradient norm (0 disables clipping).
-    pub grad_clip: f64,
-    /// AdamW moments and weight decay.
-    pub optimizer: AdamWConfig,
-    /// α, the load-balancing loss coefficient.
-    pub load_balancing_coef: f64,
-    /// β, the router z-loss coefficient.
-    pub z_loss_coef: f64,
-    /// Evaluate every this many steps (and after the last step).
-    pub eval_every: u64,
-    /// Validation batches per evaluation.
-    pub eval_batches: usize,
-    /// Seed of the data order and the per-step generators (the initial weights use
-    /// [`crate::ModelConfig::init_seed`]).
-    pub seed: u64,
-    /// Compute precision (parameters and optimizer state stay f32).
-    pub precision: Precision,
-    /// Description of the training data (e.g. path, files, bytes), recorded for provenance.
-    pub data: String,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            steps: 1000,
-            batch_size: 16,
-            grad_accum: 1,
-            seq_len: 128,
-            lr: 3e-3,
-            warmup_steps: 50,
-            min_lr_ratio: 0.1,
-            grad_clip: 1.0,
-            optimizer: AdamWConfig::default(),
-            load_balancing_coef: 1e-2,
-            z_loss_coef: 1e-3,
-            eval_every: 100,
-            eval_batches: 8,
-            seed: 0,
-            precision: Precision::F32,
-            data: String::new(),
-        }
-    }
-}
-
-impl TrainConfig {
-    /// # Errors
-    /// [`Error::Config`] naming the value: zero steps, batch size, accumulation, sequence length,
-    /// eval period or eval batches; a negative or non-finite coefficient or clip norm; a bad
-    /// learning rate or schedule.
-    pub fn validate(&self) -> Result<()> {
-        ensure_config(self.steps > 0, || "steps (0) must be positive".into())?;
-        ensure_config(self.batch_size > 0, || "batch_size (0) must be positive".into())?;
-        ensure_config(self.grad_accum > 0, || "grad_accum (0) must be positive".into())?;
-        ensure_config(self.seq_len > 0, || "seq_len (0) must be positive".into())?;
-        ensure_config(self.eval_every > 0, || "eval_every (0) must be positive".into())?;
-        ensure_config(self.eval_batches > 0, || "eval_batches (0) must be positive".into())?;
-        for (name, v) in [
-            ("grad_clip", self.grad_clip),
-            ("load_balancing_coef", self.load_balancing_coef),
-            ("z_loss_coef", self.z_loss_coef),
-        ] {
-            ensure_config(v >= 0.0 && v.is_finite(), || format!("{name} ({v}) must be >= 0 and finite"))?;
-        }
-        ensure_config(self.warmup_steps < self.steps, || {
-            format!("warmup_steps ({}) must be smaller than steps ({})", self.warmup_steps, self.steps)
-        })?;
-        LrSchedule::new(self.lr, self.warmup_steps, self.steps, self.min_lr_ratio)?;
-        Ok(())
-    }
-}
-
-/// What one training step measured.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepStats {
-    /// Optimizer steps completed (1-based).
-    pub step: u64,
-    /// LM loss of the step's batches, nats per byte.
-    pub loss: f64,
-    /// Unscaled load-balancing loss averaged over MoE layers (and micro-batches).
-    pub load_balancing_loss: Option<f64>,
-    /// Unscaled z-loss averaged over MoE layers (and micro-batches).
-    pub z_loss: Option<f64>,
-    /// Dropped-assignment fraction averaged over MoE layers (and micro-batches).
-    pub dropped_fraction: Option<f64>,
-    /// Per-MoE-layer statistics of the last micro-batch.
-    pub moe_layers: Vec<MoeLayerMetrics>,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Tokens in the step (all micro-batches).
-    pub tokens: usize,
-}
-
-/// Result of an evaluation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EvalStats {
-    /// Mean LM loss, nats per byte.
-    pub loss: f64,
-    /// Bits per byte (`loss / ln 2`).
-    pub bits_per_byte: f64,
-}
 
 /// Drives training of one [`Task`] (by default a [`LanguageModel`]): batches, loss, backward,
 /// clipping, AdamW, schedule, aux-loss-free bias updates, checkpoints.
@@ -267,7 +149,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         let mut losses = Vec::with_capacity(accum); // LM loss per micro-batch
         let mut routers = Vec::new(); // per micro-batch and MoE layer: balance, z-loss
         let mut layers: Vec<LayerRecord> = Vec::new(); // the last micro-batch's MoE layers
-        let mut counts: Vec<(&'static str, usize, Tensor)> = Vec::new();
+        let mut counts: Vec<(StackKind, usize, Tensor)> = Vec::new();
         let (mut dropped_sum, mut tokens) = (0.0, 0);
         for micro in 0..accum {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add((micro as u64) << 48));
@@ -302,8 +184,8 @@ impl<'a, T: Task> Trainer<'a, T> {
             }
             for (i, layer) in layers.iter().enumerate() {
                 match counts.get_mut(i) {
-                    Some((_, _, c)) => *c = c.f_add(&layer.tokens_per_expert)?,
-                    None => counts.push((layer.stack, layer.layer, layer.tokens_per_expert.shallow_clone())),
+                    Some((_, _, c)) => *c = c.f_add(&layer.assignments_per_expert)?,
+                    None => counts.push((layer.stack, layer.layer, layer.assignments_per_expert.shallow_clone())),
                 }
             }
             match parallel {
@@ -315,8 +197,8 @@ impl<'a, T: Task> Trainer<'a, T> {
         let grad_norm = match parallel {
             None => self.optimizer.clip_grad_norm(self.config.grad_clip)?,
             Some(p) => {
-                p.all_reduce_replicated_grads(&named_variables(self.vs)?)?;
-                let mut sums = host::f64s(&self.optimizer.grad_square_sums(ExpertParallel::is_sharded)?)?;
+                p.all_reduce_replicated_grads(self.vs)?;
+                let mut sums = host::f64s(&self.optimizer.grad_square_sums()?)?;
                 let mut sharded = [sums[1]];
                 p.comm().all_reduce_sum_f64(&mut sharded)?;
                 sums[1] = sharded[0];
@@ -332,7 +214,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         parts.extend(routers.iter().map(|r| r.f_to_kind(Kind::Double)).collect::<std::result::Result<Vec<_>, _>>()?);
         for layer in &layers {
             parts.push(layer.losses.f_to_kind(Kind::Double)?);
-            parts.push(layer.tokens_per_expert.f_to_kind(Kind::Double)?);
+            parts.push(layer.assignments_per_expert.f_to_kind(Kind::Double)?);
         }
         let values = host::f64s(&Tensor::f_cat(&parts, 0)?)?;
         let (micro_losses, rest) = values.split_at(accum);
@@ -342,7 +224,7 @@ impl<'a, T: Task> Trainer<'a, T> {
         let moe_layers: Vec<MoeLayerMetrics> = layers
             .iter()
             .map(|layer| {
-                let e = layer.tokens_per_expert.numel();
+                let e = layer.assignments_per_expert.numel();
                 let (losses, after) = rest.split_at(3);
                 let (per_expert, after) = after.split_at(e);
                 rest = after;
@@ -465,8 +347,9 @@ impl<'a, T: Task> Trainer<'a, T> {
         let (mut weights, mut optimizer) = (weight_tensors(self.vs)?, self.optimizer.state_tensors()?);
         let parallel = self.task.expert_parallel();
         if let Some(p) = parallel {
-            weights = p.gather_sharded(weights)?;
-            optimizer = p.gather_sharded(optimizer)?;
+            let roles = roles(self.vs);
+            weights = p.gather_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+            optimizer = p.gather_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
         }
         let written = if self.is_main_rank() {
             self.write_checkpoint(root, state, weights, optimizer, keep)
@@ -519,8 +402,9 @@ impl<'a, T: Task> Trainer<'a, T> {
         let (mut weights, mut optimizer) =
             (read_tensors(&weights_path)?, read_tensors(&meta.dir.join("optimizer.safetensors"))?);
         if let Some(p) = self.task.expert_parallel() {
-            weights = p.slice_sharded(weights)?;
-            optimizer = p.slice_sharded(optimizer)?;
+            let roles = roles(self.vs);
+            weights = p.slice_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+            optimizer = p.slice_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
         }
         load_named_weights(self.vs, &weights, &weights_path)?;
         self.optimizer.load_state(&optimizer)?;
@@ -574,18 +458,18 @@ fn mean_over_moe_layers(
 
 /// One MoE layer's statistics of a forward pass, still on the device.
 struct LayerRecord {
-    stack: &'static str,
+    stack: StackKind,
     layer: usize,
     /// `[balance, z-loss, entropy]`, detached.
     losses: Tensor,
     /// Assignments per expert, `[E]` i64.
-    tokens_per_expert: Tensor,
+    assignments_per_expert: Tensor,
     dropped_fraction: f64,
 }
 
 impl LayerRecord {
     /// The MoE layers of one forward pass of every stack.
-    fn of(aux: &[(&'static str, ModelAux)]) -> Result<Vec<Self>> {
+    fn of(aux: &[(StackKind, ModelAux)]) -> Result<Vec<Self>> {
         aux.iter()
             .flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)))
             .map(|(stack, layer, m)| {
@@ -601,7 +485,7 @@ impl LayerRecord {
                     stack,
                     layer,
                     losses,
-                    tokens_per_expert: m.tokens_per_expert.shallow_clone(),
+                    assignments_per_expert: m.assignments_per_expert.shallow_clone(),
                     dropped_fraction: m.dropped_fraction,
                 })
             })
@@ -610,18 +494,18 @@ impl LayerRecord {
 
     /// The metrics from the values read back: `losses` = balance, z-loss, entropy.
     fn metrics(&self, losses: &[f64], per_expert: &[f64]) -> MoeLayerMetrics {
-        let tokens_per_expert: Vec<i64> = per_expert.iter().map(|&v| v as i64).collect();
-        let mean = tokens_per_expert.iter().sum::<i64>() as f64 / tokens_per_expert.len().max(1) as f64;
-        let max = tokens_per_expert.iter().copied().max().unwrap_or(0) as f64;
+        let assignments_per_expert: Vec<i64> = per_expert.iter().map(|&v| v as i64).collect();
+        let mean = assignments_per_expert.iter().sum::<i64>() as f64 / assignments_per_expert.len().max(1) as f64;
+        let max = assignments_per_expert.iter().copied().max().unwrap_or(0) as f64;
         MoeLayerMetrics {
-            stack: self.stack.to_string(),
+            stack: self.stack,
             layer: self.layer,
             load_balancing_loss: losses[0],
             z_loss: losses[1],
-            dropped_frac: self.dropped_fraction,
+            dropped_fraction: self.dropped_fraction,
             router_entropy: losses[2],
             max_load: if mean > 0.0 { max / mean } else { 0.0 },
-            tokens_per_expert,
+            assignments_per_expert,
         }
     }
 }

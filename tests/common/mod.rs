@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use altup_moe::train::checkpoint::named_variables;
+use altup_moe::train::weights::named_variables;
 use altup_moe::train::{ByteDataset, Corpus};
 use altup_moe::{Arch, ModelConfig};
 use tch::nn::VarStore;

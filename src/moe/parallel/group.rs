@@ -5,13 +5,15 @@
 use super::{all_gather_tensor, Collectives, ExchangeTape};
 use crate::error::{Error, Result};
 use crate::host;
+use crate::nn::role::roles;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tch::{Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 /// `R` ranks training one model: every rank holds a replica of the dense parameters (attention,
 /// norms, embeddings, routers, shared experts, AltUp) and its slice `r·E/R .. (r+1)·E/R` of every
-/// MoE layer's experts (parameters named `….experts.*`, sharded along dimension 0). Each rank
+/// MoE layer's experts (the parameters created with the sharded role,
+/// [`crate::nn::ParamRole::EXPERT`], sharded along dimension 0). Each rank
 /// runs `B/R` sequences of the global batch (GShard §2.3: data parallel outside the MoE layers,
 /// expert parallel inside).
 #[derive(Debug, Clone)]
@@ -57,12 +59,6 @@ impl ExpertParallel {
         self.comm.world_size()
     }
 
-    /// Whether the parameter `name` is an expert weight, sharded over ranks along dimension 0
-    /// (its name has a path component `experts`, as in `blocks.1.moe.experts.w_in`).
-    pub fn is_sharded(name: &str) -> bool {
-        name.split('.').any(|part| part == "experts")
-    }
-
     /// Backward of this rank's share of the objective through the recorded exchanges
     /// ([`ExchangeTape::backward`]); every rank must call it.
     ///
@@ -72,19 +68,24 @@ impl ExpertParallel {
         self.tape.backward(self.comm(), loss)
     }
 
-    /// Sums the gradients of the replicated parameters over ranks (one all-reduce of all of them,
-    /// in name order); expert gradients are already complete on their owner. A parameter that
-    /// got a gradient on some rank gets the sum on every rank (a zero gradient slot is created
-    /// where it had none), so the replicas stay identical.
+    /// Sums the gradients of `vs`'s replicated parameters over ranks (one all-reduce of all of
+    /// them, in name order); expert gradients are already complete on their owner. A parameter
+    /// that got a gradient on some rank gets the sum on every rank (a zero gradient slot is
+    /// created where it had none), so the replicas stay identical.
     ///
     /// # Errors
     /// Transport and libtorch errors.
-    pub fn all_reduce_replicated_grads(&self, params: &BTreeMap<String, Tensor>) -> Result<()> {
+    pub fn all_reduce_replicated_grads(&self, vs: &VarStore) -> Result<()> {
         if self.world_size() == 1 {
             return Ok(());
         }
-        let replicated: Vec<&Tensor> =
-            params.iter().filter(|(n, p)| !Self::is_sharded(n) && p.requires_grad()).map(|(_, p)| p).collect();
+        let params: BTreeMap<String, Tensor> = vs.variables().into_iter().collect(); // name order
+        let roles = roles(vs);
+        let replicated: Vec<&Tensor> = params
+            .iter()
+            .filter(|(n, p)| !roles.get(*n).is_some_and(|r| r.sharded) && p.requires_grad())
+            .map(|(_, p)| p)
+            .collect();
         // One flag per parameter (has a gradient here), then every gradient, flattened.
         let mut flat: Vec<f32> = replicated.iter().map(|p| if p.grad().defined() { 1.0 } else { 0.0 }).collect();
         for p in &replicated {
@@ -111,18 +112,21 @@ impl ExpertParallel {
         Ok(())
     }
 
-    /// Whole-model tensors from this rank's: expert tensors (names with an `experts` component,
-    /// including optimizer moments like `exp_avg.blocks.1.moe.experts.w_in`) are concatenated
-    /// over ranks along dimension 0; the others are returned as they are. Every rank must call
-    /// it with the same names.
+    /// Whole-model tensors from this rank's: the tensors `sharded` names (expert weights, or
+    /// their optimizer moments) are concatenated over ranks along dimension 0; the others are
+    /// returned as they are. Every rank must call it with the same names.
     ///
     /// # Errors
     /// Transport errors.
-    pub fn gather_sharded(&self, named: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    pub fn gather_sharded(
+        &self,
+        named: Vec<(String, Tensor)>,
+        sharded: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Tensor)>> {
         named
             .into_iter()
             .map(|(name, t)| {
-                if Self::is_sharded(&name) && self.world_size() > 1 {
+                if sharded(&name) && self.world_size() > 1 {
                     let full = all_gather_tensor(self.comm(), &t)?;
                     Ok((name, full))
                 } else {
@@ -136,12 +140,16 @@ impl ExpertParallel {
     ///
     /// # Errors
     /// [`Error::Checkpoint`] if an expert tensor's first dimension is not a multiple of `R`.
-    pub fn slice_sharded(&self, named: BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+    pub fn slice_sharded(
+        &self,
+        named: BTreeMap<String, Tensor>,
+        sharded: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Tensor>> {
         let (r, ranks) = (self.rank() as i64, self.world_size() as i64);
         named
             .into_iter()
             .map(|(name, t)| {
-                if !Self::is_sharded(&name) || ranks == 1 {
+                if !sharded(&name) || ranks == 1 {
                     return Ok((name, t));
                 }
                 let rows = t.size().first().copied().unwrap_or(0);

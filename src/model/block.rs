@@ -5,10 +5,9 @@
 
 use crate::error::Result;
 use crate::moe::{ExpertParallel, GraphCuts, MoeAux, MoeConfig, MoeLayer};
-use crate::nn::attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
-use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
-use crate::nn::init::InitScheme;
-use crate::nn::norm::RmsNorm;
+use crate::nn::{
+    AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, InitScheme, KvCache, RmsNorm, SelfAttention,
+};
 use crate::shape::expect_shape;
 use tch::{nn, Kind, Tensor};
 

@@ -1,0 +1,96 @@
+//! Training hyper-parameters, validated once.
+
+use crate::error::{ensure_config, Result};
+use crate::model::Precision;
+use crate::train::optim::AdamWConfig;
+use crate::train::schedule::LrSchedule;
+use serde::{Deserialize, Serialize};
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch `B`.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    pub grad_accum: usize,
+    /// Tokens per sequence `T`.
+    pub seq_len: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    pub min_lr_ratio: f64,
+    /// Maximum global gradient norm (0 disables clipping).
+    pub grad_clip: f64,
+    /// AdamW moments and weight decay.
+    pub optimizer: AdamWConfig,
+    /// α, the load-balancing loss coefficient.
+    pub load_balancing_coef: f64,
+    /// β, the router z-loss coefficient.
+    pub z_loss_coef: f64,
+    /// Evaluate every this many steps (and after the last step).
+    pub eval_every: u64,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// Seed of the data order and the per-step generators (the initial weights use
+    /// [`crate::ModelConfig::init_seed`]).
+    pub seed: u64,
+    /// Compute precision (parameters and optimizer state stay f32).
+    pub precision: Precision,
+    /// Description of the training data (e.g. path, files, bytes), recorded for provenance.
+    pub data: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 16,
+            grad_accum: 1,
+            seq_len: 128,
+            lr: 3e-3,
+            warmup_steps: 50,
+            min_lr_ratio: 0.1,
+            grad_clip: 1.0,
+            optimizer: AdamWConfig::default(),
+            load_balancing_coef: 1e-2,
+            z_loss_coef: 1e-3,
+            eval_every: 100,
+            eval_batches: 8,
+            seed: 0,
+            precision: Precision::F32,
+            data: String::new(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// # Errors
+    /// [`Error::Config`] naming the value: zero steps, batch size, accumulation, sequence length,
+    /// eval period or eval batches; a negative or non-finite coefficient or clip norm; a bad
+    /// learning rate or schedule.
+    pub fn validate(&self) -> Result<()> {
+        ensure_config(self.steps > 0, || "steps (0) must be positive".into())?;
+        ensure_config(self.batch_size > 0, || "batch_size (0) must be positive".into())?;
+        ensure_config(self.grad_accum > 0, || "grad_accum (0) must be positive".into())?;
+        ensure_config(self.seq_len > 0, || "seq_len (0) must be positive".into())?;
+        ensure_config(self.eval_every > 0, || "eval_every (0) must be positive".into())?;
+        ensure_config(self.eval_batches > 0, || "eval_batches (0) must be positive".into())?;
+        for (name, v) in [
+            ("grad_clip", self.grad_clip),
+            ("load_balancing_coef", self.load_balancing_coef),
+            ("z_loss_coef", self.z_loss_coef),
+        ] {
+            ensure_config(v >= 0.0 && v.is_finite(), || format!("{name} ({v}) must be >= 0 and finite"))?;
+        }
+        ensure_config(self.warmup_steps < self.steps, || {
+            format!("warmup_steps ({}) must be smaller than steps ({})", self.warmup_steps, self.steps)
+        })?;
+        LrSchedule::new(self.lr, self.warmup_steps, self.steps, self.min_lr_ratio)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! Tensor files: model weights and optimizer state as safetensors, written atomically (a
+//! temporary file in the same folder, fsync, rename, fsync the folder), read back with their
+//! names and shapes checked against the model. Checkpoint policy (folders, resume) lives in
+//! [`crate::train::checkpoint`].
+
+use crate::error::{Error, Result};
+use crate::host;
+use crate::moe::ExpertParallel;
+use crate::nn::role::roles;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use tch::{nn::VarStore, Tensor};
+
+/// Writes named tensors to a safetensors file (no atomicity of its own: used inside
+/// [`write_atomic`] or [`crate::train::checkpoint::write_checkpoint_dir`]).
+///
+/// # Errors
+/// [`Error::Torch`] on write errors.
+pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Ok(Tensor::write_safetensors(&refs, path)?)
+}
+
+/// Reads a safetensors file into a name → tensor map.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the file when it is missing, truncated or not safetensors.
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    if !path.is_file() {
+        return Err(Error::Checkpoint(format!("{} does not exist", path.display())));
+    }
+    Ok(Tensor::read_safetensors(path)
+        .map_err(|e| Error::Checkpoint(format!("cannot read {}: {}", path.display(), Error::Torch(e))))?
+        .into_iter()
+        .collect())
+}
+
+/// Writes `path` atomically: `write` fills a temporary file next to it, which is then synced to
+/// disk and renamed over `path`; finally the folder is synced so the rename itself is durable.
+///
+/// # Errors
+/// [`Error::Io`] naming the file; errors of `write` (the temporary file is removed).
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::Checkpoint(format!("{} is not a file path", path.display())))?;
+    let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = write(&tmp).and_then(|()| {
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a JSON document atomically.
+///
+/// # Errors
+/// [`Error::Json`], [`Error::Io`].
+pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|source| Error::Json { context: path.display().to_string(), source })?;
+    write_atomic(path, |tmp| std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp, e)))
+}
+
+/// The variables of a `VarStore`, sorted by name.
+///
+/// # Errors
+/// [`Error::Checkpoint`] if a name was silently de-duplicated by the `VarStore` (contains `__`),
+/// which means two modules registered the same parameter name.
+pub fn named_variables(vs: &VarStore) -> Result<BTreeMap<String, Tensor>> {
+    let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    if let Some(name) = vars.keys().find(|n| n.contains("__")) {
+        return Err(Error::Checkpoint(format!("duplicate parameter name (renamed to '{name}') in the model")));
+    }
+    Ok(vars)
+}
+
+/// Saves every variable of `vs` to a safetensors file, atomically.
+///
+/// # Errors
+/// [`Error::Checkpoint`] for duplicate names, [`Error::Io`] / [`Error::Torch`] on write errors.
+pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
+    save_weights_gathered(vs, None, path)
+}
+
+/// [`save_weights`] for a model that may be expert-parallel: with a group, every rank must call
+/// it; each rank's experts are gathered into the whole model (the single-process format) and
+/// rank 0 writes the file.
+///
+/// # Errors
+/// As [`save_weights`]; transport errors.
+pub fn save_weights_gathered(vs: &VarStore, parallel: Option<&ExpertParallel>, path: &Path) -> Result<()> {
+    let mut named = weight_tensors(vs)?;
+    if let Some(p) = parallel {
+        let roles = roles(vs);
+        named = p.gather_sharded(named, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+        if p.rank() != 0 {
+            return Ok(());
+        }
+    }
+    write_atomic(path, |tmp| write_tensors(tmp, &named))
+}
+
+/// Every variable of `vs` by name, on the CPU (what `model.safetensors` holds).
+///
+/// # Errors
+/// [`Error::Checkpoint`] for duplicate names.
+pub fn weight_tensors(vs: &VarStore) -> Result<Vec<(String, Tensor)>> {
+    named_variables(vs)?.into_iter().map(|(n, t)| Ok((n, host::to_cpu(&t)?))).collect()
+}
+
+/// Loads a safetensors file into `vs`, after checking that it holds exactly the model's
+/// variable names with the same shapes and dtypes.
+///
+/// # Errors
+/// [`Error::Checkpoint`] listing missing and unexpected names, or the first shape/dtype mismatch;
+/// [`Error::Torch`] if the file cannot be read as safetensors.
+pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
+    load_named_weights(vs, &read_tensors(path)?, path)
+}
+
+/// Loads named tensors (read from `origin`, named in errors) into `vs`, with the checks of
+/// Up to five names in `["a", "b"]` form, then how many more there are.
+fn first_names(names: &[&String]) -> String {
+    const SHOWN: usize = 5;
+    let head = format!("{:?}", &names[..names.len().min(SHOWN)]);
+    match names.len().saturating_sub(SHOWN) {
+        0 => head,
+        more => format!("{head} and {more} more"),
+    }
+}
+
+/// [`load_weights`].
+///
+/// # Errors
+/// As [`load_weights`].
+pub fn load_named_weights(vs: &VarStore, file: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+    let path = origin;
+    let vars = named_variables(vs)?;
+    let missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
+    let unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        // Optimizer state files hold `exp_avg.*` moments: a common wrong pick.
+        let hint = if unexpected.len() == file.len() && file.keys().any(|k| k.starts_with("exp_avg")) {
+            " (this looks like optimizer state, not model weights: use model.safetensors)"
+        } else {
+            ""
+        };
+        return Err(Error::Checkpoint(format!(
+            "{} does not match the model: missing {}, unexpected {}{hint}",
+            path.display(),
+            first_names(&missing),
+            first_names(&unexpected)
+        )));
+    }
+    for (name, var) in &vars {
+        let src = &file[name];
+        if src.size() != var.size() || src.kind() != var.kind() {
+            return Err(Error::Checkpoint(format!(
+                "{}: '{name}' has shape {:?} and dtype {:?} in the file but {:?} and {:?} in the model",
+                path.display(),
+                src.size(),
+                src.kind(),
+                var.size(),
+                var.kind()
+            )));
+        }
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in &vars {
+            let mut var = var.shallow_clone();
+            var.f_copy_(&file[name])?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn save_load_is_bitwise_and_mismatches_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let vs = VarStore::new(Device::Cpu);
+        let a = (vs.root() / "a").f_randn_standard("weight", &[3, 2]).unwrap();
+        save_weights(&vs, &path).unwrap();
+        let vs2 = VarStore::new(Device::Cpu);
+        let b = (vs2.root() / "a").f_zeros("weight", &[3, 2]).unwrap();
+        load_weights(&vs2, &path).unwrap();
+        assert!(a.equal(&b));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+
+        let vs3 = VarStore::new(Device::Cpu);
+        let _ = (vs3.root() / "a").f_zeros("weight", &[2, 3]).unwrap();
+        let err = load_weights(&vs3, &path).unwrap_err().to_string();
+        assert!(err.contains("'a.weight' has shape [3, 2]"), "{err}");
+        let vs4 = VarStore::new(Device::Cpu);
+        let _ = (vs4.root() / "b").f_zeros("weight", &[3, 2]).unwrap();
+        let err = load_weights(&vs4, &path).unwrap_err().to_string();
+        assert!(err.contains("missing [\"b.weight\"], unexpected [\"a.weight\"]"), "{err}");
+    }
+
+    #[test]
+    fn long_name_lists_are_cut_and_optimizer_files_are_recognised() {
+        let vs = VarStore::new(Device::Cpu);
+        for i in 0..8 {
+            let _ = (vs.root() / format!("p{i}")).f_zeros("weight", &[1]).unwrap();
+        }
+        let file: BTreeMap<String, Tensor> =
+            (0..8).map(|i| (format!("exp_avg.p{i}.weight"), Tensor::zeros([1], (Kind::Float, Device::Cpu)))).collect();
+        let err = load_named_weights(&vs, &file, Path::new("optimizer.safetensors")).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "missing [\"p0.weight\", \"p1.weight\", \"p2.weight\", \"p3.weight\", \"p4.weight\"] and 3 more"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with("(this looks like optimizer state, not model weights: use model.safetensors)"), "{err}");
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        save_json(&path, &vec![1, 2]).unwrap();
+        let err = write_atomic(&path, |_| Err(Error::Checkpoint("disk full".into())));
+        assert!(err.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[\n  1,\n  2\n]\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
