@@ -12,7 +12,7 @@ mod common;
 use altup_moe::model::Sampling;
 use altup_moe::Error;
 use clap::Parser;
-use common::{device_name, load_model, parse_device};
+use common::{device_name, parse_device};
 use rand::SeedableRng;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
             args.tokens, args.samples
         )));
     }
-    let loaded = load_model(&args.model, args.device)?;
+    let loaded = altup_moe::LanguageModel::load(&args.model, args.device)?;
     let prompt: Vec<i64> = args.prompt.bytes().map(i64::from).collect();
     eprintln!(
         "{} | {} parameters | device {}",

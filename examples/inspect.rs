@@ -10,7 +10,7 @@ mod common;
 use altup_moe::altup::{AltUpCoefficients, BlockSelection, Widening};
 use altup_moe::LanguageModel;
 use clap::Parser;
-use common::{human, load_corpus, load_model, parse_device};
+use common::{human, load_corpus, parse_device};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -197,7 +197,7 @@ fn widening_flag(widening: Widening) -> &'static str {
 /// Builds the whole report before printing it, so that a bad flag or file fails before any output.
 fn inspect_main(args: &Args) -> altup_moe::Result<String> {
     common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
-    let loaded = load_model(&args.model, args.device)?;
+    let loaded = altup_moe::LanguageModel::load(&args.model, args.device)?;
     let c = loaded.model.config();
     let mut out = String::new();
     let out = &mut out;

@@ -18,8 +18,7 @@ mod common;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::ExpertParallel;
 use altup_moe::train::{
-    run, save_json, save_weights_gathered, Observer, RunOptions, Silent, SpanCorruption, SpanCorruptionTask,
-    TrainConfig, Trainer,
+    run, Observer, RunFolder, RunStart, Silent, SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer,
 };
 use altup_moe::Arch;
 use clap::Parser;
@@ -120,6 +119,8 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }
+    let start = if args.overwrite { RunStart::Overwrite } else { RunStart::Fresh };
+    let folder = RunFolder::open(Some(&args.out), start)?;
     let (data_path, corpus) = load_corpus(args.data.as_deref())?;
     let (train, val) = corpus.split(0.1)?;
     let corruption = SpanCorruption::default();
@@ -177,32 +178,22 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         src_len,
         tgt_len,
     );
-    if main_rank {
-        std::fs::create_dir_all(&args.out).map_err(|e| altup_moe::Error::io(&args.out, e))?;
-        save_json(&args.out.join("config.json"), &config)?;
-        save_json(&args.out.join("train_config.json"), &train_config)?;
-    }
+    folder.write_configs(&config, &train_config, parallel.as_ref())?;
     let bar = progress_bar(args.steps, 0);
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let options = RunOptions {
-        out_dir: args.out.clone(),
-        save_every: (args.save_every > 0).then_some(args.save_every),
-        keep_checkpoints: 2,
-        stop_after: None,
-        overwrite: args.overwrite,
-    };
+    let options = folder.options(Some(args.save_every), 2, None);
     let mut progress = Progress { bar: &bar };
     let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
     let result = run(&mut trainer, None, &options, observer);
     bar.finish_and_clear();
     result?;
     // The whole model (an expert-parallel job gathers every rank's experts; rank 0 writes).
-    save_weights_gathered(&vs, parallel.as_ref(), &args.out.join("model.safetensors"))?;
+    folder.write_weights(&vs, parallel.as_ref())?;
     say!(
         "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
-        args.out.display()
+        folder.dir().display()
     );
 
     // Reconstruct one corrupted validation window (every rank takes part: the MoE layers exchange

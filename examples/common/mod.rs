@@ -1,6 +1,8 @@
 //! Helpers shared by the example programs: flag parsers, data loading, progress output.
 #![allow(dead_code)]
 
+pub mod flags;
+
 use altup_moe::model::Precision;
 use altup_moe::moe::{ExpertParallel, ThreadGroup};
 use altup_moe::train::{find_shakespeare, Corpus, EvalRecord, Observer, StepStats};
@@ -61,10 +63,7 @@ pub fn run_ranks(
         };
         let group = ExpertParallel::new(world.clone());
         let rank = group.rank();
-        let device = match device {
-            Device::Cuda(_) => Device::Cuda(rank % tch::Cuda::device_count().max(1) as usize),
-            device => device,
-        };
+        let device = group.rank_device(device);
         match work(Some(group), device) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -210,16 +209,6 @@ pub fn log(bar: &ProgressBar, line: String) {
     }
 }
 
-/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`).
-pub fn run_folder(checkpoint: &std::path::Path) -> PathBuf {
-    match checkpoint.parent() {
-        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
-            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
-        }
-        _ => checkpoint.to_path_buf(),
-    }
-}
-
 pub fn ensure_flag(ok: bool, message: &str) -> altup_moe::Result<()> {
     if ok {
         Ok(())
@@ -255,55 +244,14 @@ fn timed_runs(warmup: usize, runs: usize, mut f: impl FnMut() -> altup_moe::Resu
     Ok(times)
 }
 
-/// A trained language model read back from disk.
-pub struct LoadedModel {
-    /// The variables (on the requested device).
-    pub vs: tch::nn::VarStore,
-    /// The model.
-    pub model: altup_moe::LanguageModel,
-    /// The weights file that was loaded.
-    pub weights: PathBuf,
-}
-
-/// Loads a decoder-only language model from `path`: a `model.safetensors` file (its
-/// `config.json` next to it), a folder holding both (a run folder written by `train`, or a
-/// `step-*` checkpoint), or a run folder whose newest checkpoint is used.
-pub fn load_model(path: &Path, device: Device) -> altup_moe::Result<LoadedModel> {
-    let folder =
-        if path.is_file() { path.parent().unwrap_or(Path::new(".")).to_path_buf() } else { path.to_path_buf() };
-    if path.is_file() && path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        return Err(Error::Input(format!(
-            "{} is not a .safetensors weights file; pass a run folder, a step-* checkpoint or a model.safetensors",
-            path.display()
-        )));
-    }
-    let (config_path, weights) = if path.is_file() {
-        (folder.join("config.json"), path.to_path_buf())
-    } else if folder.join("model.safetensors").is_file() && folder.join("config.json").is_file() {
-        (folder.join("config.json"), folder.join("model.safetensors"))
-    } else if folder.join("model.safetensors").is_file() && !folder.join("checkpoints").is_dir() {
-        return Err(Error::Input(format!(
-            "{} holds model.safetensors but no config.json beside it (the model config `train` writes)",
-            folder.display()
-        )));
-    } else {
-        let dir = altup_moe::train::find_checkpoint(path)?;
-        (dir.join("config.json"), dir.join("model.safetensors"))
-    };
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|source| Error::Json { context: config_path.display().to_string(), source })?;
-    if value.get("encoder").is_some() && value.get("decoder").is_some() {
-        return Err(Error::Config(format!(
-            "{} describes an encoder-decoder (train_seq2seq); this program reads decoder-only language models (train)",
-            config_path.display()
-        )));
-    }
-    let config = altup_moe::ModelConfig::load(&config_path)?;
-    let vs = tch::nn::VarStore::new(device);
-    let model = altup_moe::LanguageModel::new(&vs.root(), &config)?;
-    altup_moe::train::load_weights(&vs, &weights)?;
-    Ok(LoadedModel { vs, model, weights })
+/// Byte ids as text for the terminal: invalid UTF-8 and control characters (except newline
+/// and tab) shown as U+FFFD.
+pub fn show_bytes(ids: &[i64]) -> String {
+    let bytes: Vec<u8> = ids.iter().map(|&t| t as u8).collect();
+    String::from_utf8_lossy(&bytes)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// The median of per-pair ratios `b[i] / a[i]` of interleaved timings (A B A B …) with a

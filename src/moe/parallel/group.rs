@@ -54,6 +54,16 @@ impl ExpertParallel {
         self.comm.rank()
     }
 
+    /// The device this rank computes on when the job asked for `requested`: with CUDA, rank `r`
+    /// takes `cuda:(r mod n)` of the `n` devices this process sees (one device per rank when
+    /// each node runs as many ranks as it has GPUs); any other device is used as it is.
+    pub fn rank_device(&self, requested: tch::Device) -> tch::Device {
+        match requested {
+            tch::Device::Cuda(_) => tch::Device::Cuda(self.rank() % (tch::Cuda::device_count().max(1) as usize)),
+            other => other,
+        }
+    }
+
     /// Number of ranks `R`.
     pub fn world_size(&self) -> usize {
         self.comm.world_size()

@@ -1,0 +1,144 @@
+//! Reading a trained model back: from a run folder, a `step-*` checkpoint or a
+//! `model.safetensors` file with its `config.json` beside it.
+
+use crate::error::{Error, Result};
+use crate::model::{LanguageModel, ModelConfig, Seq2SeqConfig, Seq2SeqModel};
+use crate::train::checkpoint::find_checkpoint;
+use crate::train::weights::load_weights;
+use std::path::{Path, PathBuf};
+use tch::{nn::VarStore, Device};
+
+/// A model read from disk with the variables it lives in.
+#[derive(Debug)]
+pub struct Loaded<M> {
+    /// The variables, on the requested device.
+    pub vs: VarStore,
+    /// The model.
+    pub model: M,
+    /// The weights file that was read.
+    pub weights: PathBuf,
+}
+
+/// A model of either kind, as [`load_model`] finds it.
+#[derive(Debug)]
+pub enum AnyModel {
+    /// A decoder-only language model (written by `train`).
+    Decoder(Loaded<LanguageModel>),
+    /// An encoder-decoder (written by `train_seq2seq`).
+    EncoderDecoder(Loaded<Seq2SeqModel>),
+}
+
+/// The `config.json` and weights file that `path` stands for: a `model.safetensors` file (its
+/// `config.json` beside it), a folder holding both (a finished run or a `step-*` checkpoint), or
+/// a run folder whose newest checkpoint is used.
+///
+/// # Errors
+/// [`Error::Input`] for a file that is not `.safetensors` or a weights file without its config;
+/// [`Error::Checkpoint`] when a folder holds no model.
+pub fn model_files(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if path.is_file() {
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            return Err(Error::Input(format!(
+                "{} is not a .safetensors weights file; pass a run folder, a step-* checkpoint or a model.safetensors",
+                path.display()
+            )));
+        }
+        let config = path.parent().unwrap_or(Path::new(".")).join("config.json");
+        if !config.is_file() {
+            return Err(Error::Input(format!("{} has no config.json beside it", path.display())));
+        }
+        return Ok((config, path.to_path_buf()));
+    }
+    let (config, weights) = (path.join("config.json"), path.join("model.safetensors"));
+    if weights.is_file() && config.is_file() {
+        return Ok((config, weights));
+    }
+    if weights.is_file() && !path.join("checkpoints").is_dir() {
+        return Err(Error::Input(format!(
+            "{} holds model.safetensors but no config.json beside it (the model config `train` writes)",
+            path.display()
+        )));
+    }
+    let dir = find_checkpoint(path)?;
+    Ok((dir.join("config.json"), dir.join("model.safetensors")))
+}
+
+/// Whether a `config.json` describes an encoder-decoder (it has both an `encoder` and a
+/// `decoder` part, as [`Seq2SeqConfig`] writes).
+fn is_encoder_decoder(config: &Path) -> Result<bool> {
+    #[derive(serde::Deserialize)]
+    struct Parts {
+        encoder: Option<serde::de::IgnoredAny>,
+        decoder: Option<serde::de::IgnoredAny>,
+    }
+    let text = std::fs::read_to_string(config).map_err(|e| Error::io(config, e))?;
+    let parts: Parts =
+        serde_json::from_str(&text).map_err(|source| Error::Json { context: config.display().to_string(), source })?;
+    Ok(parts.encoder.is_some() && parts.decoder.is_some())
+}
+
+fn read_seq2seq_config(path: &Path) -> Result<Seq2SeqConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let config: Seq2SeqConfig =
+        serde_json::from_str(&text).map_err(|source| Error::Json { context: path.display().to_string(), source })?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl LanguageModel {
+    /// Reads a decoder-only model (see [`model_files`] for what `path` may be) onto `device`.
+    ///
+    /// # Errors
+    /// As [`model_files`]; [`Error::Config`] when the config describes an encoder-decoder (use
+    /// [`Seq2SeqModel::load`] or [`load_model`]) or is invalid; [`Error::Checkpoint`] when the
+    /// weights do not match the config (missing, unexpected or misshapen names).
+    pub fn load(path: &Path, device: Device) -> Result<Loaded<Self>> {
+        let (config_path, weights) = model_files(path)?;
+        if is_encoder_decoder(&config_path)? {
+            return Err(Error::Config(format!(
+                "{} describes an encoder-decoder (train_seq2seq), not a decoder-only language model",
+                config_path.display()
+            )));
+        }
+        let config = ModelConfig::load(&config_path)?;
+        let vs = VarStore::new(device);
+        let model = LanguageModel::new(&vs.root(), &config)?;
+        load_weights(&vs, &weights)?;
+        Ok(Loaded { vs, model, weights })
+    }
+}
+
+impl Seq2SeqModel {
+    /// Reads an encoder-decoder (see [`model_files`] for what `path` may be) onto `device`.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::load`], with the kinds swapped.
+    pub fn load(path: &Path, device: Device) -> Result<Loaded<Self>> {
+        let (config_path, weights) = model_files(path)?;
+        if !is_encoder_decoder(&config_path)? {
+            return Err(Error::Config(format!(
+                "{} describes a decoder-only language model (train), not an encoder-decoder",
+                config_path.display()
+            )));
+        }
+        let config = read_seq2seq_config(&config_path)?;
+        let vs = VarStore::new(device);
+        let model = Seq2SeqModel::new(&vs.root(), &config)?;
+        load_weights(&vs, &weights)?;
+        Ok(Loaded { vs, model, weights })
+    }
+}
+
+/// Reads whichever model `path` holds (see [`model_files`]): a decoder-only language model or
+/// an encoder-decoder, decided by its `config.json`.
+///
+/// # Errors
+/// As [`LanguageModel::load`] and [`Seq2SeqModel::load`].
+pub fn load_model(path: &Path, device: Device) -> Result<AnyModel> {
+    let (config_path, _) = model_files(path)?;
+    if is_encoder_decoder(&config_path)? {
+        Seq2SeqModel::load(path, device).map(AnyModel::EncoderDecoder)
+    } else {
+        LanguageModel::load(path, device).map(AnyModel::Decoder)
+    }
+}

@@ -1,0 +1,211 @@
+//! A training run's folder: where a run writes, and whether it starts fresh, replaces an
+//! earlier run or continues one — the policy every training program needs, in one place.
+//!
+//! A run folder holds `config.json` (the model), `train_config.json`, `metrics.jsonl`,
+//! `checkpoints/step-*` and, after the last step, `model.safetensors` (see [`crate::train`]).
+
+use crate::error::{Error, Result};
+use crate::moe::ExpertParallel;
+use crate::train::checkpoint::{find_checkpoint, CheckpointMeta};
+use crate::train::config::TrainConfig;
+use crate::train::run::RunOptions;
+use crate::train::weights::{save_json, save_weights_gathered};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+
+/// How a run starts in its folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run; refused when the folder already holds a checkpoint (so that no run is
+    /// replaced by accident).
+    Fresh,
+    /// A new run that replaces whatever the folder holds: its checkpoints are deleted when
+    /// training starts.
+    Overwrite,
+    /// Continue from a checkpoint: a `step-*` folder, or a run folder (its newest checkpoint).
+    Resume(PathBuf),
+}
+
+/// The folder of one training run and how it starts ([`RunStart`]).
+///
+/// ```no_run
+/// use altup_moe::train::{RunFolder, RunStart};
+/// // A fresh run in runs/latest; an error if runs/latest already holds one.
+/// let fresh = RunFolder::open(None, RunStart::Fresh)?;
+/// // Continue the newest checkpoint of runs/latest, writing there again.
+/// let resumed = RunFolder::open(None, RunStart::Resume("runs/latest".into()))?;
+/// assert!(resumed.checkpoint().is_some());
+/// # let _ = fresh;
+/// # Ok::<(), altup_moe::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RunFolder {
+    dir: PathBuf,
+    start: RunStart,
+    checkpoint: Option<CheckpointMeta>,
+}
+
+impl RunFolder {
+    /// Where runs go when no folder is given.
+    pub const DEFAULT_DIR: &'static str = "runs/latest";
+
+    /// Resolves the run folder: `out` if given, else the resumed checkpoint's run folder
+    /// (`RUN/checkpoints/step-N` → `RUN`), else [`RunFolder::DEFAULT_DIR`]. With
+    /// [`RunStart::Resume`] the checkpoint's JSON parts are read (not its tensors).
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] when a fresh run's folder already holds a checkpoint (naming it and
+    /// the three ways on), or when the checkpoint to resume is missing or incomplete;
+    /// [`Error::Json`] / [`Error::Config`] for its malformed parts.
+    pub fn open(out: Option<&Path>, start: RunStart) -> Result<Self> {
+        let checkpoint = match &start {
+            RunStart::Resume(path) => Some(CheckpointMeta::read(path)?),
+            _ => None,
+        };
+        let dir = match (out, &checkpoint) {
+            (Some(out), _) => out.to_path_buf(),
+            (None, Some(meta)) => run_folder_of(&meta.dir),
+            (None, None) => PathBuf::from(Self::DEFAULT_DIR),
+        };
+        if start == RunStart::Fresh {
+            if let Ok(existing) = find_checkpoint(&dir) {
+                return Err(Error::Checkpoint(format!(
+                    "{} already holds a training run (checkpoint {}): continue it (resume from {0}), replace it \
+                     (overwrite), or choose another folder",
+                    dir.display(),
+                    existing.display()
+                )));
+            }
+        }
+        Ok(Self { dir, start, checkpoint })
+    }
+
+    /// The run folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How the run starts.
+    pub fn start(&self) -> &RunStart {
+        &self.start
+    }
+
+    /// The checkpoint being resumed ([`RunStart::Resume`] only).
+    pub fn checkpoint(&self) -> Option<&CheckpointMeta> {
+        self.checkpoint.as_ref()
+    }
+
+    /// The resumed run's training config, extended to `steps` when given and with the data
+    /// description `data` (the corpus may have moved). `None` for a new run.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `steps` is below the checkpoint's step (a run cannot be shortened).
+    pub fn resumed_train_config(&self, steps: Option<u64>, data: &str) -> Result<Option<TrainConfig>> {
+        let Some(meta) = &self.checkpoint else { return Ok(None) };
+        if let Some(steps) = steps.filter(|&s| s < meta.state.step) {
+            return Err(Error::Input(format!(
+                "steps ({steps}) is below the step of the checkpoint {} ({}); a run cannot be shortened",
+                meta.dir.display(),
+                meta.state.step
+            )));
+        }
+        let mut config = meta.train_config.clone();
+        config.steps = steps.unwrap_or(config.steps);
+        config.data = data.to_string();
+        Ok(Some(config))
+    }
+
+    /// The options of [`crate::train::run`] for this folder: checkpoints every `save_every`
+    /// steps (`None` or 0: only after the last step), the newest `keep_checkpoints` kept, an
+    /// optional stop after `stop_after` steps; an earlier run's checkpoints are deleted only
+    /// with [`RunStart::Overwrite`].
+    pub fn options(&self, save_every: Option<u64>, keep_checkpoints: usize, stop_after: Option<u64>) -> RunOptions {
+        RunOptions {
+            out_dir: self.dir.clone(),
+            save_every: save_every.filter(|&n| n > 0),
+            keep_checkpoints,
+            overwrite: self.start == RunStart::Overwrite,
+            stop_after,
+        }
+    }
+
+    /// Writes `config.json` (the model config, `C` = [`crate::ModelConfig`] or
+    /// [`crate::model::Seq2SeqConfig`]) and `train_config.json`, creating the folder. Under
+    /// expert parallelism only rank 0 writes (the others return at once).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file.
+    pub fn write_configs<C: serde::Serialize>(
+        &self,
+        model: &C,
+        train: &TrainConfig,
+        parallel: Option<&ExpertParallel>,
+    ) -> Result<()> {
+        if parallel.is_some_and(|p| p.rank() != 0) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        save_json(&self.dir.join("config.json"), model)?;
+        save_json(&self.dir.join("train_config.json"), train)
+    }
+
+    /// Writes the final weights to `model.safetensors` in the single-process format: under
+    /// expert parallelism every rank must call it (each rank's experts are gathered; rank 0
+    /// writes).
+    ///
+    /// # Errors
+    /// As [`save_weights_gathered`].
+    pub fn write_weights(&self, vs: &VarStore, parallel: Option<&ExpertParallel>) -> Result<PathBuf> {
+        let path = self.dir.join("model.safetensors");
+        save_weights_gathered(vs, parallel, &path)?;
+        Ok(path)
+    }
+
+    /// The newest complete checkpoint in the folder, if any (to name after a failure).
+    pub fn last_checkpoint(&self) -> Option<PathBuf> {
+        find_checkpoint(&self.dir).ok()
+    }
+}
+
+/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`); other folders are
+/// their own run folder.
+fn run_folder_of(checkpoint: &Path) -> PathBuf {
+    match checkpoint.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
+            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+        _ => checkpoint.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_folder_of_a_checkpoint() {
+        assert_eq!(run_folder_of(Path::new("runs/a/checkpoints/step-00000010")), PathBuf::from("runs/a"));
+        assert_eq!(run_folder_of(Path::new("checkpoints/step-1")), PathBuf::from(""));
+        assert_eq!(run_folder_of(Path::new("somewhere/step-1")), PathBuf::from("somewhere/step-1"));
+    }
+
+    #[test]
+    fn fresh_run_refuses_a_folder_with_a_run_and_overwrite_or_resume_do_not() {
+        let tmp = std::env::temp_dir().join(format!("altup-moe-run-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert_eq!(RunFolder::open(Some(&tmp), RunStart::Fresh).unwrap().dir(), tmp.as_path());
+        let step = tmp.join("checkpoints/step-00000003");
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::write(step.join("trainer_state.json"), "{}").unwrap();
+        let err = RunFolder::open(Some(&tmp), RunStart::Fresh).unwrap_err().to_string();
+        assert!(err.contains("already holds a training run (checkpoint") && err.contains("step-00000003"), "{err}");
+        let over = RunFolder::open(Some(&tmp), RunStart::Overwrite).unwrap();
+        assert!(over.options(Some(0), 2, None).overwrite);
+        assert_eq!(over.options(Some(0), 2, None).save_every, None);
+        assert!(!RunFolder::open(Some(&tmp.join("other")), RunStart::Fresh).unwrap().options(None, 1, None).overwrite);
+        // An incomplete checkpoint (no config.json) cannot be resumed: the error names the file.
+        let err = RunFolder::open(None, RunStart::Resume(tmp.clone())).unwrap_err().to_string();
+        assert!(err.contains("step-00000003/config.json"), "{err}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
