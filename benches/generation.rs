@@ -6,7 +6,7 @@
 mod common;
 
 use altup_moe::model::Sampling;
-use altup_moe::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use common::{measuring, ratio};
 use criterion::Criterion;
 use rand::SeedableRng;

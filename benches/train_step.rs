@@ -6,8 +6,8 @@
 
 mod common;
 
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::{measuring, ratio};
 use criterion::Criterion;
 use std::time::Duration;

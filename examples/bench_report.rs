@@ -17,7 +17,10 @@ use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme};
 use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
-use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
+use altup_moe::{
+    model::{Arch, LanguageModel, ModelConfig},
+    Error,
+};
 use clap::Parser;
 use common::{interleaved, median, seconds, PairedRatio};
 use std::fmt::Write as _;

@@ -18,11 +18,14 @@
 
 mod common;
 
-use altup_moe::moe::parallel::MpiWorld;
+use altup_moe::moe::MpiWorld;
 use altup_moe::moe::{Collectives, ExchangeTape, ExpertParallel, MoeConfig, MoeLayer};
 use altup_moe::nn::InitScheme;
 use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
-use altup_moe::{Arch, Error, LanguageModel, ModelConfig, Result};
+use altup_moe::{
+    model::{Arch, LanguageModel, ModelConfig},
+    Error, Result,
+};
 use clap::{Parser, ValueEnum};
 use common::{load_corpus, min_seconds, peak_rss_mib, PairedRatio};
 use serde_json::json;

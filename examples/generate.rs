@@ -66,7 +66,7 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
             args.tokens, args.samples
         )));
     }
-    let loaded = altup_moe::LanguageModel::load(&args.model, args.device)?;
+    let loaded = altup_moe::model::LanguageModel::load(&args.model, args.device)?;
     let prompt: Vec<i64> = args.prompt.bytes().map(i64::from).collect();
     eprintln!(
         "{} | {} parameters | device {}",

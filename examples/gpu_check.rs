@@ -18,7 +18,10 @@ use altup_moe::moe::{kernel, ExpertParallel, ThreadGroup};
 use altup_moe::train::{
     ByteDataset, CheckpointMeta, MetricsWindow, SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer,
 };
-use altup_moe::{Arch, Error, LanguageModel, ModelConfig, Result};
+use altup_moe::{
+    model::{Arch, LanguageModel, ModelConfig},
+    Error, Result,
+};
 use clap::Parser;
 use common::{device_name, load_corpus, parse_device};
 use std::fmt::Write as _;

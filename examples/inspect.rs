@@ -8,7 +8,7 @@
 mod common;
 
 use altup_moe::altup::{AltUpCoefficients, BlockSelection, Widening};
-use altup_moe::LanguageModel;
+use altup_moe::model::LanguageModel;
 use clap::Parser;
 use common::{human, load_corpus, parse_device};
 use std::fmt::Write as _;
@@ -197,7 +197,7 @@ fn widening_flag(widening: Widening) -> &'static str {
 /// Builds the whole report before printing it, so that a bad flag or file fails before any output.
 fn inspect_main(args: &Args) -> altup_moe::Result<String> {
     common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
-    let loaded = altup_moe::LanguageModel::load(&args.model, args.device)?;
+    let loaded = altup_moe::model::LanguageModel::load(&args.model, args.device)?;
     let c = loaded.model.config();
     let mut out = String::new();
     let out = &mut out;

@@ -12,9 +12,9 @@
 mod common;
 
 use altup_moe::altup::AltUpConfig;
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::moe::MoeConfig;
 use altup_moe::train::{run, CheckpointMeta, EvalRecord, RunOptions, Silent, TrainConfig, Trainer};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use clap::Parser;
 use common::{device_name, load_corpus, parse_device, plot_err};
 use plotters::prelude::*;

@@ -13,8 +13,8 @@
 mod common;
 
 use altup_moe::altup::AltUpConfig;
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::moe::MoeConfig;
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use clap::Parser;
 use common::{device_name, interleaved, median, parse_device, plot_err, seconds, PairedRatio};
 use plotters::coord::combinators::LogCoord;

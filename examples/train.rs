@@ -14,10 +14,10 @@
 
 mod common;
 
+use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
 use altup_moe::moe::ExpertParallel;
 use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, Trainer};
-use altup_moe::LanguageModel;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};
 use common::{data_description, device_name, ensure_flag, human, load_corpus, parse_device, progress_bar, Progress};

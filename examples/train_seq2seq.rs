@@ -15,12 +15,12 @@
 
 mod common;
 
+use altup_moe::model::Arch;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::ExpertParallel;
 use altup_moe::train::{
     run, Observer, RunFolder, RunStart, Silent, SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer,
 };
-use altup_moe::Arch;
 use clap::Parser;
 use common::{
     data_description, device_name, human, load_corpus, parse_arch, parse_device, parse_precision, progress_bar,

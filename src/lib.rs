@@ -8,8 +8,8 @@
 //! * [`altup`]: the `K`-block widened representation with its predictor and corrector
 //!   (Baykal et al. 2023).
 //! * [`nn`]: RMSNorm, causal attention with RoPE, dense FFN, embeddings, parameter roles.
-//! * [`model`]: the pre-norm block (dense or MoE FFN), stacks, a serde [`ModelConfig`] with
-//!   presets for dense, Switch, AltUp and AltUp+MoE stacks, and the [`LanguageModel`] built from it.
+//! * [`model`]: the pre-norm block (dense or MoE FFN), stacks, a serde [`model::ModelConfig`] with
+//!   presets for dense, Switch, AltUp and AltUp+MoE stacks, and the [`model::LanguageModel`] built from it.
 //! * [`train`]: byte-level data, AdamW, schedule, atomic checkpoints, metrics, trainer.
 //!
 //! # Shape legend
@@ -25,7 +25,7 @@
 //! flag (MoE capacity factor, router jitter, AltUp coefficient clipping), as in tch.
 //!
 //! ```
-//! use altup_moe::{Arch, LanguageModel, ModelConfig};
+//! use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 //! use tch::nn::VarStore;
 //!
 //! let config = ModelConfig::preset(Arch::Switch);
@@ -40,7 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod altup;
-pub mod error;
+mod error;
 pub mod host;
 pub mod model;
 pub mod moe;
@@ -48,11 +48,11 @@ pub mod nn;
 pub mod runtime;
 mod shape;
 /// The device that tests, doctests and examples run on (`ALTUP_MOE_TEST_DEVICE`).
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use model::{Arch, LanguageModel, ModelConfig, ModelOutput};
 
 /// The README's code examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -4,7 +4,7 @@
 mod common;
 
 use altup_moe::altup::{AltUpConfig, BlockSelection, Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use common::{copy_shared, device, tiny};
 use tch::{nn::VarStore, Kind, Tensor};
 

@@ -3,8 +3,8 @@
 
 mod common;
 
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::device;
 use std::path::{Path, PathBuf};
 use std::process::Command;

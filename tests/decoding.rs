@@ -4,7 +4,7 @@ mod common;
 
 use altup_moe::altup::AltUpConfig;
 use altup_moe::model::Sampling;
-use altup_moe::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use common::{device, tiny};
 use rand::SeedableRng;
 use tch::{nn::VarStore, Kind, Tensor};

@@ -9,8 +9,8 @@
 mod common;
 
 use altup_moe::altup::SequenceAltUpConfig;
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::{device, tiny};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 

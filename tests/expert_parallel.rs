@@ -8,8 +8,9 @@
 
 mod common;
 
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
-use altup_moe::moe::parallel::{all_gather_tensor, all_reduce_tensor};
+use altup_moe::moe::{all_gather_tensor, all_reduce_tensor};
 use altup_moe::moe::{
     Collectives, ExchangeTape, ExpertParallel, MoeAux, MoeConfig, MoeLayer, SingleProcess, ThreadGroup,
 };
@@ -18,7 +19,6 @@ use altup_moe::train::{
     run, ByteDataset, CheckpointMeta, RunOptions, Silent, SpanCorruption, SpanCorruptionTask, Task, TrainConfig,
     Trainer,
 };
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::device;
 use std::collections::HashMap;
 use std::path::Path;
@@ -480,7 +480,7 @@ fn reference(name: &str) -> HashMap<&'static str, Tensor> {
 #[cfg(feature = "mpi")]
 mod mpi_ranks {
     use super::*;
-    use altup_moe::moe::parallel::MpiWorld;
+    use altup_moe::moe::MpiWorld;
     use std::path::PathBuf;
     use std::process::Command;
     use std::time::{Duration, Instant};

@@ -4,9 +4,9 @@
 mod common;
 
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput, SequenceAltUpConfig};
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{Activation, InitScheme};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::device;
 use tch::{nn::VarStore, Kind, Tensor};
 

@@ -6,8 +6,8 @@
 mod common;
 
 use altup_moe::host::host_reads;
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::train::{TrainConfig, Trainer};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 

@@ -5,10 +5,10 @@ mod common;
 
 use altup_moe::model::{LayerAux, ModelAux};
 use altup_moe::moe::{
-    load_balancing_loss, one_hot_moe, Balancing, CapacityPriority, ExpertBackend, Experts, MoeConfig, MoeLayer,
-    RouterKind,
+    load_balancing_loss, Balancing, CapacityPriority, ExpertBackend, Experts, MoeConfig, MoeLayer, RouterKind,
 };
 use altup_moe::nn::{Activation, InitScheme};
+use altup_moe::testing::one_hot_moe;
 use common::device;
 use tch::{nn::VarStore, Kind, Tensor};
 

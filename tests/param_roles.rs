@@ -5,9 +5,9 @@
 mod common;
 
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients};
+use altup_moe::model::{Arch, LanguageModel};
 use altup_moe::nn::{roles, InitScheme, ParamRole};
 use altup_moe::train::{AdamW, AdamWConfig};
-use altup_moe::{Arch, LanguageModel};
 use tch::nn::VarStore;
 
 #[test]

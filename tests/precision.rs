@@ -5,8 +5,8 @@
 mod common;
 
 use altup_moe::model::residual_add;
+use altup_moe::model::{Arch, LanguageModel};
 use altup_moe::model::{Precision, StackContext};
-use altup_moe::{Arch, LanguageModel};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[test]

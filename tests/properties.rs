@@ -5,7 +5,10 @@ mod common;
 
 use altup_moe::altup::{AltUpConfig, SequenceAltUpConfig};
 use altup_moe::moe::{plan_token_choice, MoeConfig, SortDispatcher, TokenDispatcher};
-use altup_moe::{Error, LanguageModel, ModelConfig};
+use altup_moe::{
+    model::{LanguageModel, ModelConfig},
+    Error,
+};
 use common::device;
 use proptest::prelude::*;
 use tch::{nn::VarStore, Kind, Tensor};

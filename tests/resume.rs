@@ -5,7 +5,10 @@ mod common;
 
 use altup_moe::moe::{Balancing, MoeConfig};
 use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
-use altup_moe::{Arch, Error, LanguageModel, ModelConfig};
+use altup_moe::{
+    model::{Arch, LanguageModel, ModelConfig},
+    Error,
+};
 use common::{device, on_cpu};
 use std::path::Path;
 use tch::{nn::VarStore, Tensor};

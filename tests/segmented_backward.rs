@@ -7,10 +7,10 @@
 mod common;
 
 use altup_moe::altup::{Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::model::{ModelAux, MoeLayers, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::{ExchangeTape, ExpertParallel, SingleProcess};
-use altup_moe::train::weights::named_variables;
-use altup_moe::{Arch, LanguageModel, ModelConfig};
+use altup_moe::train::named_variables;
 use common::device;
 use std::sync::Arc;
 use tch::{nn::VarStore, Kind, Tensor};

@@ -3,11 +3,11 @@
 
 mod common;
 
+use altup_moe::model::Arch;
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::MoeConfig;
 use altup_moe::nn::FeedForwardConfig;
 use altup_moe::train::{SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer};
-use altup_moe::Arch;
 use common::{copy_shared, device};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -165,7 +165,8 @@ fn inconsistent_configs_are_named() {
     assert_eq!(err, "invalid config: decoder cross_attention (false) must be true");
     assert_eq!(vs.variables().len(), 0);
     // A decoder config cannot be built as a language model.
-    let err = altup_moe::LanguageModel::new(&vs.root(), &tiny(Arch::Dense, 300).decoder).unwrap_err().to_string();
+    let err =
+        altup_moe::model::LanguageModel::new(&vs.root(), &tiny(Arch::Dense, 300).decoder).unwrap_err().to_string();
     assert!(err.contains("cross_attention (true) needs an encoder"), "{err}");
 }
 

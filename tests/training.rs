@@ -2,8 +2,8 @@
 
 mod common;
 
+use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::train::{load_weights, save_weights, ByteDataset, TrainConfig, Trainer};
-use altup_moe::{Arch, LanguageModel, ModelConfig};
 use common::{device, on_cpu};
 use tch::nn::VarStore;
 

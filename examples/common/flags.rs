@@ -8,10 +8,10 @@ use altup_moe::altup::{
 };
 use altup_moe::model::MoeLayers;
 use altup_moe::model::Precision;
+use altup_moe::model::{Arch, ModelConfig};
 use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
 use altup_moe::train::TrainConfig;
-use altup_moe::{Arch, ModelConfig};
 use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Command, ValueEnum};

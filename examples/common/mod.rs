@@ -6,7 +6,7 @@ pub mod flags;
 use altup_moe::model::Precision;
 use altup_moe::moe::{ExpertParallel, ThreadGroup};
 use altup_moe::train::{find_shakespeare, Corpus, EvalRecord, Observer, StepStats};
-use altup_moe::{Arch, Error};
+use altup_moe::{model::Arch, Error};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -57,7 +57,7 @@ pub fn run_ranks(
     }
     #[cfg(feature = "mpi")]
     {
-        let world = match altup_moe::moe::parallel::MpiWorld::init() {
+        let world = match altup_moe::moe::MpiWorld::init() {
             Ok(world) => std::sync::Arc::new(world),
             Err(e) => return exit_code(Err(e)),
         };

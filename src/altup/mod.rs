@@ -24,10 +24,10 @@
 //! | Sequence-AltUp | paper §3.3 (causal equations of our own, see [`SequenceAltUp`]) |
 //! | input-dependent coefficients, compute on the prediction, projected widening | Gemma 3n, Hugging Face `Gemma3nTextAltUp` / `Gemma3nTextModel` |
 
-pub mod config;
-pub mod layer;
-pub mod sequence;
-pub mod widening;
+pub(crate) mod config;
+pub(crate) mod layer;
+pub(crate) mod sequence;
+pub(crate) mod widening;
 
 pub use config::{
     AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,

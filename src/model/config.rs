@@ -45,7 +45,7 @@ impl MoeLayers {
 
 /// Configuration of a transformer stack: token ids → embedding → (AltUp widening) →
 /// `num_layers` pre-norm blocks → (AltUp collapse) → final RMSNorm (→ head). A decoder-only
-/// [`crate::LanguageModel`] is one stack; an encoder-decoder ([`crate::model::Seq2SeqConfig`]) has
+/// [`crate::model::LanguageModel`] is one stack; an encoder-decoder ([`crate::model::Seq2SeqConfig`]) has
 /// two (a bidirectional encoder and a cross-attending decoder).
 ///
 /// Build one from a preset ([`ModelConfig::preset`]) and adjust fields; [`ModelConfig::validate`]

@@ -1,17 +1,17 @@
 //! The model builder: a serde [`ModelConfig`], presets for the four stacks ([`Arch`]), the
 //! [`LanguageModel`], its typed auxiliary output, parameter accounting and sampling.
 
-pub mod block;
-pub mod config;
-pub mod generate;
-pub mod head;
-pub mod lm;
-pub mod output;
-pub mod params;
-pub mod precision;
-pub mod presets;
-pub mod seq2seq;
-pub mod stack;
+pub(crate) mod block;
+pub(crate) mod config;
+pub(crate) mod generate;
+pub(crate) mod head;
+pub(crate) mod lm;
+pub(crate) mod output;
+pub(crate) mod params;
+pub(crate) mod precision;
+pub(crate) mod presets;
+pub(crate) mod seq2seq;
+pub(crate) mod stack;
 
 pub use block::{residual_add, Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use config::{ModelConfig, MoeLayers};

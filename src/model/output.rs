@@ -89,7 +89,7 @@ impl ModelAux {
     }
 }
 
-/// Output of [`crate::LanguageModel::forward_t`].
+/// Output of [`crate::model::LanguageModel::forward_t`].
 #[derive(Debug)]
 pub struct ModelOutput {
     /// Next-token logits, `[B, T, V]`, f32 (f64 for an f64 model).

@@ -74,7 +74,7 @@ impl ModelConfig {
     /// AltUp `K = 2` with alternating selection and mean reduction.
     ///
     /// ```
-    /// use altup_moe::{Arch, ModelConfig};
+    /// use altup_moe::model::{Arch, ModelConfig};
     /// let mut config = ModelConfig::preset(Arch::AltUpMoe);
     /// config.d_model = 64;
     /// config.validate().unwrap();

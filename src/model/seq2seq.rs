@@ -128,7 +128,7 @@ impl Seq2SeqModel {
     }
 
     /// This rank's part of an expert-parallel encoder-decoder over `parallel`: as
-    /// [`crate::LanguageModel::new_expert_parallel`], for both stacks (every parameter but the
+    /// [`crate::model::LanguageModel::new_expert_parallel`], for both stacks (every parameter but the
     /// experts replicated; each MoE layer holds experts `r·E/R .. (r+1)·E/R`, initialised as in
     /// [`Seq2SeqModel::new`]). Every rank must run the same calls; train it with
     /// [`crate::train::Trainer`] and [`crate::train::SpanCorruptionTask`], which shard each
@@ -256,7 +256,7 @@ impl Seq2SeqModel {
     ///
     /// # Errors
     /// [`Error::Input`] for an empty source, bad ids, or more tokens than the decoder's
-    /// `max_seq_len`; sampling errors as [`crate::LanguageModel::generate`].
+    /// `max_seq_len`; sampling errors as [`crate::model::LanguageModel::generate`].
     pub fn generate(
         &self,
         src: &[i64],

@@ -1,5 +1,5 @@
 //! A transformer stack: embedding → (AltUp widen) → blocks → (AltUp collapse) → final norm.
-//! The decoder-only [`crate::LanguageModel`] is a stack plus an output head; an encoder-decoder
+//! The decoder-only [`crate::model::LanguageModel`] is a stack plus an output head; an encoder-decoder
 //! is two stacks.
 
 use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};

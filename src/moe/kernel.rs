@@ -45,7 +45,7 @@ static CHOICES: Mutex<Option<HashMap<KernelKey, ExpertBackend>>> = Mutex::new(No
 ///
 /// # Errors
 /// The loop's measurement error when both measurements fail.
-pub fn choose(key: KernelKey, mut measure: impl FnMut(ExpertBackend) -> Result<f64>) -> Result<ExpertBackend> {
+pub(crate) fn choose(key: KernelKey, mut measure: impl FnMut(ExpertBackend) -> Result<f64>) -> Result<ExpertBackend> {
     if let Some(choice) = CHOICES.lock().ok().and_then(|c| c.as_ref().and_then(|m| m.get(&key).copied())) {
         return Ok(choice);
     }

@@ -100,7 +100,7 @@ impl MoeLayer {
     /// Builds this rank's part of an expert-parallel layer: the router (and shared experts) are
     /// replicated, the experts are this rank's slice `r·E/R .. (r+1)·E/R`, initialised exactly as
     /// in the full layer, and tokens travel over `comm` ([`ExpertParallelDispatcher`]).
-    /// Capacity and the layer's statistics are global (see [`crate::moe::parallel`]); each rank's
+    /// Capacity and the layer's statistics are global (see [`crate::moe::ExpertParallel`]); each rank's
     /// auxiliary losses in [`MoeAux`] are its share, which add up over ranks to the whole batch's.
     ///
     /// # Errors

@@ -25,31 +25,33 @@
 //! | aux-loss-free bias balancing | DeepSeek-V3, arXiv 2412.19437 |
 //! | dropless grouped-matmul dispatch | MegaBlocks, arXiv 2211.15841 |
 
-pub mod batch;
-pub mod config;
-pub mod dispatch;
-pub mod experts;
+pub(crate) mod batch;
+pub(crate) mod config;
+pub(crate) mod dispatch;
+pub(crate) mod experts;
 pub mod kernel;
-pub mod layer;
-pub mod loss;
-pub mod parallel;
-pub mod plan;
-pub mod reference;
-pub mod router;
-pub mod routing;
+pub(crate) mod layer;
+pub(crate) mod loss;
+pub(crate) mod parallel;
+pub(crate) mod plan;
+pub(crate) mod router;
+pub(crate) mod routing;
 
 pub use batch::{BatchCounts, PartCounts};
 pub use config::{Balancing, MoeConfig};
 pub use dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
-pub use experts::{ExpertBackend, Experts};
+pub use experts::{ExpertBackend, Experts, LOOP_MIN_ROWS_PER_EXPERT};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
+#[cfg(feature = "mpi")]
+pub use parallel::MpiWorld;
 pub use parallel::{
-    Collectives, ExchangeTape, ExpertParallel, ExpertParallelDispatcher, GraphCuts, SingleProcess, ThreadGroup,
+    all_gather_tensor, all_reduce_tensor, Collectives, ExchangeTape, ExpertParallel, ExpertParallelDispatcher,
+    GraphCuts, SingleProcess, ThreadGroup,
 };
 pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, DispatchPlan};
-pub use reference::one_hot_moe;
 pub use router::{Router, Routing};
 pub use routing::{
-    select_top_k, CapacityPriority, RouterKind, RouterScores, RoutingInput, RoutingOptions, RoutingPolicy,
+    select_top_k, CapacityPriority, ExpertChoice, RouterKind, RouterScores, RoutingInput, RoutingOptions,
+    RoutingPolicy, TokenChoice,
 };

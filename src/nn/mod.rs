@@ -5,14 +5,14 @@
 //! # Shape legend
 //! `B` batch, `T` sequence length, `D` model width, `H` heads, `F` FFN hidden width, `V` vocabulary.
 
-pub mod attention;
-pub mod embedding;
-pub mod feed_forward;
-pub mod init;
-pub mod linear;
-pub mod norm;
-pub mod role;
-pub mod rope;
+pub(crate) mod attention;
+pub(crate) mod embedding;
+pub(crate) mod feed_forward;
+pub(crate) mod init;
+pub(crate) mod linear;
+pub(crate) mod norm;
+pub(crate) mod role;
+pub(crate) mod rope;
 
 pub use attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
 pub use embedding::Embedding;

@@ -43,7 +43,7 @@ pub struct TrainerState {
 pub struct CheckpointMeta {
     /// The `step-*` folder.
     pub dir: PathBuf,
-    /// `config.json` (a [`crate::ModelConfig`], or a [`crate::model::Seq2SeqConfig`] for an
+    /// `config.json` (a [`crate::model::ModelConfig`], or a [`crate::model::Seq2SeqConfig`] for an
     /// encoder-decoder; parse it with [`CheckpointMeta::model_config`]).
     pub model_config: serde_json::Value,
     /// `train_config.json`.
@@ -88,7 +88,7 @@ impl CheckpointMeta {
 }
 
 impl CheckpointMeta {
-    /// The checkpoint's model config as `C` (e.g. [`crate::ModelConfig`]).
+    /// The checkpoint's model config as `C` (e.g. [`crate::model::ModelConfig`]).
     ///
     /// # Errors
     /// [`Error::Json`] if `config.json` does not hold a `C`.
@@ -155,8 +155,9 @@ pub fn checkpoint_name(step: u64) -> String {
 /// all but the newest `keep` checkpoints. `files` lists `(file name, writer)` pairs; each writer
 /// fills the given path. Returns the checkpoint folder.
 ///
-/// For crash tests, the environment variable `ALTUP_MOE_TEST_CHECKPOINT_PAUSE_MS` makes the
-/// writer sleep that long after the first file, while the checkpoint is half-written.
+/// For crash tests (cargo feature `testing` only), the environment variable
+/// `ALTUP_MOE_TEST_CHECKPOINT_PAUSE_MS` makes the writer sleep that long after the first file,
+/// while the checkpoint is half-written.
 ///
 /// # Errors
 /// [`Error::Io`] naming the file or folder; errors of the writers (the temporary folder is removed).
@@ -171,7 +172,10 @@ pub fn write_checkpoint_dir(
     let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    #[cfg(feature = "testing")]
     let pause = std::env::var("ALTUP_MOE_TEST_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok());
+    #[cfg(not(feature = "testing"))]
+    let pause: Option<u64> = None;
     let result = (|| -> Result<()> {
         for (i, (file, write)) in files.into_iter().enumerate() {
             let path = tmp.join(file);

@@ -37,7 +37,7 @@ pub struct TrainConfig {
     /// Validation batches per evaluation.
     pub eval_batches: usize,
     /// Seed of the data order and the per-step generators (the initial weights use
-    /// [`crate::ModelConfig::init_seed`]).
+    /// [`crate::model::ModelConfig::init_seed`]).
     pub seed: u64,
     /// Compute precision (parameters and optimizer state stay f32).
     pub precision: Precision,
@@ -70,7 +70,7 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// # Errors
-    /// [`Error::Config`] naming the value: zero steps, batch size, accumulation, sequence length,
+    /// [`crate::Error::Config`] naming the value: zero steps, batch size, accumulation, sequence length,
     /// eval period or eval batches; a negative or non-finite coefficient or clip norm; a bad
     /// learning rate or schedule.
     pub fn validate(&self) -> Result<()> {

@@ -1,22 +1,22 @@
 //! Training utilities: byte-level data, AdamW with inspectable state, the learning-rate
 //! schedule, atomic checkpoints with exact resume, metrics, the step/evaluate logic and the loop.
 
-pub mod checkpoint;
-pub mod config;
-pub mod data;
-pub mod load;
-pub mod metrics;
-pub mod optim;
-pub mod run;
-pub mod run_folder;
-pub mod schedule;
-pub mod span_corruption;
-pub mod stats;
-pub mod task;
-pub mod trainer;
-pub mod weights;
+pub(crate) mod checkpoint;
+pub(crate) mod config;
+pub(crate) mod data;
+pub(crate) mod load;
+pub(crate) mod metrics;
+pub(crate) mod optim;
+pub(crate) mod run;
+pub(crate) mod run_folder;
+pub(crate) mod schedule;
+pub(crate) mod span_corruption;
+pub(crate) mod stats;
+pub(crate) mod task;
+pub(crate) mod trainer;
+pub(crate) mod weights;
 
-pub use checkpoint::{find_checkpoint, CheckpointMeta, TrainerState};
+pub use checkpoint::{find_checkpoint, CheckpointMeta, TrainerState, CHECKPOINT_FORMAT};
 pub use config::TrainConfig;
 pub use data::{find_shakespeare, Batch, ByteDataset, Corpus};
 pub use load::{load_model, model_files, AnyModel, Loaded};
@@ -29,4 +29,4 @@ pub use span_corruption::{Seq2SeqBatch, SpanCorruption};
 pub use stats::{EvalStats, MoeLayerMetrics, StepStats};
 pub use task::{SpanCorruptionTask, Task, TaskLoss};
 pub use trainer::Trainer;
-pub use weights::{load_weights, save_json, save_weights, save_weights_gathered, write_atomic};
+pub use weights::{load_weights, named_variables, save_json, save_weights, save_weights_gathered, write_atomic};

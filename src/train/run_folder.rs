@@ -129,7 +129,7 @@ impl RunFolder {
         }
     }
 
-    /// Writes `config.json` (the model config, `C` = [`crate::ModelConfig`] or
+    /// Writes `config.json` (the model config, `C` = [`crate::model::ModelConfig`] or
     /// [`crate::model::Seq2SeqConfig`]) and `train_config.json`, creating the folder. Under
     /// expert parallelism only rank 0 writes (the others return at once).
     ///

@@ -1,9 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use altup_moe::train::weights::named_variables;
+use altup_moe::model::{Arch, ModelConfig};
+use altup_moe::train::named_variables;
 use altup_moe::train::{ByteDataset, Corpus};
-use altup_moe::{Arch, ModelConfig};
 use tch::nn::VarStore;
 use tch::Device;
 

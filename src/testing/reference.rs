@@ -3,8 +3,8 @@
 //! `k·N·E·C`: never use it for training.
 
 use crate::error::Result;
-use crate::moe::experts::Experts;
-use crate::moe::router::Routing;
+use crate::moe::Experts;
+use crate::moe::Routing;
 use tch::{Kind, Tensor};
 
 /// Token-choice MoE output computed with one-hot dispatch and combine tensors:

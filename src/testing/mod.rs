@@ -1,10 +1,18 @@
+//! Helpers for this crate's own tests, doctests and examples, built with the cargo feature
+//! `testing` only (they turn it on); not part of the library's API.
+//!
 //! The test suite, the doctests and the documentation examples build their models and inputs on
-//! [`device()`] rather than on a hard-coded [`Device::Cpu`], so that the same suite can run on a
-//! GPU:
+//! [`device()`] rather than on a hard-coded `Device::Cpu`, so that the same suite can run on a
+//! GPU; [`one_hot_moe`] is the one-hot reference MoE the equivalence tests compare against.
+//!
 //!
 //! ```text
 //! ALTUP_MOE_TEST_DEVICE=cuda make test
 //! ```
+
+mod reference;
+
+pub use reference::one_hot_moe;
 
 use tch::Device;
 
