@@ -7,7 +7,7 @@
 mod common;
 
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
+use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
 use common::{measuring, ratio};
 use criterion::Criterion;
 use std::time::Duration;
@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group(GROUP);
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     let text: Vec<u8> = b"O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. ".repeat(400);
-    let (train, val) = (ByteDataset::new(text.clone()), ByteDataset::new(text));
+    let (train, val) = (TokenDataset::new(text.clone()), TokenDataset::new(text));
     for arch in Arch::ALL {
         let vs = VarStore::new(Device::Cpu);
         let model = LanguageModel::new(&vs.root(), &ModelConfig::preset(arch)).expect("model");

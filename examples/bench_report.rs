@@ -16,7 +16,7 @@ use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput};
 use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme};
-use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
+use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error,
@@ -233,8 +233,8 @@ fn train_step(arch: Arch, d: usize) -> Res<Call> {
     let text: Vec<u8> = b"O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. ".repeat(200);
     // The trainer borrows its data and model: both live as long as the call (leaked once per
     // benchmark process).
-    let data: &'static (ByteDataset, ByteDataset) =
-        Box::leak(Box::new((ByteDataset::new(text.clone()), ByteDataset::new(text))));
+    let data: &'static (TokenDataset, TokenDataset) =
+        Box::leak(Box::new((TokenDataset::new(text.clone()), TokenDataset::new(text))));
     let vs: &'static VarStore = Box::leak(Box::new(VarStore::new(Device::Cpu)));
     let model: &'static LanguageModel = Box::leak(Box::new(LanguageModel::new(&vs.root(), &config)?));
     let tc = TrainConfig { steps: 1_000_000, seq_len: 128, eval_batches: 1, ..TrainConfig::default() };

@@ -21,7 +21,7 @@ mod common;
 use altup_moe::moe::MpiWorld;
 use altup_moe::moe::{Collectives, ExchangeTape, ExpertParallel, MoeConfig, MoeLayer};
 use altup_moe::nn::InitScheme;
-use altup_moe::train::{ByteDataset, TrainConfig, Trainer};
+use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error, Result,
@@ -172,7 +172,7 @@ fn train_config() -> TrainConfig {
     }
 }
 
-fn data() -> Result<(ByteDataset, ByteDataset)> {
+fn data() -> Result<(TokenDataset, TokenDataset)> {
     load_corpus(None)?.1.split(0.1)
 }
 

@@ -27,16 +27,16 @@ struct Args {
     /// model.safetensors with config.json beside it.
     #[arg(long, default_value = "runs/latest")]
     model: PathBuf,
-    /// The text to continue (UTF-8; the model reads its bytes).
+    /// The text to continue (encoded with the model's tokenizer: its bytes by default).
     #[arg(long, default_value = "\n")]
     prompt: String,
-    /// Bytes to generate per sample.
+    /// Tokens to generate per sample (bytes with the byte tokenizer).
     #[arg(long, default_value_t = 300)]
     tokens: usize,
     /// Softmax temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f64,
-    /// Sample among the k most likely bytes only (0 = no cut).
+    /// Sample among the k most likely tokens only (0 = no cut).
     #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     top_k: usize,
     /// Nucleus sampling: the smallest set of likely bytes whose probability reaches p, in (0, 1].
@@ -58,7 +58,7 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
         Sampling { temperature: args.temperature, top_k: (args.top_k > 0).then_some(args.top_k), top_p: args.top_p };
     sampling.validate()?;
     if args.prompt.is_empty() {
-        return Err(Error::Input("--prompt must hold at least one byte".into()));
+        return Err(Error::Input("--prompt must hold at least one character".into()));
     }
     if args.tokens == 0 || args.samples == 0 {
         return Err(Error::Input(format!(
@@ -67,7 +67,7 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
         )));
     }
     let loaded = altup_moe::model::LanguageModel::load(&args.model, args.device)?;
-    let prompt: Vec<i64> = args.prompt.bytes().map(i64::from).collect();
+    let prompt: Vec<i64> = loaded.tokenizer.encode(&args.prompt)?.into_iter().map(i64::from).collect();
     eprintln!(
         "{} | {} parameters | device {}",
         loaded.weights.display(),
@@ -78,11 +78,10 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
     let mut out = std::io::stdout().lock();
     for i in 0..args.samples {
         let tokens = loaded.model.generate(&prompt, args.tokens, sampling, &mut rng)?;
-        let bytes: Vec<u8> = tokens.iter().map(|&t| t as u8).collect();
         if args.samples > 1 {
             let _ = writeln!(out, "--- sample {} ---", i + 1);
         }
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(&bytes));
+        let _ = writeln!(out, "{}", loaded.tokenizer.decode(&tokens)?);
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use altup_moe::host::host_reads;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::{kernel, ExpertParallel, ThreadGroup};
 use altup_moe::train::{
-    ByteDataset, CheckpointMeta, MetricsWindow, SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer,
+    CheckpointMeta, MetricsWindow, SpanCorruption, SpanCorruptionTask, TokenDataset, TrainConfig, Trainer,
 };
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
@@ -88,7 +88,7 @@ fn train_config(args: &Args, steps: u64, precision: Precision) -> TrainConfig {
 fn train(
     args: &Args,
     config: &ModelConfig,
-    data: &(ByteDataset, ByteDataset),
+    data: &(TokenDataset, TokenDataset),
     steps: u64,
     precision: Precision,
 ) -> Result<(f64, f64, f64, u64, f64)> {
@@ -121,7 +121,7 @@ fn checksum(vs: &VarStore) -> f64 {
     vs.trainable_variables().iter().map(|v| v.abs().sum(tch::Kind::Double).double_value(&[])).sum()
 }
 
-fn stacks(report: &mut Report, data: &(ByteDataset, ByteDataset), args: &Args) -> Result<()> {
+fn stacks(report: &mut Report, data: &(TokenDataset, TokenDataset), args: &Args) -> Result<()> {
     report.text.push_str(
         "## Training, four stacks × three precisions\n\n| stack | precision | loss at step 1 | loss at the end | \
          median step | host reads per step |\n|---|---|---|---|---|---|\n",
@@ -171,7 +171,7 @@ fn generation(report: &mut Report, device: Device) -> Result<()> {
     Ok(())
 }
 
-fn encoder_decoder(report: &mut Report, data: &(ByteDataset, ByteDataset), args: &Args) -> Result<()> {
+fn encoder_decoder(report: &mut Report, data: &(TokenDataset, TokenDataset), args: &Args) -> Result<()> {
     let corruption = SpanCorruption::default();
     let config = Seq2SeqConfig::preset(Arch::AltUpMoe, corruption.vocab_size());
     let vs = VarStore::new(args.device);
@@ -196,7 +196,7 @@ fn encoder_decoder(report: &mut Report, data: &(ByteDataset, ByteDataset), args:
     Ok(())
 }
 
-fn expert_parallel(report: &mut Report, data: &(ByteDataset, ByteDataset), args: &Args) -> Result<()> {
+fn expert_parallel(report: &mut Report, data: &(TokenDataset, TokenDataset), args: &Args) -> Result<()> {
     let config = ModelConfig::preset(Arch::Switch);
     let steps = 5;
     let single = train(args, &config, data, steps, Precision::F32)?;
@@ -222,7 +222,7 @@ fn expert_parallel(report: &mut Report, data: &(ByteDataset, ByteDataset), args:
     Ok(())
 }
 
-fn determinism(report: &mut Report, data: &(ByteDataset, ByteDataset), args: &Args) -> Result<()> {
+fn determinism(report: &mut Report, data: &(TokenDataset, TokenDataset), args: &Args) -> Result<()> {
     let config = ModelConfig::preset(Arch::AltUpMoe);
     let steps = 6;
     let a = train(args, &config, data, steps, Precision::F32)?;

@@ -29,7 +29,7 @@ struct Args {
     /// Shakespeare's plays, as in training].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Validation windows of 128 bytes to route (in batches of 16).
+    /// Validation windows of 128 tokens to route (in batches of 16).
     #[arg(long, default_value_t = 64)]
     windows: usize,
     /// cpu, cuda, cuda:N, or auto.
@@ -60,14 +60,19 @@ fn params(out: &mut String, model: &LanguageModel) {
 }
 
 /// Tokens per expert, dropped fraction and router entropy per MoE layer over validation windows.
-fn utilisation(out: &mut String, model: &LanguageModel, args: &Args) -> altup_moe::Result<()> {
+fn utilisation(
+    out: &mut String,
+    model: &LanguageModel,
+    tokenizer: &altup_moe::train::TextTokenizer,
+    args: &Args,
+) -> altup_moe::Result<()> {
     let config = model.config();
     let Some(moe) = &config.moe else {
         report!(out, "\n## Experts\n\nNo MoE layers.");
         return Ok(());
     };
     let (path, corpus) = load_corpus(args.data.as_deref())?;
-    let (_, val) = corpus.split(0.1)?;
+    let val = tokenizer.dataset(corpus.split_text(0.1)?.1)?;
     let seq_len = 128.min(config.max_seq_len);
     let batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;
     let mut per_layer: Vec<(usize, Vec<i64>, f64, f64)> = Vec::new(); // layer, counts, dropped, entropy
@@ -92,7 +97,7 @@ fn utilisation(out: &mut String, model: &LanguageModel, args: &Args) -> altup_mo
     let n = batches.len() as f64;
     report!(
         out,
-        "\n## Experts\n\n{} experts, top-{}, capacity factor {} (evaluation: {}); routed {} validation windows of {seq_len} bytes from {}. Share = an expert's part of the assignments (uniform = {:.1}%); entropy in nats (uniform = {:.2}).\n",
+        "\n## Experts\n\n{} experts, top-{}, capacity factor {} (evaluation: {}); routed {} validation windows of {seq_len} tokens from {}. Share = an expert's part of the assignments (uniform = {:.1}%); entropy in nats (uniform = {:.2}).\n",
         moe.num_experts,
         moe.top_k,
         moe.capacity_factor.map_or("none (dropless)".to_string(), |c| c.to_string()),
@@ -213,7 +218,7 @@ fn inspect_main(args: &Args) -> altup_moe::Result<String> {
         c.max_seq_len
     );
     params(out, &loaded.model);
-    utilisation(out, &loaded.model, args)?;
+    utilisation(out, &loaded.model, &loaded.tokenizer, args)?;
     altup(out, &loaded.model)?;
     Ok(std::mem::take(out))
 }

@@ -16,6 +16,7 @@ use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::moe::MoeConfig;
 use altup_moe::train::{run, CheckpointMeta, EvalRecord, RunOptions, Silent, TrainConfig, Trainer};
 use clap::Parser;
+use common::curves::read_metrics;
 use common::{device_name, load_corpus, parse_device, plot_err};
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -86,21 +87,11 @@ fn variants() -> Vec<(&'static str, ModelConfig)> {
 fn finished(out: &Path, config: &ModelConfig, tc: &TrainConfig) -> bool {
     let Ok(meta) = CheckpointMeta::read(out) else { return false };
     let same_model = meta.model_config::<ModelConfig>().is_ok_and(|c| &c == config);
-    let last_eval = read_metrics(&out.join("metrics.jsonl")).ok().and_then(|mut r| r.pop());
+    let last_eval = read_metrics(out).ok().and_then(|mut r| r.pop());
     same_model
         && &meta.train_config == tc
         && meta.state.step == tc.steps
         && last_eval.is_some_and(|r| r.step == tc.steps)
-}
-
-fn read_metrics(path: &Path) -> altup_moe::Result<Vec<EvalRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| altup_moe::Error::io(path, e))?;
-    text.lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .map_err(|source| altup_moe::Error::Json { context: path.display().to_string(), source })
-        })
-        .collect()
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -207,7 +198,7 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
             };
             let started = std::time::Instant::now();
             run(&mut trainer, None, &options, &mut Silent)?;
-            let last = read_metrics(&out.join("metrics.jsonl"))?.pop();
+            let last = read_metrics(&out)?.pop();
             eprintln!(
                 "{name:<20} seed {seed}: val bpb {:.4} in {:.0} s",
                 last.map_or(f64::NAN, |r| r.val_bpb),
@@ -229,7 +220,14 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
     let (mut by_step, mut by_time) = (Vec::new(), Vec::new());
     for (name, config) in variants {
         let runs: Vec<Vec<EvalRecord>> = (0..args.seeds)
-            .map(|seed| read_metrics(&args.runs.join(format!("{name}-seed{seed}")).join("metrics.jsonl")))
+            .map(|seed| {
+                let dir = args.runs.join(format!("{name}-seed{seed}"));
+                let records = read_metrics(&dir)?;
+                match records.is_empty() {
+                    true => Err(altup_moe::Error::Data(format!("{} holds no metrics.jsonl records", dir.display()))),
+                    false => Ok(records),
+                }
+            })
             .collect::<altup_moe::Result<_>>()?;
         let finals: Vec<f64> = runs.iter().filter_map(|r| r.last().map(|x| x.val_bpb)).collect();
         let step_time: Vec<f64> = runs.iter().filter_map(|r| r.last().map(|x| x.elapsed_s / x.step as f64)).collect();

@@ -17,7 +17,7 @@ mod common;
 use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
 use altup_moe::moe::ExpertParallel;
-use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, Trainer};
+use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, Trainer};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};
 use common::{data_description, device_name, ensure_flag, human, load_corpus, parse_device, progress_bar, Progress};
@@ -69,7 +69,7 @@ struct Args {
     /// Stop after this step with a checkpoint, as if interrupted (resume later with --resume).
     #[arg(long)]
     stop_after: Option<u64>,
-    /// Bytes to generate after training (0 to skip).
+    /// Tokens to generate after training (0 to skip).
     #[arg(long, default_value_t = 300)]
     sample_len: usize,
     /// Intra-op threads for libtorch [default: libtorch's choice].
@@ -116,7 +116,6 @@ fn train_main(
         altup_moe::runtime::set_deterministic(true);
     }
     let (data_path, corpus) = load_corpus(args.data.as_deref())?;
-    let (train, val) = corpus.split(0.1)?;
     let data = data_description(&data_path, &corpus);
     let start = match (&args.resume, args.overwrite) {
         (Some(path), _) => RunStart::Resume(path.clone()),
@@ -124,6 +123,16 @@ fn train_main(
         (None, false) => RunStart::Fresh,
     };
     let folder = RunFolder::open(args.out.as_deref(), start)?;
+    let (train_text, val_text) = corpus.split_text(0.1)?;
+    if folder.checkpoint().is_none() && matches!(args.schedule.tokenizer, TokenizerSpec::Bpe(_)) {
+        say!(
+            "training a {} tokenizer on the training split ({} bytes)",
+            args.schedule.tokenizer,
+            human(train_text.len())
+        );
+    }
+    let tokenizer = folder.tokenizer(&args.schedule.tokenizer, &String::from_utf8_lossy(train_text))?;
+    let (train, val) = (tokenizer.dataset(train_text)?, tokenizer.dataset(val_text)?);
     let (config, train_config) = match (folder.checkpoint(), folder.resumed_train_config(args.steps, &data)?) {
         (Some(meta), Some(train_config)) => {
             warn_ignored(
@@ -154,7 +163,9 @@ fn train_main(
             }
             let (s, steps) = (&args.schedule, args.steps.unwrap_or(1200));
             let train_config = s.train_config(steps, &args.moe, &data);
-            (model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?, train_config)
+            let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
+            config.vocab_size = tokenizer.vocab_size();
+            (config, train_config)
         }
     };
     if let Some(stop) = args.stop_after {
@@ -175,7 +186,7 @@ fn train_main(
 
     let counts = model.param_counts();
     say!(
-        "{} | {} params ({} active per token) | device {} | data {} ({} files, {} train / {} val bytes)",
+        "{} | {} params ({} active per token) | device {} | data {} ({} files, {} train / {} val tokens, {:.2} bytes per token)",
         match folder.checkpoint() {
             Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
             None => format!("arch {}", args.model.arch),
@@ -190,14 +201,16 @@ fn train_main(
         corpus.files.len(),
         human(train.len()),
         human(val.len()),
+        val.bytes_per_token(),
     );
     folder.write_configs(&config, &train_config, parallel.as_ref())?;
+    folder.write_tokenizer(&tokenizer, parallel.as_ref())?;
     let bar = progress_bar(train_config.steps, trainer.step_count());
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let options = folder.options(Some(args.save_every), args.keep_checkpoints as usize, args.stop_after);
-    let mut progress = Progress { bar: &bar };
+    let mut progress = Progress { bar: &bar, run_dir: Some(folder.dir()) };
     let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
     let result = run(&mut trainer, resumed, &options, observer);
     bar.finish_and_clear();
@@ -214,18 +227,16 @@ fn train_main(
     );
     if args.sample_len > 0 {
         // Prompt: up to 64 bytes of validation text, starting at a line.
-        let text = val.bytes();
-        let start = text.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1).min(text.len().saturating_sub(1));
-        let prompt: Vec<i64> = text[start..].iter().take(64).map(|&b| b as i64).collect();
+        let text = String::from_utf8_lossy(val_text);
+        let from = text.find('\n').map_or(0, |i| i + 1).min(text.len().saturating_sub(1));
+        let end = (from..=(from + 64).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(from);
+        let prompt: Vec<i64> = tokenizer.encode(&text[from..end])?.into_iter().map(i64::from).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(train_config.seed);
         let tokens = model.generate(&prompt, args.sample_len, Sampling::default(), &mut rng)?;
         if main_rank {
-            println!("--- prompt (validation text) ---\n{}", common::show_bytes(&tokens[..prompt.len()]));
-            println!(
-                "--- sample ({} generated bytes) ---\n{}",
-                args.sample_len,
-                common::show_bytes(&tokens[prompt.len()..])
-            );
+            let show = |ids: &[i64]| tokenizer.decode(ids).map(|t| common::printable(&t));
+            println!("--- prompt (validation text) ---\n{}", show(&tokens[..prompt.len()])?);
+            println!("--- sample ({} generated tokens) ---\n{}", args.sample_len, show(&tokens[prompt.len()..])?);
         }
     }
     Ok(())

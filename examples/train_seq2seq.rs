@@ -184,7 +184,7 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let options = folder.options(Some(args.save_every), 2, None);
-    let mut progress = Progress { bar: &bar };
+    let mut progress = Progress { bar: &bar, run_dir: Some(folder.dir()) };
     let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
     let result = run(&mut trainer, None, &options, observer);
     bar.finish_and_clear();
@@ -199,7 +199,7 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
     // Reconstruct one corrupted validation window (every rank takes part: the MoE layers exchange
     // rows; greedy decoding gives every rank the same tokens).
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let window = &val.bytes()[..args.seq_len.min(val.len())];
+    let window = &val.bytes().expect("byte-level data")[..args.seq_len.min(val.len())];
     let mask = corruption.noise_mask(window.len(), &mut rng)?;
     let (input, target) = corruption.apply(window, &mask)?;
     let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };

@@ -4,7 +4,7 @@
 mod common;
 
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TokenDataset, TrainConfig, Trainer};
 use common::device;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +24,7 @@ fn tiny() -> ModelConfig {
     c
 }
 
-fn data() -> (ByteDataset, ByteDataset) {
+fn data() -> (TokenDataset, TokenDataset) {
     common::text_splits("Out, out, brief candle! Life's but a walking shadow. ", 40)
 }
 

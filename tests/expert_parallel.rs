@@ -16,7 +16,7 @@ use altup_moe::moe::{
 };
 use altup_moe::nn::{Activation, InitScheme};
 use altup_moe::train::{
-    run, ByteDataset, CheckpointMeta, RunOptions, Silent, SpanCorruption, SpanCorruptionTask, Task, TrainConfig,
+    run, CheckpointMeta, RunOptions, Silent, SpanCorruption, SpanCorruptionTask, Task, TokenDataset, TrainConfig,
     Trainer,
 };
 use common::device;
@@ -142,7 +142,7 @@ impl Trained {
     }
 }
 
-fn train_data() -> (ByteDataset, ByteDataset) {
+fn train_data() -> (TokenDataset, TokenDataset) {
     common::text_splits("Now is the winter of our discontent made glorious summer by this sun of York. ", 30)
 }
 
@@ -205,7 +205,7 @@ fn train_run(kind: Trained, out: &Path, parallel: Option<ExpertParallel>) {
 fn drive<T: Task>(
     vs: &VarStore,
     task: &T,
-    (train, val): (&ByteDataset, &ByteDataset),
+    (train, val): (&TokenDataset, &TokenDataset),
     config: TrainConfig,
     out: &Path,
     stop_after: Option<u64>,

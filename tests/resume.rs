@@ -4,7 +4,7 @@
 mod common;
 
 use altup_moe::moe::{Balancing, MoeConfig};
-use altup_moe::train::{run, ByteDataset, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TokenDataset, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error,
@@ -31,7 +31,7 @@ fn tiny() -> ModelConfig {
     c
 }
 
-fn data() -> (ByteDataset, ByteDataset) {
+fn data() -> (TokenDataset, TokenDataset) {
     common::text_splits("Now is the winter of our discontent made glorious summer by this sun of York. ", 30)
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::{load_weights, save_weights, ByteDataset, TrainConfig, Trainer};
+use altup_moe::train::{load_weights, save_weights, TokenDataset, TrainConfig, Trainer};
 use common::{device, on_cpu};
 use tch::nn::VarStore;
 
@@ -21,7 +21,7 @@ fn tiny(arch: Arch) -> ModelConfig {
     c
 }
 
-fn text() -> (ByteDataset, ByteDataset) {
+fn text() -> (TokenDataset, TokenDataset) {
     let verse = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: \
                  Rough winds do shake the darling buds of May, and summer's lease hath all too short a date. ";
     common::text_splits(verse, 40)

@@ -11,7 +11,7 @@ use altup_moe::model::Precision;
 use altup_moe::model::{Arch, ModelConfig};
 use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
-use altup_moe::train::TrainConfig;
+use altup_moe::train::{TokenizerSpec, TrainConfig};
 use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Command, ValueEnum};
@@ -42,7 +42,7 @@ pub struct ModelFlags {
     pub sequence_stride: usize,
 }
 
-/// The training schedule (taken from the checkpoint with --resume).
+/// The training run's settings (taken from the checkpoint with --resume).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScheduleFlags {
     /// Sequences per micro-batch.
@@ -55,7 +55,7 @@ pub struct ScheduleFlags {
     /// residual stream); weights stay f32.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     pub dtype: Precision,
-    /// Bytes per sequence (also the model's maximum context).
+    /// Tokens per sequence (bytes with the default tokenizer; also the model's maximum context).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
     pub seq_len: usize,
     /// Peak learning rate (linear warmup, cosine decay to 10%).
@@ -70,6 +70,10 @@ pub struct ScheduleFlags {
     /// Evaluate every this many steps (and after the last one).
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
+    /// Tokenizer: bytes (256 ids), bpe:N (a byte-level BPE of N ids trained on the training
+    /// split, saved as tokenizer.json in the run folder), or the path of a tokenizer.json.
+    #[arg(long, default_value = "bytes")]
+    pub tokenizer: TokenizerSpec,
     /// Validation batches per evaluation.
     #[arg(long, default_value_t = 16)]
     pub eval_batches: usize,
@@ -93,6 +97,7 @@ impl ScheduleFlags {
             load_balancing_coef: moe.load_balancing_coef(),
             z_loss_coef: moe.z_loss_coef,
             data: data.to_string(),
+            tokenizer: self.tokenizer.clone(),
             ..TrainConfig::default()
         }
     }

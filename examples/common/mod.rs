@@ -1,6 +1,7 @@
 //! Helpers shared by the example programs: flag parsers, data loading, progress output.
 #![allow(dead_code)]
 
+pub mod curves;
 pub mod flags;
 
 use altup_moe::model::Precision;
@@ -166,9 +167,11 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
-/// Progress bar and evaluation lines.
+/// Progress bar and evaluation lines; with `run_dir`, `curves.svg` redrawn there after every
+/// evaluation.
 pub struct Progress<'a> {
     pub bar: &'a ProgressBar,
+    pub run_dir: Option<&'a Path>,
 }
 
 impl Observer for Progress<'_> {
@@ -193,6 +196,12 @@ impl Observer for Progress<'_> {
                 }
             ),
         );
+        if let Some(dir) = self.run_dir {
+            // A plot that cannot be drawn must not stop training.
+            if let Err(e) = curves::write_curves(dir) {
+                log(self.bar, format!("warning: {}/curves.svg not written: {e}", dir.display()));
+            }
+        }
     }
 
     fn on_checkpoint(&mut self, dir: &std::path::Path) {
@@ -244,14 +253,9 @@ fn timed_runs(warmup: usize, runs: usize, mut f: impl FnMut() -> altup_moe::Resu
     Ok(times)
 }
 
-/// Byte ids as text for the terminal: invalid UTF-8 and control characters (except newline
-/// and tab) shown as U+FFFD.
-pub fn show_bytes(ids: &[i64]) -> String {
-    let bytes: Vec<u8> = ids.iter().map(|&t| t as u8).collect();
-    String::from_utf8_lossy(&bytes)
-        .chars()
-        .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{fffd}' } else { c })
-        .collect()
+/// Text for the terminal: control characters (except newline and tab) shown as U+FFFD.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{fffd}' } else { c }).collect()
 }
 
 /// The median of per-pair ratios `b[i] / a[i]` of interleaved timings (A B A B …) with a

@@ -4,6 +4,7 @@ use crate::error::{ensure_config, Result};
 use crate::model::Precision;
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::LrSchedule;
+use crate::train::tokenizer::TokenizerSpec;
 use serde::{Deserialize, Serialize};
 
 /// Training hyper-parameters.
@@ -43,6 +44,9 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Description of the training data (e.g. path, files, bytes), recorded for provenance.
     pub data: String,
+    /// The tokenizer the run was started with (a subword tokenizer itself is stored in the run
+    /// folder as `tokenizer.json`; older configs without this field trained on bytes).
+    pub tokenizer: TokenizerSpec,
 }
 
 impl Default for TrainConfig {
@@ -64,6 +68,7 @@ impl Default for TrainConfig {
             seed: 0,
             precision: Precision::F32,
             data: String::new(),
+            tokenizer: TokenizerSpec::Bytes,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Byte-level text data: loading a corpus (a UTF-8 file or a folder of them), the fixed 90/10
-//! train/validation split, and batches of `[B, T]` input/target windows.
+//! Text data: loading a corpus (a UTF-8 file or a folder of them), the fixed 90/10
+//! train/validation split, and batches of `[B, T]` input/target windows of token ids.
 
 use crate::error::{Error, Result};
 use rand::Rng;
@@ -55,16 +55,31 @@ impl Corpus {
         Ok(Self { bytes, files })
     }
 
-    /// Splits the bytes at `⌊(1 − val_fraction) · len⌋`: the first part trains, the rest validates.
+    /// Splits the bytes at `⌊(1 − val_fraction) · len⌋`: the first part trains, the rest validates
+    /// (as byte datasets; see [`Corpus::split_text`] for other tokenizers).
     ///
     /// # Errors
     /// [`Error::Data`] if `val_fraction` is not in `(0, 1)`.
-    pub fn split(&self, val_fraction: f64) -> Result<(ByteDataset, ByteDataset)> {
+    pub fn split(&self, val_fraction: f64) -> Result<(TokenDataset, TokenDataset)> {
+        let (train, val) = self.split_text(val_fraction)?;
+        Ok((TokenDataset::new(train.to_vec()), TokenDataset::new(val.to_vec())))
+    }
+
+    /// The training and validation text of [`Corpus::split`], before tokenization: the cut
+    /// moves back to the start of a UTF-8 character if it falls inside one (never for ASCII).
+    ///
+    /// # Errors
+    /// As [`Corpus::split`].
+    pub fn split_text(&self, val_fraction: f64) -> Result<(&[u8], &[u8])> {
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
             return Err(Error::Data(format!("validation fraction ({val_fraction}) must be in (0, 1)")));
         }
-        let cut = ((1.0 - val_fraction) * self.bytes.len() as f64).floor() as usize;
-        Ok((ByteDataset::new(self.bytes[..cut].to_vec()), ByteDataset::new(self.bytes[cut..].to_vec())))
+        let mut cut = ((1.0 - val_fraction) * self.bytes.len() as f64).floor() as usize;
+        // UTF-8 continuation bytes are 0b10xxxxxx.
+        while cut > 0 && cut < self.bytes.len() && self.bytes[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        Ok(self.bytes.split_at(cut))
     }
 }
 
@@ -143,38 +158,99 @@ pub struct Batch {
     pub targets: Tensor,
 }
 
-/// A byte sequence to draw training or evaluation windows from.
+/// Token ids in memory: bytes as they are, or wider ids.
 #[derive(Debug, Clone)]
-pub struct ByteDataset {
-    bytes: Vec<u8>,
+enum TokenIds {
+    U8(Vec<u8>),
+    U32(Vec<u32>),
 }
 
-impl ByteDataset {
-    /// Wraps bytes.
+/// A token sequence to draw training or evaluation windows from, with the number of bytes of
+/// text it came from (so that losses convert to bits per byte whatever the tokenizer).
+#[derive(Debug, Clone)]
+pub struct TokenDataset {
+    ids: TokenIds,
+    vocab_size: usize,
+    text_bytes: usize,
+}
+
+impl TokenDataset {
+    /// Bytes as tokens: id = byte value, 256 ids, one byte per token.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Self { bytes }
+        let text_bytes = bytes.len();
+        Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes }
     }
 
-    /// Number of bytes.
+    /// Ids of a tokenizer with `vocab_size` ids, tokenized from `text_bytes` bytes of text.
+    ///
+    /// # Errors
+    /// [`Error::Data`] naming the first id outside `0..vocab_size`.
+    pub fn from_ids(ids: Vec<u32>, vocab_size: usize, text_bytes: usize) -> Result<Self> {
+        if let Some((i, bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab_size) {
+            return Err(Error::Data(format!(
+                "token id {bad} at position {i} is outside the vocabulary of {vocab_size} ids"
+            )));
+        }
+        Ok(Self { ids: TokenIds::U32(ids), vocab_size, text_bytes })
+    }
+
+    /// Number of tokens.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        match &self.ids {
+            TokenIds::U8(v) => v.len(),
+            TokenIds::U32(v) => v.len(),
+        }
     }
 
-    /// Whether the dataset holds no bytes.
+    /// Whether the dataset holds no tokens.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len() == 0
     }
 
-    /// The raw bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// Ids are below this (256 for bytes).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Bytes of text the tokens stand for.
+    pub fn text_bytes(&self) -> usize {
+        self.text_bytes
+    }
+
+    /// Bytes of text per token (1 for bytes): bits per byte = loss / ln 2 / this.
+    pub fn bytes_per_token(&self) -> f64 {
+        if self.is_empty() {
+            1.0
+        } else {
+            self.text_bytes as f64 / self.len() as f64
+        }
+    }
+
+    /// The raw bytes of a byte-level dataset (`None` for subword ids).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.ids {
+            TokenIds::U8(v) => Some(v),
+            TokenIds::U32(_) => None,
+        }
+    }
+
+    /// Tokens `start .. start + len` as i64 ids.
+    ///
+    /// # Panics
+    /// Never for ranges inside the dataset; callers check lengths first.
+    pub fn window(&self, start: usize, len: usize) -> Vec<i64> {
+        match &self.ids {
+            TokenIds::U8(v) => v[start..start + len].iter().map(|&x| x as i64).collect(),
+            TokenIds::U32(v) => v[start..start + len].iter().map(|&x| x as i64).collect(),
+        }
     }
 
     fn check_len(&self, seq_len: usize, what: &str) -> Result<()> {
-        if seq_len == 0 || self.bytes.len() < seq_len + 1 {
+        if seq_len == 0 || self.len() < seq_len + 1 {
             return Err(Error::Data(format!(
-                "the {what} split holds {} bytes, fewer than seq_len + 1 = {}; use more data or a shorter --seq-len",
-                self.bytes.len(),
+                "the {what} split holds {} {}, fewer than seq_len + 1 = {}; use more data or a shorter --seq-len",
+                self.len(),
+                if self.bytes().is_some() { "bytes" } else { "tokens" },
                 seq_len + 1
             )));
         }
@@ -186,8 +262,9 @@ impl ByteDataset {
         let mut inputs = Vec::with_capacity(starts.len() * seq_len);
         let mut targets = Vec::with_capacity(starts.len() * seq_len);
         for &s in starts {
-            inputs.extend(self.bytes[s..s + seq_len].iter().map(|&x| x as i64));
-            targets.extend(self.bytes[s + 1..s + seq_len + 1].iter().map(|&x| x as i64));
+            let w = self.window(s, seq_len + 1);
+            inputs.extend_from_slice(&w[..seq_len]);
+            targets.extend_from_slice(&w[1..]);
         }
         let t = seq_len as i64;
         Ok(Batch {
@@ -199,10 +276,10 @@ impl ByteDataset {
     /// `batch_size` windows at uniformly random offsets.
     ///
     /// # Errors
-    /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` bytes.
+    /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` tokens.
     pub fn random_batch(&self, batch_size: usize, seq_len: usize, rng: &mut impl Rng, device: Device) -> Result<Batch> {
         self.check_len(seq_len, "training")?;
-        let max_start = self.bytes.len() - seq_len - 1;
+        let max_start = self.len() - seq_len - 1;
         let starts: Vec<usize> = (0..batch_size).map(|_| rng.random_range(0..=max_start)).collect();
         self.batch_from_starts(&starts, seq_len, device)
     }
@@ -211,7 +288,7 @@ impl ByteDataset {
     /// dataset (the same windows every call, so evaluations are comparable).
     ///
     /// # Errors
-    /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` bytes.
+    /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` tokens.
     pub fn eval_batches(
         &self,
         batch_size: usize,
@@ -220,7 +297,7 @@ impl ByteDataset {
         device: Device,
     ) -> Result<Vec<Batch>> {
         self.check_len(seq_len, "validation")?;
-        let available = (self.bytes.len() - 1) / seq_len;
+        let available = (self.len() - 1) / seq_len;
         let wanted = (batch_size * max_batches).min(available).max(1);
         let stride = available / wanted;
         let starts: Vec<usize> = (0..wanted).map(|i| i * stride * seq_len).collect();
@@ -235,7 +312,7 @@ mod tests {
 
     #[test]
     fn targets_are_inputs_shifted_by_one() {
-        let data = ByteDataset::new((0u8..100).collect());
+        let data = TokenDataset::new((0u8..100).collect());
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let batch = data.random_batch(3, 10, &mut rng, Device::Cpu).unwrap();
         assert_eq!(batch.inputs.size(), vec![3, 10]);
@@ -244,7 +321,7 @@ mod tests {
 
     #[test]
     fn eval_windows_do_not_overlap_and_cover_the_split() {
-        let data = ByteDataset::new((0u8..=200).collect());
+        let data = TokenDataset::new((0u8..=200).collect());
         let batches = data.eval_batches(4, 10, 100, Device::Cpu).unwrap();
         let starts: Vec<i64> =
             batches.iter().flat_map(|b| Vec::<i64>::try_from(b.inputs.select(1, 0)).unwrap()).collect();
@@ -253,7 +330,7 @@ mod tests {
 
     #[test]
     fn too_little_data_is_a_clear_error() {
-        let data = ByteDataset::new(vec![b'a'; 5]);
+        let data = TokenDataset::new(vec![b'a'; 5]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let err = data.random_batch(1, 8, &mut rng, Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("holds 5 bytes, fewer than seq_len + 1 = 9"), "{err}");

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::model::{LanguageModel, ModelConfig, Seq2SeqConfig, Seq2SeqModel};
 use crate::train::checkpoint::find_checkpoint;
+use crate::train::tokenizer::TextTokenizer;
 use crate::train::weights::load_weights;
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device};
@@ -17,6 +18,9 @@ pub struct Loaded<M> {
     pub model: M,
     /// The weights file that was read.
     pub weights: PathBuf,
+    /// The tokenizer the model was trained with: the `tokenizer.json` beside the weights or in
+    /// the run folder of a `step-*` checkpoint; bytes when there is none.
+    pub tokenizer: TextTokenizer,
 }
 
 /// A model of either kind, as [`load_model`] finds it.
@@ -77,6 +81,25 @@ fn is_encoder_decoder(config: &Path) -> Result<bool> {
     Ok(parts.encoder.is_some() && parts.decoder.is_some())
 }
 
+/// The tokenizer of the model whose weights are `weights` (see [`Loaded::tokenizer`]), checked
+/// against the model's vocabulary of `vocab_size` ids.
+fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<TextTokenizer> {
+    let dir = weights.parent().unwrap_or(Path::new("."));
+    let run = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
+    let tokenizer = match run {
+        Some(run) if !dir.join(TextTokenizer::FILE).is_file() => TextTokenizer::from_folder(run)?,
+        _ => TextTokenizer::from_folder(dir)?,
+    };
+    if tokenizer.vocab_size() > vocab_size {
+        return Err(Error::Data(format!(
+            "the tokenizer next to {} has {} ids but the model's vocab_size is {vocab_size}",
+            weights.display(),
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok(tokenizer)
+}
+
 fn read_seq2seq_config(path: &Path) -> Result<Seq2SeqConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let config: Seq2SeqConfig =
@@ -104,7 +127,8 @@ impl LanguageModel {
         let vs = VarStore::new(device);
         let model = LanguageModel::new(&vs.root(), &config)?;
         load_weights(&vs, &weights)?;
-        Ok(Loaded { vs, model, weights })
+        let tokenizer = tokenizer_of(&weights, config.vocab_size)?;
+        Ok(Loaded { vs, model, weights, tokenizer })
     }
 }
 
@@ -125,7 +149,8 @@ impl Seq2SeqModel {
         let vs = VarStore::new(device);
         let model = Seq2SeqModel::new(&vs.root(), &config)?;
         load_weights(&vs, &weights)?;
-        Ok(Loaded { vs, model, weights })
+        let tokenizer = tokenizer_of(&weights, config.decoder.vocab_size)?;
+        Ok(Loaded { vs, model, weights, tokenizer })
     }
 }
 

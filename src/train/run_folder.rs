@@ -9,6 +9,7 @@ use crate::moe::ExpertParallel;
 use crate::train::checkpoint::{find_checkpoint, CheckpointMeta};
 use crate::train::config::TrainConfig;
 use crate::train::run::RunOptions;
+use crate::train::tokenizer::{TextTokenizer, TokenizerSpec};
 use crate::train::weights::{save_json, save_weights_gathered};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
@@ -159,6 +160,43 @@ impl RunFolder {
         let path = self.dir.join("model.safetensors");
         save_weights_gathered(vs, parallel, &path)?;
         Ok(path)
+    }
+
+    /// The run's tokenizer. A new run makes it from `spec` (a BPE is trained on `train_text`,
+    /// the training split only); a resumed run reads the `tokenizer.json` of the resumed run's
+    /// folder (bytes when its training config says bytes).
+    ///
+    /// # Errors
+    /// As [`TextTokenizer::from_spec`]; [`Error::Data`] when a resumed subword run's
+    /// `tokenizer.json` is missing.
+    pub fn tokenizer(&self, spec: &TokenizerSpec, train_text: &str) -> Result<TextTokenizer> {
+        let Some(meta) = &self.checkpoint else { return TextTokenizer::from_spec(spec, train_text) };
+        if meta.train_config.tokenizer == TokenizerSpec::Bytes {
+            return Ok(TextTokenizer::Bytes);
+        }
+        let path = run_folder_of(&meta.dir).join(TextTokenizer::FILE);
+        if !path.is_file() {
+            return Err(Error::Data(format!(
+                "the run {} was trained with tokenizer {} but {} is missing",
+                meta.dir.display(),
+                meta.train_config.tokenizer,
+                path.display()
+            )));
+        }
+        TextTokenizer::from_file(&path)
+    }
+
+    /// Writes a subword tokenizer as `tokenizer.json` in the folder (nothing for bytes); rank 0
+    /// only under expert parallelism.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file.
+    pub fn write_tokenizer(&self, tokenizer: &TextTokenizer, parallel: Option<&ExpertParallel>) -> Result<()> {
+        if parallel.is_some_and(|p| p.rank() != 0) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        tokenizer.save_to_folder(&self.dir)
     }
 
     /// The newest complete checkpoint in the folder, if any (to name after a failure).

@@ -12,7 +12,7 @@
 //! ```
 
 use crate::error::{ensure_config, Error, Result};
-use crate::train::data::ByteDataset;
+use crate::train::data::TokenDataset;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -150,13 +150,13 @@ impl SpanCorruption {
     /// [`Error::Data`] if the dataset is shorter than a window.
     pub fn batch(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         window: usize,
         rng: &mut impl Rng,
         device: Device,
     ) -> Result<Seq2SeqBatch> {
-        let bytes = data.bytes();
+        let bytes = byte_text(data)?;
         if bytes.len() < window {
             return Err(Error::Data(format!(
                 "the split holds {} bytes, fewer than the {window}-byte window",
@@ -174,14 +174,14 @@ impl SpanCorruption {
     /// [`Error::Data`] if the dataset is shorter than a window.
     pub fn eval_batches(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         window: usize,
         max_batches: usize,
         rng: &mut impl Rng,
         device: Device,
     ) -> Result<Vec<Seq2SeqBatch>> {
-        let bytes = data.bytes();
+        let bytes = byte_text(data)?;
         if bytes.len() < window {
             return Err(Error::Data(format!(
                 "the split holds {} bytes, fewer than the {window}-byte window",
@@ -236,6 +236,16 @@ fn segment(n: usize, k: usize, rng: &mut impl Rng) -> Vec<usize> {
     lengths
 }
 
+/// The bytes of a byte-level dataset: span corruption's sentinels follow the 256 byte ids.
+fn byte_text(data: &TokenDataset) -> Result<&[u8]> {
+    data.bytes().ok_or_else(|| {
+        Error::Data(format!(
+            "span corruption trains on bytes, but the dataset holds ids of a {}-id tokenizer",
+            data.vocab_size()
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,14 +281,14 @@ mod tests {
     #[test]
     fn batches_shift_the_target_right_after_the_start_id() {
         let sc = SpanCorruption::default();
-        let data = ByteDataset::new((0..200u32).map(|i| (i % 251) as u8).collect());
+        let data = TokenDataset::new((0..200u32).map(|i| (i % 251) as u8).collect());
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let batch = sc.batch(&data, 3, 40, &mut rng, Device::Cpu).unwrap();
         assert_eq!(batch.src.size(), vec![3, 36]);
         assert_eq!(batch.tgt_in.size(), vec![3, 9]);
         assert!(batch.tgt_in.select(1, 0).eq(sc.decoder_start()).all().int64_value(&[]) == 1);
         assert!(batch.tgt_in.narrow(1, 1, 8).equal(&batch.tgt_out.narrow(1, 0, 8)));
-        let too_short = sc.batch(&ByteDataset::new(vec![1; 10]), 1, 40, &mut rng, Device::Cpu).unwrap_err();
+        let too_short = sc.batch(&TokenDataset::new(vec![1; 10]), 1, 40, &mut rng, Device::Cpu).unwrap_err();
         assert!(too_short.to_string().contains("holds 10 bytes, fewer than the 40-byte window"), "{too_short}");
     }
 }

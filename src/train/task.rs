@@ -5,7 +5,7 @@
 use crate::error::{ensure_config, Error, Result};
 use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel, StackContext, StackKind};
 use crate::moe::ExpertParallel;
-use crate::train::data::{Batch, ByteDataset};
+use crate::train::data::{Batch, TokenDataset};
 use crate::train::span_corruption::{Seq2SeqBatch, SpanCorruption};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -37,12 +37,12 @@ pub trait Task {
     /// The compute precision of the model.
     fn precision(&self) -> Precision;
 
-    /// Checks that windows of `seq_len` bytes fit the model (their length, and the ids its
-    /// batches will hold).
+    /// Checks that windows of `seq_len` tokens fit the model (their length) and that the ids of
+    /// data with `data_vocab` ids are valid for it.
     ///
     /// # Errors
     /// [`Error::Config`] naming the limit.
-    fn check_seq_len(&self, seq_len: usize) -> Result<()>;
+    fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()>;
 
     /// A random training batch of `batch_size` windows of `seq_len` bytes.
     ///
@@ -50,7 +50,7 @@ pub trait Task {
     /// [`Error::Data`] if the data is too short.
     fn sample_batch(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         seq_len: usize,
         rng: &mut StdRng,
@@ -63,7 +63,7 @@ pub trait Task {
     /// [`Error::Data`] if the data is too short.
     fn eval_batches(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         seq_len: usize,
         max_batches: usize,
@@ -136,18 +136,22 @@ impl Task for LanguageModel {
         LanguageModel::precision(self)
     }
 
-    fn check_seq_len(&self, seq_len: usize) -> Result<()> {
+    fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()> {
         let max = self.config().max_seq_len;
         ensure_config(seq_len <= max, || format!("seq_len ({seq_len}) must be <= the model's max_seq_len ({max})"))?;
-        // Batches hold bytes: with V ≥ 256 every id is valid, and the forward pass need not
-        // check them (a host read per step).
+        // Batches hold ids below the data's vocabulary: with V ≥ that every id is valid, and the
+        // forward pass need not check them (a host read per step).
         let vocab = self.config().vocab_size;
-        ensure_config(vocab >= 256, || format!("vocab_size ({vocab}) must be at least 256 to train on bytes"))
+        ensure_config(vocab >= data_vocab, || {
+            format!(
+                "vocab_size ({vocab}) must be at least the data's {data_vocab} token ids (the tokenizer's vocabulary)"
+            )
+        })
     }
 
     fn sample_batch(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         seq_len: usize,
         rng: &mut StdRng,
@@ -158,7 +162,7 @@ impl Task for LanguageModel {
 
     fn eval_batches(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         seq_len: usize,
         max_batches: usize,
@@ -222,8 +226,11 @@ impl Task for SpanCorruptionTask<'_> {
         self.model.precision()
     }
 
-    fn check_seq_len(&self, seq_len: usize) -> Result<()> {
+    fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()> {
         self.corruption.validate()?;
+        ensure_config(data_vocab <= 256, || {
+            format!("span corruption trains on bytes, but the data holds ids of a {data_vocab}-id tokenizer")
+        })?;
         let (src, tgt) = self.corruption.lengths(seq_len)?;
         let config = self.model.config();
         ensure_config(config.encoder.vocab_size >= self.corruption.vocab_size(), || {
@@ -247,7 +254,7 @@ impl Task for SpanCorruptionTask<'_> {
 
     fn sample_batch(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         seq_len: usize,
         rng: &mut StdRng,
@@ -258,7 +265,7 @@ impl Task for SpanCorruptionTask<'_> {
 
     fn eval_batches(
         &self,
-        data: &ByteDataset,
+        data: &TokenDataset,
         batch_size: usize,
         seq_len: usize,
         max_batches: usize,

@@ -16,7 +16,7 @@ use crate::train::checkpoint::{
     checkpoint_name, write_checkpoint_dir, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
 };
 use crate::train::config::TrainConfig;
-use crate::train::data::ByteDataset;
+use crate::train::data::TokenDataset;
 use crate::train::metrics::{MetricsWindow, LN_2};
 use crate::train::optim::AdamW;
 use crate::train::schedule::LrSchedule;
@@ -44,8 +44,10 @@ pub struct Trainer<'a, T: Task = LanguageModel> {
     task: &'a T,
     optimizer: AdamW,
     schedule: LrSchedule,
-    train: &'a ByteDataset,
+    train: &'a TokenDataset,
     val_batches: Vec<T::Batch>,
+    /// Bytes of validation text per validation token (1 for bytes).
+    val_bytes_per_token: f64,
     config: TrainConfig,
     device: Device,
     step: u64,
@@ -67,12 +69,12 @@ impl<'a, T: Task> Trainer<'a, T> {
     pub fn new(
         vs: &'a VarStore,
         task: &'a T,
-        train: &'a ByteDataset,
-        val: &ByteDataset,
+        train: &'a TokenDataset,
+        val: &TokenDataset,
         config: TrainConfig,
     ) -> Result<Self> {
         config.validate()?;
-        task.check_seq_len(config.seq_len)?;
+        task.check_data(config.seq_len, train.vocab_size().max(val.vocab_size()))?;
         ensure_config(task.precision() == config.precision, || {
             format!("the model computes in {:?} but the training config says {:?}", task.precision(), config.precision)
         })?;
@@ -94,6 +96,7 @@ impl<'a, T: Task> Trainer<'a, T> {
             schedule: LrSchedule::new(config.lr, config.warmup_steps, config.steps, config.min_lr_ratio)?,
             train,
             val_batches,
+            val_bytes_per_token: val.bytes_per_token(),
             config,
             device,
             step: 0,
@@ -307,7 +310,8 @@ impl<'a, T: Task> Trainer<'a, T> {
         Error::NonFinite { step, what }
     }
 
-    /// LM loss and bits per byte on the fixed validation windows (evaluation mode, no gradients).
+    /// LM loss per token and bits per byte of the validation text (loss / ln 2 / the validation
+    /// split's bytes per token) on the fixed validation windows (evaluation mode, no gradients).
     ///
     /// # Errors
     /// [`Error::Torch`] on libtorch failure.
@@ -326,7 +330,9 @@ impl<'a, T: Task> Trainer<'a, T> {
                 (sum, count) = (v[0], v[1]);
             }
             let loss = sum / count;
-            Ok(EvalStats { loss, bits_per_byte: loss / LN_2 })
+            // Bits per byte of the validation text, whatever the tokenizer: the loss per token over
+            // the text's bytes per token.
+            Ok(EvalStats { loss, bits_per_byte: loss / LN_2 / self.val_bytes_per_token })
         })
     }
 

@@ -3,7 +3,7 @@
 
 use altup_moe::model::{Arch, ModelConfig};
 use altup_moe::train::named_variables;
-use altup_moe::train::{ByteDataset, Corpus};
+use altup_moe::train::{Corpus, TokenDataset};
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -52,7 +52,7 @@ pub fn copy_shared(src: &VarStore, dst: &VarStore) -> Vec<String> {
 }
 
 /// `text` repeated `times`, written to a temporary file, loaded and split 90/10.
-pub fn text_splits(text: &str, times: usize) -> (ByteDataset, ByteDataset) {
+pub fn text_splits(text: &str, times: usize) -> (TokenDataset, TokenDataset) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("text.txt");
     std::fs::write(&path, text.repeat(times)).unwrap();

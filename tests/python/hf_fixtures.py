@@ -2,7 +2,8 @@
 
 Usage: python tests/python/hf_fixtures.py OUT_DIR
 
-Writes OUT_DIR/{switch, mixtral, gemma3n_altup_active0, gemma3n_altup_active2}.safetensors.
+Writes OUT_DIR/{switch, mixtral, gemma3n_altup_active0, gemma3n_altup_active2}.safetensors, and
+OUT_DIR/tokenizer.json with OUT_DIR/tokenizer_ids.json (a BPE made by the Python `tokenizers`).
 Weights are stored in altup-moe's layout (router [E, D], experts w_in/w_gate [E, D, F], w_out
 [E, F, D]; AltUp router [K, D], prediction_coefs [K², K], correction_coefs [K, K]) next to the
 inputs and the Hugging Face outputs; tests/hf_parity.rs loads them into our layers and compares.
@@ -118,6 +119,32 @@ def gemma3n_fixture(active):
     return out
 
 
+TOKENIZER_SAMPLE = "ROMEO: But, soft! what light through yonder window breaks?\nJuliet — naïve café, ½ ∑ 東京 🙂  spaces\n\n"
+
+
+def tokenizer_fixture(out):
+    """A byte-level BPE trained by the Python `tokenizers` package (as a user would make one),
+    saved as tokenizer.json, with the ids it gives TOKENIZER_SAMPLE (tokenizer_ids.json)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, min_frequency=2, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    text = ("But, soft! what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
+            "Arise, fair sun, and kill the envious moon, who is already sick and pale with grief.\n") * 50
+    tokenizer.train_from_iterator([text], trainer=trainer)
+    tokenizer.save(os.path.join(out, "tokenizer.json"))
+    ids = tokenizer.encode(TOKENIZER_SAMPLE).ids
+    with open(os.path.join(out, "tokenizer_ids.json"), "w") as f:
+        json.dump({"text": TOKENIZER_SAMPLE, "ids": ids, "decoded": tokenizer.decode(ids)}, f)
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/hf-fixtures"
     os.makedirs(out, exist_ok=True)
@@ -131,6 +158,7 @@ def main():
     for name, make in makers:
         tensors = {k: v.contiguous() for k, v in make().items()}
         save_file(tensors, os.path.join(out, f"{name}.safetensors"))
+    tokenizer_fixture(out)
     print(f"wrote Hugging Face fixtures to {out}")
 
 
