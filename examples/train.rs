@@ -17,7 +17,7 @@ mod common;
 use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
 use altup_moe::moe::ExpertParallel;
-use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, Trainer};
+use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, TrainConfig, Trainer};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};
 use common::{data_description, device_name, ensure_flag, human, load_corpus, parse_device, progress_bar, Progress};
@@ -60,6 +60,10 @@ struct Args {
     /// the same --data.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// With --resume, continue even if the corpus differs from the one the run was trained on
+    /// (its content hash is in train_config.json).
+    #[arg(long, requires = "resume")]
+    allow_data_change: bool,
     /// Save a checkpoint every this many steps (0 = only after the last step).
     #[arg(long, default_value_t = 500)]
     save_every: u64,
@@ -116,7 +120,7 @@ fn train_main(
         altup_moe::runtime::set_deterministic(true);
     }
     let (data_path, corpus) = load_corpus(args.data.as_deref())?;
-    let data = data_description(&data_path, &corpus);
+    let (data, data_hash) = (data_description(&data_path, &corpus), corpus.content_hash());
     let start = match (&args.resume, args.overwrite) {
         (Some(path), _) => RunStart::Resume(path.clone()),
         (None, true) => RunStart::Overwrite,
@@ -133,7 +137,10 @@ fn train_main(
     }
     let tokenizer = folder.tokenizer(&args.schedule.tokenizer, &String::from_utf8_lossy(train_text))?;
     let (train, val) = (tokenizer.dataset(train_text)?, tokenizer.dataset(val_text)?);
-    let (config, train_config) = match (folder.checkpoint(), folder.resumed_train_config(args.steps, &data)?) {
+    let (config, train_config) = match (
+        folder.checkpoint(),
+        folder.resumed_train_config(args.steps, &data, &data_hash, args.allow_data_change)?,
+    ) {
         (Some(meta), Some(train_config)) => {
             warn_ignored(
                 &["ModelFlags", "ScheduleFlags", "MoeFlags", "AltUpFlags"],
@@ -162,7 +169,7 @@ fn train_main(
                 warn_ignored(&["AltUpFlags"], &format!("--arch {arch} has no AltUp"));
             }
             let (s, steps) = (&args.schedule, args.steps.unwrap_or(1200));
-            let train_config = s.train_config(steps, &args.moe, &data);
+            let train_config = TrainConfig { data_hash: data_hash.clone(), ..s.train_config(steps, &args.moe, &data) };
             let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
             config.vocab_size = tokenizer.vocab_size();
             (config, train_config)

@@ -355,3 +355,37 @@ fn bf16_compute_trains_with_f32_masters() {
     let err = Trainer::new(&vs, &model, &train_data, &val, train_config()).unwrap_err().to_string();
     assert!(err.contains("the model computes in Bf16 but the training config says F32"), "{err}");
 }
+
+#[test]
+fn a_changed_corpus_stops_a_resume_unless_allowed() {
+    use altup_moe::train::{Corpus, RunFolder, RunStart};
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("corpus.txt");
+    std::fs::write(&text, "Now is the winter of our discontent made glorious summer by this sun of York.\n".repeat(40))
+        .unwrap();
+    let hash = Corpus::from_path(&text, None).unwrap().content_hash();
+    assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64, "{hash}");
+    // One step of a run that records the corpus's hash.
+    let (train, val) = data();
+    let out = tmp.path().join("run");
+    let vs = VarStore::new(device());
+    let model = LanguageModel::new(&vs.root(), &tiny()).unwrap();
+    let tc = TrainConfig { data_hash: hash.clone(), steps: 3, warmup_steps: 1, ..train_config() };
+    let mut trainer = Trainer::new(&vs, &model, &train, &val, tc).unwrap();
+    run(&mut trainer, None, &options(&out, Some(1)), &mut Silent).unwrap();
+
+    let folder = RunFolder::open(None, RunStart::Resume(out.clone())).unwrap();
+    // The same corpus resumes; so does a run that predates hashes (nothing recorded).
+    assert_eq!(folder.resumed_train_config(None, "d", &hash, false).unwrap().unwrap().data_hash, hash);
+    // One changed byte is an error naming both hashes...
+    std::fs::write(&text, "Now is the winter of our discontent made glorious summer by this sun of Yorc.\n".repeat(40))
+        .unwrap();
+    let changed = Corpus::from_path(&text, None).unwrap().content_hash();
+    assert_ne!(changed, hash);
+    let err = folder.resumed_train_config(None, "d", &changed, false).unwrap_err().to_string();
+    assert!(err.contains("the corpus changed") && err.contains(&hash) && err.contains(&changed), "{err}");
+    assert!(err.contains("--allow-data-change"), "{err}");
+    // ...unless allowed: the new hash is recorded from then on.
+    let allowed = folder.resumed_train_config(Some(4), "d", &changed, true).unwrap().unwrap();
+    assert_eq!((allowed.data_hash.as_str(), allowed.steps), (changed.as_str(), 4));
+}

@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Description of the training data (e.g. path, files, bytes), recorded for provenance.
     pub data: String,
+    /// Content hash of the training corpus (`Corpus::content_hash`, e.g. `sha256:…`); empty when
+    /// unknown (older configs), which skips the check on resume.
+    pub data_hash: String,
     /// The tokenizer the run was started with (a subword tokenizer itself is stored in the run
     /// folder as `tokenizer.json`; older configs without this field trained on bytes).
     pub tokenizer: TokenizerSpec,
@@ -68,6 +71,7 @@ impl Default for TrainConfig {
             seed: 0,
             precision: Precision::F32,
             data: String::new(),
+            data_hash: String::new(),
             tokenizer: TokenizerSpec::Bytes,
         }
     }

@@ -55,6 +55,15 @@ impl Corpus {
         Ok(Self { bytes, files })
     }
 
+    /// SHA-256 of the corpus text as read (files in order, joined by `\n`), as
+    /// `sha256:<hex>`: recorded in `train_config.json` so that a resumed run notices a changed corpus.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(&self.bytes);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
     /// Splits the bytes at `⌊(1 − val_fraction) · len⌋`: the first part trains, the rest validates
     /// (as byte datasets; see [`Corpus::split_text`] for other tokenizers).
     ///

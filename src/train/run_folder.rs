@@ -96,12 +96,21 @@ impl RunFolder {
         self.checkpoint.as_ref()
     }
 
-    /// The resumed run's training config, extended to `steps` when given and with the data
-    /// description `data` (the corpus may have moved). `None` for a new run.
+    /// The resumed run's training config, extended to `steps` when given, with the data
+    /// description `data` and content hash `data_hash` of the corpus given now (it may have
+    /// moved). `None` for a new run.
     ///
     /// # Errors
-    /// [`Error::Input`] when `steps` is below the checkpoint's step (a run cannot be shortened).
-    pub fn resumed_train_config(&self, steps: Option<u64>, data: &str) -> Result<Option<TrainConfig>> {
+    /// [`Error::Input`] when `steps` is below the checkpoint's step (a run cannot be shortened);
+    /// [`Error::Data`] naming both hashes when the corpus differs from the one the run was trained
+    /// on, unless `allow_data_change` (a run recorded without a hash is not checked).
+    pub fn resumed_train_config(
+        &self,
+        steps: Option<u64>,
+        data: &str,
+        data_hash: &str,
+        allow_data_change: bool,
+    ) -> Result<Option<TrainConfig>> {
         let Some(meta) = &self.checkpoint else { return Ok(None) };
         if let Some(steps) = steps.filter(|&s| s < meta.state.step) {
             return Err(Error::Input(format!(
@@ -110,9 +119,18 @@ impl RunFolder {
                 meta.state.step
             )));
         }
+        let recorded = &meta.train_config.data_hash;
+        if !recorded.is_empty() && recorded != data_hash && !allow_data_change {
+            return Err(Error::Data(format!(
+                "the corpus changed: {} was trained on data with hash {recorded} but the data given now ({data}) has \
+                 hash {data_hash}; pass the same data, or allow the change (--allow-data-change)",
+                meta.dir.display()
+            )));
+        }
         let mut config = meta.train_config.clone();
         config.steps = steps.unwrap_or(config.steps);
         config.data = data.to_string();
+        config.data_hash = data_hash.to_string();
         Ok(Some(config))
     }
 
