@@ -199,7 +199,8 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
     // Reconstruct one corrupted validation window (every rank takes part: the MoE layers exchange
     // rows; greedy decoding gives every rank the same tokens).
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let window = &val.bytes().expect("byte-level data")[..args.seq_len.min(val.len())];
+    let bytes = val.bytes().ok_or_else(|| altup_moe::Error::Data("span corruption needs byte-level data".into()))?;
+    let window = &bytes[..args.seq_len.min(val.len())];
     let mask = corruption.noise_mask(window.len(), &mut rng)?;
     let (input, target) = corruption.apply(window, &mask)?;
     let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
