@@ -27,7 +27,7 @@ FEATURES ?= $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/
 
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train generate inspect test gpu-check doc bench bench-expert-parallel reproduce reproduce-quick clean
+.PHONY: all venv fixtures build train prepare generate inspect test gpu-check doc bench bench-expert-parallel reproduce reproduce-quick clean
 
 all: test
 
@@ -50,6 +50,11 @@ build: venv
 # `make train` always starts a fresh run in runs/latest (--overwrite), unless TRAIN_ARGS resumes one.
 train: venv
 	cargo run --example train -- --overwrite $(TRAIN_ARGS)
+
+# Tokenize a corpus into memory-mapped shards for `train --data DIR`, e.g.
+#   make prepare ARGS="--input my_corpus/ --out data/mine --tokenizer bpe:4096"
+prepare: venv
+	cargo run --release --example prepare -- $(ARGS)
 
 # Sample from / inspect a trained model (default: runs/latest), e.g.
 #   make generate ARGS='--prompt "ROMEO:" --top-p 0.9'    make inspect ARGS="--model runs/switch"

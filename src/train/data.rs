@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use rand::Rng;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Tensor};
@@ -92,7 +93,7 @@ impl Corpus {
     }
 }
 
-fn collect_files(dir: &Path, extensions: Option<&[&str]>, out: &mut Vec<PathBuf>) -> Result<()> {
+pub(crate) fn collect_files(dir: &Path, extensions: Option<&[&str]>, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
@@ -167,11 +168,50 @@ pub struct Batch {
     pub targets: Tensor,
 }
 
-/// Token ids in memory: bytes as they are, or wider ids.
+/// Width of the ids in the shard files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardDtype {
+    /// 2 bytes per id: vocabularies of at most 65,536 ids.
+    U16,
+    /// 4 bytes per id.
+    U32,
+}
+
+impl ShardDtype {
+    /// The narrowest width that holds ids `0 .. vocab_size`.
+    pub fn for_vocab(vocab_size: usize) -> Self {
+        if vocab_size <= 1 << 16 {
+            Self::U16
+        } else {
+            Self::U32
+        }
+    }
+
+    /// Bytes per id.
+    pub fn width(self) -> usize {
+        match self {
+            Self::U16 => 2,
+            Self::U32 => 4,
+        }
+    }
+}
+
+/// Token ids: bytes or wider ids in memory, or memory-mapped shard files (windows never cross
+/// from one shard into the next).
 #[derive(Debug, Clone)]
 enum TokenIds {
     U8(Vec<u8>),
     U32(Vec<u32>),
+    Shards(std::sync::Arc<Vec<MappedShard>>, ShardDtype),
+}
+
+/// One memory-mapped shard file.
+#[derive(Debug)]
+struct MappedShard {
+    map: memmap2::Mmap,
+    path: PathBuf,
+    tokens: usize,
 }
 
 /// A token sequence to draw training or evaluation windows from, with the number of bytes of
@@ -203,12 +243,42 @@ impl TokenDataset {
         Ok(Self { ids: TokenIds::U32(ids), vocab_size, text_bytes })
     }
 
+    /// Memory-mapped shard files (`(map, path)`, ids of width `dtype`, little-endian) of a
+    /// tokenizer with `vocab_size` ids, standing for `text_bytes` bytes of text.
+    ///
+    /// # Errors
+    /// [`Error::Data`] naming a shard whose size is not a whole number of ids.
+    pub fn from_shards(
+        shards: Vec<(memmap2::Mmap, PathBuf)>,
+        dtype: ShardDtype,
+        vocab_size: usize,
+        text_bytes: usize,
+    ) -> Result<Self> {
+        let shards = shards
+            .into_iter()
+            .map(|(map, path)| {
+                if map.len() % dtype.width() != 0 {
+                    return Err(Error::Data(format!("shard {} is not a whole number of ids", path.display())));
+                }
+                Ok(MappedShard { tokens: map.len() / dtype.width(), map, path })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { ids: TokenIds::Shards(std::sync::Arc::new(shards), dtype), vocab_size, text_bytes })
+    }
+
+    /// Lengths of the contiguous segments windows are drawn from (one for in-memory data, one per
+    /// shard file).
+    fn segments(&self) -> Vec<usize> {
+        match &self.ids {
+            TokenIds::U8(v) => vec![v.len()],
+            TokenIds::U32(v) => vec![v.len()],
+            TokenIds::Shards(shards, _) => shards.iter().map(|s| s.tokens).collect(),
+        }
+    }
+
     /// Number of tokens.
     pub fn len(&self) -> usize {
-        match &self.ids {
-            TokenIds::U8(v) => v.len(),
-            TokenIds::U32(v) => v.len(),
-        }
+        self.segments().iter().sum()
     }
 
     /// Whether the dataset holds no tokens.
@@ -239,26 +309,72 @@ impl TokenDataset {
     pub fn bytes(&self) -> Option<&[u8]> {
         match &self.ids {
             TokenIds::U8(v) => Some(v),
-            TokenIds::U32(_) => None,
+            TokenIds::U32(_) | TokenIds::Shards(..) => None,
         }
     }
 
-    /// Tokens `start .. start + len` as i64 ids.
+    /// Tokens `start .. start + len` of segment `segment` (see [`TokenDataset::window`]).
     ///
-    /// # Panics
-    /// Never for ranges inside the dataset; callers check lengths first.
-    pub fn window(&self, start: usize, len: usize) -> Vec<i64> {
+    /// # Errors
+    /// [`Error::Data`] naming the shard and position of an id outside the vocabulary (a shard
+    /// file is not trusted).
+    fn segment_window(&self, segment: usize, start: usize, len: usize) -> Result<Vec<i64>> {
         match &self.ids {
-            TokenIds::U8(v) => v[start..start + len].iter().map(|&x| x as i64).collect(),
-            TokenIds::U32(v) => v[start..start + len].iter().map(|&x| x as i64).collect(),
+            TokenIds::U8(v) => Ok(v[start..start + len].iter().map(|&x| x as i64).collect()),
+            TokenIds::U32(v) => Ok(v[start..start + len].iter().map(|&x| x as i64).collect()),
+            TokenIds::Shards(shards, dtype) => {
+                let shard = &shards[segment];
+                let w = dtype.width();
+                let bytes = &shard.map[start * w..(start + len) * w];
+                let ids: Vec<i64> = match dtype {
+                    ShardDtype::U16 => {
+                        bytes.chunks_exact(2).map(|b| i64::from(u16::from_le_bytes([b[0], b[1]]))).collect()
+                    }
+                    ShardDtype::U32 => {
+                        bytes.chunks_exact(4).map(|b| i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()
+                    }
+                };
+                if let Some((i, bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size) {
+                    return Err(Error::Data(format!(
+                        "shard {} holds id {bad} at position {} outside the vocabulary of {} ids",
+                        shard.path.display(),
+                        start + i,
+                        self.vocab_size
+                    )));
+                }
+                Ok(ids)
+            }
         }
+    }
+
+    /// Tokens `start .. start + len` as i64 ids, counted over the whole dataset (shards in order).
+    ///
+    /// # Errors
+    /// [`Error::Data`] when the range crosses from one shard into the next or ends past the data,
+    /// or for a shard id outside the vocabulary.
+    pub fn window(&self, start: usize, len: usize) -> Result<Vec<i64>> {
+        let mut offset = start;
+        for (segment, seg_len) in self.segments().into_iter().enumerate() {
+            if offset < seg_len {
+                if offset + len > seg_len {
+                    return Err(Error::Data(format!(
+                        "tokens {start}..{} cross the end of shard {segment} (windows come from one shard)",
+                        start + len
+                    )));
+                }
+                return self.segment_window(segment, offset, len);
+            }
+            offset -= seg_len;
+        }
+        Err(Error::Data(format!("tokens {start}..{} end past the data ({} tokens)", start + len, self.len())))
     }
 
     fn check_len(&self, seq_len: usize, what: &str) -> Result<()> {
-        if seq_len == 0 || self.len() < seq_len + 1 {
+        let longest = self.segments().into_iter().max().unwrap_or(0);
+        if seq_len == 0 || longest < seq_len + 1 {
             return Err(Error::Data(format!(
                 "the {what} split holds {} {}, fewer than seq_len + 1 = {}; use more data or a shorter --seq-len",
-                self.len(),
+                longest,
                 if self.bytes().is_some() { "bytes" } else { "tokens" },
                 seq_len + 1
             )));
@@ -266,12 +382,12 @@ impl TokenDataset {
         Ok(())
     }
 
-    fn batch_from_starts(&self, starts: &[usize], seq_len: usize, device: Device) -> Result<Batch> {
+    fn batch_from_starts(&self, starts: &[(usize, usize)], seq_len: usize, device: Device) -> Result<Batch> {
         let b = starts.len() as i64;
         let mut inputs = Vec::with_capacity(starts.len() * seq_len);
         let mut targets = Vec::with_capacity(starts.len() * seq_len);
-        for &s in starts {
-            let w = self.window(s, seq_len + 1);
+        for &(segment, s) in starts {
+            let w = self.segment_window(segment, s, seq_len + 1)?;
             inputs.extend_from_slice(&w[..seq_len]);
             targets.extend_from_slice(&w[1..]);
         }
@@ -288,8 +404,26 @@ impl TokenDataset {
     /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` tokens.
     pub fn random_batch(&self, batch_size: usize, seq_len: usize, rng: &mut impl Rng, device: Device) -> Result<Batch> {
         self.check_len(seq_len, "training")?;
-        let max_start = self.len() - seq_len - 1;
-        let starts: Vec<usize> = (0..batch_size).map(|_| rng.random_range(0..=max_start)).collect();
+        let segments = self.segments();
+        // Window starts per segment; a segment shorter than a window has none.
+        let starts_in: Vec<usize> = segments.iter().map(|&n| (n + 1).saturating_sub(seq_len + 1)).collect();
+        let total: usize = starts_in.iter().sum();
+        let starts: Vec<(usize, usize)> = (0..batch_size)
+            .map(|_| {
+                if segments.len() == 1 {
+                    return (0, rng.random_range(0..=segments[0] - seq_len - 1));
+                }
+                // Uniform over every window start of every shard.
+                let mut k = rng.random_range(0..total);
+                let segment = starts_in.iter().position(|&n| {
+                    k < n || {
+                        k -= n;
+                        false
+                    }
+                });
+                (segment.unwrap_or(0), k)
+            })
+            .collect();
         self.batch_from_starts(&starts, seq_len, device)
     }
 
@@ -306,10 +440,17 @@ impl TokenDataset {
         device: Device,
     ) -> Result<Vec<Batch>> {
         self.check_len(seq_len, "validation")?;
-        let available = (self.len() - 1) / seq_len;
+        // Non-overlapping windows of every segment, in order, then an even spread over them.
+        let windows: Vec<(usize, usize)> = self
+            .segments()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(segment, n)| (0..n.saturating_sub(1) / seq_len).map(move |i| (segment, i * seq_len)))
+            .collect();
+        let available = windows.len();
         let wanted = (batch_size * max_batches).min(available).max(1);
         let stride = available / wanted;
-        let starts: Vec<usize> = (0..wanted).map(|i| i * stride * seq_len).collect();
+        let starts: Vec<(usize, usize)> = (0..wanted).map(|i| windows[i * stride]).collect();
         starts.chunks(batch_size).map(|chunk| self.batch_from_starts(chunk, seq_len, device)).collect()
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod optim;
 pub(crate) mod run;
 pub(crate) mod run_folder;
 pub(crate) mod schedule;
+pub(crate) mod shards;
 pub(crate) mod span_corruption;
 pub(crate) mod stats;
 pub(crate) mod task;
@@ -19,13 +20,17 @@ pub(crate) mod weights;
 
 pub use checkpoint::{find_checkpoint, CheckpointMeta, TrainerState, CHECKPOINT_FORMAT};
 pub use config::TrainConfig;
-pub use data::{find_shakespeare, Batch, Corpus, TokenDataset};
+pub use data::{find_shakespeare, Batch, Corpus, ShardDtype, TokenDataset};
 pub use load::{load_model, model_files, AnyModel, Loaded};
 pub use metrics::{EvalRecord, MetricsWindow, MetricsWriter};
 pub use optim::{AdamW, AdamWConfig};
 pub use run::{run, Observer, RunOptions, Silent};
 pub use run_folder::{RunFolder, RunStart};
 pub use schedule::LrSchedule;
+pub use shards::{
+    input_files, prepare_corpus, read_documents, tokenizer_hash, train_bpe_on_training_split, PreparedCorpus,
+    ShardFile, ShardsMeta, SplitMeta, SHARDS_FORMAT,
+};
 pub use span_corruption::{Seq2SeqBatch, SpanCorruption};
 pub use stats::{EvalStats, MoeLayerMetrics, StepStats};
 pub use task::{SpanCorruptionTask, Task, TaskLoss};

@@ -106,6 +106,15 @@ impl TextTokenizer {
     /// # Errors
     /// [`Error::Data`] if training fails or `vocab_size` < 258.
     pub fn train_bpe(text: &str, vocab_size: usize) -> Result<Self> {
+        Self::train_bpe_on(std::iter::once(text.to_string()), vocab_size)
+    }
+
+    /// [`TextTokenizer::train_bpe`] on a stream of training documents (read one at a time, so a
+    /// corpus larger than memory can train it; only the word counts are kept).
+    ///
+    /// # Errors
+    /// As [`TextTokenizer::train_bpe`].
+    pub fn train_bpe_on(documents: impl Iterator<Item = String> + Send, vocab_size: usize) -> Result<Self> {
         if vocab_size < 258 {
             return Err(Error::Data(format!("BPE vocabulary size ({vocab_size}) must be at least 258")));
         }
@@ -125,8 +134,10 @@ impl TextTokenizer {
         tokenizer.add_special_tokens(&[special]);
         let mut trainer = TrainerWrapper::BpeTrainer(trainer);
         // Paragraphs, with the end-of-text marker cut out of the training text.
-        let pieces: Vec<&str> = text.split(END_OF_TEXT).flat_map(paragraphs).collect();
-        tokenizer.train(&mut trainer, pieces.into_iter()).map_err(|e| tok_err("BPE training failed", e))?;
+        let pieces = documents.flat_map(|doc| {
+            doc.split(END_OF_TEXT).flat_map(paragraphs).map(str::to_string).collect::<Vec<_>>().into_iter()
+        });
+        tokenizer.train(&mut trainer, pieces).map_err(|e| tok_err("BPE training failed", e))?;
         Ok(Self::Hf(Box::new(tokenizer)))
     }
 

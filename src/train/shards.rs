@@ -1,0 +1,384 @@
+//! Corpora larger than memory: a prepared folder of token shards (raw little-endian u16 or u32
+//! ids) with a `meta.json`, written by [`prepare_corpus`] (the `prepare` example) and
+//! memory-mapped for training ([`PreparedCorpus::open`]), so that peak memory does not depend on
+//! the corpus size.
+//!
+//! Documents are plain-text paragraphs (a file split after every blank line) or the `text` field
+//! of JSON lines. Each document goes wholly to the training or the validation split, decided by a
+//! hash of its text (so the splits never share a document, duplicates included). A document is
+//! tokenized with `"\n\n"` appended, so plain text keeps its paragraph breaks.
+
+use crate::error::{Error, Result};
+use crate::train::data::{ShardDtype, TokenDataset};
+use crate::train::tokenizer::TextTokenizer;
+use crate::train::weights::save_json;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// Version of the folder layout written to `meta.json`.
+pub const SHARDS_FORMAT: u32 = 1;
+
+/// One shard file of a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardFile {
+    /// File name inside the prepared folder.
+    pub file: String,
+    /// Ids in the file.
+    pub tokens: u64,
+}
+
+/// One split of a prepared corpus.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitMeta {
+    /// Documents in the split.
+    pub documents: u64,
+    /// Bytes of text the split's ids stand for (for bits per byte).
+    pub text_bytes: u64,
+    /// Ids in all shards.
+    pub tokens: u64,
+    /// The shard files, in order.
+    pub shards: Vec<ShardFile>,
+}
+
+/// `meta.json` of a prepared corpus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardsMeta {
+    /// [`SHARDS_FORMAT`].
+    pub format: u32,
+    /// The tokenizer as `--tokenizer` spelled it.
+    pub tokenizer: String,
+    /// SHA-256 of the tokenizer's `tokenizer.json` text, or `bytes`.
+    pub tokenizer_hash: String,
+    /// Ids are below this.
+    pub vocab_size: usize,
+    /// Width of the ids.
+    pub dtype: ShardDtype,
+    /// SHA-256 over every document's text in input order.
+    pub content_hash: String,
+    /// Share of documents (by text hash) in the validation split.
+    pub val_fraction: f64,
+    /// The training split.
+    pub train: SplitMeta,
+    /// The validation split.
+    pub val: SplitMeta,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The tokenizer's identity for [`ShardsMeta::tokenizer_hash`].
+///
+/// # Errors
+/// [`Error::Data`] if a subword tokenizer cannot be serialised.
+pub fn tokenizer_hash(tokenizer: &TextTokenizer) -> Result<String> {
+    match tokenizer {
+        TextTokenizer::Bytes => Ok("bytes".into()),
+        TextTokenizer::Hf(t) => {
+            let json = t.to_string(false).map_err(|e| Error::Data(format!("cannot serialise the tokenizer: {e}")))?;
+            Ok(format!("sha256:{}", sha256_hex(json.as_bytes())))
+        }
+    }
+}
+
+/// Whether a document (by the hash of its text) belongs to the validation split.
+fn is_validation(text: &str, val_fraction: f64) -> bool {
+    let digest = Sha256::digest(text.as_bytes());
+    let x = u64::from_le_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+    (x as f64 / u64::MAX as f64) < val_fraction
+}
+
+/// The documents of one input file: JSON lines (`.jsonl`: the `text` field of each line) or
+/// plain UTF-8 text cut after every blank line.
+///
+/// # Errors
+/// [`Error::Data`] naming the file and line for a line that is not JSON or has no string `text`,
+/// or a file that is not UTF-8; [`Error::Io`] on read errors.
+pub fn read_documents(path: &Path) -> Result<Vec<String>> {
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut docs = Vec::new();
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| Error::Data(format!("{} line {}: {e}", path.display(), i + 1)))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| Error::Data(format!("{} line {} is not JSON: {e}", path.display(), i + 1)))?;
+            match value.get("text").and_then(|t| t.as_str()) {
+                Some(text) => docs.push(text.to_string()),
+                None => {
+                    return Err(Error::Data(format!("{} line {} has no string field \"text\"", path.display(), i + 1)))
+                }
+            }
+        }
+        return Ok(docs);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Data(format!("{} is not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))
+    })?;
+    Ok(text.split("\n\n").map(str::trim_end).filter(|p| !p.trim().is_empty()).map(String::from).collect())
+}
+
+/// The input files of `path`: itself, or every file under a folder (recursively, sorted, hidden
+/// entries skipped; with `extensions`, only files with one of them).
+///
+/// # Errors
+/// [`Error::Data`] when the path does not exist or the folder holds no file.
+pub fn input_files(path: &Path, extensions: Option<&[&str]>) -> Result<Vec<PathBuf>> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::Data(format!("cannot read input {}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    crate::train::data::collect_files(path, extensions, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Data(format!("folder {} holds no files", path.display())));
+    }
+    Ok(files)
+}
+
+/// A byte-level BPE of `vocab_size` ids trained on the *training* documents of `inputs` only
+/// (the documents [`prepare_corpus`] puts in the training split), streamed file by file.
+///
+/// # Errors
+/// As [`read_documents`] and [`TextTokenizer::train_bpe`].
+pub fn train_bpe_on_training_split(inputs: &[PathBuf], val_fraction: f64, vocab_size: usize) -> Result<TextTokenizer> {
+    // Read errors surface in a first pass; the trainer's stream then cannot fail.
+    for path in inputs {
+        read_documents(path)?;
+    }
+    let docs = inputs.iter().flat_map(|p| read_documents(p).unwrap_or_default().into_iter());
+    TextTokenizer::train_bpe_on(docs.filter(|d| !is_validation(d, val_fraction)).map(|d| d + "\n\n"), vocab_size)
+}
+
+/// Appends ids to numbered shard files of at most `max_tokens` ids each.
+struct ShardWriter {
+    dir: PathBuf,
+    split: &'static str,
+    dtype: ShardDtype,
+    max_tokens: u64,
+    meta: SplitMeta,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl ShardWriter {
+    fn push(&mut self, ids: &[u32]) -> Result<()> {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let full = self.meta.shards.last().is_none_or(|s| s.tokens >= self.max_tokens);
+            if self.file.is_none() || full {
+                self.close()?;
+                let name = format!("{}-{:05}.bin", self.split, self.meta.shards.len());
+                let path = self.dir.join(&name);
+                let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+                self.file = Some(std::io::BufWriter::new(file));
+                self.meta.shards.push(ShardFile { file: name, tokens: 0 });
+            }
+            let shard = self.meta.shards.last_mut().expect("a shard was just opened");
+            let n = ((self.max_tokens - shard.tokens) as usize).min(rest.len());
+            let mut buf = Vec::with_capacity(n * self.dtype.width());
+            for &id in &rest[..n] {
+                match self.dtype {
+                    ShardDtype::U16 => buf.extend_from_slice(&(id as u16).to_le_bytes()),
+                    ShardDtype::U32 => buf.extend_from_slice(&id.to_le_bytes()),
+                }
+            }
+            let path = self.dir.join(&shard.file);
+            self.file.as_mut().expect("open shard").write_all(&buf).map_err(|e| Error::io(&path, e))?;
+            shard.tokens += n as u64;
+            self.meta.tokens += n as u64;
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(mut f) = self.file.take() {
+            f.flush().map_err(|e| Error::io(&self.dir, e))?;
+            f.into_inner()
+                .map_err(|e| Error::io(&self.dir, e.into_error()))?
+                .sync_all()
+                .map_err(|e| Error::io(&self.dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Tokenizes the files `inputs` (in order; see [`read_documents`]) into shards under `out`, each
+/// of at most `max_shard_tokens` ids, and writes `meta.json` last (atomically), so a folder with
+/// a `meta.json` is complete. Files are read and tokenized in parallel, a batch of files at a
+/// time, so memory holds one batch, not the corpus. `on_file` is called after each file with its
+/// byte size (for progress output). A subword tokenizer is saved as `out/tokenizer.json`.
+///
+/// # Errors
+/// As [`read_documents`]; [`Error::Data`] when a split ends up empty (too few documents for
+/// `val_fraction`), `val_fraction` is not in (0, 1) or `max_shard_tokens` is 0; [`Error::Io`].
+pub fn prepare_corpus(
+    inputs: &[PathBuf],
+    out: &Path,
+    tokenizer: &TextTokenizer,
+    tokenizer_spec: &str,
+    val_fraction: f64,
+    max_shard_tokens: u64,
+    on_file: &(dyn Fn(u64) + Sync),
+) -> Result<ShardsMeta> {
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        return Err(Error::Data(format!("validation fraction ({val_fraction}) must be in (0, 1)")));
+    }
+    if max_shard_tokens == 0 {
+        return Err(Error::Data("shard size (0 tokens) must be at least 1".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _ = std::fs::remove_file(out.join("meta.json"));
+    let dtype = ShardDtype::for_vocab(tokenizer.vocab_size());
+    let writer = |split| ShardWriter {
+        dir: out.to_path_buf(),
+        split,
+        dtype,
+        max_tokens: max_shard_tokens,
+        meta: SplitMeta::default(),
+        file: None,
+    };
+    let (mut train, mut val) = (writer("train"), writer("val"));
+    let mut content = Sha256::new();
+    let threads = rayon::current_num_threads().max(1);
+    for batch in inputs.chunks(threads * 2) {
+        // Per file: (documents' texts, (is validation, ids, text bytes) per document).
+        type Encoded = Vec<(bool, Vec<u32>, u64)>;
+        let files: Vec<(Vec<String>, Encoded)> = batch
+            .par_iter()
+            .map(|path| -> Result<(Vec<String>, Encoded)> {
+                let docs = read_documents(path)?;
+                let encoded = docs
+                    .iter()
+                    .map(|d| {
+                        let text = format!("{d}\n\n");
+                        Ok((is_validation(d, val_fraction), tokenizer.encode(&text)?, text.len() as u64))
+                    })
+                    .collect::<Result<_>>()?;
+                on_file(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+                Ok((docs, encoded))
+            })
+            .collect::<Result<_>>()?;
+        for (docs, encoded) in files {
+            for (doc, (is_val, ids, bytes)) in docs.iter().zip(encoded) {
+                content.update(doc.as_bytes());
+                content.update(b"\0");
+                let split = if is_val { &mut val } else { &mut train };
+                split.push(&ids)?;
+                split.meta.documents += 1;
+                split.meta.text_bytes += bytes;
+            }
+        }
+    }
+    train.close()?;
+    val.close()?;
+    for (name, split) in [("training", &train.meta), ("validation", &val.meta)] {
+        if split.tokens == 0 {
+            return Err(Error::Data(format!(
+                "the {name} split of {} is empty ({} documents in all, validation fraction {val_fraction}); use more \
+                 documents (paragraphs or JSON lines)",
+                out.display(),
+                train.meta.documents + val.meta.documents
+            )));
+        }
+    }
+    tokenizer.save_to_folder(out)?;
+    let meta = ShardsMeta {
+        format: SHARDS_FORMAT,
+        tokenizer: tokenizer_spec.to_string(),
+        tokenizer_hash: tokenizer_hash(tokenizer)?,
+        vocab_size: tokenizer.vocab_size(),
+        dtype,
+        content_hash: format!("sha256:{}", sha256_hex(&content.finalize())),
+        val_fraction,
+        train: train.meta,
+        val: val.meta,
+    };
+    save_json(&out.join("meta.json"), &meta)?;
+    Ok(meta)
+}
+
+/// A prepared corpus opened for training: both splits memory-mapped.
+#[derive(Debug)]
+pub struct PreparedCorpus {
+    /// `meta.json`.
+    pub meta: ShardsMeta,
+    /// The training split.
+    pub train: TokenDataset,
+    /// The validation split.
+    pub val: TokenDataset,
+    /// The corpus's tokenizer (`tokenizer.json` in the folder, or bytes).
+    pub tokenizer: TextTokenizer,
+}
+
+impl PreparedCorpus {
+    /// Whether `dir` holds a prepared corpus (`meta.json`).
+    pub fn is_prepared(dir: &Path) -> bool {
+        dir.join("meta.json").is_file()
+    }
+
+    /// Opens the folder written by [`prepare_corpus`].
+    ///
+    /// # Errors
+    /// [`Error::Data`] naming the file for a missing or malformed `meta.json`, another format
+    /// version, a shard whose size is not its recorded ids × width, an empty shard, or a
+    /// tokenizer that does not match the recorded hash; [`Error::Io`].
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta_path = dir.join("meta.json");
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| Error::Data(format!("cannot read {}: {e} (prepare the corpus first)", meta_path.display())))?;
+        let meta: ShardsMeta = serde_json::from_str(&text)
+            .map_err(|source| Error::Json { context: meta_path.display().to_string(), source })?;
+        if meta.format != SHARDS_FORMAT {
+            return Err(Error::Data(format!(
+                "{} has format {} but this version reads format {SHARDS_FORMAT}",
+                meta_path.display(),
+                meta.format
+            )));
+        }
+        let tokenizer = TextTokenizer::from_folder(dir)?;
+        let hash = tokenizer_hash(&tokenizer)?;
+        if hash != meta.tokenizer_hash {
+            return Err(Error::Data(format!(
+                "the tokenizer in {} (hash {hash}) is not the one the shards were prepared with ({})",
+                dir.display(),
+                meta.tokenizer_hash
+            )));
+        }
+        let open = |split: &SplitMeta| -> Result<TokenDataset> {
+            let mut shards = Vec::with_capacity(split.shards.len());
+            for s in &split.shards {
+                let path = dir.join(&s.file);
+                let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+                let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+                let expected = s.tokens * meta.dtype.width() as u64;
+                if s.tokens == 0 || size != expected {
+                    return Err(Error::Data(format!(
+                        "shard {} holds {size} bytes but meta.json records {} ids of {} bytes ({expected} bytes){}",
+                        path.display(),
+                        s.tokens,
+                        meta.dtype.width(),
+                        if s.tokens == 0 { "; empty shards are not allowed" } else { "" }
+                    )));
+                }
+                // SAFETY: the file is opened read-only and the map is only read; a prepared
+                // folder must not be modified while a run reads it (documented in the guide).
+                let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+                shards.push((map, path));
+            }
+            TokenDataset::from_shards(shards, meta.dtype, meta.vocab_size, split.text_bytes as usize)
+        };
+        Ok(Self { train: open(&meta.train)?, val: open(&meta.val)?, tokenizer, meta })
+    }
+}
