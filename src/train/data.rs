@@ -413,15 +413,14 @@ impl TokenDataset {
                 if segments.len() == 1 {
                     return (0, rng.random_range(0..=segments[0] - seq_len - 1));
                 }
-                // Uniform over every window start of every shard.
+                // Uniform over every window start of every shard: the k-th start overall.
                 let mut k = rng.random_range(0..total);
-                let segment = starts_in.iter().position(|&n| {
-                    k < n || {
-                        k -= n;
-                        false
-                    }
-                });
-                (segment.unwrap_or(0), k)
+                let mut segment = 0;
+                while k >= starts_in[segment] {
+                    k -= starts_in[segment];
+                    segment += 1;
+                }
+                (segment, k)
             })
             .collect();
         self.batch_from_starts(&starts, seq_len, device)

@@ -153,38 +153,53 @@ pub fn input_files(path: &Path, extensions: Option<&[&str]>) -> Result<Vec<PathB
 /// # Errors
 /// As [`read_documents`] and [`TextTokenizer::train_bpe`].
 pub fn train_bpe_on_training_split(inputs: &[PathBuf], val_fraction: f64, vocab_size: usize) -> Result<TextTokenizer> {
-    // Read errors surface in a first pass; the trainer's stream then cannot fail.
-    for path in inputs {
-        read_documents(path)?;
+    // Files are read once, as the trainer pulls documents; the first read error is kept and
+    // returned after training (the trainer's stream itself cannot fail).
+    let first_error: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let docs = inputs.iter().flat_map(|p| match read_documents(p) {
+        Ok(docs) => docs,
+        Err(e) => {
+            if let Ok(mut slot) = first_error.lock() {
+                slot.get_or_insert(e);
+            }
+            Vec::new()
+        }
+    });
+    let tokenizer =
+        TextTokenizer::train_bpe_on(docs.filter(|d| !is_validation(d, val_fraction)).map(|d| d + "\n\n"), vocab_size);
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => tokenizer,
     }
-    let docs = inputs.iter().flat_map(|p| read_documents(p).unwrap_or_default().into_iter());
-    TextTokenizer::train_bpe_on(docs.filter(|d| !is_validation(d, val_fraction)).map(|d| d + "\n\n"), vocab_size)
 }
 
-/// Appends ids to numbered shard files of at most `max_tokens` ids each.
+/// Appends ids to numbered shard files of at most `max_tokens` ids each; a shard enters
+/// `meta.shards` when it is closed.
 struct ShardWriter {
     dir: PathBuf,
     split: &'static str,
     dtype: ShardDtype,
     max_tokens: u64,
     meta: SplitMeta,
-    file: Option<std::io::BufWriter<std::fs::File>>,
+    open: Option<(std::io::BufWriter<std::fs::File>, ShardFile)>,
 }
 
 impl ShardWriter {
     fn push(&mut self, ids: &[u32]) -> Result<()> {
         let mut rest = ids;
         while !rest.is_empty() {
-            let full = self.meta.shards.last().is_none_or(|s| s.tokens >= self.max_tokens);
-            if self.file.is_none() || full {
+            if self.open.as_ref().is_some_and(|(_, shard)| shard.tokens >= self.max_tokens) {
                 self.close()?;
-                let name = format!("{}-{:05}.bin", self.split, self.meta.shards.len());
-                let path = self.dir.join(&name);
-                let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-                self.file = Some(std::io::BufWriter::new(file));
-                self.meta.shards.push(ShardFile { file: name, tokens: 0 });
             }
-            let shard = self.meta.shards.last_mut().expect("a shard was just opened");
+            let (file, shard) = match &mut self.open {
+                Some(open) => open,
+                None => {
+                    let name = format!("{}-{:05}.bin", self.split, self.meta.shards.len());
+                    let path = self.dir.join(&name);
+                    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+                    self.open.insert((std::io::BufWriter::new(file), ShardFile { file: name, tokens: 0 }))
+                }
+            };
             let n = ((self.max_tokens - shard.tokens) as usize).min(rest.len());
             let mut buf = Vec::with_capacity(n * self.dtype.width());
             for &id in &rest[..n] {
@@ -193,8 +208,7 @@ impl ShardWriter {
                     ShardDtype::U32 => buf.extend_from_slice(&id.to_le_bytes()),
                 }
             }
-            let path = self.dir.join(&shard.file);
-            self.file.as_mut().expect("open shard").write_all(&buf).map_err(|e| Error::io(&path, e))?;
+            file.write_all(&buf).map_err(|e| Error::io(&self.dir.join(&shard.file), e))?;
             shard.tokens += n as u64;
             self.meta.tokens += n as u64;
             rest = &rest[n..];
@@ -203,12 +217,14 @@ impl ShardWriter {
     }
 
     fn close(&mut self) -> Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().map_err(|e| Error::io(&self.dir, e))?;
+        if let Some((mut f, shard)) = self.open.take() {
+            let path = self.dir.join(&shard.file);
+            f.flush().map_err(|e| Error::io(&path, e))?;
             f.into_inner()
-                .map_err(|e| Error::io(&self.dir, e.into_error()))?
+                .map_err(|e| Error::io(&path, e.into_error()))?
                 .sync_all()
-                .map_err(|e| Error::io(&self.dir, e))?;
+                .map_err(|e| Error::io(&path, e))?;
+            self.meta.shards.push(shard);
         }
         Ok(())
     }
@@ -247,7 +263,7 @@ pub fn prepare_corpus(
         dtype,
         max_tokens: max_shard_tokens,
         meta: SplitMeta::default(),
-        file: None,
+        open: None,
     };
     let (mut train, mut val) = (writer("train"), writer("val"));
     let mut content = Sha256::new();
