@@ -7,6 +7,8 @@
 //! ```text
 //! cargo run --release --example reproduce              # `make reproduce`, 1-2 hours on 2 cores
 //! cargo run --release --example reproduce -- --quick   # `make reproduce-quick`, a few minutes
+//! # subwords (runs under runs/reproduce-bpe2048, report docs/results-bpe2048.md):
+//! cargo run --release --example reproduce -- --tokenizer bpe:2048
 //! ```
 
 mod common;
@@ -14,10 +16,13 @@ mod common;
 use altup_moe::altup::AltUpConfig;
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::moe::MoeConfig;
-use altup_moe::train::{run, CheckpointMeta, EvalRecord, RunOptions, Silent, TrainConfig, Trainer};
+use altup_moe::train::{
+    run, CheckpointMeta, EvalRecord, RunOptions, Silent, TextTokenizer, TokenizerSpec, TrainConfig, Trainer,
+};
 use clap::Parser;
 use common::curves::read_metrics;
-use common::{device_name, load_corpus, parse_device, plot_err};
+use common::data::{run_data, RunData};
+use common::{device_name, parse_device, plot_err};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -45,15 +50,21 @@ struct Args {
     /// --seeds, --eval-every, --eval-batches, --runs and --report).
     #[arg(long)]
     quick: bool,
-    /// A UTF-8 text file or a folder of them [default: Shakespeare's plays].
+    /// A UTF-8 text file, a folder of them, or a folder prepared by the `prepare` example
+    /// [default: Shakespeare's plays].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Folder for the runs.
-    #[arg(long, default_value = "runs/reproduce")]
-    runs: PathBuf,
-    /// The report to write.
-    #[arg(long, default_value = "docs/results.md")]
-    report: PathBuf,
+    /// Tokenizer of every run: bytes (256 ids), bpe:N (a byte-level BPE of N ids trained once on
+    /// the training split, saved as tokenizer.json in each run folder), or the path of a
+    /// tokenizer.json. Validation bits per byte stay per byte of text, so reports compare.
+    #[arg(long, default_value = "bytes")]
+    tokenizer: TokenizerSpec,
+    /// Folder for the runs [default: runs/reproduce, or runs/reproduce-TOKENIZER for subwords].
+    #[arg(long)]
+    runs: Option<PathBuf>,
+    /// The report to write [default: docs/results.md, or docs/results-TOKENIZER.md for subwords].
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
@@ -154,38 +165,73 @@ fn plot(curves: &[(String, Vec<(f64, f64)>)], path: &Path, x_desc: &str, title: 
     root.present().map_err(plot_err)
 }
 
+/// The tokenizer as a file-name part: "" for bytes, "-bpe2048", "-NAME" for a tokenizer.json.
+fn tokenizer_suffix(spec: &TokenizerSpec) -> String {
+    match spec {
+        TokenizerSpec::Bytes => String::new(),
+        TokenizerSpec::Bpe(n) => format!("-bpe{n}"),
+        TokenizerSpec::File(path) => {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            format!(
+                "-{}",
+                stem.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect::<String>()
+            )
+        }
+    }
+}
+
+/// Where the runs and the report go.
+struct Paths {
+    runs: PathBuf,
+    report: PathBuf,
+}
+
 fn run_all(mut args: Args) -> altup_moe::Result<()> {
+    let suffix = tokenizer_suffix(&args.tokenizer);
+    let mut paths = Paths {
+        runs: args.runs.clone().unwrap_or_else(|| PathBuf::from(format!("runs/reproduce{suffix}"))),
+        report: args.report.clone().unwrap_or_else(|| match suffix.is_empty() {
+            true => PathBuf::from("docs/results.md"),
+            false => PathBuf::from(format!("docs/results{suffix}.md")),
+        }),
+    };
     if args.quick {
         args.steps = 150;
         args.seeds = 1;
         args.eval_every = 50;
         args.eval_batches = 4;
-        args.runs = args.runs.with_file_name("reproduce-quick");
-        args.report = PathBuf::from("target/results-quick.md");
+        paths.runs = PathBuf::from(format!("runs/reproduce-quick{suffix}"));
+        paths.report = PathBuf::from(format!("target/results-quick{suffix}.md"));
     }
-    let (data_path, corpus) = load_corpus(args.data.as_deref())?;
-    let (train, val) = corpus.split(0.1)?;
+    let RunData { description, hash, tokenizer, spec, train, val, .. } =
+        run_data(args.data.as_deref(), None, &args.tokenizer, &|line| eprintln!("{line}"))?;
     let variants = variants();
     // Seeds outside, stacks inside: a slow spell of a shared machine then lands on every stack
     // rather than on one, which keeps the step-time ratios fair.
     for seed in 0..args.seeds {
         for (name, config) in &variants {
-            let out = args.runs.join(format!("{name}-seed{seed}"));
+            let out = paths.runs.join(format!("{name}-seed{seed}"));
             let mut config = config.clone();
             config.init_seed = seed;
             config.max_seq_len = 128;
+            config.vocab_size = tokenizer.vocab_size();
             let tc = TrainConfig {
                 steps: args.steps,
                 warmup_steps: 50.min(args.steps / 10),
                 eval_every: args.eval_every,
                 eval_batches: args.eval_batches,
                 seed,
+                data: description.clone(),
+                data_hash: hash.clone(),
+                tokenizer: spec.clone(),
                 ..TrainConfig::default()
             };
             if !args.fresh && finished(&out, &config, &tc) {
                 eprintln!("{name:<20} seed {seed}: finished earlier in {}, kept (--fresh retrains)", out.display());
                 continue;
             }
+            std::fs::create_dir_all(&out).map_err(|e| altup_moe::Error::io(&out, e))?;
+            tokenizer.save_to_folder(&out)?;
             let vs = VarStore::new(args.device);
             let model = LanguageModel::new(&vs.root(), &config)?;
             let mut trainer = Trainer::new(&vs, &model, &train, &val, tc)?;
@@ -207,21 +253,27 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
         }
     }
     // Name the corpus relative to the working folder: the report is committed.
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let shown = data_path.strip_prefix(&cwd).unwrap_or(&data_path);
-    report(&args, &variants, &shown.display().to_string())
+    let cwd = format!("{}/", std::env::current_dir().unwrap_or_default().display());
+    let shown = description.replace(&cwd, "");
+    report(&args, &paths, &tokenizer, &variants, &shown)
 }
 
 /// Everything from this line on in an existing report is kept when the report is rewritten.
 const HAND_WRITTEN: &str = "<!-- hand-written reading below: kept by `make reproduce` -->";
 
-fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_moe::Result<()> {
+fn report(
+    args: &Args,
+    paths: &Paths,
+    tokenizer: &TextTokenizer,
+    variants: &[(&str, ModelConfig)],
+    data: &str,
+) -> altup_moe::Result<()> {
     let mut rows = Vec::new();
     let (mut by_step, mut by_time) = (Vec::new(), Vec::new());
     for (name, config) in variants {
         let runs: Vec<Vec<EvalRecord>> = (0..args.seeds)
             .map(|seed| {
-                let dir = args.runs.join(format!("{name}-seed{seed}"));
+                let dir = paths.runs.join(format!("{name}-seed{seed}"));
                 let records = read_metrics(&dir)?;
                 match records.is_empty() {
                     true => Err(altup_moe::Error::Data(format!("{} holds no metrics.jsonl records", dir.display()))),
@@ -247,7 +299,7 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
         ));
         rows.push((name.to_string(), mean_std(&finals), config.param_counts(), median(step_time), finals));
     }
-    let plots = args.report.with_extension("").with_file_name("results");
+    let plots = paths.report.with_extension("");
     std::fs::create_dir_all(&plots).map_err(|e| altup_moe::Error::io(&plots, e))?;
     plot(
         &by_step,
@@ -262,15 +314,21 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
         "Validation bits per byte (mean over seeds) against wall time",
     )?;
     let dense_time = rows[0].3;
+    let unit = if matches!(tokenizer, TextTokenizer::Bytes) { "bytes" } else { "tokens" };
+    let plots_link = plots.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut md = String::new();
     let _ = writeln!(md, "# Reproducing AltUp's and MoE's claims at small scale\n");
     let _ = writeln!(
         md,
-        "Byte-level language models on {data} (90/10 split), d = 128, 4 blocks, 4 heads, F = 512, \
-         16 × 128 bytes per step, {} steps (warmup {} + cosine to 10%, peak lr 3e-3, AdamW), {} seed(s) \
-         per stack, {}, {} threads. Validation on {} × 16 windows of 128 bytes. Generated by \
+        "{} language models on {data} (90/10 split), d = 128, 4 blocks, 4 heads, F = 512, \
+         16 × 128 {unit} per step, {} steps (warmup {} + cosine to 10%, peak lr 3e-3, AdamW), {} seed(s) \
+         per stack, {}, {} threads. Validation on {} × 16 windows of 128 {unit}. Generated by \
          `make reproduce` (`cargo run --release --example reproduce`). Step time is wall time per \
          optimizer step including evaluations, the median over seeds, relative to dense.\n",
+        match tokenizer {
+            TextTokenizer::Bytes => "Byte-level".to_string(),
+            _ => format!("Subword ({}, {} ids)", args.tokenizer, tokenizer.vocab_size()),
+        },
         args.steps,
         50.min(args.steps / 10),
         args.seeds,
@@ -291,7 +349,11 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
             time / dense_time
         );
     }
-    let _ = writeln!(md, "\n![validation bpb vs steps](results/val_bpb_vs_steps.svg)\n\n![validation bpb vs wall time](results/val_bpb_vs_time.svg)\n");
+    let _ = writeln!(
+        md,
+        "\n![validation bpb vs steps]({plots_link}/val_bpb_vs_steps.svg)\n\n\
+         ![validation bpb vs wall time]({plots_link}/val_bpb_vs_time.svg)\n"
+    );
     let _ = writeln!(md, "## The claims, checked against the seed spread\n");
     let find = |n: &str| rows.iter().find(|r| r.0 == n);
     let claims = [
@@ -330,14 +392,14 @@ fn report(args: &Args, variants: &[(&str, ModelConfig)], data: &str) -> altup_mo
     }
     println!("{md}");
     // Keep a hand-written reading of the numbers across regenerations.
-    if let Some(kept) = std::fs::read_to_string(&args.report)
+    if let Some(kept) = std::fs::read_to_string(&paths.report)
         .ok()
         .and_then(|old| old.find(HAND_WRITTEN).map(|at| old[at..].to_string()))
     {
         let _ = write!(md, "\n{kept}");
     }
-    std::fs::write(&args.report, &md).map_err(|e| altup_moe::Error::io(&args.report, e))?;
-    eprintln!("wrote {} and {}/", args.report.display(), plots.display());
+    std::fs::write(&paths.report, &md).map_err(|e| altup_moe::Error::io(&paths.report, e))?;
+    eprintln!("wrote {} and {}/", paths.report.display(), plots.display());
     Ok(())
 }
 

@@ -17,7 +17,7 @@ mod common;
 use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
 use altup_moe::moe::ExpertParallel;
-use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TrainConfig, Trainer};
+use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, TrainConfig, Trainer};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::data::{prompt as data_prompt, run_data, RunData};
 use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};
@@ -61,6 +61,11 @@ struct Args {
     /// the same --data.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start from another model's weights, model config and tokenizer (a run folder, a step-*
+    /// checkpoint, or a folder written by the `upcycle` example) with a fresh optimizer and
+    /// learning-rate schedule; the model flags and --tokenizer are then ignored.
+    #[arg(long, conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// With --resume, continue even if the corpus differs from the one the run was trained on
     /// (its content hash is in train_config.json).
     #[arg(long, requires = "resume")]
@@ -126,8 +131,20 @@ fn train_main(
         (None, false) => RunStart::Fresh,
     };
     let folder = RunFolder::open(args.out.as_deref(), start)?;
+    // A model to start from: its config, weights and tokenizer replace the flags'.
+    let init = args.init_from.as_deref().map(|p| LanguageModel::load(p, Device::Cpu)).transpose()?;
+    let spec = match &init {
+        Some(loaded) => {
+            warn_ignored(&["ModelFlags"], "--init-from gives the model");
+            if matches!(matches.value_source("tokenizer"), Some(clap::parser::ValueSource::CommandLine)) {
+                say!("warning: --tokenizer ignored: the --init-from model's tokenizer is used");
+            }
+            loaded.tokenizer_file.clone().map_or(TokenizerSpec::Bytes, TokenizerSpec::File)
+        }
+        None => args.schedule.tokenizer.clone(),
+    };
     let RunData { description: data, hash: data_hash, tokenizer, spec, train, val, val_text } =
-        run_data(args.data.as_deref(), &folder, &args.schedule.tokenizer, &|line| say!("{line}"))?;
+        run_data(args.data.as_deref(), Some(&folder), &spec, &|line| say!("{line}"))?;
     let (config, train_config) = match (
         folder.checkpoint(),
         folder.resumed_train_config(args.steps, &data, &data_hash, args.allow_data_change)?,
@@ -153,10 +170,12 @@ fn train_main(
         }
         _ => {
             let arch = args.model.arch;
-            if !arch.has_moe() {
+            if init.is_some() {
+                warn_ignored(&["MoeFlags", "AltUpFlags"], "--init-from gives the model");
+            } else if !arch.has_moe() {
                 warn_ignored(&["MoeFlags"], &format!("--arch {arch} has no MoE layers"));
             }
-            if !arch.has_altup() {
+            if init.is_none() && !arch.has_altup() {
                 warn_ignored(&["AltUpFlags"], &format!("--arch {arch} has no AltUp"));
             }
             let (s, steps) = (&args.schedule, args.steps.unwrap_or(1200));
@@ -165,8 +184,14 @@ fn train_main(
                 tokenizer: spec.clone(),
                 ..s.train_config(steps, &args.moe, &data)
             };
-            let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
-            config.vocab_size = tokenizer.vocab_size();
+            let config = match &init {
+                Some(loaded) => loaded.model.config().clone(),
+                None => {
+                    let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
+                    config.vocab_size = tokenizer.vocab_size();
+                    config
+                }
+            };
             (config, train_config)
         }
     };
@@ -185,13 +210,19 @@ fn train_main(
     model.set_precision(train_config.precision);
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
     let resumed = folder.checkpoint().map(|meta| trainer.restore(meta)).transpose()?;
+    if let Some(loaded) = &init {
+        trainer.load_initial_weights(&loaded.weights)?;
+    }
 
     let counts = model.param_counts();
     say!(
         "{} | {} params ({} active per token) | device {} | data {} | {} train / {} val tokens, {:.2} bytes per token",
         match folder.checkpoint() {
             Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
-            None => format!("arch {}", args.model.arch),
+            None => match &init {
+                Some(loaded) => format!("starting from {}", loaded.weights.display()),
+                None => format!("arch {}", args.model.arch),
+            },
         },
         human(counts.total),
         human(counts.active_per_token),

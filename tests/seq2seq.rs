@@ -211,3 +211,79 @@ fn span_corruption_training_learns() {
         assert_eq!(out.len(), 6);
     }
 }
+
+/// Undoes span corruption: each sentinel of the input is replaced by the tokens that follow the
+/// same sentinel in the target.
+fn uncorrupt(input: &[i64], target: &[i64], corruption: &SpanCorruption) -> Vec<i64> {
+    let mut out = Vec::new();
+    for &t in input {
+        if !corruption.is_sentinel(t) {
+            out.push(t);
+            continue;
+        }
+        let at = target.iter().position(|&x| x == t).expect("every input sentinel is in the target");
+        out.extend(target[at + 1..].iter().take_while(|&&x| !corruption.is_sentinel(x)));
+    }
+    out
+}
+
+/// Span corruption on subword ids: the sentinels follow the tokenizer's ids, every window is
+/// restored exactly by putting the target's spans back, a model learns, and data of a larger
+/// tokenizer than `text_vocab` is refused naming both sizes.
+#[test]
+fn span_corruption_on_subword_ids() {
+    use altup_moe::train::TextTokenizer;
+    use rand::SeedableRng;
+    let text = "All the world's a stage, and all the men and women merely players; they have their exits \
+                and their entrances, and one man in his time plays many parts.\n"
+        .repeat(40);
+    let tokenizer = TextTokenizer::train_bpe(&text, 300).unwrap();
+    let (train_text, val_text) = text.as_bytes().split_at(text.len() * 9 / 10);
+    let (train, val) = (tokenizer.dataset(train_text).unwrap(), tokenizer.dataset(val_text).unwrap());
+    let corruption = SpanCorruption { text_vocab: tokenizer.vocab_size(), ..Default::default() };
+    assert_eq!(corruption.sentinel(0), 300);
+
+    // Every window comes back from its corrupted input and target.
+    let window = 24;
+    let windows = val.spread_windows(6, window).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let batches = corruption.eval_batches(&val, 3, window, 2, &mut rng, tch::Device::Cpu).unwrap();
+    let (s, t) = corruption.lengths(window).unwrap();
+    let mut restored = Vec::new();
+    for batch in &batches {
+        let src = Vec::<i64>::try_from(batch.src.flatten(0, -1)).unwrap();
+        let tgt = Vec::<i64>::try_from(batch.tgt_out.flatten(0, -1)).unwrap();
+        for (input, target) in src.chunks(s).zip(tgt.chunks(t)) {
+            assert!(target.iter().filter(|&&x| corruption.is_sentinel(x)).count() >= 2);
+            restored.push(uncorrupt(input, target, &corruption));
+        }
+    }
+    assert_eq!(restored, windows);
+    assert!(windows.iter().flatten().any(|&id| id >= 256), "the BPE merges pieces into ids past the bytes");
+
+    // Training on subword ids through the generic trainer lowers the loss.
+    let (vs, model) = build(&tiny(Arch::Dense, corruption.vocab_size()));
+    let task = SpanCorruptionTask { model: &model, corruption: corruption.clone(), eval_seed: 0 };
+    let config = TrainConfig {
+        steps: 25,
+        batch_size: 8,
+        seq_len: 32,
+        lr: 1e-2,
+        warmup_steps: 3,
+        eval_every: 25,
+        eval_batches: 2,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&vs, &task, &train, &val, config.clone()).unwrap();
+    let before = trainer.evaluate().unwrap().loss;
+    for _ in 0..25 {
+        trainer.step().unwrap();
+    }
+    let after = trainer.evaluate().unwrap().loss;
+    assert!(after < before - 1.5, "validation loss {before:.3} -> {after:.3}");
+
+    // Sentinels at the bytes' end would collide with the tokenizer's ids.
+    let byte_task = SpanCorruptionTask { model: &model, corruption: SpanCorruption::default(), eval_seed: 0 };
+    let err = Trainer::new(&vs, &byte_task, &train, &val, config).unwrap_err().to_string();
+    assert!(err.contains("300-id tokenizer") && err.contains("text_vocab = 256"), "{err}");
+}

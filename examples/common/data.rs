@@ -24,25 +24,26 @@ pub struct RunData {
     pub val_text: Option<String>,
 }
 
-/// Reads `data` (default: Shakespeare) for a run in `folder`: a prepared folder (its `meta.json`)
-/// is memory-mapped and must match the run's tokenizer; raw text is split 90/10 and tokenized
-/// with the run's tokenizer (`spec` for a new run: a BPE is trained on the training split).
-/// `say` prints progress lines.
+/// Reads `data` (default: Shakespeare) for a run in `folder` (`None`: runs that start fresh): a
+/// prepared folder (its `meta.json`) is memory-mapped and must match the run's tokenizer; raw
+/// text is split 90/10 and tokenized with the run's tokenizer (a resumed run's own, else `spec`:
+/// a BPE is trained on the training split). `say` prints progress lines.
 ///
 /// # Errors
 /// Data and tokenizer errors, naming the value; [`Error::Config`] when prepared shards were made
 /// with another tokenizer than the run's.
 pub fn run_data(
     data: Option<&Path>,
-    folder: &RunFolder,
+    folder: Option<&RunFolder>,
     spec: &TokenizerSpec,
     say: &dyn Fn(String),
 ) -> altup_moe::Result<RunData> {
+    let resumed = folder.filter(|f| f.checkpoint().is_some());
     if let Some(dir) = data.filter(|d| PreparedCorpus::is_prepared(d)) {
         let prepared = PreparedCorpus::open(dir)?;
         let meta = &prepared.meta;
-        let run_tokenizer = match folder.checkpoint() {
-            Some(_) => Some(tokenizer_hash(&folder.tokenizer(spec, "")?)?),
+        let run_tokenizer = match resumed {
+            Some(folder) => Some(tokenizer_hash(&folder.tokenizer(spec, "")?)?),
             None if *spec != TokenizerSpec::Bytes && spec.to_string() != meta.tokenizer => {
                 return Err(Error::Config(format!(
                     "--tokenizer {spec} but {} was prepared with tokenizer {}; prepare it again or drop --tokenizer",
@@ -74,10 +75,14 @@ pub fn run_data(
     }
     let (path, corpus) = load_corpus(data)?;
     let (train_text, val_text) = corpus.split_text(0.1)?;
-    if folder.checkpoint().is_none() && matches!(spec, TokenizerSpec::Bpe(_)) {
+    if resumed.is_none() && matches!(spec, TokenizerSpec::Bpe(_)) {
         say(format!("training a {spec} tokenizer on the training split ({} bytes)", human(train_text.len())));
     }
-    let tokenizer = folder.tokenizer(spec, &String::from_utf8_lossy(train_text))?;
+    let train_string = String::from_utf8_lossy(train_text);
+    let tokenizer = match resumed {
+        Some(folder) => folder.tokenizer(spec, &train_string)?,
+        None => TextTokenizer::from_spec(spec, &train_string)?,
+    };
     Ok(RunData {
         description: data_description(&path, &corpus),
         hash: corpus.content_hash(),

@@ -286,50 +286,60 @@ pub fn model_config(
     config.attention.num_heads = model.heads;
     config.ffn = FeedForwardConfig { d_ff, activation: model.activation };
     if let Some(moe) = &mut config.moe {
-        let m = moe_flags;
-        let capacity_factor = m.capacity_factor.map_or(m.router.policy().default_capacity_factor(), |c| c.0);
-        *moe = MoeConfig {
-            num_experts: m.experts,
-            top_k: m.top_k,
-            d_ff: m.expert_d_ff.unwrap_or(d_ff),
-            activation: model.activation,
-            router: m.router,
-            capacity_factor,
-            eval_capacity_factor: m.eval_capacity_factor.map_or(capacity_factor, |c| c.0),
-            priority: m.priority,
-            normalize_gates: m.normalize_gates,
-            jitter: m.jitter,
-            balancing: match m.balancing {
-                BalancingFlag::AuxLoss => Balancing::AuxLoss,
-                BalancingFlag::AuxFree => Balancing::AuxFree { bias_update_rate: m.bias_update_rate },
-            },
-            num_shared_experts: m.shared_experts,
-            ..moe.clone()
-        };
-        config.moe_layers = match &m.moe_layers {
-            Some(layers) => MoeLayers::List { layers: layers.clone() },
-            None => MoeLayers::Every { every: m.moe_every, offset: m.moe_offset },
-        };
+        (*moe, config.moe_layers) = moe_config(moe_flags, d_ff, model.activation, moe);
     }
     if let Some(altup) = &mut config.altup {
-        let a = altup_flags;
-        *altup = AltUpConfig {
-            num_blocks: a.altup_blocks,
-            selection: a.altup_selection.clone(),
-            compute_on: a.altup_compute,
-            coefficients: match a.altup_mode {
-                AltUpMode::Static => Coefficients::Static,
-                AltUpMode::InputDependent => Coefficients::InputDependent { clip: a.altup_clip.0 },
-            },
-            widening: if a.recycled { Widening::Recycled } else { a.altup_widening },
-            output: a.altup_output,
-        };
+        *altup = altup_config(altup_flags);
     }
     if model.sequence_stride > 1 {
         config.sequence_altup = Some(SequenceAltUpConfig { stride: model.sequence_stride });
     }
     config.validate()?;
     Ok(config)
+}
+
+/// The MoE layers the flags describe, for a model whose dense FFN is `d_ff` wide with
+/// `activation` (the experts' defaults); fields without a flag come from `base`.
+pub fn moe_config(m: &MoeFlags, d_ff: usize, activation: Activation, base: &MoeConfig) -> (MoeConfig, MoeLayers) {
+    let capacity_factor = m.capacity_factor.map_or(m.router.policy().default_capacity_factor(), |c| c.0);
+    let moe = MoeConfig {
+        num_experts: m.experts,
+        top_k: m.top_k,
+        d_ff: m.expert_d_ff.unwrap_or(d_ff),
+        activation,
+        router: m.router,
+        capacity_factor,
+        eval_capacity_factor: m.eval_capacity_factor.map_or(capacity_factor, |c| c.0),
+        priority: m.priority,
+        normalize_gates: m.normalize_gates,
+        jitter: m.jitter,
+        balancing: match m.balancing {
+            BalancingFlag::AuxLoss => Balancing::AuxLoss,
+            BalancingFlag::AuxFree => Balancing::AuxFree { bias_update_rate: m.bias_update_rate },
+        },
+        num_shared_experts: m.shared_experts,
+        ..base.clone()
+    };
+    let layers = match &m.moe_layers {
+        Some(layers) => MoeLayers::List { layers: layers.clone() },
+        None => MoeLayers::Every { every: m.moe_every, offset: m.moe_offset },
+    };
+    (moe, layers)
+}
+
+/// The AltUp config the flags describe.
+pub fn altup_config(a: &AltUpFlags) -> AltUpConfig {
+    AltUpConfig {
+        num_blocks: a.altup_blocks,
+        selection: a.altup_selection.clone(),
+        compute_on: a.altup_compute,
+        coefficients: match a.altup_mode {
+            AltUpMode::Static => Coefficients::Static,
+            AltUpMode::InputDependent => Coefficients::InputDependent { clip: a.altup_clip.0 },
+        },
+        widening: if a.recycled { Widening::Recycled } else { a.altup_widening },
+        output: a.altup_output,
+    }
 }
 
 /// The flags of clap argument group `group` (a flattened struct's name, e.g. `"MoeFlags"`)

@@ -12,6 +12,7 @@ pub(crate) mod precision;
 pub(crate) mod presets;
 pub(crate) mod seq2seq;
 pub(crate) mod stack;
+pub(crate) mod upcycle;
 
 pub use block::{residual_add, Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use config::{ModelConfig, MoeLayers};
@@ -24,3 +25,4 @@ pub use precision::Precision;
 pub use presets::Arch;
 pub use seq2seq::{Seq2SeqConfig, Seq2SeqModel, Seq2SeqOutput};
 pub use stack::{Stack, StackCache, StackContext};
+pub use upcycle::{check_upcycle, upcycle};

@@ -369,17 +369,92 @@ impl TokenDataset {
         Err(Error::Data(format!("tokens {start}..{} end past the data ({} tokens)", start + len, self.len())))
     }
 
-    fn check_len(&self, seq_len: usize, what: &str) -> Result<()> {
+    /// Checks that some segment holds a window of `len` tokens; the error names the split
+    /// (`what`) and what the window is (`need`, e.g. "seq_len + 1 = 129").
+    fn check_window(&self, len: usize, what: &str, need: &str, hint: &str) -> Result<()> {
         let longest = self.segments().into_iter().max().unwrap_or(0);
-        if seq_len == 0 || longest < seq_len + 1 {
+        if len == 0 || longest < len {
             return Err(Error::Data(format!(
-                "the {what} split holds {} {}, fewer than seq_len + 1 = {}; use more data or a shorter --seq-len",
+                "the {what} split holds {} {}, fewer than {need}; {hint}",
                 longest,
                 if self.bytes().is_some() { "bytes" } else { "tokens" },
-                seq_len + 1
             )));
         }
         Ok(())
+    }
+
+    fn check_len(&self, seq_len: usize, what: &str) -> Result<()> {
+        if seq_len == 0 {
+            return Err(Error::Data("seq_len (0) must be positive".into()));
+        }
+        let need = format!("seq_len + 1 = {}", seq_len + 1);
+        self.check_window(seq_len + 1, what, &need, "use more data or a shorter --seq-len")
+    }
+
+    /// `count` window starts `(segment, offset)` for windows of `len` tokens, uniformly over every
+    /// start of every segment (a window never crosses from one shard into the next). The caller
+    /// has checked that some segment holds a window.
+    fn random_starts(&self, count: usize, len: usize, rng: &mut impl Rng) -> Vec<(usize, usize)> {
+        let segments = self.segments();
+        // Window starts per segment; a segment shorter than a window has none.
+        let starts_in: Vec<usize> = segments.iter().map(|&n| (n + 1).saturating_sub(len)).collect();
+        let total: usize = starts_in.iter().sum();
+        (0..count)
+            .map(|_| {
+                if segments.len() == 1 {
+                    return (0, rng.random_range(0..=segments[0] - len));
+                }
+                // Uniform over every window start of every shard: the k-th start overall.
+                let mut k = rng.random_range(0..total);
+                let mut segment = 0;
+                while k >= starts_in[segment] {
+                    k -= starts_in[segment];
+                    segment += 1;
+                }
+                (segment, k)
+            })
+            .collect()
+    }
+
+    /// Up to `wanted` starts of windows of `len` tokens taken every `stride` tokens in each
+    /// segment, spread evenly over all of them (the same starts every call).
+    fn spread_starts(&self, wanted: usize, len: usize, stride: usize) -> Vec<(usize, usize)> {
+        let windows: Vec<(usize, usize)> = self
+            .segments()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(segment, n)| {
+                let count = if n < len { 0 } else { (n - len) / stride + 1 };
+                (0..count).map(move |i| (segment, i * stride))
+            })
+            .collect();
+        let available = windows.len();
+        let wanted = wanted.min(available).max(1);
+        let stride = available / wanted;
+        (0..wanted).map(|i| windows[i * stride]).collect()
+    }
+
+    /// `count` windows of `len` tokens at uniformly random offsets (each inside one shard).
+    ///
+    /// # Errors
+    /// [`Error::Data`] naming the split's length if no shard holds `len` tokens, or for a shard
+    /// id outside the vocabulary.
+    pub fn random_windows(&self, count: usize, len: usize, rng: &mut impl Rng) -> Result<Vec<Vec<i64>>> {
+        self.check_window(len, "training", &format!("one window of {len}"), "use more data or shorter windows")?;
+        self.random_starts(count, len, rng)
+            .into_iter()
+            .map(|(segment, s)| self.segment_window(segment, s, len))
+            .collect()
+    }
+
+    /// Up to `max` non-overlapping windows of `len` tokens spread evenly over the whole dataset
+    /// (the same windows every call, so evaluations are comparable).
+    ///
+    /// # Errors
+    /// As [`TokenDataset::random_windows`].
+    pub fn spread_windows(&self, max: usize, len: usize) -> Result<Vec<Vec<i64>>> {
+        self.check_window(len, "validation", &format!("one window of {len}"), "use more data or shorter windows")?;
+        self.spread_starts(max, len, len).into_iter().map(|(segment, s)| self.segment_window(segment, s, len)).collect()
     }
 
     fn batch_from_starts(&self, starts: &[(usize, usize)], seq_len: usize, device: Device) -> Result<Batch> {
@@ -404,30 +479,12 @@ impl TokenDataset {
     /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` tokens.
     pub fn random_batch(&self, batch_size: usize, seq_len: usize, rng: &mut impl Rng, device: Device) -> Result<Batch> {
         self.check_len(seq_len, "training")?;
-        let segments = self.segments();
-        // Window starts per segment; a segment shorter than a window has none.
-        let starts_in: Vec<usize> = segments.iter().map(|&n| (n + 1).saturating_sub(seq_len + 1)).collect();
-        let total: usize = starts_in.iter().sum();
-        let starts: Vec<(usize, usize)> = (0..batch_size)
-            .map(|_| {
-                if segments.len() == 1 {
-                    return (0, rng.random_range(0..=segments[0] - seq_len - 1));
-                }
-                // Uniform over every window start of every shard: the k-th start overall.
-                let mut k = rng.random_range(0..total);
-                let mut segment = 0;
-                while k >= starts_in[segment] {
-                    k -= starts_in[segment];
-                    segment += 1;
-                }
-                (segment, k)
-            })
-            .collect();
+        let starts = self.random_starts(batch_size, seq_len + 1, rng);
         self.batch_from_starts(&starts, seq_len, device)
     }
 
-    /// Up to `max_batches` batches of non-overlapping windows spread evenly over the whole
-    /// dataset (the same windows every call, so evaluations are comparable).
+    /// Up to `max_batches` batches of windows spread evenly over the whole dataset (inputs do
+    /// not overlap; the same windows every call, so evaluations are comparable).
     ///
     /// # Errors
     /// [`Error::Data`] if the dataset is shorter than `seq_len + 1` tokens.
@@ -439,17 +496,8 @@ impl TokenDataset {
         device: Device,
     ) -> Result<Vec<Batch>> {
         self.check_len(seq_len, "validation")?;
-        // Non-overlapping windows of every segment, in order, then an even spread over them.
-        let windows: Vec<(usize, usize)> = self
-            .segments()
-            .into_iter()
-            .enumerate()
-            .flat_map(|(segment, n)| (0..n.saturating_sub(1) / seq_len).map(move |i| (segment, i * seq_len)))
-            .collect();
-        let available = windows.len();
-        let wanted = (batch_size * max_batches).min(available).max(1);
-        let stride = available / wanted;
-        let starts: Vec<(usize, usize)> = (0..wanted).map(|i| windows[i * stride]).collect();
+        // Windows of seq_len + 1 tokens every seq_len tokens: inputs tile the split.
+        let starts = self.spread_starts(batch_size * max_batches, seq_len + 1, seq_len);
         starts.chunks(batch_size).map(|chunk| self.batch_from_starts(chunk, seq_len, device)).collect()
     }
 }

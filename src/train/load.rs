@@ -21,6 +21,8 @@ pub struct Loaded<M> {
     /// The tokenizer the model was trained with: the `tokenizer.json` beside the weights or in
     /// the run folder of a `step-*` checkpoint; bytes when there is none.
     pub tokenizer: TextTokenizer,
+    /// The `tokenizer.json` that was read (`None` for bytes).
+    pub tokenizer_file: Option<PathBuf>,
 }
 
 /// A model of either kind, as [`load_model`] finds it.
@@ -83,13 +85,14 @@ fn is_encoder_decoder(config: &Path) -> Result<bool> {
 
 /// The tokenizer of the model whose weights are `weights` (see [`Loaded::tokenizer`]), checked
 /// against the model's vocabulary of `vocab_size` ids.
-fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<TextTokenizer> {
+fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<(TextTokenizer, Option<PathBuf>)> {
     let dir = weights.parent().unwrap_or(Path::new("."));
     let run = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
-    let tokenizer = match run {
-        Some(run) if !dir.join(TextTokenizer::FILE).is_file() => TextTokenizer::from_folder(run)?,
-        _ => TextTokenizer::from_folder(dir)?,
+    let folder = match run {
+        Some(run) if !dir.join(TextTokenizer::FILE).is_file() => run,
+        _ => dir,
     };
+    let tokenizer = TextTokenizer::from_folder(folder)?;
     if tokenizer.vocab_size() > vocab_size {
         return Err(Error::Data(format!(
             "the tokenizer next to {} has {} ids but the model's vocab_size is {vocab_size}",
@@ -97,7 +100,8 @@ fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<TextTokenizer> {
             tokenizer.vocab_size()
         )));
     }
-    Ok(tokenizer)
+    let file = Some(folder.join(TextTokenizer::FILE)).filter(|_| !matches!(tokenizer, TextTokenizer::Bytes));
+    Ok((tokenizer, file))
 }
 
 fn read_seq2seq_config(path: &Path) -> Result<Seq2SeqConfig> {
@@ -127,8 +131,8 @@ impl LanguageModel {
         let vs = VarStore::new(device);
         let model = LanguageModel::new(&vs.root(), &config)?;
         load_weights(&vs, &weights)?;
-        let tokenizer = tokenizer_of(&weights, config.vocab_size)?;
-        Ok(Loaded { vs, model, weights, tokenizer })
+        let (tokenizer, tokenizer_file) = tokenizer_of(&weights, config.vocab_size)?;
+        Ok(Loaded { vs, model, weights, tokenizer, tokenizer_file })
     }
 }
 
@@ -149,8 +153,8 @@ impl Seq2SeqModel {
         let vs = VarStore::new(device);
         let model = Seq2SeqModel::new(&vs.root(), &config)?;
         load_weights(&vs, &weights)?;
-        let tokenizer = tokenizer_of(&weights, config.decoder.vocab_size)?;
-        Ok(Loaded { vs, model, weights, tokenizer })
+        let (tokenizer, tokenizer_file) = tokenizer_of(&weights, config.decoder.vocab_size)?;
+        Ok(Loaded { vs, model, weights, tokenizer, tokenizer_file })
     }
 }
 

@@ -44,7 +44,15 @@ pub trait Task {
     /// [`Error::Config`] naming the limit.
     fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()>;
 
-    /// A random training batch of `batch_size` windows of `seq_len` bytes.
+    /// Bytes of text per predicted token of `val`, which turns the validation loss (nats per
+    /// token) into `val_bpb` = loss / ln 2 / this. The default is the data's own ratio (next-token
+    /// prediction predicts every token of the text: bits per byte of the original text, whatever
+    /// the tokenizer).
+    fn val_bytes_per_token(&self, val: &TokenDataset) -> f64 {
+        val.bytes_per_token()
+    }
+
+    /// A random training batch of `batch_size` windows of `seq_len` tokens.
     ///
     /// # Errors
     /// [`Error::Data`] if the data is too short.
@@ -202,7 +210,7 @@ impl Task for LanguageModel {
     }
 }
 
-/// Span-corruption pre-training of an encoder-decoder: windows of `seq_len` bytes are corrupted
+/// Span-corruption pre-training of an encoder-decoder: windows of `seq_len` tokens are corrupted
 /// ([`SpanCorruption`]); the loss is the cross-entropy of the target (sentinels and dropped
 /// spans) given the corrupted input.
 #[derive(Debug)]
@@ -226,17 +234,28 @@ impl Task for SpanCorruptionTask<'_> {
         self.model.precision()
     }
 
+    /// 1: span corruption's targets are sentinels and dropped spans, not the text, so its
+    /// `val_bpb` is bits per *target token* (comparable between runs of one tokenizer only).
+    fn val_bytes_per_token(&self, _val: &TokenDataset) -> f64 {
+        1.0
+    }
+
     fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()> {
         self.corruption.validate()?;
-        ensure_config(data_vocab <= 256, || {
-            format!("span corruption trains on bytes, but the data holds ids of a {data_vocab}-id tokenizer")
+        ensure_config(data_vocab <= self.corruption.text_vocab, || {
+            format!(
+                "the data holds ids of a {data_vocab}-id tokenizer but span corruption's sentinels start at \
+                 text_vocab = {} (set it to the tokenizer's vocabulary size)",
+                self.corruption.text_vocab
+            )
         })?;
         let (src, tgt) = self.corruption.lengths(seq_len)?;
         let config = self.model.config();
         ensure_config(config.encoder.vocab_size >= self.corruption.vocab_size(), || {
             format!(
-                "vocab_size ({}) must hold the bytes, {} sentinels and the start id ({})",
+                "vocab_size ({}) must hold the {} text ids, {} sentinels and the start id ({})",
                 config.encoder.vocab_size,
+                self.corruption.text_vocab,
                 self.corruption.num_sentinels,
                 self.corruption.vocab_size()
             )

@@ -96,11 +96,35 @@ impl<'a, T: Task> Trainer<'a, T> {
             schedule: LrSchedule::new(config.lr, config.warmup_steps, config.steps, config.min_lr_ratio)?,
             train,
             val_batches,
-            val_bytes_per_token: val.bytes_per_token(),
+            val_bytes_per_token: task.val_bytes_per_token(val),
             config,
             device,
             step: 0,
         })
+    }
+
+    /// Starts training from the weights in `path` (a `model.safetensors` of this model's
+    /// config, e.g. a dense run's weights after [`crate::model::upcycle`]) instead of the
+    /// initialisation; the optimizer and the schedule start fresh. An expert-parallel rank takes
+    /// its own experts' slice.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] after the first step, or when the file's tensors do not match the
+    /// model exactly (names, shapes, dtypes); [`Error::Torch`] for an unreadable file.
+    pub fn load_initial_weights(&mut self, path: &Path) -> Result<()> {
+        if self.step > 0 {
+            return Err(Error::Checkpoint(format!(
+                "initial weights {} must be loaded before the first step (at step {})",
+                path.display(),
+                self.step
+            )));
+        }
+        let mut weights = read_tensors(path)?;
+        if let Some(p) = self.task.expert_parallel() {
+            let roles = roles(self.vs);
+            weights = p.slice_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+        }
+        load_named_weights(self.vs, &weights, path)
     }
 
     /// Optimizer steps completed.

@@ -1,0 +1,115 @@
+//! Upcycle a trained dense language model into a Switch-MoE, AltUp or AltUp+MoE model that
+//! computes the same function at step 0 (sparse upcycling, Komatsuzaki et al. 2022, arXiv
+//! 2212.05055; AltUp from its identity initialisation), then continue training it with
+//! `train --init-from`.
+//!
+//! ```text
+//! cargo run --release --example train -- --arch dense --steps 600 --out runs/dense
+//! cargo run --release --example upcycle -- --from runs/dense --arch altup-moe --out runs/upcycled
+//! cargo run --release --example train -- --init-from runs/upcycled --steps 600 --out runs/upcycled-trained
+//! ```
+//!
+//! Writes `OUT/config.json`, `OUT/model.safetensors` and the dense model's `tokenizer.json` (if
+//! it has one), and prints how far the upcycled model's logits are from the dense model's on a
+//! random batch (0 up to float rounding).
+
+mod common;
+
+use altup_moe::model::{upcycle, Arch, LanguageModel};
+use altup_moe::train::{save_json, save_weights, TextTokenizer};
+use altup_moe::Error;
+use clap::Parser;
+use common::flags::{altup_config, moe_config, AltUpFlags, MoeFlags};
+use common::{human, parse_arch, parse_device};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// Turn a trained dense model into an MoE, AltUp or AltUp+MoE model with the same function:
+/// every expert a copy of the dense FFN, AltUp's blocks copies of the embedding.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The dense model: a run folder written by `train`, a step-* checkpoint, or a
+    /// model.safetensors with config.json beside it.
+    #[arg(long)]
+    from: PathBuf,
+    /// What to upcycle to: switch (MoE blocks), altup, or altup-moe.
+    #[arg(long, default_value = "altup-moe", value_parser = parse_arch)]
+    arch: Arch,
+    /// Output folder for config.json and model.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace a model already in --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    #[command(flatten)]
+    moe: MoeFlags,
+    #[command(flatten)]
+    altup: AltUpFlags,
+}
+
+fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
+    if args.arch == Arch::Dense {
+        return Err(Error::Config("--arch dense: upcycle to switch, altup or altup-moe".into()));
+    }
+    let weights_out = args.out.join("model.safetensors");
+    if weights_out.exists() && !args.overwrite {
+        return Err(Error::Input(format!("{} already exists; pass --overwrite to replace it", weights_out.display())));
+    }
+    let dense = LanguageModel::load(&args.from, args.device)?;
+    let dense_config = dense.model.config().clone();
+    let mut target = dense_config.clone();
+    if args.arch.has_moe() {
+        let base = altup_moe::moe::MoeConfig::default();
+        let (moe, layers) = moe_config(&args.moe, dense_config.ffn.d_ff, dense_config.ffn.activation, &base);
+        target.moe = Some(moe);
+        target.moe_layers = layers;
+    }
+    if args.arch.has_altup() {
+        target.altup = Some(altup_config(&args.altup));
+        // A K·d-wide embedding cannot be tied to the d-wide head: the head starts as a copy.
+        target.tie_embeddings &= target.embedding_width() == target.d_model;
+    }
+    let vs = VarStore::new(args.device);
+    let model = upcycle(&dense.vs, &dense_config, &target, &vs)?;
+
+    // The function is the dense one: compare logits on a random batch.
+    let ids = Tensor::f_randint(
+        dense_config.vocab_size as i64,
+        [4, dense_config.max_seq_len.min(64) as i64],
+        (Kind::Int64, args.device),
+    )?;
+    let (a, b) = (dense.model.forward_t(&ids, false)?.logits, model.forward_t(&ids, false)?.logits);
+    let diff = a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?;
+
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    save_json(&args.out.join("config.json"), &target)?;
+    save_weights(&vs, &weights_out)?;
+    if !matches!(dense.tokenizer, TextTokenizer::Bytes) {
+        dense.tokenizer.save_to_folder(&args.out)?;
+    }
+    let (before, after) = (dense.model.param_counts(), model.param_counts());
+    eprintln!(
+        "{} -> {}: {} params ({} active per token) -> {} ({} active); max |logit difference| on a random batch {diff:.2e}",
+        dense.weights.display(),
+        args.arch,
+        human(before.total),
+        human(before.active_per_token),
+        human(after.total),
+        human(after.active_per_token),
+    );
+    eprintln!(
+        "wrote {}/{{config.json, model.safetensors}}; continue with: train --init-from {}",
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    common::exit_code(upcycle_main(&Args::parse()))
+}

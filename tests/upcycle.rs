@@ -1,0 +1,199 @@
+//! Sparse upcycling and AltUp upcycling: the upcycled model computes the dense model's logits at
+//! step 0 (Komatsuzaki et al. 2022, arXiv 2212.05055), and training then lowers the loss.
+
+mod common;
+
+use altup_moe::altup::{AltUpConfig, Coefficients, ComputeInput, OutputReduction, Widening};
+use altup_moe::model::{check_upcycle, upcycle, Arch, LanguageModel, ModelConfig, MoeLayers};
+use altup_moe::moe::{MoeConfig, RouterKind};
+use altup_moe::nn::Activation;
+use altup_moe::train::{TrainConfig, Trainer};
+use common::device;
+use tch::{nn::VarStore, Kind, Tensor};
+
+/// A dense model d = 32, 3 blocks, 4 heads, SwiGLU F = 64, with every parameter redrawn at a
+/// scale where each FFN changes the logits by far more than the tolerances below.
+fn dense() -> (VarStore, ModelConfig, LanguageModel) {
+    let mut c = ModelConfig::preset(Arch::Dense);
+    c.vocab_size = 64;
+    c.d_model = 32;
+    c.num_layers = 3;
+    c.max_seq_len = 16;
+    c.attention.num_heads = 4;
+    c.ffn.d_ff = 64;
+    c.ffn.activation = Activation::SwiGlu;
+    let vs = VarStore::new(device());
+    let model = LanguageModel::new(&vs.root(), &c).unwrap();
+    tch::manual_seed(7);
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            let noise = Tensor::randn(v.size(), (Kind::Float, v.device()));
+            let value = if name.contains("norm") { noise * 0.3 + 1.0 } else { noise * 0.3 };
+            v.copy_(&value);
+        }
+    });
+    (vs, c, model)
+}
+
+fn moe(top_k: usize, normalize_gates: bool) -> MoeConfig {
+    MoeConfig {
+        num_experts: 4,
+        top_k,
+        d_ff: 64,
+        activation: Activation::SwiGlu,
+        normalize_gates,
+        capacity_factor: None,
+        eval_capacity_factor: None,
+        ..MoeConfig::default()
+    }
+}
+
+fn logits(model: &LanguageModel, ids: &Tensor) -> Tensor {
+    model.forward_t(ids, false).unwrap().logits
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn upcycled_models_compute_the_dense_logits_at_step_0() {
+    let (dense_vs, dense_config, dense_model) = dense();
+    let ids = Tensor::randint(64, [3, 16], (Kind::Int64, device()));
+    let reference = logits(&dense_model, &ids);
+
+    let altup = |widening, output| AltUpConfig { num_blocks: 2, widening, output, ..AltUpConfig::default() };
+    let gemma_coefficients = AltUpConfig {
+        num_blocks: 3,
+        compute_on: ComputeInput::Prediction,
+        coefficients: Coefficients::InputDependent { clip: Some(120.0) },
+        ..AltUpConfig::default()
+    };
+    let every = MoeLayers::Every { every: 1, offset: 0 };
+    let cases: Vec<(&str, Option<MoeConfig>, MoeLayers, Option<AltUpConfig>, f64)> = vec![
+        ("switch top-1, raw gate", Some(moe(1, false)), MoeLayers::default(), None, 1e-5),
+        ("top-2, renormalised", Some(moe(2, true)), every.clone(), None, 1e-5),
+        ("top-2, raw gates", Some(moe(2, false)), every.clone(), None, 1e-5),
+        (
+            "altup K=2, wide embedding, mean",
+            None,
+            every.clone(),
+            Some(altup(Widening::WideEmbedding, OutputReduction::Mean)),
+            1e-5,
+        ),
+        (
+            "altup K=2, projection collapse",
+            None,
+            every.clone(),
+            Some(altup(Widening::WideEmbedding, OutputReduction::Projection)),
+            1e-5,
+        ),
+        ("recycled-altup K=2 (sum)", None, every.clone(), Some(AltUpConfig::recycled(2)), 1e-5),
+        ("altup K=3, input-dependent coefficients", None, every.clone(), Some(gemma_coefficients), 1e-5),
+        (
+            "altup K=2 + switch top-1",
+            Some(moe(1, false)),
+            MoeLayers::default(),
+            Some(altup(Widening::WideEmbedding, OutputReduction::Mean)),
+            1e-5,
+        ),
+    ];
+    for (name, moe_config, layers, altup_config, tolerance) in cases {
+        let mut target = dense_config.clone();
+        target.moe = moe_config;
+        target.moe_layers = layers;
+        target.altup = altup_config;
+        let vs = VarStore::new(device());
+        let up = upcycle(&dense_vs, &dense_config, &target, &vs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let diff = max_diff(&logits(&up, &ids), &reference);
+        assert!(diff < tolerance, "{name}: upcycled logits differ from the dense model's by {diff:e}");
+        // The same architecture from scratch is far from the dense model: the test can fail.
+        let scratch = LanguageModel::new(&VarStore::new(device()).root(), &target).unwrap();
+        let far = max_diff(&logits(&scratch, &ids), &reference);
+        assert!(far > 1.0, "{name}: a fresh model is only {far} away; the comparison is too weak");
+    }
+}
+
+#[test]
+fn every_expert_is_the_dense_ffn_and_raw_gates_start_from_a_zero_router() {
+    let (dense_vs, dense_config, _) = dense();
+    let mut target = dense_config.clone();
+    target.moe = Some(moe(1, false));
+    let vs = VarStore::new(device());
+    upcycle(&dense_vs, &dense_config, &target, &vs).unwrap();
+    let (src, dst) = (dense_vs.variables(), vs.variables());
+    let w_in = &dst["blocks.1.moe.experts.w_in"]; // [E, D, F]
+    let w_out = &dst["blocks.1.moe.experts.w_out"]; // [E, F, D]
+    for e in 0..4 {
+        assert!(w_in.get(e).equal(&src["blocks.1.ffn.w_in.weight"].t_copy()), "expert {e} w_in");
+        // Scaled by E/k = 4, the inverse of the gate 1/E every token gets from the zero router.
+        assert!(w_out.get(e).equal(&(src["blocks.1.ffn.w_out.weight"].t_copy() * 4.0)), "expert {e} w_out");
+    }
+    assert_eq!(dst["blocks.1.moe.router.weight"].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert!(dst.keys().all(|k| !k.starts_with("blocks.1.ffn.")), "the MoE block has no dense FFN left");
+}
+
+#[test]
+fn training_the_upcycled_model_lowers_the_loss() {
+    let (dense_vs, dense_config, _) = dense();
+    let mut target = dense_config.clone();
+    target.moe = Some(moe(2, true));
+    target.altup = Some(AltUpConfig::default());
+    let vs = VarStore::new(device());
+    let model = upcycle(&dense_vs, &dense_config, &target, &vs).unwrap();
+    let text: Vec<u8> =
+        b"to be or not to be, that is the question. ".iter().map(|b| b % 64).cycle().take(4000).collect();
+    let (train, val) = (
+        altup_moe::train::TokenDataset::from_ids(text.iter().map(|&b| u32::from(b)).collect(), 64, 4000).unwrap(),
+        altup_moe::train::TokenDataset::from_ids(text[..400].iter().map(|&b| u32::from(b)).collect(), 64, 400).unwrap(),
+    );
+    let config = TrainConfig {
+        steps: 20,
+        batch_size: 8,
+        seq_len: 15,
+        lr: 3e-3,
+        warmup_steps: 2,
+        eval_every: 20,
+        eval_batches: 2,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(&vs, &model, &train, &val, config).unwrap();
+    let before = trainer.evaluate().unwrap().loss;
+    for _ in 0..20 {
+        trainer.step().unwrap();
+    }
+    let after = trainer.evaluate().unwrap().loss;
+    assert!(after < before - 0.5, "validation loss {before:.3} -> {after:.3}");
+}
+
+#[test]
+fn configs_that_cannot_keep_the_function_are_refused_with_every_reason() {
+    let (_, dense_config, _) = dense();
+    let mut target = dense_config.clone();
+    target.d_model = 64;
+    target.moe = Some(MoeConfig {
+        router: RouterKind::ExpertChoice,
+        num_shared_experts: 1,
+        d_ff: 128,
+        activation: Activation::Gelu,
+        capacity_factor: Some(1.25),
+        normalize_gates: false,
+        ..moe(1, false)
+    });
+    target.altup = Some(AltUpConfig { widening: Widening::Projected, ..AltUpConfig::default() });
+    let err = check_upcycle(&dense_config, &target).unwrap_err().to_string();
+    for part in [
+        "d_model differs from the dense model's (64 vs 32)",
+        "expert choice",
+        "num_shared_experts (1)",
+        "expert d_ff (128) differs from the dense FFN's (64)",
+        "expert activation Gelu differs from the dense FFN's SwiGlu",
+        "capacity_factor 1.25",
+        "projected widening",
+    ] {
+        assert!(err.contains(part), "missing {part:?} in: {err}");
+    }
+    // An MoE source cannot be upcycled again.
+    let err = check_upcycle(&target, &target).unwrap_err().to_string();
+    assert!(err.contains("already has MoE layers") && err.contains("already uses AltUp"), "{err}");
+}
