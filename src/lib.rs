@@ -11,6 +11,7 @@
 //! * [`model`]: the pre-norm block (dense or MoE FFN), stacks, a serde [`model::ModelConfig`] with
 //!   presets for dense, Switch, AltUp and AltUp+MoE stacks, and the [`model::LanguageModel`] built from it.
 //! * [`train`]: byte-level data, AdamW, schedule, atomic checkpoints, metrics, trainer.
+//! * [`hf`]: Hugging Face Llama / Mixtral checkpoints in and out, with logit parity.
 //!
 //! # Shape legend
 //! `B` batch, `T` sequence length, `D` model width, `V` vocabulary, `H` heads, `F` FFN/expert
@@ -41,6 +42,7 @@
 
 pub mod altup;
 mod error;
+pub mod hf;
 pub mod host;
 pub mod model;
 pub mod moe;

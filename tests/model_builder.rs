@@ -27,6 +27,9 @@ fn param_counts_match_the_var_store_and_names_are_unique() {
     let mut tied = tiny(Arch::Switch);
     tied.tie_embeddings = true;
     configs.push(tied);
+    // Grouped-query attention (2 key/value heads for 8 query heads) in the Llama and Mixtral presets.
+    configs.push(ModelConfig::llama());
+    configs.push(ModelConfig::mixtral());
     for config in configs {
         let vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &config).unwrap();

@@ -27,7 +27,7 @@ impl ModelConfig {
     /// Counts parameters from the config:
     ///
     /// * embedding `V·K·D`, head `V·D` unless tied, final norm `D`;
-    /// * per block: attention `4·D²`, two norms `2·D`, cross-attention `4·D² + D` (decoders of an
+    /// * per block: attention `4·D²` (`D·(H + 2·H_kv)·hd + D²` with grouped-query attention), two norms `2·D`, cross-attention `4·D² + D` (decoders of an
     ///   encoder-decoder), and a dense FFN (`2·D·F`, SwiGLU `3·D·F`)
     ///   or an MoE (router `E·D` + `E` routed experts of `2·D·F` / `3·D·F` each, + `S` shared
     ///   experts of the same size, always active);
@@ -40,7 +40,7 @@ impl ModelConfig {
         let (mut expert, mut router, mut inactive) = (0, 0, 0);
         let mut blocks = 0;
         for layer in 0..self.num_layers {
-            blocks += 4 * d * d + 2 * d;
+            blocks += self.attention.num_params(d) + 2 * d;
             if self.cross_attention {
                 blocks += 4 * d * d + d; // cross_norm + q + kv + out
             }

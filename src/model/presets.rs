@@ -1,9 +1,11 @@
-//! Stack presets: the four architectures the builder assembles.
+//! Stack presets: the four architectures the builder assembles ([`Arch`]), and small Llama and
+//! Mixtral models ([`ModelConfig::llama`], [`ModelConfig::mixtral`]) that export to Hugging Face.
 
 use crate::altup::AltUpConfig;
 use crate::error::{Error, Result};
 use crate::model::config::{ModelConfig, MoeLayers};
 use crate::moe::MoeConfig;
+use crate::nn::{Activation, AttentionConfig, FeedForwardConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -86,6 +88,61 @@ impl ModelConfig {
         let moe = arch.has_moe().then(|| MoeConfig { d_ff: base.ffn.d_ff, ..MoeConfig::default() });
         let altup = arch.has_altup().then(AltUpConfig::default);
         ModelConfig { moe, moe_layers: MoeLayers::default(), altup, ..base }
+    }
+}
+
+/// Hidden width of the `llama` and `mixtral` presets' SwiGLU FFNs and experts (about
+/// `8/3 · D` at `D = 128`, rounded up to a multiple of 32, as Llama sizes its MLP).
+const LLAMA_D_FF: usize = 352;
+
+impl ModelConfig {
+    /// A small Llama-style model (Touvron et al. 2023, arXiv 2302.13971; Hugging Face
+    /// `models/llama/modeling_llama.py`), exportable as `hf-llama` (see `altup_moe::hf`): byte
+    /// vocabulary (256), `D = 128`, 4 blocks, 8 query heads of width 16 with 2 key/value heads
+    /// (grouped-query attention), rotary θ = 10⁴ with the rotate-half pairing, RMSNorm ε = 10⁻⁵,
+    /// SwiGLU FFN of width 352, an untied output head, no biases.
+    ///
+    /// ```
+    /// use altup_moe::model::ModelConfig;
+    /// let config = ModelConfig::llama();
+    /// config.validate()?;
+    /// assert_eq!(config.attention.kv_heads(), 2);
+    /// assert!(config.moe.is_none() && !config.tie_embeddings);
+    /// # Ok::<(), altup_moe::Error>(())
+    /// ```
+    pub fn llama() -> Self {
+        ModelConfig {
+            attention: AttentionConfig { num_heads: 8, num_kv_heads: Some(2), ..AttentionConfig::default() },
+            ffn: FeedForwardConfig { d_ff: LLAMA_D_FF, activation: Activation::SwiGlu },
+            norm_eps: 1e-5,
+            tie_embeddings: false,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// A small Mixtral-style model (Jiang et al. 2024, arXiv 2401.04088; Hugging Face
+    /// `models/mixtral/modeling_mixtral.py`), exportable as `hf-mixtral`: [`ModelConfig::llama`]
+    /// with rotary θ = 10⁶ and an MoE FFN in every block — 8 SwiGLU experts of width 352, a
+    /// softmax router whose top-2 gates are renormalised to sum to 1, dropless (no capacity
+    /// limit), no jitter ([`MoeConfig::mixtral`]).
+    ///
+    /// ```
+    /// use altup_moe::model::ModelConfig;
+    /// let config = ModelConfig::mixtral();
+    /// config.validate()?;
+    /// assert!((0..config.num_layers).all(|l| config.is_moe_layer(l)));
+    /// let moe = config.moe.as_ref().unwrap();
+    /// assert_eq!((moe.top_k, moe.normalize_gates, moe.capacity_factor), (2, true, None));
+    /// # Ok::<(), altup_moe::Error>(())
+    /// ```
+    pub fn mixtral() -> Self {
+        let llama = ModelConfig::llama();
+        ModelConfig {
+            attention: AttentionConfig { rope_theta: 1e6, ..llama.attention.clone() },
+            moe: Some(MoeConfig::mixtral(8, LLAMA_D_FF)),
+            moe_layers: MoeLayers::Every { every: 1, offset: 0 },
+            ..llama
+        }
     }
 }
 

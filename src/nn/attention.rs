@@ -20,8 +20,15 @@ use tch::{nn, Kind, Tensor};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttentionConfig {
-    /// Number of heads `H`; must divide `d_model`, and `d_model / H` must be even (RoPE).
+    /// Number of query heads `H`; must divide `d_model`, and `d_model / H` must be even (RoPE).
     pub num_heads: usize,
+    /// Number of key/value heads `H_kv` of self-attention (grouped-query attention, Ainslie et
+    /// al. 2023, arXiv 2305.13245; Llama's `num_key_value_heads`); must divide `H`. Query head
+    /// `h` attends with key/value head `h / (H / H_kv)`: each key/value head serves `H / H_kv`
+    /// consecutive query heads, as Hugging Face's `repeat_kv` does. `None` (the default) = `H`
+    /// (multi-head attention). Cross-attention always has `H` key/value heads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_kv_heads: Option<usize>,
     /// RoPE base frequency θ.
     pub rope_theta: f64,
     /// Causal (decoder) or bidirectional (encoder) self-attention.
@@ -30,7 +37,7 @@ pub struct AttentionConfig {
 
 impl Default for AttentionConfig {
     fn default() -> Self {
-        Self { num_heads: 4, rope_theta: DEFAULT_ROPE_THETA, causal: true }
+        Self { num_heads: 4, num_kv_heads: None, rope_theta: DEFAULT_ROPE_THETA, causal: true }
     }
 }
 
@@ -39,23 +46,40 @@ impl AttentionConfig {
     ///
     /// # Errors
     /// [`crate::Error::Config`] naming the value: zero heads, heads not dividing `d_model`,
-    /// an odd head dimension, or a bad `rope_theta`.
+    /// key/value heads not dividing the heads, an odd head dimension, or a bad `rope_theta`.
     pub fn validate(&self, d_model: usize) -> Result<()> {
         ensure_config(self.num_heads > 0, || "num_heads (0) must be positive".into())?;
         ensure_config(d_model % self.num_heads == 0, || {
             format!("num_heads ({}) must divide d_model ({d_model})", self.num_heads)
         })?;
+        if let Some(kv) = self.num_kv_heads {
+            ensure_config(kv > 0 && self.num_heads % kv == 0, || {
+                format!("num_kv_heads ({kv}) must be positive and divide num_heads ({})", self.num_heads)
+            })?;
+        }
         Rope::new((d_model / self.num_heads) as i64, self.rope_theta)?;
         Ok(())
+    }
+
+    /// Number of key/value heads `H_kv` of self-attention (`num_kv_heads`, or `H`).
+    pub fn kv_heads(&self) -> usize {
+        self.num_kv_heads.unwrap_or(self.num_heads)
+    }
+
+    /// Parameters of self-attention at width `D`: `D·(H + 2·H_kv)·hd` for the query/key/value
+    /// projection and `D²` for the output (`4·D²` without grouped-query attention).
+    pub fn num_params(&self, d_model: usize) -> usize {
+        let head_dim = d_model / self.num_heads.max(1);
+        d_model * (self.num_heads + 2 * self.kv_heads()) * head_dim + d_model * d_model
     }
 }
 
 /// Cached keys and values of one attention layer for incremental decoding.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    /// Keys, `[B, H, T_past, head_dim]`.
+    /// Keys, `[B, H_kv, T_past, head_dim]` (`H_kv = H` without grouped-query attention).
     pub keys: Option<Tensor>,
-    /// Values, `[B, H, T_past, head_dim]`.
+    /// Values, `[B, H_kv, T_past, head_dim]`.
     pub values: Option<Tensor>,
     /// Which cached positions are real tokens, `[B, T_past]` bool (when a mask was given).
     pub key_mask: Option<Tensor>,
@@ -78,6 +102,26 @@ fn split_heads(x: &Tensor, n: i64, heads: i64, head_dim: i64) -> Result<Vec<Tens
     let (b, t) = (x.size()[0], x.size()[1]);
     let x = x.f_view([b, t, n, heads, head_dim])?.f_permute([2, 0, 3, 1, 4])?;
     (0..n).map(|i| Ok(x.f_select(0, i)?)).collect()
+}
+
+/// Splits `[B, T, (H + 2·H_kv)·hd]` (grouped-query attention) into queries `[B, H, T, hd]`
+/// and keys and values `[B, H_kv, T, hd]`.
+fn split_gqa(x: &Tensor, heads: i64, kv_heads: i64, head_dim: i64) -> Result<[Tensor; 3]> {
+    let (b, t) = (x.size()[0], x.size()[1]);
+    let part = |start: i64, n: i64| -> Result<Tensor> {
+        Ok(x.f_narrow(-1, start * head_dim, n * head_dim)?.f_reshape([b, t, n, head_dim])?.f_transpose(1, 2)?)
+    };
+    Ok([part(0, heads)?, part(heads, kv_heads)?, part(heads + kv_heads, kv_heads)?])
+}
+
+/// Repeats each of the `H_kv` key/value heads `n_rep` times consecutively (`[B, H_kv, T, hd]` →
+/// `[B, H_kv·n_rep, T, hd]`): query head `h` meets key/value head `h / n_rep` (Hugging Face
+/// `repeat_kv`, `models/llama/modeling_llama.py`).
+fn repeat_kv(x: &Tensor, n_rep: i64) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.shallow_clone());
+    }
+    Ok(x.f_repeat_interleave_self_int(n_rep, Some(1), None)?)
 }
 
 /// Merges `[B, H, T, hd]` back to `[B, T, D]`.
@@ -110,9 +154,12 @@ fn attention_mask(
     Ok(Some(allowed.f_logical_or(&k.f_eq_tensor(&q)?)?))
 }
 
-/// Multi-head self-attention, causal or bidirectional.
+/// Multi-head self-attention, causal or bidirectional, optionally with grouped-query attention
+/// (`H_kv < H` key/value heads; Ainslie et al. 2023, arXiv 2305.13245, as in Hugging Face's
+/// `LlamaAttention`).
 ///
-/// Parameters: `qkv.weight` `[3·D, D]` (queries, keys, values stacked in that order),
+/// Parameters: `qkv.weight` `[(H + 2·H_kv)·hd, D]` (queries, keys, values stacked in that
+/// order, each head's `hd` rows consecutive; `[3·D, D]` without grouped-query attention),
 /// `out.weight` `[D, D]`.
 #[derive(Debug)]
 pub struct SelfAttention {
@@ -120,6 +167,7 @@ pub struct SelfAttention {
     out: Linear,
     rope: Rope,
     num_heads: i64,
+    num_kv_heads: i64,
     head_dim: i64,
     causal: bool,
 }
@@ -133,12 +181,14 @@ impl SelfAttention {
         config.validate(d_model)?;
         let d = d_model as i64;
         let num_heads = config.num_heads as i64;
+        let num_kv_heads = config.kv_heads() as i64;
         let head_dim = d / num_heads;
         Ok(Self {
-            qkv: Linear::new(&(path / "qkv"), d, 3 * d, init.std, init)?,
+            qkv: Linear::new(&(path / "qkv"), d, (num_heads + 2 * num_kv_heads) * head_dim, init.std, init)?,
             out: Linear::new(&(path / "out"), d, d, init.residual_std, init)?,
             rope: Rope::new(head_dim, config.rope_theta)?,
             num_heads,
+            num_kv_heads,
             head_dim,
             causal: config.causal,
         })
@@ -184,9 +234,14 @@ impl SelfAttention {
                 &default_positions
             }
         };
-        let [q, k, v]: [Tensor; 3] = split_heads(&self.qkv.forward(x)?, 3, self.num_heads, self.head_dim)?
-            .try_into()
-            .map_err(|_| Error::Shape("qkv split".into()))?;
+        let projected = self.qkv.forward(x)?;
+        let [q, k, v]: [Tensor; 3] = if self.num_kv_heads == self.num_heads {
+            split_heads(&projected, 3, self.num_heads, self.head_dim)?
+                .try_into()
+                .map_err(|_| Error::Shape("qkv split".into()))?
+        } else {
+            split_gqa(&projected, self.num_heads, self.num_kv_heads, self.head_dim)?
+        };
         let (q, mut k) = (self.rope.apply(&q, Some(positions))?, self.rope.apply(&k, Some(positions))?);
         let mut v = v;
         let mut key_mask = mask.map(|m| m.f_to_device(x.device())?.f_to_kind(Kind::Bool)).transpose()?;
@@ -214,6 +269,9 @@ impl SelfAttention {
             cache.key_mask = key_mask.as_ref().map(|m| m.shallow_clone());
         }
         let tk = k.size()[2];
+        // The cache keeps the H_kv heads; each serves H / H_kv consecutive query heads.
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let (k, v) = (repeat_kv(&k, n_rep)?, repeat_kv(&v, n_rep)?);
         let y = if self.causal && key_mask.is_none() && past == 0 {
             Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?
         } else {
@@ -360,6 +418,61 @@ mod tests {
         }
         assert_eq!(cache.len(), 7);
         assert!(Tensor::cat(&outs, 1).allclose(&full, 1e-5, 1e-5, false));
+    }
+
+    /// Grouped-query attention equals multi-head attention whose key/value heads are copies:
+    /// query head `h` uses key/value head `h / (H / H_kv)` (Hugging Face `repeat_kv`), and the
+    /// cache keeps only the `H_kv` heads.
+    #[test]
+    fn grouped_query_attention_repeats_each_kv_head_consecutively() {
+        let init = InitScheme { std: 0.3, residual_std: 0.3, seed: 3 };
+        let (d, h, kv, hd) = (32i64, 8i64, 2i64, 4i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let gqa_config = AttentionConfig { num_heads: 8, num_kv_heads: Some(2), ..Default::default() };
+        let gqa = SelfAttention::new(&(vs.root() / "gqa"), 32, &gqa_config, &init).unwrap();
+        assert_eq!(gqa.qkv.weight.size(), vec![(h + 2 * kv) * hd, d]);
+        assert_eq!(gqa_config.num_params(32) as i64, (h + 2 * kv) * hd * d + d * d);
+        let mha = SelfAttention::new(
+            &(vs.root() / "mha"),
+            32,
+            &AttentionConfig { num_heads: 8, ..Default::default() },
+            &init,
+        )
+        .unwrap();
+        let w = gqa.qkv.weight.detach();
+        let heads =
+            |start: i64| w.narrow(0, start * hd, kv * hd).view([kv, 1, hd, d]).expand([kv, h / kv, hd, d], true);
+        let full = Tensor::cat(
+            &[w.narrow(0, 0, h * hd), heads(h).reshape([h * hd, d]), heads(h + kv).reshape([h * hd, d])],
+            0,
+        );
+        tch::no_grad(|| {
+            mha.qkv.weight.shallow_clone().copy_(&full);
+            mha.out.weight.shallow_clone().copy_(&gqa.out.weight);
+        });
+        let x = Tensor::randn([2, 5, 32], (Kind::Float, Device::Cpu));
+        let y = gqa.forward(&x, None, None, None).unwrap();
+        assert!(y.allclose(&mha.forward(&x, None, None, None).unwrap(), 1e-5, 1e-5, false));
+        // Another assignment of key/value heads to query heads (tiled instead of consecutive) differs.
+        let tiled = Tensor::cat(
+            &[
+                w.narrow(0, 0, h * hd),
+                w.narrow(0, h * hd, kv * hd).repeat([h / kv, 1]),
+                w.narrow(0, (h + kv) * hd, kv * hd).repeat([h / kv, 1]),
+            ],
+            0,
+        );
+        tch::no_grad(|| mha.qkv.weight.shallow_clone().copy_(&tiled));
+        assert!(!y.allclose(&mha.forward(&x, None, None, None).unwrap(), 1e-3, 1e-3, false));
+        // Cached decoding keeps H_kv heads and equals the full pass.
+        let mut cache = KvCache::default();
+        let mut outs = vec![gqa.forward(&x.narrow(1, 0, 3), None, None, Some(&mut cache)).unwrap()];
+        outs.push(gqa.forward(&x.narrow(1, 3, 2), None, None, Some(&mut cache)).unwrap());
+        assert_eq!(cache.keys.as_ref().unwrap().size(), vec![2, kv, 5, hd]);
+        assert!(Tensor::cat(&outs, 1).allclose(&y, 1e-5, 1e-5, false));
+        let err =
+            AttentionConfig { num_heads: 8, num_kv_heads: Some(3), ..Default::default() }.validate(32).unwrap_err();
+        assert_eq!(err.to_string(), "invalid config: num_kv_heads (3) must be positive and divide num_heads (8)");
     }
 
     #[test]

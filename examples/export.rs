@@ -1,0 +1,68 @@
+//! Export a trained language model as a Hugging Face Llama or Mixtral checkpoint.
+//!
+//! ```text
+//! cargo run --example export -- --model runs/latest --format hf-llama --out exported/llama
+//! python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('exported/llama')"
+//! ```
+//!
+//! `--model` takes what `train` writes: its output folder, a `step-*` checkpoint, or a
+//! `model.safetensors` with its `config.json` beside it. The output folder gets `config.json`,
+//! `model.safetensors` (f32, Hugging Face names and layouts) and the run's `tokenizer.json` when
+//! it has one (byte-level models need none: their vocabulary is the 256 bytes). A model the
+//! format cannot express (AltUp, expert choice, shared experts, capacity limits,
+//! Sequence-AltUp, GELU FFNs or experts, ...) is refused with the list of everything that
+//! prevents the export; train with `--arch`/flags that match Llama (dense, SwiGLU) or Mixtral
+//! (MoE in every block, top-2 renormalised, dropless, SwiGLU).
+
+mod common;
+
+use altup_moe::hf::{export_hf, HfFormat};
+use altup_moe::model::LanguageModel;
+use altup_moe::Error;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tch::Device;
+
+/// Export a trained model as a Hugging Face Llama or Mixtral folder.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// A run folder written by `train` (e.g. runs/latest), a step-* checkpoint, or a
+    /// model.safetensors with config.json beside it.
+    #[arg(long, default_value = "runs/latest")]
+    model: PathBuf,
+    /// hf-llama (a dense model) or hf-mixtral (an MoE in every block).
+    #[arg(long, value_parser = |s: &str| s.parse::<HfFormat>().map_err(|e| e.to_string()))]
+    format: HfFormat,
+    /// The folder to write (created; must be empty unless --overwrite).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace config.json, model.safetensors and tokenizer.json in a non-empty --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+fn export_main(args: &Args) -> altup_moe::Result<()> {
+    let occupied = std::fs::read_dir(&args.out).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if occupied && !args.overwrite {
+        return Err(Error::Input(format!(
+            "{} is not empty (pass --overwrite to replace its model files)",
+            args.out.display()
+        )));
+    }
+    let loaded = LanguageModel::load(&args.model, Device::Cpu)?;
+    export_hf(&loaded.model, &loaded.vs, &loaded.tokenizer, args.format, &args.out)?;
+    eprintln!(
+        "{} → {} ({}, {} parameters)",
+        loaded.weights.display(),
+        args.out.display(),
+        args.format.architecture(),
+        common::human(loaded.model.param_counts().total)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    common::exit_code(export_main(&Args::parse()))
+}

@@ -1,0 +1,359 @@
+//! Hugging Face interoperability against transformers itself (the venv's pinned version):
+//! tiny random `LlamaForCausalLM` / `MixtralForCausalLM` checkpoints made by
+//! `tests/python/hf_models.py` at test time are imported and must give transformers' logits
+//! (within 1e-4, f32) and its 32 greedy tokens; our models exported with `export_hf` must give
+//! ours when transformers loads them. Each failure class the test models are built to show
+//! (rotary row pairing, the order key/value heads are repeated in, RMSNorm epsilon, Mixtral's
+//! renormalised gates, the untied head) is checked to move the logits far beyond the tolerance.
+
+mod common;
+
+use altup_moe::hf::{export_blockers, export_hf, from_hf_config, to_hf_config, HfFormat};
+use altup_moe::model::{LanguageModel, ModelConfig, Sampling};
+use altup_moe::train::{named_variables, Loaded, TextTokenizer};
+use common::device;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tch::{nn::VarStore, Kind, Tensor};
+
+const TOLERANCE: f64 = 1e-4;
+/// A wrong port must miss the reference by at least this much.
+const BROKEN: f64 = 1e-2;
+
+/// The venv's Python (as tests/resume.rs finds it).
+fn python() -> PathBuf {
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| Path::new(&v).join("bin/python"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(python.exists(), "no Python at {} (run `make venv`)", python.display());
+    python
+}
+
+/// Runs `tests/python/hf_models.py` with `args`; returns its standard output.
+fn hf_models(args: &[&Path]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hf_models.py");
+    let output = std::process::Command::new(python()).arg(&script).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The folder holding `llama/`, `mixtral/` and their `*_reference.safetensors`, made once per
+/// test process.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        hf_models(&[Path::new("make"), dir.path()]);
+        dir
+    })
+    .path()
+}
+
+fn read(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path).unwrap().into_iter().collect()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_device(tch::Device::Cpu).to_kind(Kind::Double) - b.to_device(tch::Device::Cpu).to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn logits(model: &LanguageModel, tokens: &Tensor) -> Tensor {
+    tch::no_grad(|| model.forward_t(&tokens.to_device(model.device()), false).unwrap().logits)
+}
+
+fn greedy(model: &LanguageModel, prompt: &Tensor, new_tokens: usize) -> Vec<i64> {
+    let prompt = Vec::<i64>::try_from(prompt.view([-1])).unwrap();
+    let sampling = Sampling { temperature: 0.0, top_k: None, top_p: None };
+    model.generate(&prompt, new_tokens, sampling, &mut rand::rngs::StdRng::seed_from_u64(0)).unwrap()
+}
+
+/// The same weights in a model built from `config` (a changed copy of `loaded`'s).
+fn rebuilt(loaded: &Loaded<LanguageModel>, config: &ModelConfig) -> (VarStore, LanguageModel) {
+    let vs = VarStore::new(device());
+    let model = LanguageModel::new(&vs.root(), config).unwrap();
+    let ours = named_variables(&loaded.vs).unwrap();
+    tch::no_grad(|| {
+        for (name, mut var) in named_variables(&vs).unwrap() {
+            var.copy_(&ours[&name]);
+        }
+    });
+    (vs, model)
+}
+
+/// Applies `change` to parameter `name` of a copy of `loaded` and returns the copy's logits.
+fn logits_with(
+    loaded: &Loaded<LanguageModel>,
+    tokens: &Tensor,
+    name: &str,
+    change: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let (vs, model) = rebuilt(loaded, loaded.model.config());
+    let mut var = named_variables(&vs).unwrap()[name].shallow_clone();
+    let changed = change(&var.detach());
+    tch::no_grad(|| var.copy_(&changed));
+    logits(&model, tokens)
+}
+
+/// `w`'s query and key rows of every head reordered from rotate-half pairs `(i, i + hd/2)` to
+/// interleaved pairs `(2i, 2i + 1)`: what a port gets wrong when it skips (or wrongly applies)
+/// the permutation between the two rotary conventions.
+fn interleave_qk_rows(w: &Tensor, heads: i64, kv_heads: i64, head_dim: i64) -> Tensor {
+    let half = head_dim / 2;
+    let perm: Vec<i64> = (0..head_dim).map(|j| if j % 2 == 0 { j / 2 } else { half + j / 2 }).collect();
+    let mut rows = Vec::new();
+    for head in 0..heads + kv_heads {
+        rows.extend(perm.iter().map(|p| head * head_dim + p));
+    }
+    let total = w.size()[0];
+    rows.extend((heads + kv_heads) * head_dim..total);
+    w.index_select(0, &Tensor::from_slice(&rows).to_device(w.device()))
+}
+
+/// Swaps key/value heads 0 and 1 (keys and values): query heads meet the other group's
+/// key/value head, as with a wrong repeat order.
+fn swap_kv_heads(w: &Tensor, heads: i64, head_dim: i64) -> Tensor {
+    let mut rows: Vec<i64> = (0..w.size()[0]).collect();
+    for start in [heads * head_dim, (heads + 2) * head_dim] {
+        for j in 0..head_dim {
+            rows.swap((start + j) as usize, (start + head_dim + j) as usize);
+        }
+    }
+    w.index_select(0, &Tensor::from_slice(&rows).to_device(w.device()))
+}
+
+fn check_import(name: &str) {
+    let dir = fixtures();
+    let reference = read(&dir.join(format!("{name}_reference.safetensors")));
+    let loaded = LanguageModel::from_hf(&dir.join(name), device()).unwrap();
+    let config = loaded.model.config().clone();
+    let tokens = &reference["tokens"];
+    let ours = logits(&loaded.model, tokens);
+    let diff = max_diff(&ours, &reference["logits"]);
+    let scale = reference["logits"].abs().max().double_value(&[]);
+    println!("{name} import: max |logit difference| {diff:.3e} (logits up to {scale:.2})");
+    assert!(diff <= TOLERANCE, "{name}: imported logits differ from transformers' by {diff}");
+    let generated = greedy(&loaded.model, &reference["prompt"], 32);
+    assert_eq!(generated, Vec::<i64>::try_from(reference["generated"].view([-1])).unwrap(), "{name}: greedy tokens");
+
+    // The test model can show each failure class: a wrong port misses by far more than the tolerance.
+    let (h, kv) = (config.attention.num_heads as i64, config.attention.kv_heads() as i64);
+    let hd = (config.d_model / config.attention.num_heads) as i64;
+    assert!(hd >= 8 && h == 8 && kv == 2, "the fixture must have head_dim >= 8, 8 heads, 2 key/value heads");
+    let mut failures: Vec<(&str, Tensor)> = vec![
+        (
+            "interleaved rotary pairs",
+            logits_with(&loaded, tokens, "blocks.0.attn.qkv.weight", |w| interleave_qk_rows(w, h, kv, hd)),
+        ),
+        (
+            "key/value heads in another order",
+            logits_with(&loaded, tokens, "blocks.0.attn.qkv.weight", |w| swap_kv_heads(w, h, hd)),
+        ),
+    ];
+    let mut default_eps = config.clone();
+    default_eps.norm_eps = ModelConfig::default().norm_eps;
+    assert_ne!(default_eps.norm_eps, config.norm_eps);
+    failures.push(("our default RMSNorm epsilon", logits(&rebuilt(&loaded, &default_eps).1, tokens)));
+    let untied_head = named_variables(&loaded.vs).unwrap()["embed.weight"].detach();
+    failures
+        .push(("a head tied to the embedding", logits_with(&loaded, tokens, "head.weight", |_| untied_head.copy())));
+    if let Some(moe) = &config.moe {
+        let mut raw_gates = config.clone();
+        raw_gates.moe.as_mut().unwrap().normalize_gates = false;
+        assert!(moe.normalize_gates);
+        failures.push(("top-2 gates not renormalised", logits(&rebuilt(&loaded, &raw_gates).1, tokens)));
+    }
+    for (what, wrong) in failures {
+        let miss = max_diff(&wrong, &reference["logits"]);
+        println!("{name} with {what}: max |logit difference| {miss:.3e}");
+        assert!(miss > BROKEN, "{name}: {what} should change the logits, but they move by only {miss}");
+    }
+}
+
+#[test]
+fn imported_llama_gives_the_logits_and_greedy_tokens_of_transformers() {
+    check_import("llama");
+}
+
+#[test]
+fn imported_mixtral_gives_the_logits_and_greedy_tokens_of_transformers() {
+    check_import("mixtral");
+}
+
+/// A small model of `format` with the test models' shapes, non-default θ and ε, weights drawn
+/// large enough that every sublayer matters.
+fn small(format: HfFormat) -> ModelConfig {
+    let mut c = match format {
+        HfFormat::Llama => ModelConfig::llama(),
+        HfFormat::Mixtral => ModelConfig::mixtral(),
+    };
+    c.d_model = 64;
+    c.num_layers = 2;
+    c.max_seq_len = 64;
+    c.ffn.d_ff = 96;
+    c.attention.rope_theta = 500.0;
+    c.init_std = 0.125;
+    c.init_seed = 7;
+    if let Some(moe) = &mut c.moe {
+        moe.num_experts = 4;
+        moe.d_ff = 96;
+    }
+    c
+}
+
+fn check_export(format: HfFormat) {
+    let config = small(format);
+    let vs = VarStore::new(device());
+    let model = LanguageModel::new(&vs.root(), &config).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let folder = out.path().join("model");
+    export_hf(&model, &vs, &TextTokenizer::Bytes, format, &folder).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["vocab_size"], 256);
+    assert_eq!(json["num_key_value_heads"], 2);
+    assert!(!folder.join("tokenizer.json").exists(), "bytes need no tokenizer.json");
+
+    let tokens = Tensor::randint(256, [2, 24], (Kind::Int64, tch::Device::Cpu));
+    let prompt = Tensor::randint(256, [1, 8], (Kind::Int64, tch::Device::Cpu));
+    let inputs = out.path().join("inputs.safetensors");
+    Tensor::write_safetensors(&[("tokens", &tokens), ("prompt", &prompt)], &inputs).unwrap();
+    let outputs = out.path().join("outputs.safetensors");
+    let stdout = hf_models(&[Path::new("check"), &folder, &inputs, &outputs]);
+    assert!(stdout.contains(format.architecture()), "transformers built {stdout}");
+    let theirs = read(&outputs);
+    let diff = max_diff(&logits(&model, &tokens), &theirs["logits"]);
+    let scale = theirs["logits"].abs().max().double_value(&[]);
+    println!("{format} export: max |logit difference| {diff:.3e} (logits up to {scale:.2})");
+    assert!(diff <= TOLERANCE, "{format}: transformers' logits differ from ours by {diff}");
+    assert_eq!(greedy(&model, &prompt, 32), Vec::<i64>::try_from(theirs["generated"].view([-1])).unwrap());
+
+    // Importing the export gives back the same model.
+    let back = LanguageModel::from_hf(&folder, device()).unwrap();
+    assert_eq!(back.model.config(), &ModelConfig { init_seed: 0, ..config.clone() });
+    assert_eq!(max_diff(&logits(&back.model, &tokens), &logits(&model, &tokens)), 0.0);
+}
+
+#[test]
+fn exported_llama_gives_our_logits_and_greedy_tokens_in_transformers() {
+    check_export(HfFormat::Llama);
+}
+
+#[test]
+fn exported_mixtral_gives_our_logits_and_greedy_tokens_in_transformers() {
+    check_export(HfFormat::Mixtral);
+}
+
+/// A config the formats cannot express gets one error listing every reason.
+#[test]
+fn export_refusal_lists_everything_that_prevents_it() {
+    use altup_moe::altup::{AltUpConfig, SequenceAltUpConfig};
+    use altup_moe::moe::{MoeConfig, RouterKind};
+    use altup_moe::nn::Activation;
+    let mut c = ModelConfig::mixtral();
+    c.altup = Some(AltUpConfig::default());
+    c.sequence_altup = Some(SequenceAltUpConfig { stride: 2 });
+    c.moe = Some(MoeConfig {
+        router: RouterKind::ExpertChoice,
+        capacity_factor: Some(2.0),
+        eval_capacity_factor: Some(2.0),
+        num_shared_experts: 1,
+        activation: Activation::Gelu,
+        top_k: 1,
+        ..MoeConfig::mixtral(8, 64)
+    });
+    c.tie_embeddings = false;
+    c.moe_layers = altup_moe::model::MoeLayers::Every { every: 2, offset: 1 };
+    c.validate().unwrap();
+    let err = to_hf_config(&c, HfFormat::Mixtral).unwrap_err().to_string();
+    for reason in [
+        "altup (AltUp with K = 2 blocks)",
+        "sequence_altup (stride 2)",
+        "moe_layers (every 2 from 1) leaves blocks [0, 2] dense",
+        "moe.router (ExpertChoice)",
+        "moe.activation (Gelu)",
+        "moe.capacity_factor (2)",
+        "moe.eval_capacity_factor (2)",
+        "moe.num_shared_experts (1)",
+    ] {
+        assert!(err.contains(reason), "missing '{reason}' in: {err}");
+    }
+    assert_eq!(export_blockers(&c, HfFormat::Mixtral).len(), 8, "{err}");
+    let mut dense = ModelConfig::default();
+    dense.ffn.activation = Activation::Gelu;
+    let err = to_hf_config(&dense, HfFormat::Llama).unwrap_err().to_string();
+    assert!(err.contains("ffn.activation (Gelu): Llama's MLP is SwiGLU"), "{err}");
+    let err = to_hf_config(&ModelConfig::mixtral(), HfFormat::Llama).unwrap_err().to_string();
+    assert!(err.contains("hf-llama is dense"), "{err}");
+    let mut top1 = ModelConfig::mixtral();
+    top1.moe.as_mut().unwrap().top_k = 1;
+    assert!(to_hf_config(&top1, HfFormat::Mixtral).unwrap_err().to_string().contains("moe.top_k (1)"));
+}
+
+/// Fields whose meaning we do not reproduce are errors naming them, all at once.
+#[test]
+fn import_names_every_unsupported_field() {
+    let base = to_hf_config(&ModelConfig::mixtral(), HfFormat::Mixtral).unwrap();
+    let mut bad = base.clone();
+    bad["sliding_window"] = 4096.into();
+    bad["hidden_act"] = "gelu".into();
+    bad["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+    bad["rope_parameters"]["rope_type"] = "yarn".into();
+    bad["quantization_config"] = serde_json::json!({});
+    let err = from_hf_config(&bad).unwrap_err().to_string();
+    for field in [
+        "sliding_window (4096)",
+        "hidden_act (\"gelu\")",
+        "rope_scaling",
+        "rope_parameters.rope_type (\"yarn\")",
+        "quantization_config",
+    ] {
+        assert!(err.contains(field), "missing '{field}' in: {err}");
+    }
+    let mut llama = to_hf_config(&ModelConfig::llama(), HfFormat::Llama).unwrap();
+    llama["attention_bias"] = true.into();
+    llama["mlp_bias"] = true.into();
+    llama["head_dim"] = 32.into();
+    let err = from_hf_config(&llama).unwrap_err().to_string();
+    for field in ["attention_bias (true)", "mlp_bias (true)", "head_dim (32)"] {
+        assert!(err.contains(field), "missing '{field}' in: {err}");
+    }
+    let mut other = base;
+    other["model_type"] = "qwen2".into();
+    assert!(from_hf_config(&other).unwrap_err().to_string().contains("model_type (\"qwen2\") is not supported"));
+    // A folder without weights says so.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), llama_json().to_string()).unwrap();
+    let err = LanguageModel::from_hf(dir.path(), device()).unwrap_err().to_string();
+    assert!(err.contains("neither model.safetensors nor model.safetensors.index.json"), "{err}");
+}
+
+fn llama_json() -> serde_json::Value {
+    to_hf_config(&ModelConfig::llama(), HfFormat::Llama).unwrap()
+}
+
+/// A subword model exports its tokenizer.json, with the end-of-text id as `eos_token_id`.
+#[test]
+fn subword_models_export_their_tokenizer() {
+    let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
+    let tokenizer = TextTokenizer::train_bpe(&text, 300).unwrap();
+    let mut config = small(HfFormat::Llama);
+    config.vocab_size = tokenizer.vocab_size();
+    let vs = VarStore::new(device());
+    let model = LanguageModel::new(&vs.root(), &config).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    export_hf(&model, &vs, &tokenizer, HfFormat::Llama, out.path()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["vocab_size"], config.vocab_size);
+    let TextTokenizer::Hf(t) = &tokenizer else { unreachable!() };
+    assert_eq!(json["eos_token_id"], t.token_to_id(altup_moe::train::END_OF_TEXT).unwrap());
+    let back = LanguageModel::from_hf(out.path(), device()).unwrap();
+    assert_eq!(back.tokenizer.encode("the fox").unwrap(), tokenizer.encode("the fox").unwrap());
+}
