@@ -5,8 +5,9 @@ use crate::error::{Error, Result};
 use crate::hf::config::from_hf_config;
 use crate::hf::tensors::from_hf_tensors;
 use crate::model::LanguageModel;
+use crate::train::load::tokenizer_of;
 use crate::train::weights::{load_named_weights, read_tensors};
-use crate::train::{Loaded, TextTokenizer};
+use crate::train::Loaded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Tensor};
@@ -114,15 +115,7 @@ impl LanguageModel {
         let vs = VarStore::new(device);
         let model = LanguageModel::new(&vs.root(), &config)?;
         load_named_weights(&vs, &ours, &weights)?;
-        let tokenizer = TextTokenizer::from_folder(dir)?;
-        if tokenizer.vocab_size() > config.vocab_size {
-            return Err(Error::Data(format!(
-                "the tokenizer in {} has {} ids but the model's vocab_size is {}",
-                dir.display(),
-                tokenizer.vocab_size(),
-                config.vocab_size
-            )));
-        }
-        Ok(Loaded { vs, model, weights, tokenizer })
+        let (tokenizer, tokenizer_file) = tokenizer_of(&dir.join("config.json"), config.vocab_size)?;
+        Ok(Loaded { vs, model, weights, tokenizer, tokenizer_file })
     }
 }

@@ -84,8 +84,8 @@ fn is_encoder_decoder(config: &Path) -> Result<bool> {
 }
 
 /// The tokenizer of the model whose weights are `weights` (see [`Loaded::tokenizer`]), checked
-/// against the model's vocabulary of `vocab_size` ids.
-fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<(TextTokenizer, Option<PathBuf>)> {
+/// against the model's vocabulary of `vocab_size` ids, and the `tokenizer.json` it was read from.
+pub(crate) fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<(TextTokenizer, Option<PathBuf>)> {
     let dir = weights.parent().unwrap_or(Path::new("."));
     let run = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
     let folder = match run {
