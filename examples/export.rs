@@ -17,7 +17,6 @@
 mod common;
 
 use altup_moe::hf::{export_hf, HfFormat};
-use altup_moe::model::LanguageModel;
 use altup_moe::Error;
 use clap::Parser;
 use std::path::PathBuf;
@@ -29,7 +28,7 @@ use tch::Device;
 #[command(version)]
 struct Args {
     /// A run folder written by `train` (e.g. runs/latest), a step-* checkpoint, or a
-    /// model.safetensors with config.json beside it.
+    /// model.safetensors with config.json beside it, or a Hugging Face Llama/Mixtral folder.
     #[arg(long, default_value = "runs/latest")]
     model: PathBuf,
     /// hf-llama (a dense model) or hf-mixtral (an MoE in every block).
@@ -51,7 +50,7 @@ fn export_main(args: &Args) -> altup_moe::Result<()> {
             args.out.display()
         )));
     }
-    let loaded = LanguageModel::load(&args.model, Device::Cpu)?;
+    let loaded = common::load_language_model(&args.model, Device::Cpu)?;
     export_hf(&loaded.model, &loaded.vs, &loaded.tokenizer, args.format, &args.out)?;
     eprintln!(
         "{} → {} ({}, {} parameters)",

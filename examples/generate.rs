@@ -24,7 +24,7 @@ use tch::Device;
 #[command(version)]
 struct Args {
     /// A run folder written by `train` (e.g. runs/latest), a step-* checkpoint, or a
-    /// model.safetensors with config.json beside it.
+    /// model.safetensors with config.json beside it, or a Hugging Face Llama/Mixtral folder.
     #[arg(long, default_value = "runs/latest")]
     model: PathBuf,
     /// The text to continue (encoded with the model's tokenizer: its bytes by default).
@@ -66,7 +66,7 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
             args.tokens, args.samples
         )));
     }
-    let loaded = altup_moe::model::LanguageModel::load(&args.model, args.device)?;
+    let loaded = common::load_language_model(&args.model, args.device)?;
     let prompt: Vec<i64> = loaded.tokenizer.encode(&args.prompt)?.into_iter().map(i64::from).collect();
     eprintln!(
         "{} | {} parameters | device {}",

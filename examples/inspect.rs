@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 #[command(version)]
 struct Args {
     /// A run folder written by `train` (e.g. runs/latest), a step-* checkpoint, or a
-    /// model.safetensors with config.json beside it.
+    /// model.safetensors with config.json beside it, or a Hugging Face Llama/Mixtral folder.
     #[arg(long, default_value = "runs/latest")]
     model: PathBuf,
     /// Text to measure expert utilisation on: its last 10% (the validation split) [default:
@@ -202,7 +202,7 @@ fn widening_flag(widening: Widening) -> &'static str {
 /// Builds the whole report before printing it, so that a bad flag or file fails before any output.
 fn inspect_main(args: &Args) -> altup_moe::Result<String> {
     common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
-    let loaded = altup_moe::model::LanguageModel::load(&args.model, args.device)?;
+    let loaded = common::load_language_model(&args.model, args.device)?;
     let c = loaded.model.config();
     let mut out = String::new();
     let out = &mut out;

@@ -62,8 +62,9 @@ struct Args {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Start from another model's weights, model config and tokenizer (a run folder, a step-*
-    /// checkpoint, or a folder written by the `upcycle` example) with a fresh optimizer and
-    /// learning-rate schedule; the model flags and --tokenizer are then ignored.
+    /// checkpoint, a folder written by the `upcycle` example, or a Hugging Face Llama/Mixtral
+    /// folder) with a fresh optimizer and learning-rate schedule; the model flags and
+    /// --tokenizer are then ignored.
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
     /// With --resume, continue even if the corpus differs from the one the run was trained on
@@ -132,7 +133,7 @@ fn train_main(
     };
     let folder = RunFolder::open(args.out.as_deref(), start)?;
     // A model to start from: its config, weights and tokenizer replace the flags'.
-    let init = args.init_from.as_deref().map(|p| LanguageModel::load(p, Device::Cpu)).transpose()?;
+    let init = args.init_from.as_deref().map(|p| common::load_language_model(p, Device::Cpu)).transpose()?;
     let spec = match &init {
         Some(loaded) => {
             warn_ignored(&["ModelFlags"], "--init-from gives the model");
@@ -211,7 +212,7 @@ fn train_main(
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
     let resumed = folder.checkpoint().map(|meta| trainer.restore(meta)).transpose()?;
     if let Some(loaded) = &init {
-        trainer.load_initial_weights(&loaded.weights)?;
+        trainer.initialize_from(&loaded.vs, &loaded.weights)?;
     }
 
     let counts = model.param_counts();

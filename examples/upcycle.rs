@@ -15,7 +15,7 @@
 
 mod common;
 
-use altup_moe::model::{upcycle, Arch, LanguageModel};
+use altup_moe::model::{upcycle, Arch};
 use altup_moe::train::{save_json, save_weights, TextTokenizer};
 use altup_moe::Error;
 use clap::Parser;
@@ -31,7 +31,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 #[command(version)]
 struct Args {
     /// The dense model: a run folder written by `train`, a step-* checkpoint, or a
-    /// model.safetensors with config.json beside it.
+    /// model.safetensors with config.json beside it, or a Hugging Face Llama/Mixtral folder.
     #[arg(long)]
     from: PathBuf,
     /// What to upcycle to: switch (MoE blocks), altup, or altup-moe.
@@ -60,7 +60,7 @@ fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
     if weights_out.exists() && !args.overwrite {
         return Err(Error::Input(format!("{} already exists; pass --overwrite to replace it", weights_out.display())));
     }
-    let dense = LanguageModel::load(&args.from, args.device)?;
+    let dense = common::load_language_model(&args.from, args.device)?;
     let dense_config = dense.model.config().clone();
     let mut target = dense_config.clone();
     if args.arch.has_moe() {

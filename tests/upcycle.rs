@@ -135,12 +135,15 @@ fn every_expert_is_the_dense_ffn_and_raw_gates_start_from_a_zero_router() {
 
 #[test]
 fn training_the_upcycled_model_lowers_the_loss() {
-    let (dense_vs, dense_config, _) = dense();
+    let (dense_vs, dense_config, dense_model) = dense();
     let mut target = dense_config.clone();
     target.moe = Some(moe(2, true));
     target.altup = Some(AltUpConfig::default());
+    let upcycled_vs = VarStore::new(device());
+    upcycle(&dense_vs, &dense_config, &target, &upcycled_vs).unwrap();
+    // A trainer of a freshly initialised model starts from the upcycled weights.
     let vs = VarStore::new(device());
-    let model = upcycle(&dense_vs, &dense_config, &target, &vs).unwrap();
+    let model = LanguageModel::new(&vs.root(), &target).unwrap();
     let text: Vec<u8> =
         b"to be or not to be, that is the question. ".iter().map(|b| b % 64).cycle().take(4000).collect();
     let (train, val) = (
@@ -158,12 +161,31 @@ fn training_the_upcycled_model_lowers_the_loss() {
         ..Default::default()
     };
     let mut trainer = Trainer::new(&vs, &model, &train, &val, config).unwrap();
+    let origin = std::path::Path::new("upcycled");
+    trainer.initialize_from(&upcycled_vs, origin).unwrap();
+    let ids = Tensor::randint(64, [2, 15], (Kind::Int64, device()));
+    let diff = max_diff(&logits(&model, &ids), &logits(&dense_model, &ids));
+    assert!(diff < 1e-5, "the trainer's model starts from the upcycled weights: {diff:e} from the dense logits");
     let before = trainer.evaluate().unwrap().loss;
     for _ in 0..20 {
         trainer.step().unwrap();
     }
     let after = trainer.evaluate().unwrap().loss;
     assert!(after < before - 0.5, "validation loss {before:.3} -> {after:.3}");
+    // Initial weights come before the first step, and must be the model's.
+    let err = trainer.initialize_from(&upcycled_vs, origin).unwrap_err().to_string();
+    assert!(err.contains("before the first step (at step 20)"), "{err}");
+    let (vs2, _, _) = dense();
+    let mut fresh = Trainer::new(
+        &vs,
+        &model,
+        &train,
+        &val,
+        TrainConfig { steps: 2, warmup_steps: 1, batch_size: 2, seq_len: 15, eval_batches: 1, ..Default::default() },
+    )
+    .unwrap();
+    let err = fresh.initialize_from(&vs2, std::path::Path::new("dense")).unwrap_err().to_string();
+    assert!(err.contains("does not match the model") && err.contains("missing"), "{err}");
 }
 
 #[test]

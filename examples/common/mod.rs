@@ -13,6 +13,28 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use tch::Device;
 
+/// A decoder-only model from `path`: one of ours (a run folder, a `step-*` checkpoint, a
+/// `model.safetensors` with its `config.json`) or a Hugging Face Llama / Mixtral folder (its
+/// `config.json` names a `model_type`).
+///
+/// # Errors
+/// As `LanguageModel::load` and `LanguageModel::from_hf`.
+pub fn load_language_model(
+    path: &Path,
+    device: Device,
+) -> altup_moe::Result<altup_moe::train::Loaded<altup_moe::model::LanguageModel>> {
+    let config = path.join("config.json");
+    let is_hf = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|json| json.get("model_type").is_some());
+    if is_hf {
+        altup_moe::model::LanguageModel::from_hf(path, device)
+    } else {
+        altup_moe::model::LanguageModel::load(path, device)
+    }
+}
+
 /// The process exit code of an example's `main`: success, or the error printed on stderr.
 pub fn exit_code(result: altup_moe::Result<()>) -> std::process::ExitCode {
     match result {

@@ -22,7 +22,7 @@ use crate::train::optim::AdamW;
 use crate::train::schedule::LrSchedule;
 use crate::train::stats::{EvalStats, MoeLayerMetrics, StepStats};
 use crate::train::task::Task;
-use crate::train::weights::{load_named_weights, read_tensors, weight_tensors, write_tensors};
+use crate::train::weights::{load_named_weights, named_variables, read_tensors, weight_tensors, write_tensors};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -103,28 +103,28 @@ impl<'a, T: Task> Trainer<'a, T> {
         })
     }
 
-    /// Starts training from the weights in `path` (a `model.safetensors` of this model's
-    /// config, e.g. a dense run's weights after [`crate::model::upcycle`]) instead of the
-    /// initialisation; the optimizer and the schedule start fresh. An expert-parallel rank takes
-    /// its own experts' slice.
+    /// Starts training from the parameters in `source` (the whole model, e.g. a loaded dense
+    /// run after [`crate::model::upcycle`], or a Hugging Face import; `origin` names it in
+    /// errors) instead of the initialisation; the optimizer and the schedule start fresh. An
+    /// expert-parallel rank takes its own experts' slice.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] after the first step, or when the file's tensors do not match the
-    /// model exactly (names, shapes, dtypes); [`Error::Torch`] for an unreadable file.
-    pub fn load_initial_weights(&mut self, path: &Path) -> Result<()> {
+    /// [`Error::Checkpoint`] after the first step, or when the parameters do not match the
+    /// model exactly (names, shapes, dtypes).
+    pub fn initialize_from(&mut self, source: &VarStore, origin: &Path) -> Result<()> {
         if self.step > 0 {
             return Err(Error::Checkpoint(format!(
                 "initial weights {} must be loaded before the first step (at step {})",
-                path.display(),
+                origin.display(),
                 self.step
             )));
         }
-        let mut weights = read_tensors(path)?;
+        let mut weights = named_variables(source)?;
         if let Some(p) = self.task.expert_parallel() {
             let roles = roles(self.vs);
             weights = p.slice_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
         }
-        load_named_weights(self.vs, &weights, path)
+        load_named_weights(self.vs, &weights, origin)
     }
 
     /// Optimizer steps completed.

@@ -123,7 +123,6 @@ pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
     load_named_weights(vs, &read_tensors(path)?, path)
 }
 
-/// Loads named tensors (read from `origin`, named in errors) into `vs`, with the checks of
 /// Up to five names in `["a", "b"]` form, then how many more there are.
 fn first_names(names: &[&String]) -> String {
     const SHOWN: usize = 5;
@@ -134,6 +133,7 @@ fn first_names(names: &[&String]) -> String {
     }
 }
 
+/// Loads named tensors (read from `origin`, named in errors) into `vs`, with the checks of
 /// [`load_weights`].
 ///
 /// # Errors
