@@ -105,9 +105,11 @@ bench: venv
 bench-expert-parallel: venv
 	cargo run --release --features mpi --example expert_parallel_bench -- --out docs/benchmarks/expert_parallel.md
 
-# The small-scale reproduction of AltUp's and MoE's claims (1-2 hours; docs/results.md).
+# The small-scale reproduction of AltUp's and MoE's claims (docs/results.md), in parts of at most
+# about 90 minutes on 2 cores: PART=claims|placement|size-small|size-large|size-large-recycled
+# (default: every part not yet recorded in docs/results/runs/).
 reproduce: venv
-	cargo run --release --example reproduce
+	cargo run --release --example reproduce -- $(if $(PART),--part $(PART))
 
 # The same pipeline in a few minutes (target/results-quick.md), to check it works.
 reproduce-quick: venv

@@ -1,0 +1,240 @@
+//! Reproduces, at small scale on real text, the claims of AltUp and MoE, in parts of at most
+//! about 90 minutes on 2 cores each (`--part`):
+//!
+//! * `claims` — dense, AltUp K = 2, Recycled-AltUp K = 2, Switch E = 8 and AltUp K = 2 + Switch
+//!   E = 8 with equal steps, tokens and schedule; paired differences in validation bits per byte
+//!   and the AltUp paper's own metric, the speed-up at equal quality (how much sooner a stack's
+//!   validation curve first reaches the dense model's final quality);
+//! * `placement` — AltUp + MoE with the MoE blocks placed so that the experts compute on both
+//!   sub-blocks, and Switch with MoE on every block;
+//! * `size-small`, `size-large`, `size-large-recycled` — dense vs AltUp K = 2 at d = 64 and 256
+//!   (d = 128 is the claims' runs), Recycled-AltUp at 256.
+//!
+//! Each finished run's figures go to a small committed JSON file (`docs/results/runs/`), so an
+//! interrupted study continues where it stopped (a run whose record matches its model and
+//! training settings is not retrained) and the report is regenerated from those files alone.
+//!
+//! ```text
+//! make reproduce PART=claims                 # one part (each ≤ about 90 minutes on 2 cores)
+//! make reproduce                             # every part not yet recorded, then the report
+//! cargo run --release --example reproduce -- --report-only
+//! cargo run --release --example reproduce -- --quick   # `make reproduce-quick`: every table in miniature
+//! ```
+
+#[path = "../common/mod.rs"]
+mod common;
+mod record;
+mod report;
+mod stats;
+mod study;
+
+use altup_moe::model::LanguageModel;
+use altup_moe::train::{run, RunOptions, Silent, TextTokenizer, TokenizerSpec, TrainConfig, Trainer};
+use clap::Parser;
+use common::curves::read_metrics;
+use common::data::{run_data, RunData};
+use common::{device_name, parse_device};
+use record::RunRecord;
+use report::{part_name, write_report, Records};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use study::{stacks, Part};
+use tch::{nn::VarStore, Device};
+
+/// Train the stacks of the AltUp/MoE claims with several seeds and write a report.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The part to train (default: every part whose runs are not recorded yet).
+    #[arg(long, value_enum)]
+    part: Option<Part>,
+    /// Only rewrite the report from the recorded runs.
+    #[arg(long, conflicts_with = "part")]
+    report_only: bool,
+    /// Optimizer steps per run.
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    /// Seeds per stack.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Evaluate every this many steps.
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 32)]
+    eval_batches: usize,
+    /// A few minutes instead of hours: 150 steps, 1 seed, widths 32/64/128, smaller
+    /// evaluations, every part; runs under runs/reproduce-quick, records and the report under
+    /// target/ (these override --steps, --seeds, --eval-every, --eval-batches, --runs, --report).
+    #[arg(long)]
+    quick: bool,
+    /// A UTF-8 text file, a folder of them, or a folder prepared by the `prepare` example
+    /// [default: Shakespeare's plays].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Tokenizer of every run: bytes (256 ids), bpe:N (a byte-level BPE of N ids trained once on
+    /// the training split, saved as tokenizer.json in each run folder), or the path of a
+    /// tokenizer.json. Validation bits per byte stay per byte of text, so reports compare.
+    #[arg(long, default_value = "bytes")]
+    tokenizer: TokenizerSpec,
+    /// Folder for the runs' checkpoints and metrics [default: runs/reproduce, or
+    /// runs/reproduce-TOKENIZER for subwords].
+    #[arg(long)]
+    runs: Option<PathBuf>,
+    /// The report to write; the run records go to its folder's results/runs [default:
+    /// docs/results.md, or docs/results-TOKENIZER.md for subwords].
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// cpu, cuda, cuda:N, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Retrain the chosen runs even if their records match.
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// The tokenizer as a file-name part: "" for bytes, "-bpe2048", "-NAME" for a tokenizer.json.
+fn tokenizer_suffix(spec: &TokenizerSpec) -> String {
+    match spec {
+        TokenizerSpec::Bytes => String::new(),
+        TokenizerSpec::Bpe(n) => format!("-bpe{n}"),
+        TokenizerSpec::File(path) => {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let clean: String = stem.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+            format!("-{clean}")
+        }
+    }
+}
+
+/// Where the runs, the records, the plots and the report go.
+struct Paths {
+    runs: PathBuf,
+    report: PathBuf,
+    records: PathBuf,
+    plots: PathBuf,
+}
+
+impl Paths {
+    fn new(args: &Args) -> Self {
+        let suffix = tokenizer_suffix(&args.tokenizer);
+        let (runs, report) = if args.quick {
+            (
+                PathBuf::from(format!("runs/reproduce-quick{suffix}")),
+                PathBuf::from(format!("target/results-quick{suffix}.md")),
+            )
+        } else {
+            (
+                args.runs.clone().unwrap_or_else(|| PathBuf::from(format!("runs/reproduce{suffix}"))),
+                args.report.clone().unwrap_or_else(|| PathBuf::from(format!("docs/results{suffix}.md"))),
+            )
+        };
+        // docs/results.md → docs/results/ (plots) and docs/results/runs/ (records).
+        let plots = report.with_extension("");
+        Self { records: plots.join("runs"), plots, runs, report }
+    }
+}
+
+/// Trains one stack with one seed (unless its record already matches) and records it.
+#[allow(clippy::too_many_arguments)]
+fn train_one(
+    args: &Args,
+    paths: &Paths,
+    data: &RunData,
+    data_shown: &str,
+    name: &str,
+    config: &altup_moe::model::ModelConfig,
+    seed: u64,
+) -> altup_moe::Result<()> {
+    let mut config = config.clone();
+    config.init_seed = seed;
+    config.vocab_size = data.tokenizer.vocab_size();
+    let tc = TrainConfig {
+        steps: args.steps,
+        warmup_steps: 50.min(args.steps / 10),
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        seed,
+        data: data_shown.to_string(),
+        data_hash: data.hash.clone(),
+        tokenizer: data.spec.clone(),
+        ..TrainConfig::default()
+    };
+    if !args.fresh && RunRecord::read(&paths.records, name, seed)?.is_some_and(|r| r.is_run_of(&config, &tc)) {
+        eprintln!("{name:<30} seed {seed}: recorded in {}, kept (--fresh retrains)", paths.records.display());
+        return Ok(());
+    }
+    let out = paths.runs.join(format!("{name}-seed{seed}"));
+    std::fs::create_dir_all(&out).map_err(|e| altup_moe::Error::io(&out, e))?;
+    data.tokenizer.save_to_folder(&out)?;
+    let vs = VarStore::new(args.device);
+    let model = LanguageModel::new(&vs.root(), &config)?;
+    let mut trainer = Trainer::new(&vs, &model, &data.train, &data.val, tc.clone())?;
+    let options =
+        RunOptions { out_dir: out.clone(), save_every: None, keep_checkpoints: 1, stop_after: None, overwrite: true };
+    let started = std::time::Instant::now();
+    run(&mut trainer, None, &options, &mut Silent)?;
+    let record = RunRecord::new(name, seed, &config, &tc, &read_metrics(&out)?);
+    record.write(&paths.records)?;
+    eprintln!("{name:<30} seed {seed}: val bpb {:.4} in {:.0} s", record.final_bpb(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run_all(mut args: Args) -> altup_moe::Result<()> {
+    if args.quick {
+        args.steps = 150;
+        args.seeds = 1;
+        args.eval_every = 50;
+        args.eval_batches = 4;
+    }
+    let paths = Paths::new(&args);
+    let data = run_data(args.data.as_deref(), None, &args.tokenizer, &|line| eprintln!("{line}"))?;
+    // Name the corpus relative to the working folder: records and the report are committed.
+    let cwd = format!("{}/", std::env::current_dir().unwrap_or_default().display());
+    let data_shown = data.description.replace(&cwd, "");
+    let parts: Vec<Part> = match (args.report_only, args.part) {
+        (true, _) => Vec::new(),
+        (false, Some(part)) => vec![part],
+        (false, None) => Part::ALL.to_vec(),
+    };
+    // Seeds outside, stacks inside: a slow spell of a shared machine then lands on every stack
+    // rather than on one, which keeps the step-time ratios fair.
+    for part in parts {
+        eprintln!("part {}", part_name(part));
+        for seed in 0..args.seeds {
+            for stack in stacks(part, args.quick) {
+                train_one(&args, &paths, &data, &data_shown, &stack.name, &stack.config, seed)?;
+            }
+        }
+    }
+    let names: Vec<String> = Part::ALL.iter().flat_map(|&p| stacks(p, args.quick)).map(|s| s.name).collect();
+    let records = Records::read(&paths.records, &names, args.seeds)?;
+    let [small, base, large] = study::sizes(args.quick);
+    let unit = if matches!(data.tokenizer, TextTokenizer::Bytes) { "bytes" } else { "tokens" };
+    let header = format!(
+        "{} language models on {data_shown} (90/10 split), 4 blocks, 4 heads, F = 4d (d = {base} unless a \
+         table says otherwise; the size trend adds d = {small} and {large}), 16 × 128 {unit} per step, {} steps \
+         (warmup {} + cosine to 10%, peak lr 3e-3, AdamW), {} seed(s) per stack, {}, {} threads. Validation on {} \
+         × 16 windows of 128 {unit}. Generated by `make reproduce` (`cargo run --release --example reproduce`) \
+         from the run records in `{}`. Step time is wall time per optimizer step including evaluations, the \
+         median over seeds, relative to dense.",
+        match &data.tokenizer {
+            TextTokenizer::Bytes => "Byte-level".to_string(),
+            t => format!("Subword ({}, {} ids)", args.tokenizer, t.vocab_size()),
+        },
+        args.steps,
+        50.min(args.steps / 10),
+        args.seeds,
+        device_name(args.device),
+        tch::get_num_threads(),
+        args.eval_batches,
+        paths.records.display()
+    );
+    let md = write_report(&records, &header, &paths.report, &paths.plots, args.quick)?;
+    println!("{md}");
+    eprintln!("wrote {} and {}/", paths.report.display(), paths.plots.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    common::exit_code(run_all(Args::parse()))
+}
