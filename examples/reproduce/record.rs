@@ -82,9 +82,11 @@ impl RunRecord {
         save_json(&Self::path(dir, &self.name, self.seed), self)
     }
 
-    /// Whether this record is a finished run of exactly `model` and `train`.
+    /// Whether this record is a finished run of exactly `model` and `train` (the corpus is
+    /// compared by its content hash, not by where it lies on this machine).
     pub fn is_run_of(&self, model: &ModelConfig, train: &TrainConfig) -> bool {
-        &self.model == model && &self.train == train && self.evals.last().is_some_and(|e| e.step == train.steps)
+        let same_train = TrainConfig { data: train.data.clone(), ..self.train.clone() } == *train;
+        &self.model == model && same_train && self.evals.last().is_some_and(|e| e.step == train.steps)
     }
 
     /// The final validation bits per byte.
