@@ -29,8 +29,9 @@ pub enum ExpertBackend {
     /// F = 1024) the per-expert loop when experts average at least [`LOOP_MIN_ROWS_PER_EXPERT`]
     /// rows (large matmuls; libtorch 2.13's CPU grouped matmul is slower there) and grouped
     /// matmul for smaller groups (many tiny matmuls); on an accelerator whichever of the two
-    /// was faster when timed once for the shape class ([`crate::moe::kernel`]). Grouped matmul
-    /// needs f32/bf16 rows aligned to 16 bytes; everything else uses the loop.
+    /// was faster when timed once for the shape class ([`crate::moe::kernel`]), or the loop
+    /// under [`crate::runtime::set_deterministic`]. Grouped matmul needs f32/bf16 rows aligned
+    /// to 16 bytes; everything else uses the loop.
     #[default]
     Auto,
     /// Always `torch._grouped_mm`; errors where libtorch does not support it.
@@ -115,8 +116,9 @@ impl Experts {
     /// The kernel [`ExpertBackend::Auto`] resolves to for `rows` rows of this dtype and device:
     /// on the CPU the measured rule (grouped matmul below [`LOOP_MIN_ROWS_PER_EXPERT`] rows per
     /// expert, the loop from there); on an accelerator the faster of the two for this shape
-    /// class, timed once and cached ([`crate::moe::kernel`]). Grouped matmul needs f32/bf16 rows
-    /// aligned to 16 bytes; everything else uses the loop.
+    /// class, timed once and cached ([`crate::moe::kernel`]), or the loop when libtorch is
+    /// restricted to deterministic kernels ([`crate::runtime::set_deterministic`]). Grouped
+    /// matmul needs f32/bf16 rows aligned to 16 bytes; everything else uses the loop.
     ///
     /// # Errors
     /// libtorch errors of the one-off measurement on an accelerator.
@@ -132,6 +134,9 @@ impl Experts {
         match device {
             Device::Cpu if rows < LOOP_MIN_ROWS_PER_EXPERT * size[0] => Ok(ExpertBackend::GroupedMm),
             Device::Cpu => Ok(ExpertBackend::Loop),
+            // A timed choice can differ between processes (a resumed run would compute with
+            // another kernel), so deterministic runs take the reference loop.
+            _ if crate::runtime::is_deterministic() => Ok(ExpertBackend::Loop),
             _ => {
                 let key = KernelKey::new(device, kind, [size[0], size[1], size[2]], self.w_gate.is_some(), rows);
                 kernel::choose(key, |backend| self.time_kernel(backend, &key))
@@ -139,20 +144,34 @@ impl Experts {
         }
     }
 
-    /// Seconds of one forward + backward of `backend` on random rows and weights of `key`'s
-    /// shape (fastest of 3 after a warm-up), synchronising the device around each run.
+    /// Seconds of one forward + backward of `backend` on rows and weights of `key`'s shape
+    /// (fastest of 3 after a warm-up), synchronising the device around each run. Runs with
+    /// autograd on even when called under `no_grad` (the first forward of a shape class may come
+    /// from an evaluation or from generation), and fills its inputs without libtorch's random
+    /// generator: the measurement happens inside a training step, whose router jitter must draw
+    /// the same numbers whether or not this process has measured before (found on the first
+    /// CUDA run: a run that measured and one that did not diverged).
     fn time_kernel(&self, backend: ExpertBackend, key: &KernelKey) -> Result<f64> {
+        tch::with_grad(|| self.time_kernel_with_grad(backend, key))
+    }
+
+    fn time_kernel_with_grad(&self, backend: ExpertBackend, key: &KernelKey) -> Result<f64> {
         let [e, d, f] = key.shape;
         let rows_per_expert = key.rows_per_expert;
         let sizes = vec![rows_per_expert; e as usize];
-        let weight = |shape: [i64; 3]| -> Result<Tensor> {
-            Ok(Tensor::f_randn(shape, (Kind::Float, key.device))?.f_mul_scalar(0.02)?.set_requires_grad(true))
+        // sin(0.618 i)-valued fillers: varied values, no draw from the generator.
+        let filler = |shape: &[i64], kind: Kind, scale: f64| -> Result<Tensor> {
+            let n: i64 = shape.iter().product();
+            let t = Tensor::f_arange(n, (Kind::Float, key.device))?.f_mul_scalar(0.618)?.f_sin()?;
+            Ok(t.f_mul_scalar(scale)?.f_reshape(shape)?.f_to_kind(kind)?)
         };
+        let weight =
+            |shape: [i64; 3]| -> Result<Tensor> { Ok(filler(&shape, Kind::Float, 0.02)?.set_requires_grad(true)) };
         let (w_in, w_out) = (weight([e, d, f])?, weight([e, f, d])?);
         let w_gate = key.gated.then(|| weight([e, d, f])).transpose()?;
         let weights = Weights { w_in: &w_in, w_gate: w_gate.as_ref(), w_out: &w_out, activation: self.activation };
-        let rows = Tensor::f_randn([e * rows_per_expert, d], (key.kind, key.device))?.set_requires_grad(true);
-        let cotangent = Tensor::f_randn([e * rows_per_expert, d], (key.kind, key.device))?;
+        let rows = filler(&[e * rows_per_expert, d], key.kind, 1.0)?.set_requires_grad(true);
+        let cotangent = filler(&[e * rows_per_expert, d], key.kind, 1.0)?;
         let sync = || {
             if let Device::Cuda(i) = key.device {
                 tch::Cuda::synchronize(i as i64);
@@ -278,6 +297,24 @@ mod tests {
         for backend in [ExpertBackend::GroupedMm, ExpertBackend::Loop] {
             let seconds = experts.time_kernel(backend, &key).unwrap();
             assert!(seconds > 0.0 && seconds.is_finite(), "{backend:?}");
+            // Also when the first forward of a shape class comes from an evaluation (found on
+            // the first CUDA run: the timing's backward failed under `no_grad`).
+            let seconds = tch::no_grad(|| experts.time_kernel(backend, &key)).unwrap();
+            assert!(seconds > 0.0 && seconds.is_finite(), "{backend:?} under no_grad");
+            assert!(crate::moe::parallel::grad_mode_enabled(), "grad mode restored");
         }
+    }
+
+    #[test]
+    fn deterministic_runs_take_the_loop_on_accelerators_without_timing() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let experts =
+            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto, &InitScheme::default()).unwrap();
+        let before = crate::runtime::is_deterministic();
+        crate::runtime::set_deterministic(true);
+        // Nothing runs on the device: this passes without a GPU.
+        let resolved = experts.resolved_backend(64, Kind::Float, Device::Cuda(0));
+        crate::runtime::set_deterministic(before);
+        assert_eq!(resolved.unwrap(), ExpertBackend::Loop);
     }
 }

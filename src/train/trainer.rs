@@ -229,7 +229,8 @@ impl<'a, T: Task> Trainer<'a, T> {
                 let mut sharded = [sums[1]];
                 p.comm().all_reduce_sum_f64(&mut sharded)?;
                 sums[1] = sharded[0];
-                let norm = Tensor::from((sums[0] + sums[1]).sqrt() as f32);
+                // On the parameters' device: it joins the step's other figures in one read.
+                let norm = Tensor::from((sums[0] + sums[1]).sqrt() as f32).f_to_device(self.vs.device())?;
                 self.optimizer.clip_to(&norm, self.config.grad_clip)?;
                 norm
             }
