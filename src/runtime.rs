@@ -48,6 +48,10 @@ pub fn is_deterministic() -> bool {
     unsafe { ffi::deterministic_algorithms(ffi::global_context()) }
 }
 
+/// Held by the unit tests that flip the process-wide switch, so that they do not interleave.
+#[cfg(test)]
+pub(crate) static TEST_SWITCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +59,7 @@ mod tests {
 
     #[test]
     fn the_switch_reaches_libtorch_and_cpu_work_still_runs() {
+        let _alone = TEST_SWITCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let before = is_deterministic();
         set_deterministic(true);
         assert!(is_deterministic());

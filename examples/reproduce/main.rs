@@ -1,5 +1,5 @@
-//! Reproduces, at small scale on real text, the claims of AltUp and MoE, in parts of at most
-//! about 90 minutes on 2 cores each (`--part`):
+//! Reproduces, at small scale on real text, the claims of AltUp and MoE, in parts (`--part`),
+//! each split by seed (`--seed`) into pieces of at most about an hour on 2 cores:
 //!
 //! * `claims` — dense, AltUp K = 2, Recycled-AltUp K = 2, Switch E = 8 and AltUp K = 2 + Switch
 //!   E = 8 with equal steps, tokens and schedule; paired differences in validation bits per byte
@@ -15,7 +15,8 @@
 //! training settings is not retrained) and the report is regenerated from those files alone.
 //!
 //! ```text
-//! make reproduce PART=claims                 # one part (each ≤ about 90 minutes on 2 cores)
+//! make reproduce PART=claims                 # one part (claims: about 90 minutes on 2 cores)
+//! make reproduce PART=placement SEED=0       # one seed of a part (placement: ~45 min per seed)
 //! make reproduce                             # every part not yet recorded, then the report
 //! cargo run --release --example reproduce -- --report-only
 //! cargo run --release --example reproduce -- --quick   # `make reproduce-quick`: every table in miniature
@@ -57,6 +58,10 @@ struct Args {
     /// Seeds per stack.
     #[arg(long, default_value_t = 3)]
     seeds: u64,
+    /// Train only this seed of the part (below --seeds), to split a long part into shorter
+    /// sessions; the report still reads every recorded seed.
+    #[arg(long, requires = "part")]
+    seed: Option<u64>,
     /// Evaluate every this many steps.
     #[arg(long, default_value_t = 100)]
     eval_every: u64,
@@ -186,6 +191,9 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
         args.eval_every = 50;
         args.eval_batches = 4;
     }
+    if let Some(seed) = args.seed.filter(|&s| s >= args.seeds) {
+        return Err(altup_moe::Error::Config(format!("--seed {seed} is not below --seeds {}", args.seeds)));
+    }
     let paths = Paths::new(&args);
     let data = run_data(args.data.as_deref(), None, &args.tokenizer, &|line| eprintln!("{line}"))?;
     // Name the corpus relative to the working folder: records and the report are committed.
@@ -200,7 +208,7 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     // rather than on one, which keeps the step-time ratios fair.
     for part in parts {
         eprintln!("part {}", part_name(part));
-        for seed in 0..args.seeds {
+        for seed in (0..args.seeds).filter(|s| args.seed.is_none_or(|chosen| chosen == *s)) {
             for stack in stacks(part, args.quick) {
                 train_one(&args, &paths, &data, &data_shown, &stack.name, &stack.config, seed)?;
             }

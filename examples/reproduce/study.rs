@@ -1,5 +1,6 @@
-//! What the reproduction trains, in parts of at most about 90 minutes on 2 cores each: the five
-//! stacks of the claims, the placement study of AltUp + MoE, and the size trend of AltUp.
+//! What the reproduction trains, in parts (each split by seed into pieces of at most about an
+//! hour on 2 cores): the five stacks of the claims, the placement study of AltUp + MoE, and the
+//! size trend of AltUp.
 
 use altup_moe::altup::{AltUpConfig, BlockSelection};
 use altup_moe::model::{Arch, ModelConfig, MoeLayers};

@@ -310,6 +310,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let experts =
             Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto, &InitScheme::default()).unwrap();
+        let _alone = crate::runtime::TEST_SWITCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let before = crate::runtime::is_deterministic();
         crate::runtime::set_deterministic(true);
         // Nothing runs on the device: this passes without a GPU.
