@@ -182,22 +182,13 @@ fn parameter_counts_match_the_formulas() {
 /// coefficients, projected widening) trains: the loss falls over a few steps.
 #[test]
 fn gemma3n_style_stack_learns() {
-    use altup_moe::train::{TrainConfig, Trainer};
+    use altup_moe::train::Trainer;
     let (train, val) = common::text_splits("to be or not to be, that is the question. ", 60);
     let mut config = tiny(Arch::AltUp);
     config.altup = Some(AltUpConfig::gemma3n());
     config.max_seq_len = 32;
     let (vs, model) = build(&config);
-    let tc = TrainConfig {
-        steps: 25,
-        batch_size: 8,
-        seq_len: 32,
-        lr: 1e-2,
-        warmup_steps: 3,
-        eval_every: 25,
-        eval_batches: 2,
-        ..Default::default()
-    };
+    let tc = common::short_schedule();
     let mut trainer = Trainer::new(&vs, &model, &train, &val, tc).unwrap();
     let losses: Vec<f64> = (0..25).map(|_| trainer.step().unwrap().loss).collect();
     assert!(losses[24] < losses[0] - 1.5, "{losses:?}");

@@ -7,7 +7,7 @@ use altup_moe::model::Arch;
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::MoeConfig;
 use altup_moe::nn::FeedForwardConfig;
-use altup_moe::train::{SpanCorruption, SpanCorruptionTask, TrainConfig, Trainer};
+use altup_moe::train::{SpanCorruption, SpanCorruptionTask, Trainer};
 use common::{copy_shared, device};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -170,20 +170,6 @@ fn inconsistent_configs_are_named() {
     assert!(err.contains("cross_attention (true) needs an encoder"), "{err}");
 }
 
-/// 25 steps of 8 windows of 32 tokens at lr 1e-2, evaluated once at the end on 2 batches.
-fn span_corruption_schedule() -> TrainConfig {
-    TrainConfig {
-        steps: 25,
-        batch_size: 8,
-        seq_len: 32,
-        lr: 1e-2,
-        warmup_steps: 3,
-        eval_every: 25,
-        eval_batches: 2,
-        ..Default::default()
-    }
-}
-
 /// Span-corruption pre-training through the generic trainer: the loss falls, generation works.
 #[test]
 fn span_corruption_training_learns() {
@@ -192,7 +178,7 @@ fn span_corruption_training_learns() {
     for arch in [Arch::Dense, Arch::AltUpMoe] {
         let (vs, model) = build(&tiny(arch, corruption.vocab_size()));
         let task = SpanCorruptionTask { model: &model, corruption: corruption.clone(), eval_seed: 0 };
-        let config = span_corruption_schedule();
+        let config = common::short_schedule();
         let mut trainer = Trainer::new(&vs, &task, &train, &val, config).unwrap();
         let before = trainer.evaluate().unwrap().loss;
         let stats: Vec<_> = (0..25).map(|_| trainer.step().unwrap()).collect();
@@ -269,7 +255,7 @@ fn span_corruption_on_subword_ids() {
     // Training on subword ids through the generic trainer lowers the loss.
     let (vs, model) = build(&tiny(Arch::Dense, corruption.vocab_size()));
     let task = SpanCorruptionTask { model: &model, corruption: corruption.clone(), eval_seed: 0 };
-    let config = span_corruption_schedule();
+    let config = common::short_schedule();
     let mut trainer = Trainer::new(&vs, &task, &train, &val, config.clone()).unwrap();
     let before = trainer.evaluate().unwrap().loss;
     for _ in 0..25 {

@@ -3,7 +3,7 @@
 
 use altup_moe::model::{Arch, ModelConfig};
 use altup_moe::train::named_variables;
-use altup_moe::train::{Corpus, TokenDataset};
+use altup_moe::train::{Corpus, TokenDataset, TrainConfig};
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -57,4 +57,19 @@ pub fn text_splits(text: &str, times: usize) -> (TokenDataset, TokenDataset) {
     let path = dir.path().join("text.txt");
     std::fs::write(&path, text.repeat(times)).unwrap();
     Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+}
+
+/// A short training schedule for tests that check learning: 25 steps of 8 windows of 32 tokens
+/// at lr 1e-2 (warmup 3), evaluated once at the end on 2 batches.
+pub fn short_schedule() -> TrainConfig {
+    TrainConfig {
+        steps: 25,
+        batch_size: 8,
+        seq_len: 32,
+        lr: 1e-2,
+        warmup_steps: 3,
+        eval_every: 25,
+        eval_batches: 2,
+        ..Default::default()
+    }
 }
