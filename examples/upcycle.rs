@@ -65,8 +65,10 @@ fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
     let mut target = dense_config.clone();
     if args.arch.has_moe() {
         // The preset's MoE settings where no flag gives one, as `train --arch` builds them.
-        let base = altup_moe::model::ModelConfig::preset(args.arch).moe.unwrap_or_default();
-        let (moe, layers) = moe_config(&args.moe, dense_config.ffn.d_ff, dense_config.ffn.activation, &base);
+        let preset = altup_moe::model::ModelConfig::preset(args.arch);
+        let base = preset.moe.unwrap_or_default();
+        let (moe, layers) =
+            moe_config(&args.moe, dense_config.ffn.d_ff, dense_config.ffn.activation, &base, &preset.moe_layers);
         target.moe = Some(moe);
         target.moe_layers = layers;
     }

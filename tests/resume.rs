@@ -16,6 +16,8 @@ use tch::{nn::VarStore, Device, Tensor};
 
 fn tiny() -> ModelConfig {
     let mut c = ModelConfig::preset(Arch::AltUpMoe);
+    // Block 0 dense, block 1 MoE (the overflow test fills block 0's FFN).
+    c.moe_layers = altup_moe::model::MoeLayers::Every { every: 2, offset: 1 };
     c.d_model = 16;
     c.num_layers = 2;
     c.max_seq_len = 16;

@@ -125,7 +125,7 @@ fn encoder_decoder_with_cuts_equals_one_ordinary_backward() {
         let base = common::tiny(Arch::AltUpMoe);
         (stack.d_model, stack.num_layers, stack.max_seq_len) = (base.d_model, 4, 16);
         stack.attention.num_heads = base.attention.num_heads;
-        (stack.ffn, stack.moe) = (base.ffn.clone(), base.moe.clone());
+        (stack.ffn, stack.moe, stack.moe_layers) = (base.ffn.clone(), base.moe.clone(), base.moe_layers.clone());
     }
     tch::manual_seed(3);
     let src = Tensor::randint(300, [2, 10], (Kind::Int64, device()));

@@ -21,6 +21,7 @@ fn tiny(arch: Arch, vocab: usize) -> Seq2SeqConfig {
         stack.attention.num_heads = base.attention.num_heads;
         stack.ffn = base.ffn.clone();
         stack.moe = base.moe.clone();
+        stack.moe_layers = base.moe_layers.clone();
     }
     c
 }

@@ -160,12 +160,12 @@ pub struct MoeFlags {
     /// Router z-loss coefficient β.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1e-3)]
     pub z_loss_coef: f64,
-    /// MoE on every N-th block...
-    #[arg(long, default_value_t = 2)]
-    pub moe_every: usize,
-    /// ...starting at this block.
-    #[arg(long, default_value_t = 1)]
-    pub moe_offset: usize,
+    /// MoE on every N-th block... [default: the preset's — switch: 2, altup-moe: 1]
+    #[arg(long)]
+    pub moe_every: Option<usize>,
+    /// ...starting at this block [default: the preset's — switch: 1, altup-moe: 0].
+    #[arg(long)]
+    pub moe_offset: Option<usize>,
     /// Explicit comma-separated MoE block indices (overrides --moe-every/--moe-offset).
     #[arg(long, value_delimiter = ',')]
     pub moe_layers: Option<Vec<usize>>,
@@ -286,7 +286,7 @@ pub fn model_config(
     config.attention.num_heads = model.heads;
     config.ffn = FeedForwardConfig { d_ff, activation: model.activation };
     if let Some(moe) = &mut config.moe {
-        (*moe, config.moe_layers) = moe_config(moe_flags, d_ff, model.activation, moe);
+        (*moe, config.moe_layers) = moe_config(moe_flags, d_ff, model.activation, moe, &config.moe_layers);
     }
     if let Some(altup) = &mut config.altup {
         *altup = altup_config(altup_flags);
@@ -299,8 +299,15 @@ pub fn model_config(
 }
 
 /// The MoE layers the flags describe, for a model whose dense FFN is `d_ff` wide with
-/// `activation` (the experts' defaults); fields without a flag come from `base`.
-pub fn moe_config(m: &MoeFlags, d_ff: usize, activation: Activation, base: &MoeConfig) -> (MoeConfig, MoeLayers) {
+/// `activation` (the experts' defaults); fields without a flag come from `base`, the placement
+/// from `base_layers` (`--moe-every` / `--moe-offset` replace its period / first block).
+pub fn moe_config(
+    m: &MoeFlags,
+    d_ff: usize,
+    activation: Activation,
+    base: &MoeConfig,
+    base_layers: &MoeLayers,
+) -> (MoeConfig, MoeLayers) {
     let capacity_factor = m.capacity_factor.map_or(m.router.policy().default_capacity_factor(), |c| c.0);
     let moe = MoeConfig {
         num_experts: m.experts,
@@ -320,9 +327,13 @@ pub fn moe_config(m: &MoeFlags, d_ff: usize, activation: Activation, base: &MoeC
         num_shared_experts: m.shared_experts,
         ..base.clone()
     };
-    let layers = match &m.moe_layers {
-        Some(layers) => MoeLayers::List { layers: layers.clone() },
-        None => MoeLayers::Every { every: m.moe_every, offset: m.moe_offset },
+    let layers = match (&m.moe_layers, base_layers) {
+        (Some(layers), _) => MoeLayers::List { layers: layers.clone() },
+        (None, MoeLayers::Every { every, offset }) => {
+            MoeLayers::Every { every: m.moe_every.unwrap_or(*every), offset: m.moe_offset.unwrap_or(*offset) }
+        }
+        (None, list) if m.moe_every.is_none() && m.moe_offset.is_none() => list.clone(),
+        (None, _) => MoeLayers::Every { every: m.moe_every.unwrap_or(2), offset: m.moe_offset.unwrap_or(1) },
     };
     (moe, layers)
 }
@@ -440,6 +451,11 @@ mod tests {
         assert_eq!(c.sequence_altup, Some(altup_moe::altup::SequenceAltUpConfig { stride: 2 }));
         let err = config(&args(&["--heads", "3"]).unwrap()).unwrap_err().to_string();
         assert_eq!(err, "invalid config: num_heads (3) must divide d_model (128)");
+        // Without placement flags each preset keeps its own; --moe-every alone keeps the offset.
+        let every = |extra: &[&str]| config(&args(extra).unwrap()).unwrap().moe_layers;
+        assert_eq!(every(&[]), altup_moe::model::MoeLayers::Every { every: 1, offset: 0 });
+        assert_eq!(every(&["--arch", "switch"]), altup_moe::model::MoeLayers::Every { every: 2, offset: 1 });
+        assert_eq!(every(&["--moe-every", "2"]), altup_moe::model::MoeLayers::Every { every: 2, offset: 0 });
         let aux_free = args(&["--balancing", "aux-free"]).unwrap();
         assert_eq!((aux_free.moe.load_balancing_coef(), args(&[]).unwrap().moe.load_balancing_coef()), (0.0, 1e-2));
     }

@@ -140,7 +140,6 @@ impl Paths {
 }
 
 /// Trains one stack with one seed (unless its record already matches) and records it.
-#[allow(clippy::too_many_arguments)]
 fn train_one(
     args: &Args,
     paths: &Paths,

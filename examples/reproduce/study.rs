@@ -47,10 +47,12 @@ pub struct Stack {
     pub config: ModelConfig,
 }
 
-/// A stack of width `d` (4 blocks, 4 heads, F = 4d): `arch` with Switch E = 8 (top-1) and
-/// AltUp K = 2 as the reproduction's presets.
+/// A stack of width `d` (4 blocks, 4 heads, F = 4d): `arch` with Switch E = 8 (top-1) on every
+/// other block and AltUp K = 2 — the placement of the claims' runs, fixed here whatever the
+/// presets say (the `altup-moe` preset moved to MoE on every block after the placement study).
 fn base(arch: Arch, d: usize) -> ModelConfig {
     let mut c = ModelConfig::preset(arch);
+    c.moe_layers = MoeLayers::Every { every: 2, offset: 1 };
     c.d_model = d;
     c.ffn.d_ff = 4 * d;
     c.max_seq_len = 128;

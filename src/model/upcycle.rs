@@ -60,11 +60,10 @@ pub fn upcycle(
         used.insert(name.to_string());
         Ok(t.shallow_clone())
     };
-    let (d, f) = (dense_config.d_model as i64, dense_config.ffn.d_ff as i64);
     let mut unmatched = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vs.variables() {
-            let value = match upcycled_value(&name, &var, target, dense_config, &source, d, f, &mut take)? {
+            let value = match upcycled_value(&name, &var, target, dense_config, &source, &mut take)? {
                 Some(v) => v,
                 None => {
                     // AltUp's own parameters and routers keep their (identity / random) init.
@@ -89,17 +88,15 @@ pub fn upcycle(
 }
 
 /// The value a parameter of the upcycled model starts from, or `None` to keep its init.
-#[allow(clippy::too_many_arguments)]
 fn upcycled_value(
     name: &str,
     var: &Tensor,
     target: &ModelConfig,
     dense_config: &ModelConfig,
     source: &HashMap<String, Tensor>,
-    d: i64,
-    f: i64,
     take: &mut impl FnMut(&str, &[i64]) -> Result<Tensor>,
 ) -> Result<Option<Tensor>> {
+    let (d, f) = (dense_config.d_model as i64, dense_config.ffn.d_ff as i64);
     let shape = var.size();
     if name == "embed.weight" {
         let e = take(name, &[dense_config.vocab_size as i64, d])?;

@@ -23,9 +23,12 @@ pub fn on_cpu() -> bool {
     device() == Device::Cpu
 }
 
-/// A tiny config of `arch`: d = 16, 3 blocks, 2 heads, F = 32, 4 experts, sequences ≤ 12.
+/// A tiny config of `arch`: d = 16, 3 blocks, 2 heads, F = 32, 4 experts on every other block
+/// (blocks 1, 3, … — pinned, whatever the preset's placement, so that MoE stacks mix dense and
+/// MoE blocks), sequences ≤ 12.
 pub fn tiny(arch: Arch) -> ModelConfig {
     let mut c = ModelConfig::preset(arch);
+    c.moe_layers = altup_moe::model::MoeLayers::Every { every: 2, offset: 1 };
     c.d_model = 16;
     c.num_layers = 3;
     c.max_seq_len = 12;
