@@ -285,7 +285,8 @@ pub fn write_report(
             .collect();
     for (name, what) in placement_rows {
         // The Switch stack with as many MoE blocks (for switch-e8-every itself: the two-block one).
-        let switch = if name.ends_with("-every") && name != "switch-e8-every" { "switch-e8-every" } else { "switch-e8" };
+        let switch =
+            if name.ends_with("-every") && name != "switch-e8-every" { "switch-e8-every" } else { "switch-e8" };
         let Some(runs) = records.get(name) else {
             let _ = writeln!(md, "| {name} | {what} | {} | | | |", missing(Part::Placement));
             continue;
