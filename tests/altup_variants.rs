@@ -53,7 +53,6 @@ fn recycled_altup_at_init_equals_the_plain_model() {
         for k in [2, 3] {
             let mut config = tiny(altup_arch);
             config.norm_eps = 1e-12;
-            config.moe_layers = plain_config.moe_layers.clone();
             config.altup = Some(AltUpConfig::recycled(k));
             let (vs, model) = build(&config);
             let unmatched = copy_shared(&plain_vs, &vs);

@@ -76,7 +76,6 @@ fn altup_with_one_block_equals_the_plain_stack() {
         let plain_vs = VarStore::new(device());
         let plain = LanguageModel::new(&plain_vs.root(), &tiny(plain_arch)).unwrap();
         let mut config = tiny(altup_arch);
-        config.moe_layers = tiny(plain_arch).moe_layers;
         config.altup = Some(AltUpConfig { num_blocks: 1, ..Default::default() });
         let altup_vs = VarStore::new(device());
         let altup = LanguageModel::new(&altup_vs.root(), &config).unwrap();

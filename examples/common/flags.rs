@@ -327,13 +327,15 @@ pub fn moe_config(
         num_shared_experts: m.shared_experts,
         ..base.clone()
     };
-    let layers = match (&m.moe_layers, base_layers) {
-        (Some(layers), _) => MoeLayers::List { layers: layers.clone() },
-        (None, MoeLayers::Every { every, offset }) => {
-            MoeLayers::Every { every: m.moe_every.unwrap_or(*every), offset: m.moe_offset.unwrap_or(*offset) }
-        }
-        (None, list) if m.moe_every.is_none() && m.moe_offset.is_none() => list.clone(),
-        (None, _) => MoeLayers::Every { every: m.moe_every.unwrap_or(2), offset: m.moe_offset.unwrap_or(1) },
+    // A flag replaces its part of the preset's period / first block (of a list: Switch's 2 / 1).
+    let (every, offset) = match base_layers {
+        MoeLayers::Every { every, offset } => (*every, *offset),
+        MoeLayers::List { .. } => (2, 1),
+    };
+    let layers = match &m.moe_layers {
+        Some(layers) => MoeLayers::List { layers: layers.clone() },
+        None if m.moe_every.is_none() && m.moe_offset.is_none() => base_layers.clone(),
+        None => MoeLayers::Every { every: m.moe_every.unwrap_or(every), offset: m.moe_offset.unwrap_or(offset) },
     };
     (moe, layers)
 }
