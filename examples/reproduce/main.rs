@@ -30,11 +30,11 @@ mod stats;
 mod study;
 
 use altup_moe::model::LanguageModel;
-use altup_moe::train::{run, RunOptions, Silent, TextTokenizer, TokenizerSpec, TrainConfig, Trainer};
+use altup_moe::train::{run, RunOptions, TextTokenizer, TokenizerSpec, TrainConfig, Trainer};
 use clap::Parser;
 use common::curves::read_metrics;
 use common::data::{run_data, RunData};
-use common::{device_name, parse_device};
+use common::{device_name, log, parse_device, progress_bar, Progress};
 use record::RunRecord;
 use report::{part_name, write_report, Records};
 use std::path::PathBuf;
@@ -175,8 +175,13 @@ fn train_one(
     let mut trainer = Trainer::new(&vs, &model, &data.train, &data.val, tc.clone())?;
     let options =
         RunOptions { out_dir: out.clone(), save_every: None, keep_checkpoints: 1, stop_after: None, overwrite: true };
+    // A bar on a terminal (evaluations above it), plain evaluation lines in a log.
+    let bar = progress_bar(tc.steps, 0);
+    log(&bar, format!("{name:<30} seed {seed}: training {} steps in {}", tc.steps, out.display()));
     let started = std::time::Instant::now();
-    run(&mut trainer, None, &options, &mut Silent)?;
+    let result = run(&mut trainer, None, &options, &mut Progress { bar: &bar, run_dir: None });
+    bar.finish_and_clear();
+    result?;
     let record = RunRecord::new(name, seed, &config, &tc, &read_metrics(&out)?);
     record.write(&paths.records)?;
     eprintln!("{name:<30} seed {seed}: val bpb {:.4} in {:.0} s", record.final_bpb(), started.elapsed().as_secs_f64());
