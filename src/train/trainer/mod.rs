@@ -1,10 +1,14 @@
 //! One optimizer step, one evaluation, and checkpoints of a [`Task`] (a model and its objective)
-//! on byte-level data.
+//! on byte-level data. The step and the evaluation are here; saving and restoring are in
+//! `checkpointing.rs`, the MoE layers' per-step statistics in `layer_record.rs`.
 //!
 //! The objective is `LM loss + α · mean_layers(load-balancing loss) + β · mean_layers(z-loss)`
 //! (Switch Transformer §2.2 with α = 1e-2; ST-MoE §3.3, eq. 5 with β = 1e-3). With gradient
 //! accumulation every term of every micro-batch is divided by the number of micro-batches, so
 //! the auxiliary losses are scaled exactly like the LM loss.
+
+mod checkpointing;
+mod layer_record;
 
 use crate::error::{ensure_config, Error, Result};
 use crate::host;
@@ -12,20 +16,17 @@ use crate::model::stack::all_finite;
 use crate::model::{LanguageModel, ModelAux, StackKind};
 use crate::moe::ExpertParallel;
 use crate::nn::role::roles;
-use crate::train::checkpoint::{
-    checkpoint_name, write_checkpoint_dir, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
-};
 use crate::train::config::TrainConfig;
 use crate::train::data::TokenDataset;
-use crate::train::metrics::{MetricsWindow, LN_2};
+use crate::train::metrics::LN_2;
 use crate::train::optim::AdamW;
 use crate::train::schedule::LrSchedule;
 use crate::train::stats::{EvalStats, MoeLayerMetrics, StepStats};
 use crate::train::task::Task;
-use crate::train::weights::{load_named_weights, named_variables, read_tensors, weight_tensors, write_tensors};
+use crate::train::weights::{load_named_weights, named_variables};
+use layer_record::{mean_over_moe_layers, LayerRecord};
 use rand::SeedableRng;
-use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Drives training of one [`Task`] (by default a [`LanguageModel`]): batches, loss, backward,
@@ -360,96 +361,6 @@ impl<'a, T: Task> Trainer<'a, T> {
             Ok(EvalStats { loss, bits_per_byte: loss / LN_2 / self.val_bytes_per_token })
         })
     }
-
-    /// Writes checkpoint `root/step-NNNNNNNN` (weights, optimizer state, configs, trainer state
-    /// with `window` and `elapsed_s`) atomically, keeping the newest `keep` checkpoints.
-    ///
-    /// # Errors
-    /// [`Error::Io`] / [`Error::Torch`] on write errors.
-    pub fn save_checkpoint(&self, root: &Path, window: &MetricsWindow, elapsed_s: f64, keep: usize) -> Result<PathBuf> {
-        let state = TrainerState {
-            format: CHECKPOINT_FORMAT,
-            step: self.step,
-            data_position: self.step * self.config.grad_accum as u64,
-            seed: self.config.seed,
-            elapsed_s,
-            window: window.clone(),
-        };
-        let (mut weights, mut optimizer) = (weight_tensors(self.vs)?, self.optimizer.state_tensors()?);
-        let parallel = self.task.expert_parallel();
-        if let Some(p) = parallel {
-            let roles = roles(self.vs);
-            weights = p.gather_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
-            optimizer = p.gather_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
-        }
-        let written = if self.is_main_rank() {
-            self.write_checkpoint(root, state, weights, optimizer, keep)
-        } else {
-            Ok(root.join(checkpoint_name(self.step)))
-        };
-        // Every rank waits for rank 0's write (a resume right after must find the files) and
-        // learns whether it failed.
-        let failed = agree_on_failure(parallel, written.as_ref().err().map(ToString::to_string))?;
-        match (written, failed) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Some(what)) => Err(Error::Checkpoint(format!("writing the checkpoint failed: {what}"))),
-            (Ok(dir), None) => Ok(dir),
-        }
-    }
-
-    fn write_checkpoint(
-        &self,
-        root: &Path,
-        state: TrainerState,
-        weights: Vec<(String, Tensor)>,
-        optimizer: Vec<(String, Tensor)>,
-        keep: usize,
-    ) -> Result<PathBuf> {
-        let json = |value: String| move |path: &Path| std::fs::write(path, value).map_err(|e| Error::io(path, e));
-        let files: Vec<(&str, FileWriter)> = vec![
-            ("model.safetensors", Box::new(|p: &Path| write_tensors(p, &weights))),
-            ("optimizer.safetensors", Box::new(|p: &Path| write_tensors(p, &optimizer))),
-            ("config.json", Box::new(json(pretty(&self.task.config_json()?)?))),
-            ("train_config.json", Box::new(json(pretty(&self.config)?))),
-            ("trainer_state.json", Box::new(json(pretty(&state)?))),
-        ];
-        write_checkpoint_dir(root, self.step, files, keep)
-    }
-
-    /// Restores weights, optimizer state and step from a checkpoint written by
-    /// [`Trainer::save_checkpoint`]. Returns the saved metrics window and elapsed seconds.
-    ///
-    /// # Errors
-    /// [`Error::Checkpoint`] if the checkpoint's model config differs from the model's, or its
-    /// tensors do not match the model or optimizer exactly (names, shapes, dtypes).
-    pub fn restore(&mut self, meta: &CheckpointMeta) -> Result<(MetricsWindow, f64)> {
-        if meta.model_config != self.task.config_json()? {
-            return Err(Error::Checkpoint(format!(
-                "{}/config.json describes another model than the one being trained",
-                meta.dir.display()
-            )));
-        }
-        let weights_path = meta.dir.join("model.safetensors");
-        let (mut weights, mut optimizer) =
-            (read_tensors(&weights_path)?, read_tensors(&meta.dir.join("optimizer.safetensors"))?);
-        if let Some(p) = self.task.expert_parallel() {
-            let roles = roles(self.vs);
-            weights = p.slice_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
-            optimizer = p.slice_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
-        }
-        load_named_weights(self.vs, &weights, &weights_path)?;
-        self.optimizer.load_state(&optimizer)?;
-        if self.optimizer.step_count() != meta.state.step {
-            return Err(Error::Checkpoint(format!(
-                "{}: optimizer step {} differs from trainer step {}",
-                meta.dir.display(),
-                self.optimizer.step_count(),
-                meta.state.step
-            )));
-        }
-        self.step = meta.state.step;
-        Ok((meta.state.window.clone(), meta.state.elapsed_s))
-    }
 }
 
 /// This rank's rows of a batch (the batch itself in one process).
@@ -472,77 +383,4 @@ fn agree_on_failure(parallel: Option<&ExpertParallel>, local: Option<String>) ->
         None if failed[0] > 0.0 => Some("another rank failed (see its message)".into()),
         None => None,
     })
-}
-
-/// Mean over the MoE layers of all stacks of one per-layer scalar; `None` without MoE layers.
-fn mean_over_moe_layers(
-    records: &[&ModelAux],
-    pick: impl Fn(&crate::moe::MoeAux) -> &Tensor,
-) -> Result<Option<Tensor>> {
-    let values: Vec<&Tensor> = records.iter().flat_map(|a| a.moe_layers().map(|(_, m)| pick(m))).collect();
-    if values.is_empty() {
-        return Ok(None);
-    }
-    let stacked = Tensor::f_stack(&values, 0)?;
-    Ok(Some(stacked.f_mean(stacked.kind())?))
-}
-
-/// One MoE layer's statistics of a forward pass, still on the device.
-struct LayerRecord {
-    stack: StackKind,
-    layer: usize,
-    /// `[balance, z-loss, entropy]`, detached.
-    losses: Tensor,
-    /// Assignments per expert, `[E]` i64.
-    assignments_per_expert: Tensor,
-    dropped_fraction: f64,
-}
-
-impl LayerRecord {
-    /// The MoE layers of one forward pass of every stack.
-    fn of(aux: &[(StackKind, ModelAux)]) -> Result<Vec<Self>> {
-        aux.iter()
-            .flat_map(|(stack, a)| a.moe_layers().map(move |(layer, m)| (*stack, layer, m)))
-            .map(|(stack, layer, m)| {
-                let parts = [&m.load_balancing_loss, &m.z_loss, &m.router_entropy];
-                let losses = Tensor::f_stack(
-                    &parts
-                        .map(|t| t.f_detach().and_then(|t| t.f_to_kind(Kind::Float)))
-                        .into_iter()
-                        .collect::<std::result::Result<Vec<_>, _>>()?,
-                    0,
-                )?;
-                Ok(Self {
-                    stack,
-                    layer,
-                    losses,
-                    assignments_per_expert: m.assignments_per_expert.shallow_clone(),
-                    dropped_fraction: m.dropped_fraction,
-                })
-            })
-            .collect()
-    }
-
-    /// The metrics from the values read back: `losses` = balance, z-loss, entropy.
-    fn metrics(&self, losses: &[f64], per_expert: &[f64]) -> MoeLayerMetrics {
-        let assignments_per_expert: Vec<i64> = per_expert.iter().map(|&v| v as i64).collect();
-        let mean = assignments_per_expert.iter().sum::<i64>() as f64 / assignments_per_expert.len().max(1) as f64;
-        let max = assignments_per_expert.iter().copied().max().unwrap_or(0) as f64;
-        MoeLayerMetrics {
-            stack: self.stack,
-            layer: self.layer,
-            load_balancing_loss: losses[0],
-            z_loss: losses[1],
-            dropped_fraction: self.dropped_fraction,
-            router_entropy: losses[2],
-            max_load: if mean > 0.0 { max / mean } else { 0.0 },
-            assignments_per_expert,
-        }
-    }
-}
-
-fn pretty<S: Serialize>(value: &S) -> Result<String> {
-    serde_json::to_string_pretty(value)
-        .map(|s| s + "\n")
-        .map_err(|source| Error::Json { context: "checkpoint".into(), source })
 }

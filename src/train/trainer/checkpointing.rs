@@ -1,0 +1,115 @@
+//! Saving and restoring a [`Trainer`]'s checkpoints: weights, optimizer state, configs and
+//! trainer state, with the experts gathered from / sliced to the expert-parallel ranks (the
+//! files are in the single-process format whatever the number of ranks). The folder layout
+//! and the atomic write are [`crate::train::checkpoint`]'s.
+
+use super::{agree_on_failure, Trainer};
+use crate::error::{Error, Result};
+use crate::nn::role::roles;
+use crate::train::checkpoint::{
+    checkpoint_name, write_checkpoint_dir, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
+};
+use crate::train::metrics::MetricsWindow;
+use crate::train::task::Task;
+use crate::train::weights::{load_named_weights, read_tensors, weight_tensors, write_tensors};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+impl<T: Task> Trainer<'_, T> {
+    /// Writes checkpoint `root/step-NNNNNNNN` (weights, optimizer state, configs, trainer state
+    /// with `window` and `elapsed_s`) atomically, keeping the newest `keep` checkpoints.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Torch`] on write errors.
+    pub fn save_checkpoint(&self, root: &Path, window: &MetricsWindow, elapsed_s: f64, keep: usize) -> Result<PathBuf> {
+        let state = TrainerState {
+            format: CHECKPOINT_FORMAT,
+            step: self.step,
+            data_position: self.step * self.config.grad_accum as u64,
+            seed: self.config.seed,
+            elapsed_s,
+            window: window.clone(),
+        };
+        let (mut weights, mut optimizer) = (weight_tensors(self.vs)?, self.optimizer.state_tensors()?);
+        let parallel = self.task.expert_parallel();
+        if let Some(p) = parallel {
+            let roles = roles(self.vs);
+            weights = p.gather_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+            optimizer = p.gather_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
+        }
+        let written = if self.is_main_rank() {
+            self.write_checkpoint(root, state, weights, optimizer, keep)
+        } else {
+            Ok(root.join(checkpoint_name(self.step)))
+        };
+        // Every rank waits for rank 0's write (a resume right after must find the files) and
+        // learns whether it failed.
+        let failed = agree_on_failure(parallel, written.as_ref().err().map(ToString::to_string))?;
+        match (written, failed) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Some(what)) => Err(Error::Checkpoint(format!("writing the checkpoint failed: {what}"))),
+            (Ok(dir), None) => Ok(dir),
+        }
+    }
+
+    fn write_checkpoint(
+        &self,
+        root: &Path,
+        state: TrainerState,
+        weights: Vec<(String, Tensor)>,
+        optimizer: Vec<(String, Tensor)>,
+        keep: usize,
+    ) -> Result<PathBuf> {
+        let json = |value: String| move |path: &Path| std::fs::write(path, value).map_err(|e| Error::io(path, e));
+        let files: Vec<(&str, FileWriter)> = vec![
+            ("model.safetensors", Box::new(|p: &Path| write_tensors(p, &weights))),
+            ("optimizer.safetensors", Box::new(|p: &Path| write_tensors(p, &optimizer))),
+            ("config.json", Box::new(json(pretty(&self.task.config_json()?)?))),
+            ("train_config.json", Box::new(json(pretty(&self.config)?))),
+            ("trainer_state.json", Box::new(json(pretty(&state)?))),
+        ];
+        write_checkpoint_dir(root, self.step, files, keep)
+    }
+
+    /// Restores weights, optimizer state and step from a checkpoint written by
+    /// [`Trainer::save_checkpoint`]. Returns the saved metrics window and elapsed seconds.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] if the checkpoint's model config differs from the model's, or its
+    /// tensors do not match the model or optimizer exactly (names, shapes, dtypes).
+    pub fn restore(&mut self, meta: &CheckpointMeta) -> Result<(MetricsWindow, f64)> {
+        if meta.model_config != self.task.config_json()? {
+            return Err(Error::Checkpoint(format!(
+                "{}/config.json describes another model than the one being trained",
+                meta.dir.display()
+            )));
+        }
+        let weights_path = meta.dir.join("model.safetensors");
+        let (mut weights, mut optimizer) =
+            (read_tensors(&weights_path)?, read_tensors(&meta.dir.join("optimizer.safetensors"))?);
+        if let Some(p) = self.task.expert_parallel() {
+            let roles = roles(self.vs);
+            weights = p.slice_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+            optimizer = p.slice_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
+        }
+        load_named_weights(self.vs, &weights, &weights_path)?;
+        self.optimizer.load_state(&optimizer)?;
+        if self.optimizer.step_count() != meta.state.step {
+            return Err(Error::Checkpoint(format!(
+                "{}: optimizer step {} differs from trainer step {}",
+                meta.dir.display(),
+                self.optimizer.step_count(),
+                meta.state.step
+            )));
+        }
+        self.step = meta.state.step;
+        Ok((meta.state.window.clone(), meta.state.elapsed_s))
+    }
+}
+
+fn pretty<S: Serialize>(value: &S) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map(|s| s + "\n")
+        .map_err(|source| Error::Json { context: "checkpoint".into(), source })
+}
