@@ -84,6 +84,18 @@ pub fn part_name(part: Part) -> String {
     clap::ValueEnum::to_possible_value(&part).map(|v| v.get_name().to_string()).unwrap_or_default()
 }
 
+/// The speed-up in steps of `name` at `baseline`'s final quality over the seeds that reach it
+/// (mean ± std), with how many reach it, or "not reached".
+fn step_speedup(records: &Records, name: &str, baseline: &str) -> String {
+    let per_seed = records.speedups(name, baseline).unwrap_or_default();
+    let speed: Vec<f64> = per_seed.iter().filter_map(|(_, s)| s.map(|s| s.0)).collect();
+    if speed.is_empty() {
+        "not reached".to_string()
+    } else {
+        format!("{}× ({} of {} seeds reach)", mean_pm(&speed, 2), speed.len(), per_seed.len())
+    }
+}
+
 fn mean_pm(values: &[f64], digits: usize) -> String {
     let (m, s) = mean_std(values);
     format!("{m:.digits$} ± {s:.digits$}")
@@ -318,8 +330,6 @@ pub fn write_report(
             continue;
         };
         let finals = |r: &[RunRecord]| r.iter().map(RunRecord::final_bpb).collect::<Vec<_>>();
-        let per_seed = records.speedups(&an, &dn).unwrap_or_default();
-        let speed: Vec<f64> = per_seed.iter().filter_map(|(_, s)| s.map(|s| s.0)).collect();
         let _ = writeln!(
             md,
             "| {d} | {:.2}M / {:.2}M | {} | {} | {} → {} | {} |",
@@ -329,26 +339,36 @@ pub fn write_report(
             mean_pm(&finals(ar), 4),
             p.describe(),
             p.verdict(),
-            if speed.is_empty() {
-                "not reached".to_string()
-            } else {
-                format!("{}× ({} of {} seeds reach)", mean_pm(&speed, 2), speed.len(), per_seed.len())
-            }
+            step_speedup(&records, &an, &dn)
         );
     }
-    let rn = sized("recycled-altup-k2", large, base_width);
-    let dn = sized("dense", large, base_width);
-    match records.paired(&rn, &dn) {
-        Some(p) => {
+    let (rn, dn, an) = (
+        sized("recycled-altup-k2", large, base_width),
+        sized("dense", large, base_width),
+        sized("altup-k2", large, base_width),
+    );
+    let _ = writeln!(
+        md,
+        "\nRecycled-AltUp K = 2 at d = {large}, paired per seed with dense and with AltUp K = 2 at the same width:\n\n\
+         | stack | params | bits/byte | − {dn} | − {an} | speed-up in steps at dense quality |\n|---|---|---|---|---|---|"
+    );
+    match (records.get(&rn), records.paired(&rn, &dn)) {
+        (Some(runs), Some(p)) => {
+            let finals: Vec<f64> = runs.iter().map(RunRecord::final_bpb).collect();
+            let vs_altup =
+                records.paired(&rn, &an).map_or("—".into(), |q| format!("{} → {}", q.describe(), q.verdict()));
             let _ = writeln!(
                 md,
-                "\nRecycled-AltUp K = 2 at d = {large}: {rn} − {dn} = {} → {}.",
+                "| {rn} | {:.2}M | {} | {} → {} | {vs_altup} | {} |",
+                runs[0].params_total as f64 / 1e6,
+                mean_pm(&finals, 4),
                 p.describe(),
-                p.verdict()
+                p.verdict(),
+                step_speedup(&records, &rn, &dn)
             );
         }
-        None => {
-            let _ = writeln!(md, "\nRecycled-AltUp K = 2 at d = {large}: {}.", missing(Part::SizeLargeRecycled));
+        _ => {
+            let _ = writeln!(md, "| {rn} | {} | | | | |", missing(Part::SizeLargeRecycled));
         }
     }
 
