@@ -339,7 +339,7 @@ pub fn write_report(
             mean_pm(&finals(ar), 4),
             p.describe(),
             p.verdict(),
-            step_speedup(&records, &an, &dn)
+            step_speedup(records, &an, &dn)
         );
     }
     let (rn, dn, an) = (
@@ -364,7 +364,7 @@ pub fn write_report(
                 mean_pm(&finals, 4),
                 p.describe(),
                 p.verdict(),
-                step_speedup(&records, &rn, &dn)
+                step_speedup(records, &rn, &dn)
             );
         }
         _ => {
