@@ -84,6 +84,11 @@ pub fn part_name(part: Part) -> String {
     clap::ValueEnum::to_possible_value(&part).map(|v| v.get_name().to_string()).unwrap_or_default()
 }
 
+/// `a − b` paired per seed with its verdict, or "—" when the two share no seed.
+fn compared(records: &Records, a: &str, b: &str) -> String {
+    records.paired(a, b).map_or("—".into(), |p| format!("{} → {}", p.describe(), p.verdict()))
+}
+
 /// The speed-up in steps of `name` at `baseline`'s final quality over the seeds that reach it
 /// (mean ± std), with how many reach it, or "not reached".
 fn step_speedup(records: &Records, name: &str, baseline: &str) -> String {
@@ -304,8 +309,7 @@ pub fn write_report(
             continue;
         };
         let finals: Vec<f64> = runs.iter().map(RunRecord::final_bpb).collect();
-        let cmp =
-            |b: &str| records.paired(name, b).map_or("—".into(), |p| format!("{} → {}", p.describe(), p.verdict()));
+        let cmp = |b: &str| compared(records, name, b);
         let time = median(runs.iter().map(RunRecord::step_time).collect());
         let _ = writeln!(
             md,
@@ -353,17 +357,15 @@ pub fn write_report(
          | stack | params | bits/byte | − {dn} | − {an} | speed-up in steps at dense quality |\n|---|---|---|---|---|---|"
     );
     match (records.get(&rn), records.paired(&rn, &dn)) {
-        (Some(runs), Some(p)) => {
+        (Some(runs), Some(_)) => {
             let finals: Vec<f64> = runs.iter().map(RunRecord::final_bpb).collect();
-            let vs_altup =
-                records.paired(&rn, &an).map_or("—".into(), |q| format!("{} → {}", q.describe(), q.verdict()));
             let _ = writeln!(
                 md,
-                "| {rn} | {:.2}M | {} | {} → {} | {vs_altup} | {} |",
+                "| {rn} | {:.2}M | {} | {} | {} | {} |",
                 runs[0].params_total as f64 / 1e6,
                 mean_pm(&finals, 4),
-                p.describe(),
-                p.verdict(),
+                compared(records, &rn, &dn),
+                compared(records, &rn, &an),
                 step_speedup(records, &rn, &dn)
             );
         }
