@@ -1,7 +1,7 @@
 //! Configuration of an MoE layer: routing family, capacity, balancing, experts.
 
 use crate::error::{ensure_config, Result};
-use crate::moe::experts::ExpertBackend;
+use crate::moe::kernel::ExpertBackend;
 use crate::moe::routing::{CapacityPriority, RouterKind, RoutingOptions};
 use crate::nn::feed_forward::Activation;
 use serde::{Deserialize, Serialize};

@@ -9,36 +9,12 @@
 //!   loop makes libtorch allocate a full-size gradient buffer per expert.
 
 use crate::error::{Error, Result};
-use crate::moe::kernel::{self, KernelKey};
+use crate::moe::kernel::{self, ExpertBackend, KernelKey, LOOP_MIN_ROWS_PER_EXPERT};
 use crate::nn::feed_forward::Activation;
 use crate::nn::init::InitScheme;
 use crate::nn::role::ParamRole;
 use crate::shape::{cast_like, expect_device, expect_shape};
-use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
-
-/// On CPU, [`ExpertBackend::Auto`] uses the per-expert loop from this many rows per expert on
-/// average, grouped matmul below it.
-pub const LOOP_MIN_ROWS_PER_EXPERT: i64 = 128;
-
-/// Which kernel computes the experts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpertBackend {
-    /// The faster kernel for the device: on CPU (measured in `benches/moe_layer.rs`, D = 256,
-    /// F = 1024) the per-expert loop when experts average at least [`LOOP_MIN_ROWS_PER_EXPERT`]
-    /// rows (large matmuls; libtorch 2.13's CPU grouped matmul is slower there) and grouped
-    /// matmul for smaller groups (many tiny matmuls); on an accelerator whichever of the two
-    /// was faster when timed once for the shape class ([`crate::moe::kernel`]), or the loop
-    /// under [`crate::runtime::set_deterministic`]. Grouped matmul needs f32/bf16 rows aligned
-    /// to 16 bytes; everything else uses the loop.
-    #[default]
-    Auto,
-    /// Always `torch._grouped_mm`; errors where libtorch does not support it.
-    GroupedMm,
-    /// Always the per-expert loop (reference path; works for every dtype, including f64).
-    Loop,
-}
 
 /// `E` expert FFNs with batched weights.
 ///

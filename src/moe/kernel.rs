@@ -1,5 +1,6 @@
-//! Which expert kernel [`crate::moe::ExpertBackend::Auto`] runs on an accelerator, decided by
-//! measuring both once per shape class and caching the answer for the process.
+//! Which kernel computes the experts ([`ExpertBackend`]), and the one
+//! [`ExpertBackend::Auto`] runs on an accelerator, decided by measuring both once per shape class
+//! and caching the answer for the process.
 //!
 //! libtorch 2.13's `_grouped_mm` has a fast kernel only on some GPUs (compute capability 9.x and
 //! 10.x, bf16); elsewhere it falls back to a loop that copies the offsets to the host on every
@@ -9,10 +10,33 @@
 //! faster one. On the CPU a measured rule decides instead (see `LOOP_MIN_ROWS_PER_EXPERT`).
 
 use crate::error::Result;
-use crate::moe::ExpertBackend;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tch::{Device, Kind};
+
+/// On CPU, [`ExpertBackend::Auto`] uses the per-expert loop from this many rows per expert on
+/// average, grouped matmul below it.
+pub const LOOP_MIN_ROWS_PER_EXPERT: i64 = 128;
+
+/// Which kernel computes the experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertBackend {
+    /// The faster kernel for the device: on CPU (measured in `benches/moe_layer.rs`, D = 256,
+    /// F = 1024) the per-expert loop when experts average at least [`LOOP_MIN_ROWS_PER_EXPERT`]
+    /// rows (large matmuls; libtorch 2.13's CPU grouped matmul is slower there) and grouped
+    /// matmul for smaller groups (many tiny matmuls); on an accelerator whichever of the two
+    /// was faster when timed once for the shape class ([`crate::moe::kernel`]), or the loop
+    /// under [`crate::runtime::set_deterministic`]. Grouped matmul needs f32/bf16 rows aligned
+    /// to 16 bytes; everything else uses the loop.
+    #[default]
+    Auto,
+    /// Always `torch._grouped_mm`; errors where libtorch does not support it.
+    GroupedMm,
+    /// Always the per-expert loop (reference path; works for every dtype, including f64).
+    Loop,
+}
 
 /// What a kernel choice depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

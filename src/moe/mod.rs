@@ -40,7 +40,8 @@ pub(crate) mod routing;
 pub use batch::{BatchCounts, PartCounts};
 pub use config::{Balancing, MoeConfig};
 pub use dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
-pub use experts::{ExpertBackend, Experts, LOOP_MIN_ROWS_PER_EXPERT};
+pub use experts::Experts;
+pub use kernel::{ExpertBackend, LOOP_MIN_ROWS_PER_EXPERT};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
 #[cfg(feature = "mpi")]
