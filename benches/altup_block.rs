@@ -9,7 +9,7 @@ mod common;
 
 use altup_moe::altup::{AltUp, AltUpConfig};
 use altup_moe::model::{Block, BlockConfig, FfnConfig};
-use altup_moe::nn::{AttentionConfig, FeedForwardConfig, InitScheme};
+use altup_moe::nn::{AttentionConfig, FeedForwardConfig, InitScheme, VarBuilder};
 use common::{measuring, ratio};
 use criterion::{BenchmarkId, Criterion};
 use std::hint::black_box;
@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
             norm_eps: 1e-6,
         };
         let blocks: Vec<Block> =
-            (0..LAYERS).map(|l| Block::new(&(vs.root() / "blocks" / l), d, &config, &init).expect("block")).collect();
+            (0..LAYERS).map(|l| Block::new(VarBuilder::new(&(vs.root() / "blocks" / l)).with_init(init), d, &config).expect("block")).collect();
         let x = Tensor::randn([BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
         let g = Tensor::randn([BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
         group.bench_function(BenchmarkId::new("plain", format!("d{d}")), |b| {
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
             let altups: Vec<AltUp> = (0..LAYERS)
                 .map(|l| {
                     let path = vs.root() / format!("altup{k}") / l;
-                    AltUp::new(&path, &AltUpConfig { num_blocks: k, ..Default::default() }, d, &init).expect("altup")
+                    AltUp::new(VarBuilder::new(&path).with_init(init), d, &AltUpConfig { num_blocks: k, ..Default::default() }).expect("altup")
                 })
                 .collect();
             let wide = Tensor::randn([k as i64, BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));

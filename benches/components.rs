@@ -7,7 +7,7 @@
 use altup_moe::moe::{
     plan_token_choice, select_top_k, ExpertBackend, Experts, MoeConfig, Router, SortDispatcher, TokenDispatcher,
 };
-use altup_moe::nn::{Activation, InitScheme};
+use altup_moe::nn::{Activation, InitScheme, VarBuilder};
 use criterion::{BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
     let g = Tensor::randn([N, D], (Kind::Float, Device::Cpu));
     for e in [8usize, 64] {
         let vs = VarStore::new(Device::Cpu);
-        let router = Router::new(&vs.root(), D as usize, &MoeConfig { num_experts: e, ..Default::default() }, &init)
+        let router = Router::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &MoeConfig { num_experts: e, ..Default::default() })
             .expect("router");
         group.bench_with_input(BenchmarkId::new("router_fwd_bwd", e), &e, |b, _| {
             b.iter(|| {
@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
         {
             let vs = VarStore::new(Device::Cpu);
             let experts =
-                Experts::new(&vs.root(), e, D as usize, F, Activation::Gelu, backend, &init).expect("experts");
+                Experts::new(VarBuilder::new(&vs.root()).with_init(init), e, D as usize, F, Activation::Gelu, backend).expect("experts");
             group.bench_with_input(BenchmarkId::new(name, e), &e, |b, _| {
                 b.iter(|| {
                     (experts.forward(black_box(&rows), &plan.group_sizes).expect("experts") * &rows_g)

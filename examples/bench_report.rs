@@ -15,7 +15,7 @@ mod common;
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput};
 use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
-use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme};
+use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme, VarBuilder};
 use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
@@ -128,14 +128,14 @@ fn rows(tokens: i64, d: i64) -> Tensor {
 
 fn moe_layer(config: MoeConfig, tokens: i64) -> Res<Call> {
     let vs = VarStore::new(Device::Cpu);
-    let layer = MoeLayer::new(&vs.root(), D as usize, &config, &InitScheme::default())?;
+    let layer = MoeLayer::new(&vs.root(), D as usize, &config)?;
     fwd_bwd(vs, rows(tokens, D), move |x| Ok(layer.forward_t(x, true)?.0))
 }
 
 fn dense_ffn(d_ff: usize, tokens: i64) -> Res<Call> {
     let vs = VarStore::new(Device::Cpu);
     let config = FeedForwardConfig { d_ff, ..Default::default() };
-    let ffn = FeedForward::new(&vs.root(), D as usize, &config, &InitScheme::default())?;
+    let ffn = FeedForward::new(&vs.root(), D as usize, &config)?;
     fwd_bwd(vs, rows(tokens, D), move |x| ffn.forward(x))
 }
 
@@ -167,7 +167,7 @@ fn gemma_altup() -> Res<Call> {
     let coefficients = Coefficients::InputDependent { clip: Some(120.0) };
     let config =
         AltUpConfig { num_blocks: 4, coefficients, compute_on: ComputeInput::Prediction, ..Default::default() };
-    let altup = AltUp::new(&vs.root(), &config, 512, &InitScheme::default())?;
+    let altup = AltUp::new(&vs.root(), 512, &config)?;
     let x = Tensor::randn([4, 8, 256, 512], (Kind::Float, Device::Cpu));
     fwd_bwd(vs, x, move |x| {
         let pred = altup.predict(x, 0, true)?;
@@ -196,13 +196,13 @@ fn stack(d: usize, which: Stack) -> Res<Call> {
         norm_eps: 1e-6,
     };
     let blocks: Vec<Block> =
-        (0..4).map(|l| Block::new(&(vs.root() / "b" / l), d, &config, &init)).collect::<Res<_>>()?;
+        (0..4).map(|l| Block::new(VarBuilder::new(&(vs.root() / "b" / l)).with_init(init), d, &config)).collect::<Res<_>>()?;
     let k = match which {
         Stack::Plain => 1,
         Stack::AltUp(k) | Stack::Mixing(k) => k,
     };
     let altups: Vec<AltUp> = (0..4)
-        .map(|l| AltUp::new(&(vs.root() / "a" / l), &AltUpConfig { num_blocks: k, ..Default::default() }, d, &init))
+        .map(|l| AltUp::new(VarBuilder::new(&(vs.root() / "a" / l)).with_init(init), d, &AltUpConfig { num_blocks: k, ..Default::default() }))
         .collect::<Res<_>>()?;
     let shape: Vec<i64> = match which {
         Stack::Plain => vec![8, 256, d as i64],

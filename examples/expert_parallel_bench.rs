@@ -18,9 +18,10 @@
 
 mod common;
 
-use altup_moe::moe::MpiWorld;
-use altup_moe::moe::{Collectives, ExchangeTape, ExpertParallel, MoeConfig, MoeLayer};
-use altup_moe::nn::InitScheme;
+use altup_moe::parallel::MpiWorld;
+use altup_moe::moe::{MoeConfig, MoeLayer};
+use altup_moe::nn::VarBuilder;
+use altup_moe::parallel::{Collectives, ExchangeTape, ProcessGroup};
 use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
@@ -176,13 +177,11 @@ fn data() -> Result<(TokenDataset, TokenDataset)> {
     load_corpus(None)?.1.split(0.1)
 }
 
-/// A model on its own `VarStore`, plain or expert-parallel over `parallel`.
-fn build(blocks: usize, parallel: Option<ExpertParallel>) -> Result<(VarStore, LanguageModel)> {
+/// A model on its own `VarStore` in `group` (plain in a group of one, expert-parallel in a
+/// group over a transport).
+fn build(blocks: usize, group: ProcessGroup) -> Result<(VarStore, LanguageModel)> {
     let vs = VarStore::new(Device::Cpu);
-    let model = match parallel {
-        Some(p) => LanguageModel::new_expert_parallel(&vs.root(), &model_config(blocks), p)?,
-        None => LanguageModel::new(&vs.root(), &model_config(blocks))?,
-    };
+    let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group), &model_config(blocks))?;
     Ok((vs, model))
 }
 
@@ -197,8 +196,8 @@ fn seconds(f: impl FnOnce() -> Result<()>) -> Result<f64> {
 fn pairs(args: &Args, blocks: usize) -> Result<serde_json::Value> {
     let world: Arc<dyn Collectives> = Arc::new(MpiWorld::init()?);
     let (train, val) = data()?;
-    let (plain_vs, plain) = build(blocks, None)?;
-    let (ep_vs, ep) = build(blocks, Some(ExpertParallel::new(world)))?;
+    let (plain_vs, plain) = build(blocks, ProcessGroup::single())?;
+    let (ep_vs, ep) = build(blocks, ProcessGroup::new(world))?;
     let mut a = Trainer::new(&plain_vs, &plain, &train, &val, train_config())?;
     let mut b = Trainer::new(&ep_vs, &ep, &train, &val, train_config())?;
     let (mut plain_s, mut ep_s) = (Vec::new(), Vec::new());
@@ -217,7 +216,8 @@ fn pairs(args: &Args, blocks: usize) -> Result<serde_json::Value> {
 fn rss(args: &Args, blocks: usize, expert_parallel: bool) -> Result<serde_json::Value> {
     let world: Arc<dyn Collectives> = Arc::new(MpiWorld::init()?);
     let (train, val) = data()?;
-    let (vs, model) = build(blocks, expert_parallel.then(|| ExpertParallel::new(world)))?;
+    let group = if expert_parallel { ProcessGroup::new(world) } else { ProcessGroup::single() };
+    let (vs, model) = build(blocks, group)?;
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config())?;
     for _ in 0..args.rss_steps {
         trainer.step()?;
@@ -229,7 +229,7 @@ fn rss(args: &Args, blocks: usize, expert_parallel: bool) -> Result<serde_json::
 fn exchange(args: &Args) -> Result<Option<serde_json::Value>> {
     let comm = Arc::new(Timed::new()?);
     let (train, val) = data()?;
-    let (vs, model) = build(args.exchange_blocks, Some(ExpertParallel::new(comm.clone())))?;
+    let (vs, model) = build(args.exchange_blocks, ProcessGroup::new(comm.clone()))?;
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config())?;
     let mut rows = Vec::new();
     for step in 0..args.exchange_steps + 2 {
@@ -261,14 +261,8 @@ fn layer(args: &Args) -> Result<Vec<serde_json::Value>> {
     let comm = Arc::new(Timed::new()?);
     let tape = ExchangeTape::new();
     let vs = VarStore::new(Device::Cpu);
-    let layer = MoeLayer::new_expert_parallel(
-        &vs.root(),
-        D_MODEL,
-        &layer_config(),
-        &InitScheme::default(),
-        comm.clone(),
-        tape.clone(),
-    )?;
+    let group = ProcessGroup::with_tape(comm.clone(), tape.clone());
+    let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_group(group), D_MODEL, &layer_config())?;
     let mut out = Vec::new();
     for &n in &args.tokens {
         let mut exchange = f64::INFINITY;
@@ -290,7 +284,7 @@ fn layer(args: &Args) -> Result<Vec<serde_json::Value>> {
 /// The same layer in one process with all experts local.
 fn local_layer(args: &Args, n: i64) -> Result<f64> {
     let vs = VarStore::new(Device::Cpu);
-    let layer = MoeLayer::new(&vs.root(), D_MODEL, &layer_config(), &InitScheme::default())?;
+    let layer = MoeLayer::new(&vs.root(), D_MODEL, &layer_config())?;
     min_seconds(2, args.runs, || pass(&layer, n, |loss| Ok(loss.f_backward()?)))
 }
 

@@ -14,7 +14,9 @@ mod common;
 
 use altup_moe::host::host_reads;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
-use altup_moe::moe::{kernel, ExpertParallel, ThreadGroup};
+use altup_moe::moe::kernel;
+use altup_moe::nn::VarBuilder;
+use altup_moe::parallel::{ProcessGroup, ThreadGroup};
 use altup_moe::train::{
     CheckpointMeta, MetricsWindow, SpanCorruption, SpanCorruptionTask, TokenDataset, TrainConfig, Trainer,
 };
@@ -200,9 +202,9 @@ fn expert_parallel(report: &mut Report, data: &(TokenDataset, TokenDataset), arg
     let config = ModelConfig::preset(Arch::Switch);
     let steps = 5;
     let single = train(args, &config, data, steps, Precision::F32)?;
-    let ranks = ThreadGroup::run(&[args.device, args.device], |group: ExpertParallel, device| {
+    let ranks = ThreadGroup::run(&[args.device, args.device], |group: ProcessGroup, device| {
         let vs = VarStore::new(device);
-        let model = LanguageModel::new_expert_parallel(&vs.root(), &config, group)?;
+        let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group), &config)?;
         let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps, Precision::F32))?;
         let mut last = f64::NAN;
         for _ in 0..steps {

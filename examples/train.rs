@@ -16,7 +16,8 @@ mod common;
 
 use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
-use altup_moe::moe::ExpertParallel;
+use altup_moe::nn::VarBuilder;
+use altup_moe::parallel::ProcessGroup;
 use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, TrainConfig, Trainer};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::data::{prompt as data_prompt, run_data, RunData};
@@ -105,10 +106,10 @@ struct Args {
 fn train_main(
     args: Args,
     matches: &ArgMatches,
-    parallel: Option<ExpertParallel>,
+    group: ProcessGroup,
     device: Device,
 ) -> altup_moe::Result<()> {
-    let main_rank = parallel.as_ref().is_none_or(|p| p.rank() == 0);
+    let main_rank = group.is_main();
     // Only rank 0 talks; the others stay quiet unless they fail.
     macro_rules! say {
         ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
@@ -204,10 +205,7 @@ fn train_main(
         )?;
     }
     let vs = VarStore::new(device);
-    let mut model = match &parallel {
-        Some(p) => LanguageModel::new_expert_parallel(&vs.root(), &config, p.clone())?,
-        None => LanguageModel::new(&vs.root(), &config)?,
-    };
+    let mut model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
     model.set_precision(train_config.precision);
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
     let resumed = folder.checkpoint().map(|meta| trainer.restore(meta)).transpose()?;
@@ -227,17 +225,17 @@ fn train_main(
         },
         human(counts.total),
         human(counts.active_per_token),
-        match &parallel {
-            Some(p) => format!("{} x {} expert-parallel ranks", device_name(device), p.world_size()),
-            None => device_name(device),
+        match group.world_size() {
+            1 => device_name(device),
+            ranks => format!("{} x {ranks} expert-parallel ranks", device_name(device)),
         },
         data,
         human(train.len()),
         human(val.len()),
         val.bytes_per_token(),
     );
-    folder.write_configs(&config, &train_config, parallel.as_ref())?;
-    folder.write_tokenizer(&tokenizer, parallel.as_ref())?;
+    folder.write_configs(&config, &train_config, &group)?;
+    folder.write_tokenizer(&tokenizer, &group)?;
     let bar = progress_bar(train_config.steps, trainer.step_count());
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -253,7 +251,7 @@ fn train_main(
         }
         return Err(e);
     }
-    folder.write_weights(&vs, parallel.as_ref())?;
+    folder.write_weights(&vs, &group)?;
     say!(
         "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
         folder.dir().display()

@@ -20,7 +20,8 @@ mod common;
 
 use altup_moe::model::Arch;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
-use altup_moe::moe::ExpertParallel;
+use altup_moe::nn::VarBuilder;
+use altup_moe::parallel::ProcessGroup;
 use altup_moe::train::{
     run, Observer, RunFolder, RunStart, Silent, SpanCorruption, SpanCorruptionTask, TextTokenizer, TokenizerSpec,
     TrainConfig, Trainer,
@@ -118,8 +119,8 @@ struct Args {
     devices: Vec<Device>,
 }
 
-fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> altup_moe::Result<()> {
-    let main_rank = parallel.as_ref().is_none_or(|p| p.rank() == 0);
+fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
+    let main_rank = group.is_main();
     // Only rank 0 talks; the others stay quiet unless they fail.
     macro_rules! say {
         ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
@@ -165,10 +166,7 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         ..TrainConfig::default()
     };
     let vs = VarStore::new(device);
-    let mut model = match &parallel {
-        Some(p) => Seq2SeqModel::new_expert_parallel(&vs.root(), &config, p.clone())?,
-        None => Seq2SeqModel::new(&vs.root(), &config)?,
-    };
+    let mut model = Seq2SeqModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
     model.set_precision(args.dtype);
     let task = SpanCorruptionTask { model: &model, corruption: corruption.clone(), eval_seed: args.seed };
     let mut trainer = Trainer::new(&vs, &task, &train, &val, train_config.clone())?;
@@ -179,9 +177,9 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         args.arch,
         human(counts.total),
         human(counts.active_per_token),
-        match &parallel {
-            Some(p) => format!("{} x {} expert-parallel ranks", device_name(device), p.world_size()),
-            None => device_name(device),
+        match group.world_size() {
+            1 => device_name(device),
+            ranks => format!("{} x {ranks} expert-parallel ranks", device_name(device)),
         },
         args.batch_size,
         args.seq_len,
@@ -189,8 +187,8 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
         src_len,
         tgt_len,
     );
-    folder.write_configs(&config, &train_config, parallel.as_ref())?;
-    folder.write_tokenizer(&tokenizer, parallel.as_ref())?;
+    folder.write_configs(&config, &train_config, &group)?;
+    folder.write_tokenizer(&tokenizer, &group)?;
     let bar = progress_bar(args.steps, 0);
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -202,7 +200,7 @@ fn train_main(args: Args, parallel: Option<ExpertParallel>, device: Device) -> a
     bar.finish_and_clear();
     result?;
     // The whole model (an expert-parallel job gathers every rank's experts; rank 0 writes).
-    folder.write_weights(&vs, parallel.as_ref())?;
+    folder.write_weights(&vs, &group)?;
     say!(
         "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
         folder.dir().display()

@@ -47,6 +47,7 @@ pub mod host;
 pub mod model;
 pub mod moe;
 pub mod nn;
+pub mod parallel;
 pub mod runtime;
 mod shape;
 /// The device that tests, doctests and examples run on (`ALTUP_MOE_TEST_DEVICE`).

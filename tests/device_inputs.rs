@@ -9,7 +9,7 @@
 mod common;
 
 use altup_moe::altup::SequenceAltUpConfig;
-use altup_moe::model::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Arch, ForwardOptions, LanguageModel, ModelConfig};
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
 use common::{device, tiny};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -31,7 +31,7 @@ fn assert_same(from_host: &Tensor, reference: &Tensor, what: &str) {
     assert!(diff <= 1e-6, "{what}: host inputs change the output by {diff}");
 }
 
-/// `LanguageModel::forward_masked_t` (and the cached decoding path) with host token ids and a
+/// `LanguageModel::forward_t` with a mask (and the cached decoding path) with host token ids and a
 /// host bool mask, for a plain MoE stack, AltUp + MoE and Sequence-AltUp (whose anchors select
 /// from the mask).
 #[test]
@@ -45,8 +45,8 @@ fn language_model_accepts_host_tokens_and_mask() {
         let model = LanguageModel::new(&vs.root(), &config).unwrap();
         let (tokens, mask) = host_inputs(config.vocab_size as i64);
         let (tokens_d, mask_d) = (tokens.to_device(device()), mask.to_device(device()));
-        let from_host = model.forward_masked_t(&tokens, Some(&mask), false).unwrap().logits;
-        let reference = model.forward_masked_t(&tokens_d, Some(&mask_d), false).unwrap().logits;
+        let from_host = model.forward_t(&tokens, ForwardOptions::eval().with_mask(&mask)).unwrap().logits;
+        let reference = model.forward_t(&tokens_d, ForwardOptions::eval().with_mask(&mask_d)).unwrap().logits;
         assert_same(&from_host, &reference, name);
         if config.sequence_altup.is_none() {
             let (mut host_cache, mut device_cache) = (model.new_cache(), model.new_cache());

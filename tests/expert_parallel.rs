@@ -10,11 +10,11 @@ mod common;
 
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
-use altup_moe::moe::{all_gather_tensor, all_reduce_tensor};
-use altup_moe::moe::{
-    Collectives, ExchangeTape, ExpertParallel, MoeAux, MoeConfig, MoeLayer, SingleProcess, ThreadGroup,
+use altup_moe::moe::{MoeAux, MoeConfig, MoeLayer};
+use altup_moe::nn::{Activation, InitScheme, VarBuilder};
+use altup_moe::parallel::{
+    all_gather_tensor, all_reduce_tensor, Collectives, ExchangeTape, ProcessGroup, SingleProcess, ThreadGroup,
 };
-use altup_moe::nn::{Activation, InitScheme};
 use altup_moe::train::{
     run, CheckpointMeta, RunOptions, Silent, SpanCorruption, SpanCorruptionTask, Task, TokenDataset, TrainConfig,
     Trainer,
@@ -161,42 +161,34 @@ fn train_config(kind: Trained) -> TrainConfig {
     }
 }
 
-/// Trains `kind` for 3 steps into `out`: straight through in one process (`parallel = None`),
-/// or expert-parallel with a stop after step 2 and a restore from that checkpoint into a fresh
-/// model.
-fn train_run(kind: Trained, out: &Path, parallel: Option<ExpertParallel>) {
+/// Trains `kind` for 3 steps into `out`: straight through in one process
+/// ([`ProcessGroup::single`]), or in a group that exchanges rows with a stop after step 2 and a
+/// restore from that checkpoint into a fresh model.
+fn train_run(kind: Trained, out: &Path, group: ProcessGroup) {
     let (train, val) = train_data();
     let config = train_config(kind);
     let session = |stop: Option<u64>, restore: bool| {
         let vs = VarStore::new(device());
+        let vb = VarBuilder::new(&vs.root()).with_group(group.clone());
         match kind {
             Trained::EncoderDecoder => {
                 let c = Trained::encoder_decoder();
-                let model = match &parallel {
-                    Some(p) => Seq2SeqModel::new_expert_parallel(&vs.root(), &c, p.clone()),
-                    None => Seq2SeqModel::new(&vs.root(), &c),
-                }
-                .unwrap();
+                let model = Seq2SeqModel::new(&vb, &c).unwrap();
                 let task = SpanCorruptionTask { model: &model, corruption: SpanCorruption::default(), eval_seed: 0 };
                 drive(&vs, &task, (&train, &val), config.clone(), out, stop, restore);
             }
             _ => {
                 let c = kind.language_model();
-                let model = match &parallel {
-                    Some(p) => LanguageModel::new_expert_parallel(&vs.root(), &c, p.clone()),
-                    None => LanguageModel::new(&vs.root(), &c),
-                }
-                .unwrap();
+                let model = LanguageModel::new(&vb, &c).unwrap();
                 drive(&vs, &model, (&train, &val), config.clone(), out, stop, restore);
             }
         }
     };
-    match parallel {
-        Some(_) => {
-            session(Some(2), false);
-            session(None, true);
-        }
-        None => session(None, false),
+    if group.exchanges_rows() {
+        session(Some(2), false);
+        session(None, true);
+    } else {
+        session(None, false);
     }
 }
 
@@ -223,8 +215,8 @@ fn drive<T: Task>(
 fn single_process_expert_parallel_training_equals_plain_training() {
     for kind in Trained::ALL {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        train_run(kind, a.path(), None);
-        train_run(kind, b.path(), Some(ExpertParallel::new(Arc::new(SingleProcess))));
+        train_run(kind, a.path(), ProcessGroup::single());
+        train_run(kind, b.path(), ProcessGroup::new(Arc::new(SingleProcess)));
         compare_runs(kind, a.path(), b.path(), 1e-5, "R=1");
     }
 }
@@ -292,18 +284,12 @@ fn single_process_expert_parallel_equals_the_local_layer() {
         let (config, n) = scenario(name);
         let (x, g) = data(n);
         let local_vs = VarStore::new(device());
-        let local = MoeLayer::new(&local_vs.root(), D as usize, &config, &INIT).unwrap();
+        let local = MoeLayer::new(VarBuilder::new(&local_vs.root()).with_init(INIT), D as usize, &config).unwrap();
         let ep_vs = VarStore::new(device());
         let tape = ExchangeTape::new();
-        let ep = MoeLayer::new_expert_parallel(
-            &ep_vs.root(),
-            D as usize,
-            &config,
-            &INIT,
-            Arc::new(SingleProcess),
-            tape.clone(),
-        )
-        .unwrap();
+        let group = ProcessGroup::with_tape(Arc::new(SingleProcess), tape.clone());
+        let ep = MoeLayer::new(VarBuilder::new(&ep_vs.root()).with_init(INIT).with_group(group), D as usize, &config)
+            .unwrap();
         if name == "idle-expert" {
             bias_towards_three_experts(&local);
             bias_towards_three_experts(&ep);
@@ -340,8 +326,9 @@ fn layer_rank(name: &str, world: Arc<dyn Collectives>) -> Vec<(&'static str, Ten
     let g_local = g.narrow(0, start, len);
     let vs = VarStore::new(device());
     let tape = ExchangeTape::new();
-    let layer =
-        MoeLayer::new_expert_parallel(&vs.root(), D as usize, &config, &INIT, world.clone(), tape.clone()).unwrap();
+    let group = ProcessGroup::with_tape(world.clone(), tape.clone());
+    let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT).with_group(group), D as usize, &config)
+        .unwrap();
     if name == "idle-expert" {
         bias_towards_three_experts(&layer);
     }
@@ -413,11 +400,11 @@ fn thread_group_training_equals_one_process() {
     let root = tempfile::tempdir().unwrap();
     for kind in Trained::ALL {
         let single = root.path().join(format!("{kind:?}-single"));
-        train_run(kind, &single, None);
+        train_run(kind, &single, ProcessGroup::single());
         for ranks in [2, 4] {
             let dir = root.path().join(format!("{kind:?}-threads-{ranks}"));
             for result in ThreadGroup::run(&vec![device(); ranks], |p, _| {
-                train_run(kind, &dir, Some(p));
+                train_run(kind, &dir, p);
                 Ok(())
             })
             .unwrap()
@@ -437,8 +424,7 @@ fn ranks_that_disagree_on_gradients_fail_together() {
         let (config, n) = scenario("dropless");
         let (x, _) = data(n);
         let vs = VarStore::new(device());
-        let layer =
-            MoeLayer::new_expert_parallel(&vs.root(), D as usize, &config, &INIT, p.comm_arc(), p.tape().clone())?;
+        let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT).with_group(p.clone()), D as usize, &config)?;
         let x = x.narrow(0, p.rank() as i64 * n / 2, n / 2);
         let forward = || layer.forward_t(&x, true).map(|_| ());
         if p.rank() == 1 {
@@ -459,7 +445,7 @@ fn reference(name: &str) -> HashMap<&'static str, Tensor> {
     let (config, n) = scenario(name);
     let (x, g) = data(n);
     let vs = VarStore::new(device());
-    let layer = MoeLayer::new(&vs.root(), D as usize, &config, &INIT).unwrap();
+    let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), D as usize, &config).unwrap();
     if name == "idle-expert" {
         bias_towards_three_experts(&layer);
     }
@@ -480,7 +466,7 @@ fn reference(name: &str) -> HashMap<&'static str, Tensor> {
 #[cfg(feature = "mpi")]
 mod mpi_ranks {
     use super::*;
-    use altup_moe::moe::MpiWorld;
+    use altup_moe::parallel::MpiWorld;
     use std::path::PathBuf;
     use std::process::Command;
     use std::time::{Duration, Instant};
@@ -502,7 +488,7 @@ mod mpi_ranks {
         }
         let world: Arc<dyn Collectives> = Arc::new(MpiWorld::init().unwrap());
         if let Some(kind) = Trained::from_scenario(&name) {
-            return train_run(kind, &out, Some(ExpertParallel::new(world)));
+            return train_run(kind, &out, ProcessGroup::new(world));
         }
         let results = layer_rank(&name, world.clone());
         if world.rank() == 0 {
@@ -559,7 +545,7 @@ mod mpi_ranks {
         let root = tempfile::tempdir().unwrap();
         for kind in Trained::ALL {
             let single = root.path().join(format!("{kind:?}-single"));
-            train_run(kind, &single, None);
+            train_run(kind, &single, ProcessGroup::single());
             for ranks in [2, 4] {
                 let dir = root.path().join(format!("{kind:?}-ranks-{ranks}"));
                 let env = [("ALTUP_MOE_EP_SCENARIO", kind.scenario()), ("ALTUP_MOE_EP_OUT", dir.to_str().unwrap())];

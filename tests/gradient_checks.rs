@@ -6,7 +6,7 @@ mod common;
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput, SequenceAltUpConfig};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
-use altup_moe::nn::{Activation, InitScheme};
+use altup_moe::nn::{Activation, InitScheme, VarBuilder};
 use common::device;
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -70,7 +70,7 @@ fn router_and_moe_layer() {
             num_shared_experts: shared,
             ..Default::default()
         };
-        let moe = MoeLayer::new(&vs.root(), 5, &config, &InitScheme { std: 0.5, residual_std: 0.5, seed: 3 }).unwrap();
+        let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.5, residual_std: 0.5, seed: 3 }), 5, &config).unwrap();
         vs.double();
         let x = weights(&[2, 3, 5]).set_requires_grad(true);
         let g = weights(&[2, 3, 5]);
@@ -88,7 +88,7 @@ fn altup_layer() {
             let mut vs = VarStore::new(device());
             let config = AltUpConfig { num_blocks: 3, coefficients, compute_on, ..Default::default() };
             let altup =
-                AltUp::new(&vs.root(), &config, 4, &InitScheme { std: 0.5, residual_std: 0.5, seed: 1 }).unwrap();
+                AltUp::new(VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.5, residual_std: 0.5, seed: 1 }), 4, &config).unwrap();
             vs.double();
             // Move every coefficient away from its (identity) initialisation.
             tch::no_grad(|| {

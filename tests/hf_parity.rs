@@ -5,7 +5,7 @@
 mod common;
 
 use altup_moe::moe::{load_balancing_loss, router_z_loss, MoeConfig, MoeLayer};
-use altup_moe::nn::{Activation, InitScheme};
+use altup_moe::nn::Activation;
 use common::device;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ fn fixture(name: &str) -> HashMap<String, Tensor> {
 fn load_layer(f: &HashMap<String, Tensor>, config: MoeConfig) -> (VarStore, MoeLayer) {
     let vs = VarStore::new(device());
     let d = f["x"].size()[2] as usize;
-    let layer = MoeLayer::new(&vs.root(), d, &config, &InitScheme::default()).unwrap();
+    let layer = MoeLayer::new(&vs.root(), d, &config).unwrap();
     tch::no_grad(|| {
         layer.router.weight.shallow_clone().copy_(&f["router.weight"]);
         layer.experts.w_in.shallow_clone().copy_(&f["experts.w_in"]);
@@ -107,7 +107,7 @@ fn gemma3n_altup_predict_and_correct_match_hugging_face() {
             compute_on: ComputeInput::Prediction,
             ..Default::default()
         };
-        let altup = AltUp::new(&vs.root(), &config, d, &InitScheme::default()).unwrap();
+        let altup = AltUp::new(&vs.root(), d, &config).unwrap();
         let AltUpCoefficients::InputDependent {
             modality_norm,
             modality_router,

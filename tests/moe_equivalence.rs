@@ -3,7 +3,7 @@
 mod common;
 
 use altup_moe::moe::{ExpertBackend, MoeConfig, MoeLayer};
-use altup_moe::nn::{Activation, FeedForward, FeedForwardConfig, InitScheme};
+use altup_moe::nn::{Activation, FeedForward, FeedForwardConfig, InitScheme, VarBuilder};
 use common::device;
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -34,7 +34,7 @@ fn one_expert_moe_equals_dense_ffn() {
             let (d, f) = (8, 16);
             let dense_vs = VarStore::new(device());
             let dense =
-                FeedForward::new(&dense_vs.root(), d, &FeedForwardConfig { d_ff: f, activation }, &INIT).unwrap();
+                FeedForward::new(VarBuilder::new(&dense_vs.root()).with_init(INIT), d, &FeedForwardConfig { d_ff: f, activation }).unwrap();
             let moe_vs = VarStore::new(device());
             let config = MoeConfig {
                 num_experts: 1,
@@ -45,7 +45,7 @@ fn one_expert_moe_equals_dense_ffn() {
                 capacity_factor: None,
                 ..Default::default()
             };
-            let moe = MoeLayer::new(&moe_vs.root(), d, &config, &INIT).unwrap();
+            let moe = MoeLayer::new(VarBuilder::new(&moe_vs.root()).with_init(INIT), d, &config).unwrap();
             copy(&moe.experts.w_in, &dense.w_in.weight.tr().unsqueeze(0));
             copy(&moe.experts.w_out, &dense.w_out.weight.tr().unsqueeze(0));
             if let (Some(mg), Some(dg)) = (&moe.experts.w_gate, &dense.w_gate) {
@@ -103,7 +103,7 @@ fn grouped_matmul_equals_per_expert_loop() {
                 min_capacity: 1,
                 ..Default::default()
             };
-            let layer = MoeLayer::new(&vs.root(), d, &config, &INIT).unwrap();
+            let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), d, &config).unwrap();
             (vs, layer)
         };
         let (_vs_loop, looped) = build(ExpertBackend::Loop);
@@ -150,7 +150,7 @@ fn token_over_capacity_gets_exactly_zero_output() {
         min_capacity: 1,
         ..Default::default()
     };
-    let moe = MoeLayer::new(&vs.root(), d, &config, &INIT).unwrap();
+    let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), d, &config).unwrap();
     tch::no_grad(|| {
         let mut w = moe.router.weight.shallow_clone();
         w.copy_(&Tensor::from_slice(&[5.0f32, 5.0, 5.0, 5.0, -5.0, -5.0, -5.0, -5.0]).view([2, 4]));
@@ -175,7 +175,7 @@ fn token_over_capacity_gets_exactly_zero_output() {
 fn bf16_activations_follow_the_precision_policy() {
     let vs = VarStore::new(device());
     let config = MoeConfig { num_experts: 4, d_ff: 16, capacity_factor: None, ..Default::default() };
-    let moe = MoeLayer::new(&vs.root(), 8, &config, &INIT).unwrap();
+    let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), 8, &config).unwrap();
     let x = Tensor::randn([2, 3, 8], (Kind::Float, device()));
     let (y32, _) = moe.forward_t(&x, true).unwrap();
     let (y16, aux) = moe.forward_t(&x.to_kind(Kind::BFloat16), true).unwrap();
@@ -188,7 +188,7 @@ fn bf16_activations_follow_the_precision_policy() {
 #[test]
 fn wrong_width_is_a_shape_error() {
     let vs = VarStore::new(device());
-    let moe = MoeLayer::new(&vs.root(), 8, &MoeConfig::default(), &INIT).unwrap();
+    let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), 8, &MoeConfig::default()).unwrap();
     let err = moe.forward_t(&Tensor::zeros([2, 3, 7], (Kind::Float, device())), true).unwrap_err();
     assert_eq!(err.to_string(), "shape error: MoE input must have last dimension 8, got shape [2, 3, 7]");
     let err = moe.forward_t(&Tensor::zeros([2, 3, 8], (Kind::Int64, device())), true).unwrap_err();

@@ -3,11 +3,11 @@
 
 mod common;
 
-use altup_moe::model::{LayerAux, ModelAux};
+use altup_moe::model::{LayerAux, ModelAux, StackKind};
 use altup_moe::moe::{
     load_balancing_loss, Balancing, CapacityPriority, ExpertBackend, Experts, MoeConfig, MoeLayer, RouterKind,
 };
-use altup_moe::nn::{Activation, InitScheme};
+use altup_moe::nn::{Activation, InitScheme, VarBuilder};
 use altup_moe::testing::one_hot_moe;
 use common::device;
 use tch::{nn::VarStore, Kind, Tensor};
@@ -17,7 +17,7 @@ const D: i64 = 8;
 
 fn layer(config: MoeConfig) -> (VarStore, MoeLayer) {
     let vs = VarStore::new(device());
-    let layer = MoeLayer::new(&vs.root(), D as usize, &config, &INIT).unwrap();
+    let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), D as usize, &config).unwrap();
     (vs, layer)
 }
 
@@ -117,7 +117,7 @@ fn per_layer_losses_are_not_pooled_across_layers() {
         });
         let (_, aux) = moe.forward_t(&x, true).unwrap();
         probs.push(moe.router.scores(&x, true).unwrap().probs);
-        layers.push(LayerAux { layer: index, moe: Some(aux) });
+        layers.push(LayerAux { stack: StackKind::Decoder, layer: index, moe: Some(aux) });
     }
     let aux = ModelAux { layers };
     let per_layer: Vec<f64> = aux.moe_layers().map(|(_, m)| m.load_balancing_loss.double_value(&[])).collect();
@@ -368,7 +368,7 @@ fn invalid_moe_options_are_named() {
     ];
     for (config, expected) in cases {
         let vs = VarStore::new(device());
-        let err = MoeLayer::new(&vs.root(), 8, &config, &INIT).unwrap_err().to_string();
+        let err = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT), 8, &config).unwrap_err().to_string();
         assert!(err.contains(expected), "{err}");
     }
     let (_vs, moe) = layer(MoeConfig::default());

@@ -6,7 +6,7 @@ mod common;
 
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients};
 use altup_moe::model::{Arch, LanguageModel};
-use altup_moe::nn::{roles, InitScheme, ParamRole};
+use altup_moe::nn::{roles, ParamRole};
 use altup_moe::train::{AdamW, AdamWConfig};
 use tch::nn::VarStore;
 
@@ -15,12 +15,12 @@ fn an_altup_layer_at_the_root_is_not_decayed() {
     for coefficients in [Coefficients::Static, Coefficients::InputDependent { clip: None }] {
         let vs = VarStore::new(common::device());
         let config = AltUpConfig { num_blocks: 2, coefficients, ..Default::default() };
-        let _altup = AltUp::new(&(vs.root() / "altup"), &config, 8, &InitScheme::default()).unwrap();
+        let _altup = AltUp::new(&(vs.root() / "altup"), 8, &config).unwrap();
         let optimizer = AdamW::new(&vs, AdamWConfig::default()).unwrap();
         assert!(optimizer.decayed_parameters().is_empty(), "{coefficients:?}: {:?}", optimizer.decayed_parameters());
         // Same without any sub-path at all.
         let vs = VarStore::new(common::device());
-        let _altup = AltUp::new(&vs.root(), &config, 8, &InitScheme::default()).unwrap();
+        let _altup = AltUp::new(&vs.root(), 8, &config).unwrap();
         assert!(AdamW::new(&vs, AdamWConfig::default()).unwrap().decayed_parameters().is_empty());
     }
 }

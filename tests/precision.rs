@@ -6,7 +6,7 @@ mod common;
 
 use altup_moe::model::residual_add;
 use altup_moe::model::{Arch, LanguageModel};
-use altup_moe::model::{Precision, StackContext};
+use altup_moe::model::{ForwardOptions, Precision};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[test]
@@ -39,8 +39,7 @@ fn the_loss_comes_from_f32_logits_under_bf16_compute() {
         let mut model = LanguageModel::new(&vs.root(), &config).unwrap();
         model.set_precision(precision);
         let tokens = Tensor::from_slice(&[3i64, 7, 1]).view([1, 3]).to_device(vs.device());
-        let ctx = StackContext { train: false, ..Default::default() };
-        let (hidden, _) = model.stack().forward(&tokens, &ctx, None).unwrap();
+        let (hidden, _) = model.stack().forward(&tokens, &ForwardOptions::eval(), None, None).unwrap();
         assert_eq!(hidden.kind(), Kind::Float, "{precision:?}: the final norm runs in f32");
         let h = hidden.get(0).get(0).to_kind(Kind::Double); // [D]
         let unit = &h / h.square().sum(Kind::Double);

@@ -7,9 +7,10 @@
 mod common;
 
 use altup_moe::altup::{Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
-use altup_moe::model::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Arch, ForwardOptions, LanguageModel, ModelConfig};
 use altup_moe::model::{ModelAux, MoeLayers, Seq2SeqConfig, Seq2SeqModel};
-use altup_moe::moe::{ExchangeTape, ExpertParallel, SingleProcess};
+use altup_moe::nn::VarBuilder;
+use altup_moe::parallel::{ExchangeTape, ProcessGroup, SingleProcess};
 use altup_moe::train::named_variables;
 use common::device;
 use std::sync::Arc;
@@ -89,13 +90,13 @@ fn one_rank_with_cuts_equals_one_ordinary_backward_for_every_stack() {
                 Tensor::from_slice(&(0..24).map(|i| i < 21).collect::<Vec<bool>>()).view([2, 12]).to_device(device());
             let plain_vs = VarStore::new(device());
             let plain = LanguageModel::new(&plain_vs.root(), &config).unwrap();
-            let out = plain.forward_masked_t(&tokens, Some(&mask), true).unwrap();
+            let out = plain.forward_t(&tokens, ForwardOptions::train().with_mask(&mask)).unwrap();
             objective(&out.logits, &g, &[&out.aux]).backward();
 
             let ep_vs = VarStore::new(device());
-            let group = ExpertParallel::with_tape(Arc::new(SingleProcess), tape.clone());
-            let ep = LanguageModel::new_expert_parallel(&ep_vs.root(), &config, group).unwrap();
-            let ep_out = ep.forward_masked_t(&tokens, Some(&mask), true).unwrap();
+            let group = ProcessGroup::with_tape(Arc::new(SingleProcess), tape.clone());
+            let ep = LanguageModel::new(VarBuilder::new(&ep_vs.root()).with_group(group), &config).unwrap();
+            let ep_out = ep.forward_t(&tokens, ForwardOptions::train().with_mask(&mask)).unwrap();
             assert!(out.logits.allclose(&ep_out.logits, 1e-5, 1e-5, false), "{name}: logits");
             let moe = moe_blocks(&config);
             assert_eq!(tape.exchanges(), 2 * moe, "{name}: rows out and back per MoE layer");
@@ -139,8 +140,8 @@ fn encoder_decoder_with_cuts_equals_one_ordinary_backward() {
     objective(&out.logits, &g, &[&out.encoder_aux, &out.decoder_aux]).backward();
     let tape = ExchangeTape::strict();
     let ep_vs = VarStore::new(device());
-    let group = ExpertParallel::with_tape(Arc::new(SingleProcess), tape.clone());
-    let ep = Seq2SeqModel::new_expert_parallel(&ep_vs.root(), &config, group).unwrap();
+    let group = ProcessGroup::with_tape(Arc::new(SingleProcess), tape.clone());
+    let ep = Seq2SeqModel::new(VarBuilder::new(&ep_vs.root()).with_group(group), &config).unwrap();
     let ep_out = ep.forward_t(&src, Some(&src_mask), &tgt, true).unwrap();
     assert_eq!(tape.exchanges(), 2 * 2 * 2, "two MoE layers per stack, rows out and back");
     assert_eq!(tape.len(), 8 + 1 + 2 * 8, "block inputs, the memory, exchanges and MoE sublayer cuts");
@@ -168,8 +169,8 @@ fn accumulated_micro_batches_equal_one_batch_twice_as_large() {
     loss(&whole, 0..4).backward();
     let tape = ExchangeTape::strict();
     let ep_vs = VarStore::new(device());
-    let group = ExpertParallel::with_tape(Arc::new(SingleProcess), tape.clone());
-    let ep = LanguageModel::new_expert_parallel(&ep_vs.root(), &config, group).unwrap();
+    let group = ProcessGroup::with_tape(Arc::new(SingleProcess), tape.clone());
+    let ep = LanguageModel::new(VarBuilder::new(&ep_vs.root()).with_group(group), &config).unwrap();
     for half in [0..2, 2..4] {
         tape.backward(&SingleProcess, &(loss(&ep, half) * 0.5)).unwrap();
     }

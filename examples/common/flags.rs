@@ -94,7 +94,7 @@ impl ScheduleFlags {
             eval_batches: self.eval_batches,
             seed: self.seed,
             precision: self.dtype,
-            load_balancing_coef: moe.load_balancing_coef(),
+            load_balancing_coef: moe.aux_loss_coef,
             z_loss_coef: moe.z_loss_coef,
             data: data.to_string(),
             tokenizer: self.tokenizer.clone(),
@@ -157,9 +157,9 @@ pub struct MoeFlags {
     /// Load-balancing loss coefficient α [default: 0.01; 0 with --balancing aux-free].
     #[arg(long, allow_negative_numbers = true)]
     pub aux_loss_coef: Option<f64>,
-    /// Router z-loss coefficient β.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-3)]
-    pub z_loss_coef: f64,
+    /// Router z-loss coefficient β [default: 0.001].
+    #[arg(long, allow_negative_numbers = true)]
+    pub z_loss_coef: Option<f64>,
     /// MoE on every N-th block... [default: the preset's — switch: 2, altup-moe: 1]
     #[arg(long)]
     pub moe_every: Option<usize>,
@@ -169,16 +169,6 @@ pub struct MoeFlags {
     /// Explicit comma-separated MoE block indices (overrides --moe-every/--moe-offset).
     #[arg(long, value_delimiter = ',')]
     pub moe_layers: Option<Vec<usize>>,
-}
-
-impl MoeFlags {
-    /// The load-balancing loss coefficient α: the flag, else 0.01 (0 with aux-free balancing).
-    pub fn load_balancing_coef(&self) -> f64 {
-        self.aux_loss_coef.unwrap_or(match self.balancing {
-            BalancingFlag::AuxLoss => 1e-2,
-            BalancingFlag::AuxFree => 0.0,
-        })
-    }
 }
 
 /// Where AltUp's coefficients come from.
@@ -458,7 +448,8 @@ mod tests {
         assert_eq!(every(&[]), altup_moe::model::MoeLayers::Every { every: 1, offset: 0 });
         assert_eq!(every(&["--arch", "switch"]), altup_moe::model::MoeLayers::Every { every: 2, offset: 1 });
         assert_eq!(every(&["--moe-every", "2"]), altup_moe::model::MoeLayers::Every { every: 2, offset: 0 });
-        let aux_free = args(&["--balancing", "aux-free"]).unwrap();
-        assert_eq!((aux_free.moe.load_balancing_coef(), args(&[]).unwrap().moe.load_balancing_coef()), (0.0, 1e-2));
+        // The coefficients are the library's unless given (Objective::for_model: 0 with aux-free).
+        assert_eq!(args(&["--balancing", "aux-free"]).unwrap().moe.aux_loss_coef, None);
+        assert_eq!(args(&["--aux-loss-coef", "0.5"]).unwrap().moe.aux_loss_coef, Some(0.5));
     }
 }

@@ -6,7 +6,7 @@ pub mod data;
 pub mod flags;
 
 use altup_moe::model::Precision;
-use altup_moe::moe::{ExpertParallel, ThreadGroup};
+use altup_moe::parallel::{ProcessGroup, ThreadGroup};
 use altup_moe::train::{find_shakespeare, Corpus, EvalRecord, Observer, StepStats};
 use altup_moe::{model::Arch, Error};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,7 +51,7 @@ pub fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Input(format!("plotting failed: {e}"))
 }
 
-/// Runs an example's training `work` in this process (`parallel = None` on `device`), as one
+/// Runs an example's training `work` in this process (a group of one on `device`), as one
 /// rank of an MPI job (`expert_parallel`: needs the cargo feature `mpi`; with CUDA, rank `r`
 /// takes `cuda:(r mod devices)`), or as one thread per device of `devices`. A failing rank
 /// prints its error; under MPI it aborts the job so that the others do not wait forever.
@@ -59,11 +59,11 @@ pub fn run_ranks(
     expert_parallel: bool,
     devices: &[Device],
     device: Device,
-    work: impl Fn(Option<ExpertParallel>, Device) -> altup_moe::Result<()> + Sync,
+    work: impl Fn(ProcessGroup, Device) -> altup_moe::Result<()> + Sync,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     if !devices.is_empty() {
-        let ranks = match ThreadGroup::run(devices, |group, device| work(Some(group), device)) {
+        let ranks = match ThreadGroup::run(devices, &work) {
             Ok(ranks) => ranks,
             Err(e) => return exit_code(Err(e)),
         };
@@ -77,18 +77,18 @@ pub fn run_ranks(
         return code;
     }
     if !expert_parallel {
-        return exit_code(work(None, device));
+        return exit_code(work(ProcessGroup::single(), device));
     }
     #[cfg(feature = "mpi")]
     {
-        let world = match altup_moe::moe::MpiWorld::init() {
+        let world = match altup_moe::parallel::MpiWorld::init() {
             Ok(world) => std::sync::Arc::new(world),
             Err(e) => return exit_code(Err(e)),
         };
-        let group = ExpertParallel::new(world.clone());
+        let group = ProcessGroup::new(world.clone());
         let rank = group.rank();
         let device = group.rank_device(device);
-        match work(Some(group), device) {
+        match work(group, device) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 // The other ranks may be waiting in a collective: stop the whole job.

@@ -19,11 +19,11 @@
 
 use crate::altup::config::{AltUpConfig, Coefficients, ComputeInput};
 use crate::error::{Error, Result};
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
 use crate::nn::norm::RmsNorm;
 use crate::nn::role::ParamRole;
 use crate::shape::accumulate_kind;
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Coefficient parameters of one AltUp layer.
 #[derive(Debug)]
@@ -72,10 +72,11 @@ impl AltUp {
     ///
     /// # Errors
     /// [`Error::Config`] from [`AltUpConfig::validate`].
-    pub fn new(path: &nn::Path, config: &AltUpConfig, d_model: usize, init: &InitScheme) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &AltUpConfig) -> Result<Self> {
         config.validate()?;
         let (num_blocks, coefficients, compute_on) = (config.num_blocks, config.coefficients, config.compute_on);
-        let path = &ParamRole::NO_DECAY.on(path);
+        let vb = vb.into().with_role(ParamRole::NO_DECAY);
+        let path = vb.path();
         let k = num_blocks as i64;
         let coefficients = match coefficients {
             Coefficients::Static => AltUpCoefficients::Static {
@@ -83,8 +84,8 @@ impl AltUp {
                 corrector: path.f_ones("corrector", &[k])?,
             },
             Coefficients::InputDependent { clip } => AltUpCoefficients::InputDependent {
-                modality_norm: RmsNorm::new(&(path / "router_norm"), d_model as i64, 1e-6)?,
-                modality_router: init.normal(&(path / "router"), "weight", &[k, d_model as i64], init.std)?,
+                modality_norm: RmsNorm::new(&vb / "router_norm", d_model as i64, 1e-6)?,
+                modality_router: (&vb / "router").normal("weight", &[k, d_model as i64], vb.init().std)?,
                 prediction_coefs: (path / "prediction_coefs").f_zeros("weight", &[k * k, k])?,
                 correction_coefs: (path / "correction_coefs").f_zeros("weight", &[k, k])?,
                 clip,
@@ -264,12 +265,13 @@ impl AltUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
     use tch::Device;
 
     fn altup(k: usize, coefficients: Coefficients, compute_on: ComputeInput) -> (nn::VarStore, AltUp) {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = AltUpConfig { num_blocks: k, coefficients, compute_on, ..Default::default() };
-        let a = AltUp::new(&vs.root(), &config, 4, &InitScheme::default()).unwrap();
+        let a = AltUp::new(&vs.root(), 4, &config).unwrap();
         (vs, a)
     }
 

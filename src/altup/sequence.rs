@@ -19,8 +19,9 @@
 use crate::altup::config::SequenceAltUpConfig;
 use crate::error::{Error, Result};
 use crate::nn::role::ParamRole;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::accumulate_kind;
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Per-layer Sequence-AltUp scalars.
 ///
@@ -53,10 +54,11 @@ impl SequenceAltUp {
     ///
     /// # Errors
     /// [`Error::Config`] if `stride < 2`.
-    pub fn new(path: &nn::Path, config: &SequenceAltUpConfig) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, config: &SequenceAltUpConfig) -> Result<Self> {
         config.validate()?;
         let n = config.stride as i64 - 1;
-        let path = &ParamRole::NO_DECAY.on(path); // mixing scalars: no weight decay
+        let vb = vb.into().with_role(ParamRole::NO_DECAY); // mixing scalars: no weight decay
+        let path = vb.path();
         Ok(Self {
             alpha: path.f_ones("alpha", &[n])?,
             beta: path.f_zeros("beta", &[n])?,
@@ -133,6 +135,7 @@ impl SequenceAltUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
     use tch::Device;
 
     #[test]

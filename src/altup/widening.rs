@@ -3,9 +3,9 @@
 
 use crate::altup::config::{AltUpConfig, OutputReduction, Widening};
 use crate::error::{Error, Result};
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::{accumulate_kind, cast_like};
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Splits a `K·D`-wide embedding into `K` blocks.
 ///
@@ -58,8 +58,10 @@ impl AltUpWidening {
     ///
     /// # Errors
     /// [`Error::Config`] from [`AltUpConfig::validate`].
-    pub fn new(path: &nn::Path, config: &AltUpConfig, d_model: usize, init: &InitScheme) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &AltUpConfig) -> Result<Self> {
         config.validate()?;
+        let vb = vb.into();
+        let (path, init) = (vb.path(), vb.init());
         let (k, d) = (config.num_blocks as i64, d_model as i64);
         let eye = Tensor::f_eye(d, (Kind::Float, tch::Device::Cpu))?;
         let mut collapse = None;
@@ -154,11 +156,12 @@ impl AltUpWidening {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
     use tch::Device;
 
     fn widening(config: AltUpConfig, d: usize) -> (nn::VarStore, AltUpWidening) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let w = AltUpWidening::new(&vs.root(), &config, d, &InitScheme::default()).unwrap();
+        let w = AltUpWidening::new(&vs.root(), d, &config).unwrap();
         (vs, w)
     }
 

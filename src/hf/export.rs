@@ -41,7 +41,7 @@ pub fn export_hf(
     format: HfFormat,
     dir: &Path,
 ) -> Result<()> {
-    if model.expert_parallel().is_some() {
+    if model.group().world_size() > 1 {
         return Err(Error::Config(
             "an expert-parallel model holds only its rank's experts: export a model loaded in one process".into(),
         ));

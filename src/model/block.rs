@@ -4,12 +4,12 @@
 //! an MoE layer, arXiv 2101.03961 §2).
 
 use crate::error::Result;
-use crate::moe::{ExpertParallel, GraphCuts, MoeAux, MoeConfig, MoeLayer};
-use crate::nn::{
-    AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, InitScheme, KvCache, RmsNorm, SelfAttention,
-};
+use crate::model::forward::Memory;
+use crate::moe::{MoeAux, MoeConfig, MoeLayer};
+use crate::nn::{AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, KvCache, RmsNorm, SelfAttention, VarBuilder};
+use crate::parallel::GraphCuts;
 use crate::shape::expect_shape;
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// The feed-forward sublayer of a block.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,10 +50,8 @@ pub struct BlockContext<'a> {
     pub mask: Option<&'a Tensor>,
     /// Rotary positions of the input tokens, `[T]` (default: after the cached ones, from 0).
     pub positions: Option<&'a Tensor>,
-    /// Encoder output for cross-attention, `[B, S, D]`.
-    pub memory: Option<&'a Tensor>,
-    /// Source mask of the encoder output, `[B, S]`.
-    pub memory_mask: Option<&'a Tensor>,
+    /// Encoder output for cross-attention (`[B, S, D]`, with its source mask).
+    pub memory: Option<Memory<'a>>,
     /// Training mode (MoE capacity factor, router jitter).
     pub train: bool,
     /// The dtype the sublayers compute in when it differs from the residual stream's (bf16
@@ -106,58 +104,33 @@ pub struct Block {
 }
 
 impl Block {
-    /// Builds the block under `path`.
-    ///
-    /// # Errors
-    /// [`crate::Error::Config`] from the sublayer configs.
-    pub fn new(path: &nn::Path, d_model: usize, config: &BlockConfig, init: &InitScheme) -> Result<Self> {
-        Self::build(path, d_model, config, init, None)
-    }
-
-    /// Builds the block under `path`; an MoE FFN is this rank's part of an expert-parallel layer
-    /// over `parallel` when given ([`MoeLayer::new_expert_parallel`]).
+    /// Builds the block under the builder's path. In a process group that exchanges rows, an
+    /// MoE FFN is this rank's part of an expert-parallel layer ([`MoeLayer::new`]) and the block
+    /// cuts its graph before the FFN sublayer: the residual's gradient arrives there in parts (see
+    /// [`crate::parallel::ExchangeTape`]).
     ///
     /// # Errors
     /// [`crate::Error::Config`] from the sublayer configs, or an MoE config expert parallelism
     /// does not support.
-    pub fn build(
-        path: &nn::Path,
-        d_model: usize,
-        config: &BlockConfig,
-        init: &InitScheme,
-        parallel: Option<&ExpertParallel>,
-    ) -> Result<Self> {
-        // An expert-parallel MoE block cuts its graph before the FFN sublayer: the residual's
-        // gradient arrives there in parts (see `moe::parallel::ExchangeTape`).
-        let cuts = match (&config.ffn, parallel) {
-            (FfnConfig::Moe(_), Some(p)) => GraphCuts::on(p.tape()),
-            _ => GraphCuts::none(),
-        };
-        let ffn = match (&config.ffn, parallel) {
-            (FfnConfig::Dense(c), _) => Ffn::Dense(FeedForward::new(&(path / "ffn"), d_model, c, init)?),
-            (FfnConfig::Moe(c), None) => Ffn::Moe(Box::new(MoeLayer::new(&(path / "moe"), d_model, c, init)?)),
-            (FfnConfig::Moe(c), Some(p)) => Ffn::Moe(Box::new(MoeLayer::new_expert_parallel(
-                &(path / "moe"),
-                d_model,
-                c,
-                init,
-                p.comm_arc(),
-                p.tape().clone(),
-            )?)),
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &BlockConfig) -> Result<Self> {
+        let vb = vb.into();
+        let (ffn, cuts) = match &config.ffn {
+            FfnConfig::Dense(c) => (Ffn::Dense(FeedForward::new(&vb / "ffn", d_model, c)?), GraphCuts::none()),
+            FfnConfig::Moe(c) => (Ffn::Moe(Box::new(MoeLayer::new(&vb / "moe", d_model, c)?)), vb.group().cuts()),
         };
         let cross = if config.cross_attention {
             Some((
-                RmsNorm::new(&(path / "cross_norm"), d_model as i64, config.norm_eps)?,
-                CrossAttention::new(&(path / "cross_attn"), d_model, &config.attention, init)?,
+                RmsNorm::new(&vb / "cross_norm", d_model as i64, config.norm_eps)?,
+                CrossAttention::new(&vb / "cross_attn", d_model, &config.attention)?,
             ))
         } else {
             None
         };
         Ok(Self {
-            attn_norm: RmsNorm::new(&(path / "attn_norm"), d_model as i64, config.norm_eps)?,
-            attn: SelfAttention::new(&(path / "attn"), d_model, &config.attention, init)?,
+            attn_norm: RmsNorm::new(&vb / "attn_norm", d_model as i64, config.norm_eps)?,
+            attn: SelfAttention::new(&vb / "attn", d_model, &config.attention)?,
             cross,
-            ffn_norm: RmsNorm::new(&(path / "ffn_norm"), d_model as i64, config.norm_eps)?,
+            ffn_norm: RmsNorm::new(&vb / "ffn_norm", d_model as i64, config.norm_eps)?,
             ffn,
             cuts,
             d_model: d_model as i64,
@@ -214,8 +187,8 @@ impl Block {
                 .memory
                 .ok_or_else(|| crate::Error::Shape("a cross-attending block needs the encoder output".into()))?;
             let query = sublayer_input(norm, &x)?;
-            let memory = memory.f_to_kind(query.kind())?;
-            let y = cross.forward(&query, &memory, ctx.memory_mask, cache.map(|c| &mut c.cross_attn))?;
+            let states = memory.states.f_to_kind(query.kind())?;
+            let y = cross.forward(&query, &states, memory.mask, cache.map(|c| &mut c.cross_attn))?;
             x = residual_add(&x, &y)?;
         }
         let x = self.cuts.cut(&x)?;

@@ -2,9 +2,9 @@
 //! the (tied) embedding table, always in f32 (f64 for an f64 model).
 
 use crate::error::Result;
-use crate::nn::{Embedding, InitScheme, Linear};
+use crate::nn::{Embedding, Linear, VarBuilder};
 use crate::shape::{accumulate_kind, cast_like};
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 /// Projection from width `D` to the vocabulary `V`.
 ///
@@ -19,22 +19,23 @@ pub enum OutputHead {
 
 impl OutputHead {
     /// The head of a model of width `d_model` and `vocab_size` ids: tied to `embedding` when
-    /// `tie` (sharing its table), otherwise a new `path/head.weight`.
+    /// `tie` (sharing its table), otherwise a new `<path>.weight` (the builder is the head's own
+    /// path, `head` in a model).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] if allocation fails.
-    pub fn new(
-        path: &nn::Path,
+    pub fn new<'a>(
+        vb: impl Into<VarBuilder<'a>>,
         d_model: usize,
         vocab_size: usize,
         tie: bool,
         embedding: &Embedding,
-        init: &InitScheme,
     ) -> Result<Self> {
+        let vb = vb.into();
         Ok(if tie {
             OutputHead::Tied(embedding.share())
         } else {
-            OutputHead::Separate(Linear::new(&(path / "head"), d_model as i64, vocab_size as i64, init.std, init)?)
+            OutputHead::Separate(Linear::new(&vb, d_model as i64, vocab_size as i64, vb.init().std)?)
         })
     }
 

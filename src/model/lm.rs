@@ -7,10 +7,11 @@ use crate::model::head::OutputHead;
 use crate::model::output::ModelOutput;
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
-use crate::model::stack::{Stack, StackCache, StackContext};
-use crate::moe::ExpertParallel;
-use crate::nn::InitScheme;
-use tch::{nn, Tensor};
+use crate::model::forward::ForwardOptions;
+use crate::model::stack::{Stack, StackCache};
+use crate::nn::{InitScheme, VarBuilder};
+use crate::parallel::ProcessGroup;
+use tch::Tensor;
 
 /// A decoder-only transformer LM built from a [`ModelConfig`]: dense, Switch-MoE, AltUp or
 /// AltUp+MoE (and Recycled-, Sequence- or Gemma-3n-style AltUp) depending on the config.
@@ -48,52 +49,46 @@ use tch::{nn, Tensor};
 pub struct LanguageModel {
     stack: Stack,
     head: OutputHead,
-    parallel: Option<ExpertParallel>,
+    group: ProcessGroup,
 }
 
 impl LanguageModel {
-    /// Validates `config` and creates every parameter under `path` (a `VarStore` root or sub-path),
-    /// on the `VarStore`'s device.
+    /// Validates `config` and creates every parameter under `vb`'s path (a `&VarStore` root or
+    /// sub-path converts into a [`VarBuilder`] of one process), on the `VarStore`'s device, with the
+    /// GPT-2 initialisation `config` describes (`init_std`, `init_seed`; the builder's own scheme
+    /// is not used).
+    ///
+    /// In a process group that exchanges rows (`VarBuilder::with_group`), this is the rank's part
+    /// of an expert-parallel model: every parameter except the experts is replicated, and each MoE
+    /// layer holds experts `r·E/R .. (r+1)·E/R`, initialised exactly as in one process (so `R`
+    /// ranks start from the single-process model). Every rank must then run the same calls
+    /// (forward passes exchange token rows); train it with [`crate::train::Trainer`], which shards
+    /// each batch over the ranks.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first invalid value (see [`ModelConfig::validate`]), or if the
-    /// config asks for cross-attention (that is a decoder of [`crate::model::Seq2SeqModel`]).
-    pub fn new(path: &nn::Path, config: &ModelConfig) -> Result<Self> {
-        Self::build(path, config, None)
-    }
-
-    /// This rank's part of an expert-parallel model over `parallel`: every parameter except the
-    /// experts is replicated, and each MoE layer holds experts `r·E/R .. (r+1)·E/R`, initialised
-    /// exactly as in [`LanguageModel::new`] (so `R` ranks start from the single-process model).
-    /// Every rank must run the same calls (forward passes exchange token rows); train it with
-    /// [`crate::train::Trainer`], which shards each batch over the ranks.
-    ///
-    /// # Errors
-    /// As [`LanguageModel::new`]; [`Error::Config`] if an MoE layer's `num_experts` is not a
-    /// multiple of the ranks, or its routing needs the whole batch in one place (expert choice,
-    /// confidence-prioritized capacity).
-    pub fn new_expert_parallel(path: &nn::Path, config: &ModelConfig, parallel: ExpertParallel) -> Result<Self> {
-        Self::build(path, config, Some(parallel))
-    }
-
-    fn build(path: &nn::Path, config: &ModelConfig, parallel: Option<ExpertParallel>) -> Result<Self> {
+    /// [`Error::Config`] naming the first invalid value (see [`ModelConfig::validate`]), if the
+    /// config asks for cross-attention (that is a decoder of [`crate::model::Seq2SeqModel`]), or
+    /// in an expert-parallel group, if an MoE layer's `num_experts` is not a multiple of the ranks
+    /// or its routing needs the whole batch in one place (expert choice, confidence-prioritized
+    /// capacity).
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, config: &ModelConfig) -> Result<Self> {
         config.validate()?;
         if config.cross_attention {
             return Err(Error::Config(
                 "cross_attention (true) needs an encoder: build a Seq2SeqModel instead of a LanguageModel".into(),
             ));
         }
-        let init = InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed);
-        let stack = Stack::build(path, config, &init, None, parallel.as_ref())?;
+        let vb = vb.into().with_init(InitScheme::gpt2(config.init_std, config.num_layers, config.init_seed));
+        let stack = Stack::new(&vb, config, None)?;
         let (d, v) = (config.d_model, config.vocab_size);
-        let head = OutputHead::new(path, d, v, config.tie_embeddings, stack.embedding(), &init)?;
-        Ok(Self { stack, head, parallel })
+        let head = OutputHead::new(&vb / "head", d, v, config.tie_embeddings, stack.embedding())?;
+        Ok(Self { stack, head, group: vb.group().clone() })
     }
 
-    /// The expert-parallel group the model's MoE layers exchange tokens over (`None` in one
+    /// The process group the model's MoE layers exchange tokens over (a group of one in one
     /// process).
-    pub fn expert_parallel(&self) -> Option<&ExpertParallel> {
-        self.parallel.as_ref()
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
     }
 
     /// The model's configuration.
@@ -131,30 +126,6 @@ impl LanguageModel {
         self.stack.precision()
     }
 
-    /// Applies the aux-loss-free bias update of every MoE layer that uses it, from per-layer
-    /// assignment counts summed over one optimizer step (`(block index, counts [E])`).
-    ///
-    /// # Errors
-    /// [`Error::Input`] for a block index that is not an MoE block; [`Error::Shape`] for counts
-    /// that are not `[E]`.
-    pub fn update_expert_biases(&self, counts: &[(usize, Tensor)]) -> Result<()> {
-        self.stack.update_expert_biases(counts)
-    }
-
-    /// Finds the first block whose output or router logits are non-finite for `tokens`
-    /// (training mode, no gradients). `None` when every block is finite.
-    ///
-    /// # Errors
-    /// As [`LanguageModel::forward_t`].
-    pub fn first_non_finite(&self, tokens: &Tensor) -> Result<Option<String>> {
-        let ctx = StackContext { train: true, check_finite: true, ..Default::default() };
-        tch::no_grad(|| match self.stack.forward(tokens, &ctx, None) {
-            Ok(_) => Ok(None),
-            Err(Error::NonFinite { what, .. }) => Ok(Some(what)),
-            Err(e) => Err(e),
-        })
-    }
-
     /// Parameter counts (see [`ModelConfig::param_counts`]).
     pub fn param_counts(&self) -> ParamCounts {
         self.config().param_counts()
@@ -162,38 +133,22 @@ impl LanguageModel {
 
     /// Next-token logits for a batch of token sequences.
     ///
-    /// `train` selects the training capacity factor of MoE layers, enables router jitter and
-    /// AltUp coefficient clipping.
+    /// `options` is the pass's mode and token mask ([`ForwardOptions`]; `true`/`false` for a plain
+    /// training/evaluation pass): training selects the training capacity factor of MoE layers,
+    /// enables router jitter and AltUp coefficient clipping; masked tokens are not attended to,
+    /// take no expert capacity, get zero MoE outputs and are left out of the MoE losses.
     ///
     /// # Shapes
-    /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len` → logits `[B, T, V]` in f32
-    /// (f64 for an f64 model), position `t` predicting token `t + 1`, and one aux record per block.
+    /// `tokens`: `[B, T]` integer ids in `0..V`, `1 ≤ T ≤ max_seq_len`; mask `[B, T]` → logits
+    /// `[B, T, V]` in f32 (f64 for an f64 model), position `t` predicting token `t + 1`, and one
+    /// aux record per block.
     ///
     /// # Errors
     /// [`Error::Input`] for an empty batch, a too-long sequence, non-integer or out-of-range ids
-    /// (the message names the id); [`Error::Shape`] if `tokens` is not 2-D.
-    pub fn forward_t(&self, tokens: &Tensor, train: bool) -> Result<ModelOutput> {
-        self.forward_masked_t(tokens, None, train)
-    }
-
-    /// [`LanguageModel::forward_t`] with a token mask `[B, T]` (true/non-zero = real token):
-    /// masked tokens are not attended to, take no expert capacity, get zero MoE outputs and are
-    /// left out of the MoE losses.
-    ///
-    /// # Errors
-    /// As [`LanguageModel::forward_t`], plus [`Error::Shape`] for a mask that is not `[B, T]`.
-    pub fn forward_masked_t(&self, tokens: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<ModelOutput> {
-        self.forward_with(tokens, &StackContext { mask, train, ..Default::default() })
-    }
-
-    /// [`LanguageModel::forward_t`] with every option of the stack's context (mask, training
-    /// mode, the non-finite check, ids the caller has already validated; the memory fields are
-    /// for encoder-decoders and must be `None` here).
-    ///
-    /// # Errors
-    /// As [`LanguageModel::forward_masked_t`].
-    pub fn forward_with(&self, tokens: &Tensor, ctx: &StackContext) -> Result<ModelOutput> {
-        let (hidden, aux) = self.stack.forward(tokens, ctx, None)?;
+    /// (the message names the id); [`Error::Shape`] if `tokens` is not 2-D or the mask not
+    /// `[B, T]`; [`Error::NonFinite`] naming the first bad block with `check_finite`.
+    pub fn forward_t<'a>(&self, tokens: &Tensor, options: impl Into<ForwardOptions<'a>>) -> Result<ModelOutput> {
+        let (hidden, aux) = self.stack.forward(tokens, &options.into(), None, None)?;
         Ok(ModelOutput { logits: self.logits(&hidden)?, aux })
     }
 
@@ -214,7 +169,7 @@ impl LanguageModel {
     /// # Errors
     /// As [`LanguageModel::forward_t`]; [`Error::Input`] for Sequence-AltUp models.
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut StackCache) -> Result<ModelOutput> {
-        let (hidden, aux) = self.stack.forward(tokens, &StackContext::default(), Some(cache))?;
+        let (hidden, aux) = self.stack.forward(tokens, &ForwardOptions::eval(), None, Some(cache))?;
         Ok(ModelOutput { logits: self.logits(&hidden)?, aux })
     }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod block;
 pub(crate) mod config;
+pub(crate) mod forward;
 pub(crate) mod generate;
 pub(crate) mod head;
 pub(crate) mod lm;
@@ -12,10 +13,12 @@ pub(crate) mod precision;
 pub(crate) mod presets;
 pub(crate) mod seq2seq;
 pub(crate) mod stack;
+pub(crate) mod trainable;
 pub(crate) mod upcycle;
 
 pub use block::{residual_add, Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use config::{ModelConfig, MoeLayers};
+pub use forward::{ForwardOptions, Memory};
 pub use generate::Sampling;
 pub use head::OutputHead;
 pub use lm::LanguageModel;
@@ -24,5 +27,6 @@ pub use params::ParamCounts;
 pub use precision::Precision;
 pub use presets::Arch;
 pub use seq2seq::{Seq2SeqConfig, Seq2SeqModel, Seq2SeqOutput};
-pub use stack::{Stack, StackCache, StackContext};
+pub use stack::{Stack, StackCache};
+pub use trainable::Trainable;
 pub use upcycle::{check_upcycle, upcycle};

@@ -33,16 +33,20 @@ impl std::fmt::Display for StackKind {
 /// Auxiliary record of one block.
 #[derive(Debug)]
 pub struct LayerAux {
-    /// Block index.
+    /// The stack the block belongs to (a language model's only stack is its decoder).
+    pub stack: StackKind,
+    /// Block index within its stack.
     pub layer: usize,
     /// The MoE layer's record, when the block's FFN is an MoE.
     pub moe: Option<MoeAux>,
 }
 
-/// Auxiliary record of a whole forward pass, one entry per block.
+/// Auxiliary record of a whole forward pass, one entry per block (of every stack, for a
+/// [`ModelAux::merged`] record of an encoder-decoder).
 ///
 /// Losses are averaged over MoE layers (pooling router statistics across layers would
-/// hide per-layer imbalance, so each layer computes its own loss first).
+/// hide per-layer imbalance, so each layer computes its own loss first) — here, once, for the
+/// training objective and for users alike.
 #[derive(Debug, Default)]
 pub struct ModelAux {
     /// One record per block, in order.
@@ -50,9 +54,28 @@ pub struct ModelAux {
 }
 
 impl ModelAux {
+    /// The records of several stacks as one (an encoder-decoder's encoder, then decoder): the
+    /// means below then run over the MoE layers of all of them.
+    pub fn merged(parts: impl IntoIterator<Item = ModelAux>) -> Self {
+        Self { layers: parts.into_iter().flat_map(|p| p.layers).collect() }
+    }
+
+    /// The same record with every block labelled as a block of `stack`.
+    pub fn in_stack(mut self, stack: StackKind) -> Self {
+        for l in &mut self.layers {
+            l.stack = stack;
+        }
+        self
+    }
+
     /// The MoE layers' records with their block indices.
     pub fn moe_layers(&self) -> impl Iterator<Item = (usize, &MoeAux)> {
         self.layers.iter().filter_map(|l| l.moe.as_ref().map(|m| (l.layer, m)))
+    }
+
+    /// The MoE layers' records with their stacks and block indices.
+    pub fn moe_layers_by_stack(&self) -> impl Iterator<Item = (StackKind, usize, &MoeAux)> {
+        self.layers.iter().filter_map(|l| l.moe.as_ref().map(|m| (l.stack, l.layer, m)))
     }
 
     fn mean_over_layers(&self, pick: impl Fn(&MoeAux) -> &Tensor) -> Result<Option<Tensor>> {

@@ -7,16 +7,17 @@ use crate::error::{ensure_config, Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::generate::{sample, Sampling};
 use crate::model::head::OutputHead;
-use crate::model::output::ModelAux;
+use crate::model::output::{ModelAux, StackKind};
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
 use crate::model::presets::Arch;
-use crate::model::stack::{check_tokens, Stack, StackCache, StackContext};
-use crate::moe::ExpertParallel;
-use crate::nn::{Embedding, InitScheme};
+use crate::model::forward::{ForwardOptions, Memory};
+use crate::model::stack::{check_tokens, Stack, StackCache};
+use crate::nn::{Embedding, InitScheme, VarBuilder};
+use crate::parallel::ProcessGroup;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 /// Configuration of a [`Seq2SeqModel`]: two stack configs and whether they share embeddings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,52 +116,42 @@ pub struct Seq2SeqModel {
     encoder: Stack,
     decoder: Stack,
     head: OutputHead,
-    parallel: Option<ExpertParallel>,
+    group: ProcessGroup,
 }
 
 impl Seq2SeqModel {
-    /// Validates `config` and creates the model under `path`.
+    /// Validates `config` and creates the model under `vb`'s path, with the initialisation the
+    /// decoder config describes. In a process group that exchanges rows, this is the rank's part
+    /// of an expert-parallel encoder-decoder, as [`crate::model::LanguageModel::new`] for both
+    /// stacks (every parameter but the experts replicated; each MoE layer holds experts
+    /// `r·E/R .. (r+1)·E/R`, initialised as in one process). Every rank must then run the same
+    /// calls; train it with [`crate::train::Trainer`] and [`crate::train::SpanCorruptionTask`],
+    /// which shard each batch over the ranks.
     ///
     /// # Errors
-    /// [`Error::Config`] from [`Seq2SeqConfig::validate`].
-    pub fn new(path: &nn::Path, config: &Seq2SeqConfig) -> Result<Self> {
-        Self::build(path, config, None)
-    }
-
-    /// This rank's part of an expert-parallel encoder-decoder over `parallel`: as
-    /// [`crate::model::LanguageModel::new_expert_parallel`], for both stacks (every parameter but the
-    /// experts replicated; each MoE layer holds experts `r·E/R .. (r+1)·E/R`, initialised as in
-    /// [`Seq2SeqModel::new`]). Every rank must run the same calls; train it with
-    /// [`crate::train::Trainer`] and [`crate::train::SpanCorruptionTask`], which shard each
-    /// batch over the ranks.
-    ///
-    /// # Errors
-    /// As [`Seq2SeqModel::new`]; [`Error::Config`] if an MoE layer's `num_experts` is not a
-    /// multiple of the ranks or its routing needs the whole batch in one place.
-    pub fn new_expert_parallel(path: &nn::Path, config: &Seq2SeqConfig, parallel: ExpertParallel) -> Result<Self> {
-        Self::build(path, config, Some(parallel))
-    }
-
-    fn build(path: &nn::Path, config: &Seq2SeqConfig, parallel: Option<ExpertParallel>) -> Result<Self> {
+    /// [`Error::Config`] from [`Seq2SeqConfig::validate`]; in an expert-parallel group, if an MoE
+    /// layer's `num_experts` is not a multiple of the ranks or its routing needs the whole batch
+    /// in one place.
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, config: &Seq2SeqConfig) -> Result<Self> {
         config.validate()?;
         let (e, d) = (&config.encoder, &config.decoder);
-        let init = InitScheme::gpt2(d.init_std, e.num_layers + d.num_layers, d.init_seed);
+        let vb = vb.into().with_init(InitScheme::gpt2(d.init_std, e.num_layers + d.num_layers, d.init_seed));
         let shared = if config.share_embeddings {
-            Some(Embedding::new(&(path / "embed"), e.vocab_size, e.embedding_width(), &init)?)
+            Some(Embedding::new(&vb / "embed", e.vocab_size, e.embedding_width())?)
         } else {
             None
         };
         let share = || shared.as_ref().map(Embedding::share);
-        let encoder = Stack::build(&(path / "encoder"), e, &init, share(), parallel.as_ref())?;
-        let decoder = Stack::build(&(path / "decoder"), d, &init, share(), parallel.as_ref())?;
-        let head = OutputHead::new(path, d.d_model, d.vocab_size, d.tie_embeddings, decoder.embedding(), &init)?;
-        Ok(Self { config: config.clone(), encoder, decoder, head, parallel })
+        let encoder = Stack::new(&vb / "encoder", e, share())?;
+        let decoder = Stack::new(&vb / "decoder", d, share())?;
+        let head = OutputHead::new(&vb / "head", d.d_model, d.vocab_size, d.tie_embeddings, decoder.embedding())?;
+        Ok(Self { config: config.clone(), encoder, decoder, head, group: vb.group().clone() })
     }
 
-    /// The expert-parallel group the model's MoE layers exchange tokens over (`None` in one
+    /// The process group the model's MoE layers exchange tokens over (a group of one in one
     /// process).
-    pub fn expert_parallel(&self) -> Option<&ExpertParallel> {
-        self.parallel.as_ref()
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
     }
 
     /// The configuration.
@@ -189,32 +180,46 @@ impl Seq2SeqModel {
         self.decoder.precision()
     }
 
-    /// Encodes a source batch.
+    /// Encodes a source batch; the aux record's blocks are labelled as the encoder's.
     ///
     /// # Shapes
     /// `src`: `[B, S]`, `src_mask`: `[B, S]` → `[B, S, D]` and the encoder's aux record.
     ///
     /// # Errors
-    /// As [`Stack::forward`].
-    pub fn encode(&self, src: &Tensor, src_mask: Option<&Tensor>, train: bool) -> Result<(Tensor, ModelAux)> {
-        self.encoder.forward(src, &StackContext { mask: src_mask, train, ..Default::default() }, None)
+    /// As [`Stack::forward`] (a non-finite block is named as the encoder's).
+    pub fn encode<'a>(
+        &self,
+        src: &Tensor,
+        src_mask: Option<&Tensor>,
+        options: impl Into<ForwardOptions<'a>>,
+    ) -> Result<(Tensor, ModelAux)> {
+        let options = ForwardOptions { mask: src_mask, ..options.into() };
+        let (memory, aux) = self.encoder.forward(src, &options, None, None).map_err(|e| in_stack(e, "encoder"))?;
+        Ok((memory, aux.in_stack(StackKind::Encoder)))
     }
 
     /// Teacher-forced forward pass: logits for the next target token at every decoder position.
+    /// `options` gives the mode (a `bool` for a plain training/evaluation pass); its mask, if
+    /// any, must be `None` (the source mask is `src_mask`; targets are never padded).
     ///
     /// # Shapes
     /// `src`: `[B, S]`, `src_mask`: `[B, S]` (true/non-zero = real), `tgt_in`: `[B, T]` →
     /// logits `[B, T, V]`.
     ///
     /// # Errors
-    /// As [`Stack::forward`]; [`Error::Shape`] if the batch sizes differ.
-    pub fn forward_t(
+    /// As [`Stack::forward`]; [`Error::Shape`] if the batch sizes differ; [`Error::Input`] for a
+    /// target mask.
+    pub fn forward_t<'a>(
         &self,
         src: &Tensor,
         src_mask: Option<&Tensor>,
         tgt_in: &Tensor,
-        train: bool,
+        options: impl Into<ForwardOptions<'a>>,
     ) -> Result<Seq2SeqOutput> {
+        let options = options.into();
+        if options.mask.is_some() {
+            return Err(Error::Input("an encoder-decoder takes its source mask as src_mask; targets have no mask".into()));
+        }
         check_tokens(src, src_mask, "source tokens")?;
         check_tokens(tgt_in, None, "target tokens")?;
         if src.size()[0] != tgt_in.size()[0] {
@@ -224,9 +229,10 @@ impl Seq2SeqModel {
                 tgt_in.size()[0]
             )));
         }
-        let (memory, encoder_aux) = self.encode(src, src_mask, train)?;
-        let ctx = StackContext { memory: Some(&memory), memory_mask: src_mask, train, ..Default::default() };
-        let (hidden, decoder_aux) = self.decoder.forward(tgt_in, &ctx, None)?;
+        let (memory, encoder_aux) = self.encode(src, src_mask, options)?;
+        let memory = Memory { states: &memory, mask: src_mask };
+        let (hidden, decoder_aux) =
+            self.decoder.forward(tgt_in, &options, Some(memory), None).map_err(|e| in_stack(e, "decoder"))?;
         Ok(Seq2SeqOutput { logits: self.logits(&hidden)?, encoder_aux, decoder_aux })
     }
 
@@ -245,8 +251,8 @@ impl Seq2SeqModel {
         tgt: &Tensor,
         cache: &mut StackCache,
     ) -> Result<Tensor> {
-        let ctx = StackContext { memory: Some(memory), memory_mask: src_mask, ..Default::default() };
-        let (hidden, _) = self.decoder.forward(tgt, &ctx, Some(cache))?;
+        let memory = Memory { states: memory, mask: src_mask };
+        let (hidden, _) = self.decoder.forward(tgt, &ForwardOptions::eval(), Some(memory), Some(cache))?;
         self.logits(&hidden)
     }
 
@@ -277,7 +283,7 @@ impl Seq2SeqModel {
         let device = self.encoder.embedding().weight.device();
         tch::no_grad(|| {
             let src = Tensor::from_slice(src).f_view([1, -1])?.f_to_device(device)?;
-            let (memory, _) = self.encode(&src, None, false)?;
+            let (memory, _) = self.encode(&src, None, ForwardOptions::eval())?;
             let mut cache = self.decoder.new_cache();
             let mut out = Vec::new();
             let mut last = start_token;
@@ -296,5 +302,13 @@ impl Seq2SeqModel {
 
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.head.forward(hidden)
+    }
+}
+
+/// A non-finite block of one of the two stacks, named with its stack (`encoder output of block 2`).
+fn in_stack(error: Error, stack: &str) -> Error {
+    match error {
+        Error::NonFinite { step, what } => Error::NonFinite { step, what: format!("{stack} {what}") },
+        other => other,
     }
 }

@@ -7,12 +7,14 @@ use crate::error::{Error, Result};
 use crate::host;
 use crate::model::block::{Block, BlockCache, BlockContext, Ffn};
 use crate::model::config::ModelConfig;
-use crate::model::output::{LayerAux, ModelAux};
+use crate::model::forward::{ForwardOptions, Memory};
+use crate::model::output::{LayerAux, ModelAux, StackKind};
 use crate::model::precision::Precision;
-use crate::moe::{ExpertParallel, GraphCuts, MoeAux};
-use crate::nn::{Embedding, InitScheme, RmsNorm};
+use crate::moe::{MoeAux, MoeLayer};
+use crate::nn::{Embedding, RmsNorm, VarBuilder};
+use crate::parallel::GraphCuts;
 use crate::shape::{accumulate_kind, is_mask_kind};
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 /// Whether every element of `t` is finite.
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
@@ -55,25 +57,6 @@ pub struct StackCache {
     pub len: i64,
 }
 
-/// What a stack needs besides its tokens.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StackContext<'a> {
-    /// Token mask `[B, T]` (true/non-zero = real).
-    pub mask: Option<&'a Tensor>,
-    /// Encoder output `[B, S, D]` for cross-attending stacks.
-    pub memory: Option<&'a Tensor>,
-    /// Source mask `[B, S]`.
-    pub memory_mask: Option<&'a Tensor>,
-    /// Training mode.
-    pub train: bool,
-    /// Stop at the first block whose output or router is non-finite ([`Error::NonFinite`]).
-    pub check_finite: bool,
-    /// The caller has checked that every token id lies in `0..V` (a trainer's byte batches, for
-    /// instance): the stack skips its own check, which reads the ids back to the host
-    /// ([`crate::nn::Embedding::forward_prevalidated`]).
-    pub ids_validated: bool,
-}
-
 /// A transformer stack built from a [`ModelConfig`] (its head settings are ignored).
 ///
 /// Parameters under the stack's path: `embed.weight` (unless shared), `blocks.{l}.*`,
@@ -95,32 +78,19 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Validates `config` and creates the stack under `path`, with its own embedding under
-    /// `path/embed` or the given shared one.
+    /// Validates `config` and creates the stack under the builder's path, with its own embedding
+    /// under `embed` or the given shared one. In a process group that exchanges rows, the stack's
+    /// MoE layers are expert-parallel (this rank holds its slice of every MoE layer's experts; see
+    /// [`crate::parallel::ProcessGroup`]) and a stack with MoE layers also cuts its graph at every
+    /// block input and at the encoder memory, so that the segmented backward walks each block
+    /// once ([`crate::parallel::ExchangeTape`]).
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first invalid value; [`Error::Shape`] if a shared embedding
-    /// has another shape than the config needs.
-    pub fn new(path: &nn::Path, config: &ModelConfig, init: &InitScheme, embed: Option<Embedding>) -> Result<Self> {
-        Self::build(path, config, init, embed, None)
-    }
-
-    /// [`Stack::new`] with its MoE layers expert-parallel over `parallel` when given (this rank
-    /// holds its slice of every MoE layer's experts; see [`crate::moe::ExpertParallel`]). A stack
-    /// whose MoE layers exchange rows also cuts its graph at every block input and at the
-    /// encoder memory, so that the segmented backward walks each block once
-    /// ([`crate::moe::parallel::ExchangeTape`]).
-    ///
-    /// # Errors
-    /// As [`Stack::new`]; [`Error::Config`] if an MoE config does not suit expert parallelism.
-    pub fn build(
-        path: &nn::Path,
-        config: &ModelConfig,
-        init: &InitScheme,
-        embed: Option<Embedding>,
-        parallel: Option<&ExpertParallel>,
-    ) -> Result<Self> {
+    /// [`Error::Config`] naming the first invalid value, or an MoE config expert parallelism does
+    /// not support; [`Error::Shape`] if a shared embedding has another shape than the config needs.
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, config: &ModelConfig, embed: Option<Embedding>) -> Result<Self> {
         config.validate()?;
+        let vb = vb.into();
         let d = config.d_model;
         let embed = match embed {
             Some(e) => {
@@ -133,28 +103,25 @@ impl Stack {
                 }
                 e
             }
-            None => Embedding::new(&(path / "embed"), config.vocab_size, config.embedding_width(), init)?,
+            None => Embedding::new(&vb / "embed", config.vocab_size, config.embedding_width())?,
         };
         let mut blocks = Vec::with_capacity(config.num_layers);
         let (mut altup, mut sequence_altup) = (Vec::new(), Vec::new());
         for layer in 0..config.num_layers {
-            let block_path = path / "blocks" / layer;
-            blocks.push(Block::build(&block_path, d, &config.block_config(layer), init, parallel)?);
+            let block_vb = &vb / "blocks" / layer;
+            blocks.push(Block::new(&block_vb, d, &config.block_config(layer))?);
             if let Some(a) = &config.altup {
-                altup.push(AltUp::new(&(&block_path / "altup"), a, d, init)?);
+                altup.push(AltUp::new(&block_vb / "altup", d, a)?);
             }
             if let Some(s) = &config.sequence_altup {
-                sequence_altup.push(SequenceAltUp::new(&(&block_path / "seq_altup"), s)?);
+                sequence_altup.push(SequenceAltUp::new(&block_vb / "seq_altup", s)?);
             }
         }
-        let widening = config.altup.as_ref().map(|a| AltUpWidening::new(path, a, d, init)).transpose()?;
-        let final_norm = RmsNorm::new(&(path / "final_norm"), d as i64, config.norm_eps)?;
+        let widening = config.altup.as_ref().map(|a| AltUpWidening::new(&vb, d, a)).transpose()?;
+        let final_norm = RmsNorm::new(&vb / "final_norm", d as i64, config.norm_eps)?;
         // Exchanges cut the graph; cutting also at every block input keeps each backward
-        // segment inside one block (see `moe::parallel::ExchangeTape`).
-        let cuts = match parallel {
-            Some(p) if blocks.iter().any(Block::is_moe) => GraphCuts::on(p.tape()),
-            _ => GraphCuts::none(),
-        };
+        // segment inside one block (see `parallel::ExchangeTape`).
+        let cuts = if blocks.iter().any(Block::is_moe) { vb.group().cuts() } else { GraphCuts::none() };
         Ok(Self {
             config: config.clone(),
             embed,
@@ -198,25 +165,17 @@ impl Stack {
         self.precision
     }
 
+    /// The MoE layers with their block indices, in order.
+    pub fn moe_layers(&self) -> impl Iterator<Item = (usize, &MoeLayer)> {
+        self.blocks.iter().enumerate().filter_map(|(l, b)| match &b.ffn {
+            Ffn::Moe(moe) => Some((l, moe.as_ref())),
+            Ffn::Dense(_) => None,
+        })
+    }
+
     /// A fresh cache for incremental decoding.
     pub fn new_cache(&self) -> StackCache {
         StackCache { blocks: self.blocks.iter().map(|_| BlockCache::default()).collect(), len: 0 }
-    }
-
-    /// Applies the aux-loss-free bias update of every MoE block that uses it
-    /// (`(block index, counts [E])`).
-    ///
-    /// # Errors
-    /// [`Error::Input`] for a block index that is not an MoE block; [`Error::Shape`] for counts
-    /// that are not `[E]`.
-    pub fn update_expert_biases(&self, counts: &[(usize, Tensor)]) -> Result<()> {
-        for (layer, c) in counts {
-            match self.blocks.get(*layer).map(|b| &b.ffn) {
-                Some(Ffn::Moe(moe)) => moe.update_expert_bias(c)?,
-                _ => return Err(Error::Input(format!("block {layer} is not an MoE block"))),
-            }
-        }
-        Ok(())
     }
 
     /// Runs the stack on `tokens`, returning the final-normed hidden states and one aux record
@@ -235,10 +194,11 @@ impl Stack {
     pub fn forward(
         &self,
         tokens: &Tensor,
-        ctx: &StackContext,
+        options: &ForwardOptions,
+        memory: Option<Memory>,
         mut cache: Option<&mut StackCache>,
     ) -> Result<(Tensor, ModelAux)> {
-        check_tokens(tokens, ctx.mask, "tokens")?;
+        check_tokens(tokens, options.mask, "tokens")?;
         let past = cache.as_ref().map_or(0, |c| c.len);
         let t = tokens.size()[1];
         if past + t > self.config.max_seq_len as i64 {
@@ -252,13 +212,13 @@ impl Stack {
             return Err(Error::Input("cached decoding does not support Sequence-AltUp stacks".into()));
         }
         let mut embedded =
-            if ctx.ids_validated { self.embed.forward_prevalidated(tokens)? } else { self.embed.forward(tokens)? };
+            if options.ids_validated { self.embed.forward_prevalidated(tokens)? } else { self.embed.forward(tokens)? };
         let residual = self.precision.residual_kind(embedded.kind());
         if residual != embedded.kind() {
             embedded = embedded.f_to_kind(residual)?;
         }
         let check = |layer: usize, y: &Tensor, moe: &Option<MoeAux>| -> Result<()> {
-            if !ctx.check_finite {
+            if !options.check_finite {
                 return Ok(());
             }
             let what = match moe {
@@ -268,13 +228,19 @@ impl Stack {
             };
             Err(Error::NonFinite { step: 0, what })
         };
-        let memory = ctx.memory.map(|m| self.cuts.cut(m)).transpose()?;
+        let states = memory.map(|m| self.cuts.cut(m.states)).transpose()?;
         // Caller-provided masks may live on another device than the model (the host).
         let to_model = |m: &Tensor| m.f_to_device(embedded.device());
-        let mask = ctx.mask.map(to_model).transpose()?;
-        let memory_mask = ctx.memory_mask.map(to_model).transpose()?;
-        let ctx =
-            &StackContext { mask: mask.as_ref(), memory: memory.as_ref(), memory_mask: memory_mask.as_ref(), ..*ctx };
+        let mask = options.mask.map(to_model).transpose()?;
+        let memory_mask = memory.and_then(|m| m.mask).map(to_model).transpose()?;
+        let memory = states.as_ref().map(|states| Memory { states, mask: memory_mask.as_ref() });
+        let ctx = &BlockContext {
+            mask: mask.as_ref(),
+            positions: None,
+            memory,
+            train: options.train,
+            compute: self.precision.sublayer_kind(),
+        };
         let mut layers = Vec::with_capacity(self.blocks.len());
         let hidden = match (&self.config.altup, &self.widening) {
             (Some(altup_config), Some(widening)) => {
@@ -287,7 +253,7 @@ impl Stack {
                     let (y, moe) =
                         altup.forward_t(&x, active, ctx.train, |a| self.run_block(layer, a, ctx, block_cache))?;
                     check(layer, &y, &moe)?;
-                    layers.push(LayerAux { layer, moe });
+                    layers.push(LayerAux { stack: StackKind::Decoder, layer, moe });
                     x = y;
                 }
                 widening.collapse(&to_accumulate(&x)?)?
@@ -299,7 +265,7 @@ impl Stack {
                     let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
                     let (y, moe) = self.run_block(layer, &x, ctx, block_cache)?;
                     check(layer, &y, &moe)?;
-                    layers.push(LayerAux { layer, moe });
+                    layers.push(LayerAux { stack: StackKind::Decoder, layer, moe });
                     x = y;
                 }
                 x
@@ -319,18 +285,11 @@ impl Stack {
         &self,
         layer: usize,
         x: &Tensor,
-        ctx: &StackContext,
+        ctx: &BlockContext,
         cache: Option<&mut BlockCache>,
     ) -> Result<(Tensor, Option<MoeAux>)> {
         let block = &self.blocks[layer];
-        let block_ctx = BlockContext {
-            mask: ctx.mask,
-            positions: None,
-            memory: ctx.memory,
-            memory_mask: ctx.memory_mask,
-            train: ctx.train,
-            compute: self.precision.sublayer_kind(),
-        };
+        let block_ctx = *ctx;
         match self.sequence_altup.get(layer) {
             Some(seq) => seq.forward(x, ctx.mask, |anchors, positions, anchor_mask| {
                 block.forward(

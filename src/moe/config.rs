@@ -14,10 +14,10 @@ pub enum Balancing {
     #[default]
     AuxLoss,
     /// Aux-loss-free balancing (DeepSeek-V3): a per-expert selection bias updated after each
-    /// optimizer step by `±bias_update_rate` towards balance. The trainer still adds
-    /// `load_balancing_coef · L_balance` (DeepSeek-V3 keeps a tiny complementary balance loss);
-    /// set `TrainConfig::load_balancing_coef` to 0 for purely aux-loss-free training (the
-    /// `train` example does with `--balancing aux-free`).
+    /// optimizer step by `±bias_update_rate` towards balance. A model whose MoE layers all
+    /// balance this way trains without the load-balancing loss by default
+    /// ([`crate::train::Objective::for_model`]: α = 0); set `TrainConfig::load_balancing_coef` to
+    /// keep a small complementary one, as DeepSeek-V3 does.
     AuxFree {
         /// γ, the bias update step.
         bias_update_rate: f64,

@@ -11,10 +11,10 @@
 use crate::error::{Error, Result};
 use crate::moe::kernel::{self, ExpertBackend, KernelKey, LOOP_MIN_ROWS_PER_EXPERT};
 use crate::nn::feed_forward::Activation;
-use crate::nn::init::InitScheme;
 use crate::nn::role::ParamRole;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::{cast_like, expect_device, expect_shape};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// `E` expert FFNs with batched weights.
 ///
@@ -33,46 +33,32 @@ pub struct Experts {
 }
 
 impl Experts {
-    /// Creates the batched weights under `path`, each entry `N(0, init.std²)`
-    /// (`init.residual_std` for `w_out`).
+    /// Creates this rank's experts of a layer of `num_experts` under the builder's path: all of
+    /// them in one process, the slice `r·E/R .. (r+1)·E/R` of the builder's expert-parallel group
+    /// ([`crate::parallel::ProcessGroup::expert_slice`]), initialised exactly as those experts are
+    /// in the full `[E, D, F]` tensors (so `R = 1` and `R = N` start from the same model). Each
+    /// entry is `N(0, init.std²)` (`init.residual_std` for `w_out`).
     ///
     /// # Errors
-    /// [`Error::Torch`] if allocation fails.
-    pub fn new(
-        path: &nn::Path,
+    /// [`Error::Config`] if the group's ranks do not divide `num_experts`; [`Error::Torch`] if
+    /// allocation fails.
+    pub fn new<'a>(
+        vb: impl Into<VarBuilder<'a>>,
         num_experts: usize,
         d_model: usize,
         d_ff: usize,
         activation: Activation,
         backend: ExpertBackend,
-        init: &InitScheme,
     ) -> Result<Self> {
-        Self::new_slice(path, num_experts, 0..num_experts, d_model, d_ff, activation, backend, init)
-    }
-
-    /// Experts `range` of a layer of `num_experts`, initialised exactly as those experts are in
-    /// the full `[E, D, F]` tensors (expert parallelism: rank `r` holds a slice, and `R = 1` and
-    /// `R = N` start from the same model).
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an empty or out-of-range slice.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new_slice(
-        path: &nn::Path,
-        num_experts: usize,
-        range: std::ops::Range<usize>,
-        d_model: usize,
-        d_ff: usize,
-        activation: Activation,
-        backend: ExpertBackend,
-        init: &InitScheme,
-    ) -> Result<Self> {
-        if range.is_empty() || range.end > num_experts {
-            return Err(Error::Config(format!("expert slice {range:?} is not within 0..{num_experts}")));
+        let vb = vb.into();
+        let range = vb.group().expert_slice(num_experts)?;
+        if range.is_empty() {
+            return Err(Error::Config(format!("a layer of {num_experts} experts holds none here")));
         }
         let (e, d, f) = (num_experts as i64, d_model as i64, d_ff as i64);
         // Decayed, and sharded over expert-parallel ranks along the expert dimension.
-        let path = &ParamRole::EXPERT.on(path);
+        let vb = vb.with_role(ParamRole::EXPERT);
+        let (path, init) = (vb.path(), vb.init());
         let r = range.start as i64..range.end as i64;
         let w_in = init.normal_slice(path, "w_in", &[e, d, f], init.std, r.clone())?;
         let w_gate = if activation.is_gated() {
@@ -255,12 +241,13 @@ impl Weights<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
 
     #[test]
     fn auto_picks_grouped_for_small_groups_and_the_loop_for_large_ones_on_cpu() {
         let vs = nn::VarStore::new(Device::Cpu);
         let experts =
-            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto, &InitScheme::default()).unwrap();
+            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto).unwrap();
         let small = 8 * LOOP_MIN_ROWS_PER_EXPERT - 1;
         let resolved = |rows, kind| experts.resolved_backend(rows, kind, Device::Cpu).unwrap();
         assert_eq!(resolved(small, Kind::Float), ExpertBackend::GroupedMm);
@@ -277,7 +264,7 @@ mod tests {
             // the first CUDA run: the timing's backward failed under `no_grad`).
             let seconds = tch::no_grad(|| experts.time_kernel(backend, &key)).unwrap();
             assert!(seconds > 0.0 && seconds.is_finite(), "{backend:?} under no_grad");
-            assert!(crate::moe::parallel::grad_mode_enabled(), "grad mode restored");
+            assert!(crate::parallel::grad_mode_enabled(), "grad mode restored");
         }
     }
 
@@ -285,7 +272,7 @@ mod tests {
     fn deterministic_runs_take_the_loop_on_accelerators_without_timing() {
         let vs = nn::VarStore::new(Device::Cpu);
         let experts =
-            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto, &InitScheme::default()).unwrap();
+            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto).unwrap();
         let _alone = crate::runtime::TEST_SWITCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let before = crate::runtime::is_deterministic();
         crate::runtime::set_deterministic(true);

@@ -5,16 +5,16 @@
 
 use crate::error::{Error, Result};
 use crate::moe::config::{Balancing, MoeConfig};
-use crate::moe::dispatch::{SortDispatcher, TokenDispatcher};
+use crate::moe::dispatch::{dispatcher_for, TokenDispatcher};
 use crate::moe::experts::Experts;
 use crate::moe::loss::{load_balancing_loss, router_entropy, router_z_loss};
-use crate::moe::parallel::{grad_mode_enabled, Collectives, ExchangeTape, ExpertParallelDispatcher};
 use crate::moe::router::Router;
 use crate::moe::routing::RoutingInput;
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
+use crate::parallel::grad_mode_enabled;
 use crate::shape::{expect_float, mask_to_bool};
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 /// Per-layer auxiliary record of an MoE forward pass (typed, no global lists).
 #[derive(Debug)]
@@ -54,72 +54,33 @@ pub struct MoeLayer {
 }
 
 impl MoeLayer {
-    /// Builds the layer under `path` with the local [`SortDispatcher`].
+    /// Builds the layer under the builder's path. In one process it holds every expert and
+    /// dispatches locally ([`crate::moe::SortDispatcher`]); in a group that exchanges rows
+    /// ([`crate::parallel::ProcessGroup::new`]) the router (and shared experts) are replicated, the
+    /// experts are this rank's slice `r·E/R .. (r+1)·E/R`, initialised exactly as in the full
+    /// layer, and tokens travel over the group ([`crate::moe::ExpertParallelDispatcher`]).
+    /// Capacity and the layer's statistics are then global; each rank's auxiliary losses in
+    /// [`MoeAux`] are its share, which add up over ranks to the whole batch's.
     ///
     /// # Errors
-    /// [`Error::Config`] from [`MoeConfig::validate`].
-    pub fn new(path: &nn::Path, d_model: usize, config: &MoeConfig, init: &InitScheme) -> Result<Self> {
+    /// [`Error::Config`] from [`MoeConfig::validate`]; in an expert-parallel group, if `E` is not a
+    /// multiple of the ranks, or for expert-choice routing and batch-prioritized capacity, which
+    /// need every token of the batch in one place.
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &MoeConfig) -> Result<Self> {
         config.validate()?;
-        Self::new_with_experts(path, d_model, config, init, 0..config.num_experts)
-    }
-
-    fn new_with_experts(
-        path: &nn::Path,
-        d_model: usize,
-        config: &MoeConfig,
-        init: &InitScheme,
-        owned: std::ops::Range<usize>,
-    ) -> Result<Self> {
-        let router = Router::new(&(path / "router"), d_model, config, init)?;
-        let experts = Experts::new_slice(
-            &(path / "experts"),
-            config.num_experts,
-            owned,
-            d_model,
-            config.d_ff,
-            config.activation,
-            config.backend,
-            init,
-        )?;
+        let vb = vb.into();
+        let dispatcher = dispatcher_for(vb.group(), config)?;
+        let router = Router::new(&vb / "router", d_model, config)?;
+        let experts =
+            Experts::new(&vb / "experts", config.num_experts, d_model, config.d_ff, config.activation, config.backend)?;
         let shared = (config.num_shared_experts > 0)
             .then(|| {
                 let ffn =
                     FeedForwardConfig { d_ff: config.num_shared_experts * config.d_ff, activation: config.activation };
-                FeedForward::new(&(path / "shared"), d_model, &ffn, init)
+                FeedForward::new(&vb / "shared", d_model, &ffn)
             })
             .transpose()?;
-        Ok(Self { router, experts, shared, dispatcher: Box::new(SortDispatcher), config: config.clone() })
-    }
-
-    /// Replaces the dispatcher (e.g. with an expert-parallel one).
-    pub fn with_dispatcher(mut self, dispatcher: Box<dyn TokenDispatcher>) -> Self {
-        self.dispatcher = dispatcher;
-        self
-    }
-
-    /// Builds this rank's part of an expert-parallel layer: the router (and shared experts) are
-    /// replicated, the experts are this rank's slice `r·E/R .. (r+1)·E/R`, initialised exactly as
-    /// in the full layer, and tokens travel over `comm` ([`ExpertParallelDispatcher`]).
-    /// Capacity and the layer's statistics are global (see [`crate::moe::ExpertParallel`]); each rank's
-    /// auxiliary losses in [`MoeAux`] are its share, which add up over ranks to the whole batch's.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if `E` is not a multiple of the ranks, or for expert-choice routing and
-    /// batch-prioritized capacity, which need every token of the batch in one place.
-    pub fn new_expert_parallel(
-        path: &nn::Path,
-        d_model: usize,
-        config: &MoeConfig,
-        init: &InitScheme,
-        comm: std::sync::Arc<dyn Collectives>,
-        tape: ExchangeTape,
-    ) -> Result<Self> {
-        config.validate()?;
-        config.router.policy().check_expert_parallel(&config.routing_options())?;
-        let dispatcher = ExpertParallelDispatcher::new(comm, tape, config.num_experts)?;
-        let mut layer = Self::new_with_experts(path, d_model, config, init, dispatcher.owned())?;
-        layer.dispatcher = Box::new(dispatcher);
-        Ok(layer)
+        Ok(Self { router, experts, shared, dispatcher, config: config.clone() })
     }
 
     /// The layer's configuration.
@@ -134,6 +95,7 @@ impl MoeLayer {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, MoeAux)> {
         self.forward_masked_t(x, None, train)
     }
+
 
     /// Routes every real token, runs the experts, and returns the gate-weighted sum of their
     /// outputs plus the shared experts' output. Masked tokens (mask `false`/0) take no capacity,

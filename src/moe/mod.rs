@@ -32,24 +32,17 @@ pub(crate) mod experts;
 pub mod kernel;
 pub(crate) mod layer;
 pub(crate) mod loss;
-pub(crate) mod parallel;
 pub(crate) mod plan;
 pub(crate) mod router;
 pub(crate) mod routing;
 
 pub use batch::{BatchCounts, PartCounts};
 pub use config::{Balancing, MoeConfig};
-pub use dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
+pub use dispatch::{dispatcher_for, ExpertParallelDispatcher, LocalRouting, SortDispatcher, TokenDispatcher};
 pub use experts::Experts;
 pub use kernel::{ExpertBackend, LOOP_MIN_ROWS_PER_EXPERT};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
-#[cfg(feature = "mpi")]
-pub use parallel::MpiWorld;
-pub use parallel::{
-    all_gather_tensor, all_reduce_tensor, Collectives, ExchangeTape, ExpertParallel, ExpertParallelDispatcher,
-    GraphCuts, SingleProcess, ThreadGroup,
-};
 pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, DispatchPlan};
 pub use router::{Router, Routing};
 pub use routing::{

@@ -16,9 +16,9 @@
 use crate::error::{Error, Result};
 use crate::moe::config::MoeConfig;
 use crate::moe::routing::{select_top_k, RouterScores};
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::{accumulate_kind, expect_device, expect_float, expect_shape};
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// A token-choice routing decision.
 #[derive(Debug)]
@@ -55,12 +55,15 @@ impl Router {
     ///
     /// # Errors
     /// [`Error::Config`] from [`MoeConfig::validate`].
-    pub fn new(path: &nn::Path, d_model: usize, config: &MoeConfig, init: &InitScheme) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &MoeConfig) -> Result<Self> {
         config.validate()?;
-        let e = config.num_experts as i64;
-        let weight = init.normal(path, "weight", &[e, d_model as i64], init.std)?;
-        let expert_bias =
-            if config.balancing.is_aux_free() { Some(path.f_zeros_no_train("expert_bias", &[e])?) } else { None };
+        let (vb, e) = (vb.into(), config.num_experts as i64);
+        let weight = vb.normal("weight", &[e, d_model as i64], vb.init().std)?;
+        let expert_bias = if config.balancing.is_aux_free() {
+            Some(vb.path().f_zeros_no_train("expert_bias", &[e])?)
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             expert_bias,
@@ -144,6 +147,8 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::InitScheme;
+    use tch::nn;
     use crate::moe::config::Balancing;
     use tch::Device;
 
@@ -152,7 +157,7 @@ mod tests {
     fn router(e: usize, k: usize, normalize: bool) -> (nn::VarStore, Router) {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = MoeConfig { num_experts: e, top_k: k, normalize_gates: normalize, ..Default::default() };
-        let r = Router::new(&vs.root(), 4, &config, &INIT).unwrap();
+        let r = Router::new(VarBuilder::new(&vs.root()).with_init(INIT), 4, &config).unwrap();
         (vs, r)
     }
 
@@ -194,7 +199,7 @@ mod tests {
     fn jitter_only_in_training_and_only_on_the_router_copy() {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = MoeConfig { num_experts: 4, jitter: 0.5, ..Default::default() };
-        let router = Router::new(&vs.root(), 4, &config, &INIT).unwrap();
+        let router = Router::new(VarBuilder::new(&vs.root()).with_init(INIT), 4, &config).unwrap();
         let x = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
         let before = x.copy();
         let eval1 = router.scores(&x, false).unwrap().logits;
@@ -219,7 +224,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let config =
             MoeConfig { num_experts: 3, balancing: Balancing::AuxFree { bias_update_rate: 0.1 }, ..Default::default() };
-        let router = Router::new(&vs.root(), 4, &config, &INIT).unwrap();
+        let router = Router::new(VarBuilder::new(&vs.root()).with_init(INIT), 4, &config).unwrap();
         router.update_expert_bias(&Tensor::from_slice(&[6i64, 3, 0]), 0.1).unwrap();
         let bias = Vec::<f32>::try_from(router.expert_bias.as_ref().unwrap()).unwrap();
         assert_eq!(bias, vec![-0.1, 0.0, 0.1]);

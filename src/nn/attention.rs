@@ -9,12 +9,12 @@
 //! always attend to its own position, so a fully padded row yields finite (ignored) values.
 
 use crate::error::{ensure_config, Error, Result};
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
 use crate::nn::linear::Linear;
 use crate::nn::rope::{Rope, DEFAULT_ROPE_THETA};
 use crate::shape::expect_shape;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Configuration of [`SelfAttention`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,15 +177,16 @@ impl SelfAttention {
     ///
     /// # Errors
     /// [`crate::Error::Config`] from [`AttentionConfig::validate`].
-    pub fn new(path: &nn::Path, d_model: usize, config: &AttentionConfig, init: &InitScheme) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &AttentionConfig) -> Result<Self> {
         config.validate(d_model)?;
-        let d = d_model as i64;
+        let (vb, d) = (vb.into(), d_model as i64);
+        let init = *vb.init();
         let num_heads = config.num_heads as i64;
         let num_kv_heads = config.kv_heads() as i64;
         let head_dim = d / num_heads;
         Ok(Self {
-            qkv: Linear::new(&(path / "qkv"), d, (num_heads + 2 * num_kv_heads) * head_dim, init.std, init)?,
-            out: Linear::new(&(path / "out"), d, d, init.residual_std, init)?,
+            qkv: Linear::new(&vb / "qkv", d, (num_heads + 2 * num_kv_heads) * head_dim, init.std)?,
+            out: Linear::new(&vb / "out", d, d, init.residual_std)?,
             rope: Rope::new(head_dim, config.rope_theta)?,
             num_heads,
             num_kv_heads,
@@ -300,14 +301,15 @@ impl CrossAttention {
     ///
     /// # Errors
     /// [`crate::Error::Config`] from [`AttentionConfig::validate`].
-    pub fn new(path: &nn::Path, d_model: usize, config: &AttentionConfig, init: &InitScheme) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &AttentionConfig) -> Result<Self> {
         config.validate(d_model)?;
-        let d = d_model as i64;
+        let (vb, d) = (vb.into(), d_model as i64);
+        let init = *vb.init();
         let num_heads = config.num_heads as i64;
         Ok(Self {
-            q: Linear::new(&(path / "q"), d, d, init.std, init)?,
-            kv: Linear::new(&(path / "kv"), d, 2 * d, init.std, init)?,
-            out: Linear::new(&(path / "out"), d, d, init.residual_std, init)?,
+            q: Linear::new(&vb / "q", d, d, init.std)?,
+            kv: Linear::new(&vb / "kv", d, 2 * d, init.std)?,
+            out: Linear::new(&vb / "out", d, d, init.residual_std)?,
             num_heads,
             head_dim: d / num_heads,
         })
@@ -363,13 +365,14 @@ impl CrossAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use crate::nn::InitScheme;
+    use tch::{nn, Device};
 
     fn attn(causal: bool) -> (nn::VarStore, SelfAttention) {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = AttentionConfig { causal, ..Default::default() };
-        let a =
-            SelfAttention::new(&vs.root(), 16, &config, &InitScheme { std: 0.3, residual_std: 0.3, seed: 1 }).unwrap();
+        let vb = VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.3, residual_std: 0.3, seed: 1 });
+        let a = SelfAttention::new(vb, 16, &config).unwrap();
         (vs, a)
     }
 
@@ -429,16 +432,11 @@ mod tests {
         let (d, h, kv, hd) = (32i64, 8i64, 2i64, 4i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let gqa_config = AttentionConfig { num_heads: 8, num_kv_heads: Some(2), ..Default::default() };
-        let gqa = SelfAttention::new(&(vs.root() / "gqa"), 32, &gqa_config, &init).unwrap();
+        let vb = VarBuilder::new(&vs.root()).with_init(init);
+        let gqa = SelfAttention::new(&vb / "gqa", 32, &gqa_config).unwrap();
         assert_eq!(gqa.qkv.weight.size(), vec![(h + 2 * kv) * hd, d]);
         assert_eq!(gqa_config.num_params(32) as i64, (h + 2 * kv) * hd * d + d * d);
-        let mha = SelfAttention::new(
-            &(vs.root() / "mha"),
-            32,
-            &AttentionConfig { num_heads: 8, ..Default::default() },
-            &init,
-        )
-        .unwrap();
+        let mha = SelfAttention::new(&vb / "mha", 32, &AttentionConfig { num_heads: 8, ..Default::default() }).unwrap();
         let w = gqa.qkv.weight.detach();
         let heads =
             |start: i64| w.narrow(0, start * hd, kv * hd).view([kv, 1, hd, d]).expand([kv, h / kv, hd, d], true);

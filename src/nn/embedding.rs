@@ -2,9 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::host;
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::is_integer;
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Lookup table `[V, W]`: token id → row. For AltUp, `W = K·D` and the row is split into `K`
 /// blocks by the caller.
@@ -17,12 +17,13 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    /// Creates `<path>.weight` `[vocab_size, width]`.
+    /// Creates `<path>.weight` `[vocab_size, width]`, `N(0, init.std²)` with the builder's scheme.
     ///
     /// # Errors
     /// [`Error::Torch`] if allocation fails.
-    pub fn new(path: &nn::Path, vocab_size: usize, width: usize, init: &InitScheme) -> Result<Self> {
-        let weight = init.normal(path, "weight", &[vocab_size as i64, width as i64], init.std)?;
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, vocab_size: usize, width: usize) -> Result<Self> {
+        let vb = vb.into();
+        let weight = vb.normal("weight", &[vocab_size as i64, width as i64], vb.init().std)?;
         Ok(Self { weight })
     }
 
@@ -113,12 +114,13 @@ pub fn validate_token_ids(tokens: &Tensor, vocab_size: i64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
     use tch::Device;
 
     #[test]
     fn out_of_range_and_float_ids_are_rejected_with_the_value() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let emb = Embedding::new(&vs.root(), 10, 4, &InitScheme::default()).unwrap();
+        let emb = Embedding::new(&vs.root(), 10, 4).unwrap();
         let err = emb.forward(&Tensor::from_slice(&[1i64, 2, 10, 3]).view([2, 2])).unwrap_err();
         assert_eq!(err.to_string(), "invalid input: token id 10 at flat position 2 is outside the vocabulary 0..10");
         let err = emb.forward(&Tensor::from_slice(&[-1i64]).view([1, 1])).unwrap_err();

@@ -2,10 +2,10 @@
 //! (Shazeer 2020, "GLU Variants Improve Transformer", arXiv 2002.05202).
 
 use crate::error::{ensure_config, Result};
-use crate::nn::init::InitScheme;
 use crate::nn::linear::Linear;
+use crate::nn::var_builder::VarBuilder;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{Tensor};
 
 /// Non-linearity of a feed-forward network or expert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,16 +90,13 @@ impl FeedForward {
     ///
     /// # Errors
     /// [`crate::Error::Config`] from [`FeedForwardConfig::validate`].
-    pub fn new(path: &nn::Path, d_model: usize, config: &FeedForwardConfig, init: &InitScheme) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, d_model: usize, config: &FeedForwardConfig) -> Result<Self> {
         config.validate()?;
-        let (d, f) = (d_model as i64, config.d_ff as i64);
-        let w_in = Linear::new(&(path / "w_in"), d, f, init.std, init)?;
-        let w_gate = if config.activation.is_gated() {
-            Some(Linear::new(&(path / "w_gate"), d, f, init.std, init)?)
-        } else {
-            None
-        };
-        let w_out = Linear::new(&(path / "w_out"), f, d, init.residual_std, init)?;
+        let vb = vb.into();
+        let (d, f, init) = (d_model as i64, config.d_ff as i64, *vb.init());
+        let w_in = Linear::new(&vb / "w_in", d, f, init.std)?;
+        let w_gate = if config.activation.is_gated() { Some(Linear::new(&vb / "w_gate", d, f, init.std)?) } else { None };
+        let w_out = Linear::new(&vb / "w_out", f, d, init.residual_std)?;
         Ok(Self { w_in, w_gate, w_out, activation: config.activation })
     }
 

@@ -1,9 +1,9 @@
 //! Bias-free linear projection with explicit normal initialisation.
 
 use crate::error::Result;
-use crate::nn::init::InitScheme;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::{cast_like, expect_device, expect_float};
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 /// `y = x · Wᵀ`, the weight stored as `[out, in]` (PyTorch's `nn.Linear` layout, so checkpoints
 /// read naturally from Python).
@@ -18,12 +18,12 @@ pub struct Linear {
 
 impl Linear {
     /// Creates the parameter `<path>.weight` of shape `[out_dim, in_dim]`, drawn from `N(0, std²)`
-    /// with `init`'s seed.
+    /// with the builder's seed.
     ///
     /// # Errors
     /// [`crate::Error::Torch`] if libtorch cannot allocate the tensor.
-    pub fn new(path: &nn::Path, in_dim: i64, out_dim: i64, std: f64, init: &InitScheme) -> Result<Self> {
-        let weight = init.normal(path, "weight", &[out_dim, in_dim], std)?;
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, in_dim: i64, out_dim: i64, std: f64) -> Result<Self> {
+        let weight = vb.into().normal("weight", &[out_dim, in_dim], std)?;
         Ok(Self { weight, in_dim })
     }
 

@@ -13,6 +13,7 @@ pub(crate) mod linear;
 pub(crate) mod norm;
 pub(crate) mod role;
 pub(crate) mod rope;
+pub(crate) mod var_builder;
 
 pub use attention::{AttentionConfig, CrossAttention, KvCache, SelfAttention};
 pub use embedding::Embedding;
@@ -22,3 +23,4 @@ pub use linear::Linear;
 pub use norm::RmsNorm;
 pub use role::{roles, ParamRole};
 pub use rope::Rope;
+pub use var_builder::VarBuilder;

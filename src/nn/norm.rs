@@ -2,8 +2,9 @@
 
 use crate::error::Result;
 use crate::nn::role::ParamRole;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::{accumulate_kind, expect_float};
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 /// RMSNorm: `y = x / sqrt(mean(x²) + eps) · weight`, computed in f32 and returned in `x`'s dtype.
 ///
@@ -21,12 +22,12 @@ impl RmsNorm {
     ///
     /// # Errors
     /// [`crate::Error::Config`] if `eps` is not positive and finite.
-    pub fn new(path: &nn::Path, dim: i64, eps: f64) -> Result<Self> {
+    pub fn new<'a>(vb: impl Into<VarBuilder<'a>>, dim: i64, eps: f64) -> Result<Self> {
         crate::error::ensure_config(eps > 0.0 && eps.is_finite(), || {
             format!("norm_eps ({eps}) must be positive and finite")
         })?;
         // A gain, not a projection: no weight decay.
-        let weight = ParamRole::NO_DECAY.on(path).f_ones("weight", &[dim])?;
+        let weight = vb.into().with_role(ParamRole::NO_DECAY).path().f_ones("weight", &[dim])?;
         Ok(Self { weight, eps, dim })
     }
 
@@ -57,6 +58,7 @@ impl RmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::nn;
     use tch::{Device, Kind};
 
     #[test]

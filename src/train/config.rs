@@ -29,10 +29,12 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// AdamW moments and weight decay.
     pub optimizer: AdamWConfig,
-    /// α, the load-balancing loss coefficient.
-    pub load_balancing_coef: f64,
-    /// β, the router z-loss coefficient.
-    pub z_loss_coef: f64,
+    /// α, the load-balancing loss coefficient; `None`: the model's default
+    /// ([`crate::train::Objective::for_model`]: 1e-2, or 0 when every MoE layer balances without
+    /// the loss).
+    pub load_balancing_coef: Option<f64>,
+    /// β, the router z-loss coefficient; `None`: the default 1e-3.
+    pub z_loss_coef: Option<f64>,
     /// Evaluate every this many steps (and after the last step).
     pub eval_every: u64,
     /// Validation batches per evaluation.
@@ -64,8 +66,8 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.1,
             grad_clip: 1.0,
             optimizer: AdamWConfig::default(),
-            load_balancing_coef: 1e-2,
-            z_loss_coef: 1e-3,
+            load_balancing_coef: None,
+            z_loss_coef: None,
             eval_every: 100,
             eval_batches: 8,
             seed: 0,
@@ -90,10 +92,11 @@ impl TrainConfig {
         ensure_config(self.eval_every > 0, || "eval_every (0) must be positive".into())?;
         ensure_config(self.eval_batches > 0, || "eval_batches (0) must be positive".into())?;
         for (name, v) in [
-            ("grad_clip", self.grad_clip),
+            ("grad_clip", Some(self.grad_clip)),
             ("load_balancing_coef", self.load_balancing_coef),
             ("z_loss_coef", self.z_loss_coef),
         ] {
+            let Some(v) = v else { continue };
             ensure_config(v >= 0.0 && v.is_finite(), || format!("{name} ({v}) must be >= 0 and finite"))?;
         }
         ensure_config(self.warmup_steps < self.steps, || {

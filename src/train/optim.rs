@@ -7,6 +7,7 @@
 use crate::error::{ensure_config, Result};
 use crate::host;
 use crate::nn::role::{roles, ParamRole};
+use crate::parallel::ProcessGroup;
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -193,13 +194,17 @@ impl AdamW {
         self.params.first().map_or(tch::Device::Cpu, |p| p.param.device())
     }
 
-    /// Scales all gradients so that their global norm is at most `max_norm` (no-op for
-    /// `max_norm <= 0`), on the device. Returns the norm before clipping (scalar f32 tensor).
+    /// Makes the gradients those of the whole batch over `group` (the replicated parameters'
+    /// gradients summed over ranks; nothing to do in a group of one), then scales all gradients so
+    /// that their global norm is at most `max_norm` (no-op for `max_norm <= 0`), on the device.
+    /// Returns the global norm before clipping (scalar f32 tensor, not read back).
     ///
     /// # Errors
-    /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor> {
-        let norm = self.grad_norm()?;
+    /// [`crate::Error::Torch`] on libtorch failure; transport errors.
+    pub fn clip_grad_norm(&mut self, group: &ProcessGroup, max_norm: f64) -> Result<Tensor> {
+        let replicated: Vec<&Tensor> = self.params.iter().filter(|p| !p.role.sharded).map(|p| &p.param).collect();
+        group.all_reduce_grads(&replicated)?;
+        let norm = group.global_norm(|| self.grad_norm(), || self.grad_square_sums())?;
         self.clip_to(&norm, max_norm)?;
         Ok(norm)
     }
@@ -322,7 +327,7 @@ mod tests {
         let w = vs.root().f_zeros("w", &[2]).unwrap();
         let mut opt = AdamW::new(&vs, AdamWConfig::default()).unwrap();
         (&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
-        assert!((opt.clip_grad_norm(1.0).unwrap().double_value(&[]) - 5.0).abs() < 1e-6);
+        assert!((opt.clip_grad_norm(&ProcessGroup::single(), 1.0).unwrap().double_value(&[]) - 5.0).abs() < 1e-6);
         assert!((opt.grad_norm().unwrap().double_value(&[]) - 1.0).abs() < 1e-5);
         // Below the limit, and for a non-finite norm, nothing is scaled.
         let _ = opt.clip_to(&Tensor::from(0.5f32), 1.0);

@@ -5,7 +5,7 @@
 //! `checkpoints/step-*` and, after the last step, `model.safetensors` (see [`crate::train`]).
 
 use crate::error::{Error, Result};
-use crate::moe::ExpertParallel;
+use crate::parallel::ProcessGroup;
 use crate::train::checkpoint::{find_checkpoint, CheckpointMeta};
 use crate::train::config::TrainConfig;
 use crate::train::run::RunOptions;
@@ -149,8 +149,8 @@ impl RunFolder {
     }
 
     /// Writes `config.json` (the model config, `C` = [`crate::model::ModelConfig`] or
-    /// [`crate::model::Seq2SeqConfig`]) and `train_config.json`, creating the folder. Under
-    /// expert parallelism only rank 0 writes (the others return at once).
+    /// [`crate::model::Seq2SeqConfig`]) and `train_config.json`, creating the folder. Only the
+    /// group's main rank writes (the others return at once).
     ///
     /// # Errors
     /// [`Error::Io`] naming the file.
@@ -158,9 +158,9 @@ impl RunFolder {
         &self,
         model: &C,
         train: &TrainConfig,
-        parallel: Option<&ExpertParallel>,
+        group: &ProcessGroup,
     ) -> Result<()> {
-        if parallel.is_some_and(|p| p.rank() != 0) {
+        if !group.is_main() {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
@@ -168,15 +168,14 @@ impl RunFolder {
         save_json(&self.dir.join("train_config.json"), train)
     }
 
-    /// Writes the final weights to `model.safetensors` in the single-process format: under
-    /// expert parallelism every rank must call it (each rank's experts are gathered; rank 0
-    /// writes).
+    /// Writes the final weights to `model.safetensors` in the single-process format: every rank
+    /// of the group must call it (each rank's experts are gathered; rank 0 writes).
     ///
     /// # Errors
     /// As [`save_weights_gathered`].
-    pub fn write_weights(&self, vs: &VarStore, parallel: Option<&ExpertParallel>) -> Result<PathBuf> {
+    pub fn write_weights(&self, vs: &VarStore, group: &ProcessGroup) -> Result<PathBuf> {
         let path = self.dir.join("model.safetensors");
-        save_weights_gathered(vs, parallel, &path)?;
+        save_weights_gathered(vs, group, &path)?;
         Ok(path)
     }
 
@@ -204,13 +203,13 @@ impl RunFolder {
         TextTokenizer::from_file(&path)
     }
 
-    /// Writes a subword tokenizer as `tokenizer.json` in the folder (nothing for bytes); rank 0
-    /// only under expert parallelism.
+    /// Writes a subword tokenizer as `tokenizer.json` in the folder (nothing for bytes); the
+    /// group's main rank only.
     ///
     /// # Errors
     /// [`Error::Io`] naming the file.
-    pub fn write_tokenizer(&self, tokenizer: &TextTokenizer, parallel: Option<&ExpertParallel>) -> Result<()> {
-        if parallel.is_some_and(|p| p.rank() != 0) {
+    pub fn write_tokenizer(&self, tokenizer: &TextTokenizer, group: &ProcessGroup) -> Result<()> {
+        if !group.is_main() {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;

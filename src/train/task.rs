@@ -2,9 +2,9 @@
 //! with its objective (next-byte prediction for a [`LanguageModel`], span corruption for a
 //! [`Seq2SeqModel`]).
 
-use crate::error::{ensure_config, Error, Result};
-use crate::model::{LanguageModel, ModelAux, Precision, Seq2SeqModel, StackContext, StackKind};
-use crate::moe::ExpertParallel;
+use crate::error::{ensure_config, Result};
+use crate::model::{ForwardOptions, LanguageModel, ModelAux, Seq2SeqModel, Trainable};
+use crate::parallel::ProcessGroup;
 use crate::train::data::{Batch, TokenDataset};
 use crate::train::span_corruption::{Seq2SeqBatch, SpanCorruption};
 use rand::rngs::StdRng;
@@ -18,24 +18,20 @@ pub struct TaskLoss {
     pub loss: Tensor,
     /// Tokens predicted in the batch.
     pub tokens: usize,
-    /// Auxiliary records, one per stack, with the stack's name.
-    pub aux: Vec<(StackKind, ModelAux)>,
+    /// Auxiliary records of every stack, as one ([`ModelAux::merged`]: an encoder-decoder's
+    /// encoder blocks, then its decoder blocks).
+    pub aux: ModelAux,
 }
 
-/// A model and its training objective, as seen by [`crate::train::Trainer`].
+/// A model and its data, as seen by [`crate::train::Trainer`]: how batches are drawn and sharded,
+/// and the loss of a batch. Everything else the trainer needs of the model (its configuration,
+/// precision, process group and MoE layers) comes from [`Task::model`].
 pub trait Task {
     /// A training or evaluation batch.
     type Batch;
 
-    /// The model's configuration as JSON (written as `config.json` in checkpoints and compared
-    /// on restore).
-    ///
-    /// # Errors
-    /// [`Error::Json`] if serialisation fails.
-    fn config_json(&self) -> Result<serde_json::Value>;
-
-    /// The compute precision of the model.
-    fn precision(&self) -> Precision;
+    /// The model being trained.
+    fn model(&self) -> &dyn Trainable;
 
     /// Checks that windows of `seq_len` tokens fit the model (their length) and that the ids of
     /// data with `data_vocab` ids are valid for it.
@@ -78,42 +74,19 @@ pub trait Task {
         device: Device,
     ) -> Result<Vec<Self::Batch>>;
 
-    /// The loss of a batch.
+    /// This rank's rows `r·B/R .. (r+1)·B/R` of a batch of `B` sequences
+    /// ([`ProcessGroup::shard_rows`] of each of its tensors; the batch itself in one process).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on libtorch failure.
+    fn shard_batch(&self, batch: Self::Batch, group: &ProcessGroup) -> Result<Self::Batch>;
+
+    /// The loss of a batch, in the mode `options` gives (training, evaluation, or a diagnosis
+    /// that stops at the first non-finite block with [`Error::NonFinite`]).
     ///
     /// # Errors
     /// Errors of the model's forward pass.
-    fn loss(&self, batch: &Self::Batch, train: bool) -> Result<TaskLoss>;
-
-    /// The first block (`"<stack> …"`) whose output or router is non-finite on `batch`.
-    ///
-    /// # Errors
-    /// Errors of the model's forward pass.
-    fn first_non_finite(&self, batch: &Self::Batch) -> Result<Option<String>>;
-
-    /// Aux-loss-free bias updates from per-layer counts `(stack, block, counts [E])`.
-    ///
-    /// # Errors
-    /// [`Error::Input`] for an unknown stack or a non-MoE block.
-    fn update_expert_biases(&self, counts: &[(StackKind, usize, Tensor)]) -> Result<()>;
-
-    /// The expert-parallel group of the model (`None`, the default, in one process). With a
-    /// group, the trainer gives each rank its shard of every batch ([`Task::shard_batch`]) and
-    /// synchronises the replicated gradients.
-    fn expert_parallel(&self) -> Option<&ExpertParallel> {
-        None
-    }
-
-    /// Rows `rank·B/R .. (rank+1)·B/R` of a batch of `B` sequences (the caller checks that `R`
-    /// divides `B`).
-    ///
-    /// # Errors
-    /// [`Error::Config`] by default for `ranks > 1`: the task does not support expert
-    /// parallelism.
-    fn shard_batch(&self, batch: Self::Batch, rank: usize, ranks: usize) -> Result<Self::Batch> {
-        let _ = rank;
-        ensure_config(ranks == 1, || format!("this task cannot shard its batches over {ranks} ranks"))?;
-        Ok(batch)
-    }
+    fn loss(&self, batch: &Self::Batch, options: ForwardOptions) -> Result<TaskLoss>;
 }
 
 /// Mean cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]`.
@@ -128,20 +101,12 @@ fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     )?)
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(value).map_err(|source| Error::Json { context: "model config".into(), source })
-}
-
 /// Next-byte prediction with a decoder-only language model (the stack is called `"decoder"`).
 impl Task for LanguageModel {
     type Batch = Batch;
 
-    fn config_json(&self) -> Result<serde_json::Value> {
-        json(self.config())
-    }
-
-    fn precision(&self) -> Precision {
-        LanguageModel::precision(self)
+    fn model(&self) -> &dyn Trainable {
+        self
     }
 
     fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()> {
@@ -179,34 +144,14 @@ impl Task for LanguageModel {
         data.eval_batches(batch_size, seq_len, max_batches, device)
     }
 
-    fn loss(&self, batch: &Batch, train: bool) -> Result<TaskLoss> {
-        let ctx = StackContext { train, ids_validated: true, ..Default::default() };
-        let out = self.forward_with(&batch.inputs, &ctx)?;
-        Ok(TaskLoss {
-            loss: cross_entropy(&out.logits, &batch.targets)?,
-            tokens: batch.targets.numel(),
-            aux: vec![(StackKind::Decoder, out.aux)],
-        })
+    fn loss(&self, batch: &Batch, options: ForwardOptions) -> Result<TaskLoss> {
+        // `check_data` has checked the ids of every batch the trainer draws.
+        let out = self.forward_t(&batch.inputs, ForwardOptions { ids_validated: true, ..options })?;
+        Ok(TaskLoss { loss: cross_entropy(&out.logits, &batch.targets)?, tokens: batch.targets.numel(), aux: out.aux })
     }
 
-    fn first_non_finite(&self, batch: &Batch) -> Result<Option<String>> {
-        LanguageModel::first_non_finite(self, &batch.inputs)
-    }
-
-    fn expert_parallel(&self) -> Option<&ExpertParallel> {
-        LanguageModel::expert_parallel(self)
-    }
-
-    fn shard_batch(&self, batch: Batch, rank: usize, ranks: usize) -> Result<Batch> {
-        let b = batch.inputs.size()[0];
-        let per = b / ranks as i64;
-        let rows = |t: &Tensor| t.f_narrow(0, rank as i64 * per, per);
-        Ok(Batch { inputs: rows(&batch.inputs)?, targets: rows(&batch.targets)? })
-    }
-
-    fn update_expert_biases(&self, counts: &[(StackKind, usize, Tensor)]) -> Result<()> {
-        let layers: Vec<(usize, Tensor)> = counts.iter().map(|(_, l, c)| (*l, c.shallow_clone())).collect();
-        LanguageModel::update_expert_biases(self, &layers)
+    fn shard_batch(&self, batch: Batch, group: &ProcessGroup) -> Result<Batch> {
+        Ok(Batch { inputs: group.shard_rows(&batch.inputs)?, targets: group.shard_rows(&batch.targets)? })
     }
 }
 
@@ -226,12 +171,8 @@ pub struct SpanCorruptionTask<'a> {
 impl Task for SpanCorruptionTask<'_> {
     type Batch = Seq2SeqBatch;
 
-    fn config_json(&self) -> Result<serde_json::Value> {
-        json(self.model.config())
-    }
-
-    fn precision(&self) -> Precision {
-        self.model.precision()
+    fn model(&self) -> &dyn Trainable {
+        self.model
     }
 
     /// 1: span corruption's targets are sentinels and dropped spans, not the text, so its
@@ -294,49 +235,17 @@ impl Task for SpanCorruptionTask<'_> {
         self.corruption.eval_batches(data, batch_size, seq_len, max_batches, &mut rng, device)
     }
 
-    fn loss(&self, batch: &Seq2SeqBatch, train: bool) -> Result<TaskLoss> {
-        let out = self.model.forward_t(&batch.src, None, &batch.tgt_in, train)?;
+    fn loss(&self, batch: &Seq2SeqBatch, options: ForwardOptions) -> Result<TaskLoss> {
+        let out = self.model.forward_t(&batch.src, None, &batch.tgt_in, options)?;
         Ok(TaskLoss {
             loss: cross_entropy(&out.logits, &batch.tgt_out)?,
             tokens: batch.tgt_out.numel(),
-            aux: vec![(StackKind::Encoder, out.encoder_aux), (StackKind::Decoder, out.decoder_aux)],
+            aux: ModelAux::merged([out.encoder_aux, out.decoder_aux]),
         })
     }
 
-    fn first_non_finite(&self, batch: &Seq2SeqBatch) -> Result<Option<String>> {
-        let ctx = crate::model::StackContext { train: true, check_finite: true, ..Default::default() };
-        tch::no_grad(|| {
-            let memory = match self.model.encoder().forward(&batch.src, &ctx, None) {
-                Ok((memory, _)) => memory,
-                Err(Error::NonFinite { what, .. }) => return Ok(Some(format!("encoder {what}"))),
-                Err(e) => return Err(e),
-            };
-            let ctx = crate::model::StackContext { memory: Some(&memory), ..ctx };
-            match self.model.decoder().forward(&batch.tgt_in, &ctx, None) {
-                Ok(_) => Ok(None),
-                Err(Error::NonFinite { what, .. }) => Ok(Some(format!("decoder {what}"))),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn expert_parallel(&self) -> Option<&ExpertParallel> {
-        self.model.expert_parallel()
-    }
-
-    fn shard_batch(&self, batch: Seq2SeqBatch, rank: usize, ranks: usize) -> Result<Seq2SeqBatch> {
-        let per = batch.src.size()[0] / ranks as i64;
-        let rows = |t: &Tensor| t.f_narrow(0, rank as i64 * per, per);
+    fn shard_batch(&self, batch: Seq2SeqBatch, group: &ProcessGroup) -> Result<Seq2SeqBatch> {
+        let rows = |t: &Tensor| group.shard_rows(t);
         Ok(Seq2SeqBatch { src: rows(&batch.src)?, tgt_in: rows(&batch.tgt_in)?, tgt_out: rows(&batch.tgt_out)? })
-    }
-
-    fn update_expert_biases(&self, counts: &[(StackKind, usize, Tensor)]) -> Result<()> {
-        for kind in [StackKind::Encoder, StackKind::Decoder] {
-            let layers: Vec<(usize, Tensor)> =
-                counts.iter().filter(|(s, _, _)| *s == kind).map(|(_, l, c)| (*l, c.shallow_clone())).collect();
-            let stack = if kind == StackKind::Encoder { self.model.encoder() } else { self.model.decoder() };
-            stack.update_expert_biases(&layers)?;
-        }
-        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::host;
-use crate::moe::ExpertParallel;
+use crate::parallel::ProcessGroup;
 use crate::nn::role::roles;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -84,23 +84,21 @@ pub fn named_variables(vs: &VarStore) -> Result<BTreeMap<String, Tensor>> {
 /// # Errors
 /// [`Error::Checkpoint`] for duplicate names, [`Error::Io`] / [`Error::Torch`] on write errors.
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
-    save_weights_gathered(vs, None, path)
+    let named = weight_tensors(vs)?;
+    write_atomic(path, |tmp| write_tensors(tmp, &named))
 }
 
-/// [`save_weights`] for a model that may be expert-parallel: with a group, every rank must call
-/// it; each rank's experts are gathered into the whole model (the single-process format) and
-/// rank 0 writes the file.
+/// [`save_weights`] for a model built in `group`: every rank must call it; each rank's experts
+/// are gathered into the whole model (the single-process format) and the main rank writes the
+/// file (in one process, [`save_weights`]).
 ///
 /// # Errors
 /// As [`save_weights`]; transport errors.
-pub fn save_weights_gathered(vs: &VarStore, parallel: Option<&ExpertParallel>, path: &Path) -> Result<()> {
-    let mut named = weight_tensors(vs)?;
-    if let Some(p) = parallel {
-        let roles = roles(vs);
-        named = p.gather_sharded(named, |n| roles.get(n).is_some_and(|r| r.sharded))?;
-        if p.rank() != 0 {
-            return Ok(());
-        }
+pub fn save_weights_gathered(vs: &VarStore, group: &ProcessGroup, path: &Path) -> Result<()> {
+    let roles = roles(vs);
+    let named = group.gather_sharded(weight_tensors(vs)?, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+    if !group.is_main() {
+        return Ok(());
     }
     write_atomic(path, |tmp| write_tensors(tmp, &named))
 }

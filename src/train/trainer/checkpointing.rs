@@ -3,7 +3,7 @@
 //! files are in the single-process format whatever the number of ranks). The folder layout
 //! and the atomic write are [`crate::train::checkpoint`]'s.
 
-use super::{agree_on_failure, Trainer};
+use super::Trainer;
 use crate::error::{Error, Result};
 use crate::nn::role::roles;
 use crate::train::checkpoint::{
@@ -31,21 +31,17 @@ impl<T: Task> Trainer<'_, T> {
             elapsed_s,
             window: window.clone(),
         };
-        let (mut weights, mut optimizer) = (weight_tensors(self.vs)?, self.optimizer.state_tensors()?);
-        let parallel = self.task.expert_parallel();
-        if let Some(p) = parallel {
-            let roles = roles(self.vs);
-            weights = p.gather_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
-            optimizer = p.gather_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
-        }
-        let written = if self.is_main_rank() {
+        let (group, roles) = (self.group(), roles(self.vs));
+        let weights = group.gather_sharded(weight_tensors(self.vs)?, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+        let optimizer = group.gather_sharded(self.optimizer.state_tensors()?, |n| self.optimizer.is_sharded_state(n))?;
+        let written = if group.is_main() {
             self.write_checkpoint(root, state, weights, optimizer, keep)
         } else {
             Ok(root.join(checkpoint_name(self.step)))
         };
         // Every rank waits for rank 0's write (a resume right after must find the files) and
         // learns whether it failed.
-        let failed = agree_on_failure(parallel, written.as_ref().err().map(ToString::to_string))?;
+        let failed = group.agree_on_failure(written.as_ref().err().map(ToString::to_string))?;
         match (written, failed) {
             (Err(e), _) => Err(e),
             (Ok(_), Some(what)) => Err(Error::Checkpoint(format!("writing the checkpoint failed: {what}"))),
@@ -65,7 +61,7 @@ impl<T: Task> Trainer<'_, T> {
         let files: Vec<(&str, FileWriter)> = vec![
             ("model.safetensors", Box::new(|p: &Path| write_tensors(p, &weights))),
             ("optimizer.safetensors", Box::new(|p: &Path| write_tensors(p, &optimizer))),
-            ("config.json", Box::new(json(pretty(&self.task.config_json()?)?))),
+            ("config.json", Box::new(json(pretty(&self.task.model().config_json()?)?))),
             ("train_config.json", Box::new(json(pretty(&self.config)?))),
             ("trainer_state.json", Box::new(json(pretty(&state)?))),
         ];
@@ -79,20 +75,18 @@ impl<T: Task> Trainer<'_, T> {
     /// [`Error::Checkpoint`] if the checkpoint's model config differs from the model's, or its
     /// tensors do not match the model or optimizer exactly (names, shapes, dtypes).
     pub fn restore(&mut self, meta: &CheckpointMeta) -> Result<(MetricsWindow, f64)> {
-        if meta.model_config != self.task.config_json()? {
+        if meta.model_config != self.task.model().config_json()? {
             return Err(Error::Checkpoint(format!(
                 "{}/config.json describes another model than the one being trained",
                 meta.dir.display()
             )));
         }
         let weights_path = meta.dir.join("model.safetensors");
-        let (mut weights, mut optimizer) =
-            (read_tensors(&weights_path)?, read_tensors(&meta.dir.join("optimizer.safetensors"))?);
-        if let Some(p) = self.task.expert_parallel() {
-            let roles = roles(self.vs);
-            weights = p.slice_sharded(weights, |n| roles.get(n).is_some_and(|r| r.sharded))?;
-            optimizer = p.slice_sharded(optimizer, |n| self.optimizer.is_sharded_state(n))?;
-        }
+        let (group, roles) = (self.group(), roles(self.vs));
+        let weights = group.slice_sharded(read_tensors(&weights_path)?, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+        let optimizer = group.slice_sharded(read_tensors(&meta.dir.join("optimizer.safetensors"))?, |n| {
+            self.optimizer.is_sharded_state(n)
+        })?;
         load_named_weights(self.vs, &weights, &weights_path)?;
         self.optimizer.load_state(&optimizer)?;
         if self.optimizer.step_count() != meta.state.step {

@@ -1,41 +1,4 @@
-//! Expert parallelism: `R` ranks each own `E/R` experts; token rows travel to the rank that owns
-//! their expert and the results come back (GShard, Lepikhin et al. 2020, arXiv 2006.16668, §2.3).
-//!
-//! * [`Collectives`] is the seam to the transport: [`SingleProcess`] (one rank, no-op),
-//!   [`ThreadGroup`] (one thread per device in one process, rows staged through host memory),
-//!   and with the `mpi` cargo feature [`MpiWorld`] (several processes over MPI). An NCCL backend
-//!   would implement the same trait.
-//! * [`ExpertParallel`] is the group a whole model trains in: the transport, the exchange tape
-//!   shared by its MoE layers, and which parameters are sharded (the experts) or replicated.
-//! * [`ExpertParallelDispatcher`] is a [`crate::moe::TokenDispatcher`]: counts are exchanged first
-//!   (fixed-size all-to-all), then token rows with variable split sizes; the local experts run on
-//!   what arrives; the results go back with the split sizes swapped. Every rank issues the same
-//!   collectives in the same order, even when some expert or some rank has no tokens.
-//! * tch has no custom autograd functions, so an exchange cuts the graph: the received rows are a
-//!   fresh leaf. [`ExchangeTape`] records every exchange of a forward pass, and
-//!   [`ExchangeTape::backward`] runs the backward in segments in reverse order — the gradient
-//!   reaching each cut leaf is sent back with the splits swapped and continued on the sending side
-//!   with `(sent · incoming_grad).sum().backward()`. This gives exact gradients.
-//!
-//! The layer's statistics are global: capacity is agreed across ranks (the positional priority of
-//! one rank holding the whole batch, ranks taken in order), and the load-balancing loss, z-loss
-//! and router entropy are per-rank partial sums over the global token count, so their sum over
-//! ranks equals the single-process value.
-
-mod dispatcher;
-mod group;
-#[cfg(feature = "mpi")]
-mod mpi_world;
-mod tape;
-mod threads;
-
-pub use dispatcher::ExpertParallelDispatcher;
-pub use group::ExpertParallel;
-#[cfg(feature = "mpi")]
-pub use mpi_world::MpiWorld;
-pub(crate) use tape::grad_mode_enabled;
-pub use tape::{ExchangeTape, GraphCuts};
-pub use threads::ThreadGroup;
+//! The transport seam: the collective operations several ranks need, and the one-rank identity.
 
 use crate::error::{Error, Result};
 use crate::host;

@@ -1,6 +1,6 @@
 //! Several ranks in one process: one thread per device, exchanging through shared host memory.
 
-use super::{Collectives, ExpertParallel};
+use super::{Collectives, ProcessGroup};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ enum Posted {
 
 /// One rank of a group of threads in this process: expert parallelism over several devices
 /// (GPUs, or CPU for testing) without MPI. Each thread builds its own model on its device
-/// (`LanguageModel::new_expert_parallel`) and runs the same calls; token rows are staged through
+/// (`LanguageModel::new` in the rank's [`ProcessGroup`]) and runs the same calls; token rows are staged through
 /// host memory. Start the threads with [`ThreadGroup::run`].
 ///
 /// A collective that waits longer than the group's timeout, or for a rank that has dropped its
@@ -79,7 +79,7 @@ impl ThreadGroup {
     /// [`Error::Config`] without devices; a rank that panicked gives [`Error::Input`] naming it.
     pub fn run<T: Send>(
         devices: &[Device],
-        work: impl Fn(ExpertParallel, Device) -> Result<T> + Sync,
+        work: impl Fn(ProcessGroup, Device) -> Result<T> + Sync,
     ) -> Result<Vec<Result<T>>> {
         let groups = Self::new(devices.len(), Duration::from_secs(600))?;
         Ok(std::thread::scope(|scope| {
@@ -88,7 +88,7 @@ impl ThreadGroup {
                 .zip(devices)
                 .map(|(group, &device)| {
                     let work = &work;
-                    scope.spawn(move || work(ExpertParallel::new(Arc::new(group)), device))
+                    scope.spawn(move || work(ProcessGroup::new(Arc::new(group)), device))
                 })
                 .collect();
             handles

@@ -302,7 +302,7 @@ impl GraphCuts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::moe::SingleProcess;
+    use crate::parallel::SingleProcess;
     use tch::{Device, Kind};
 
     fn leaf(values: &[f64]) -> Tensor {

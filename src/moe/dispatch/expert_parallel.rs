@@ -1,12 +1,12 @@
-//! The expert-parallel token dispatcher.
+//! The expert-parallel token dispatcher: rows travel over a [`ProcessGroup`] to the rank that
+//! owns their expert and back (GShard, arXiv 2006.16668, §2.3).
 
-use super::{Collectives, ExchangeTape};
+use super::{LocalRouting, SortDispatcher, TokenDispatcher};
 use crate::error::{Error, Result};
 use crate::moe::batch::{BatchCounts, PartCounts};
-use crate::moe::dispatch::{LocalRouting, SortDispatcher, TokenDispatcher};
 use crate::moe::experts::Experts;
 use crate::moe::plan::{count_real, DispatchPlan};
-use std::sync::Arc;
+use crate::parallel::ProcessGroup;
 use tch::Tensor;
 
 /// Dispatches token rows to the ranks owning their experts: rank `r` owns experts
@@ -15,36 +15,24 @@ use tch::Tensor;
 /// one of results back, in the activations' dtype (see the module docs).
 #[derive(Debug, Clone)]
 pub struct ExpertParallelDispatcher {
-    comm: Arc<dyn Collectives>,
-    tape: ExchangeTape,
+    group: ProcessGroup,
     num_experts: usize,
 }
 
 impl ExpertParallelDispatcher {
-    /// A dispatcher over `comm` for `num_experts` experts recording cuts and exchanges on `tape`.
+    /// A dispatcher over `group` (its transport, and its tape for cuts and exchanges) for a layer
+    /// of `num_experts` experts.
     ///
     /// # Errors
     /// [`Error::Config`] if `num_experts` is not a multiple of the number of ranks.
-    pub fn new(comm: Arc<dyn Collectives>, tape: ExchangeTape, num_experts: usize) -> Result<Self> {
-        let r = comm.world_size();
-        if num_experts == 0 || num_experts % r != 0 {
-            return Err(Error::Config(format!(
-                "num_experts ({num_experts}) must be a positive multiple of the {r} ranks"
-            )));
-        }
-        Ok(Self { comm, tape, num_experts })
+    pub fn new(group: ProcessGroup, num_experts: usize) -> Result<Self> {
+        group.expert_slice(num_experts)?;
+        Ok(Self { group, num_experts })
     }
 
     /// Experts owned by each rank.
     pub fn local_experts(&self) -> usize {
-        self.num_experts / self.comm.world_size()
-    }
-
-    /// The range of global expert indices this rank owns.
-    pub fn owned(&self) -> std::ops::Range<usize> {
-        let l = self.local_experts();
-        let r = self.comm.rank();
-        r * l..(r + 1) * l
+        self.num_experts / self.group.world_size()
     }
 }
 
@@ -58,7 +46,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
     }
 
     fn layer_input(&self, tokens: &Tensor) -> Result<Tensor> {
-        self.tape.cut(tokens)
+        self.group.tape().cut(tokens)
     }
 
     fn count_batch(&self, local: &LocalRouting) -> Result<BatchCounts> {
@@ -73,22 +61,22 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         let mut mine = vec![local.num_tokens, count_real(local.valid, local.num_tokens)?, local.needs_grad as i64];
         mine.extend(BatchCounts::count_assignments(index, local.valid, e)?);
         let width = mine.len();
-        let all = self.comm.all_gather_i64(&mine)?;
-        if all.len() != width * self.comm.world_size() {
+        let all = self.group.comm().all_gather_i64(&mine)?;
+        if all.len() != width * self.group.world_size() {
             return Err(Error::Input(format!(
                 "the ranks sent routing counts of different lengths ({} values for {} ranks of {width})",
                 all.len(),
-                self.comm.world_size()
+                self.group.world_size()
             )));
         }
         let parts =
             all.chunks(width).map(|c| PartCounts { tokens: c[0], real_tokens: c[1], needs_grad: c[2] != 0 }).collect();
         let assignments = all.chunks(width).flat_map(|c| c[3..].iter().copied()).collect();
-        BatchCounts::split(self.comm.rank(), parts, assignments, k as usize, e as usize)
+        BatchCounts::split(self.group.rank(), parts, assignments, k as usize, e as usize)
     }
 
     fn run(&self, tokens: &Tensor, plan: &DispatchPlan, batch: &BatchCounts, experts: &Experts) -> Result<Tensor> {
-        let comm = self.comm.as_ref();
+        let comm = self.group.comm();
         let (ranks, local, me) = (comm.world_size(), self.local_experts(), comm.rank());
         if plan.group_sizes.len() != self.num_experts || experts.num_experts() as usize != local {
             return Err(Error::Shape(format!(
@@ -118,7 +106,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         let recv_rows: Vec<usize> = from.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
         let needs_grad = batch.needs_grad();
         let rows = SortDispatcher.dispatch(tokens, plan)?; // grouped by global expert
-        let received = self.tape.exchange(comm, &rows, &send_rows, &recv_rows, needs_grad)?; // [(s, j) order]
+        let received = self.group.tape().exchange(comm, &rows, &send_rows, &recv_rows, needs_grad)?; // [(s, j) order]
                                                                                              // Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
         let mut starts = vec![0i64; ranks * local];
         let mut acc = 0;
@@ -141,7 +129,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         let out = experts.forward(&grouped, &local_sizes)?;
         // Back to (source rank, expert) order and home.
         let home = if identity { out } else { out.f_index_select(0, &order.f_argsort_stable(true, 0, false)?)? };
-        let returned = self.tape.exchange(comm, &home, &recv_rows, &send_rows, needs_grad)?;
+        let returned = self.group.tape().exchange(comm, &home, &recv_rows, &send_rows, needs_grad)?;
         SortDispatcher.combine(&returned, plan)
     }
 }
