@@ -35,8 +35,11 @@ fn bench(c: &mut Criterion) {
             ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
             norm_eps: 1e-6,
         };
-        let blocks: Vec<Block> =
-            (0..LAYERS).map(|l| Block::new(VarBuilder::new(&(vs.root() / "blocks" / l)).with_init(init), d, &config).expect("block")).collect();
+        let blocks: Vec<Block> = (0..LAYERS)
+            .map(|l| {
+                Block::new(VarBuilder::new(&(vs.root() / "blocks" / l)).with_init(init), d, &config).expect("block")
+            })
+            .collect();
         let x = Tensor::randn([BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
         let g = Tensor::randn([BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));
         group.bench_function(BenchmarkId::new("plain", format!("d{d}")), |b| {
@@ -52,7 +55,12 @@ fn bench(c: &mut Criterion) {
             let altups: Vec<AltUp> = (0..LAYERS)
                 .map(|l| {
                     let path = vs.root() / format!("altup{k}") / l;
-                    AltUp::new(VarBuilder::new(&path).with_init(init), d, &AltUpConfig { num_blocks: k, ..Default::default() }).expect("altup")
+                    AltUp::new(
+                        VarBuilder::new(&path).with_init(init),
+                        d,
+                        &AltUpConfig { num_blocks: k, ..Default::default() },
+                    )
+                    .expect("altup")
                 })
                 .collect();
             let wide = Tensor::randn([k as i64, BATCH, SEQ, d as i64], (Kind::Float, Device::Cpu));

@@ -5,7 +5,8 @@
 //! `make bench` or `cargo bench --bench components`.
 
 use altup_moe::moe::{
-    plan_token_choice, select_top_k, ExpertBackend, Experts, MoeConfig, Router, SortDispatcher, TokenDispatcher,
+    plan_token_choice, select_top_k, Choice, ExpertBackend, Experts, MoeConfig, Router, RoutingPolicy, SortDispatcher,
+    TokenChoice, TokenDispatcher,
 };
 use altup_moe::nn::{Activation, InitScheme, VarBuilder};
 use criterion::{BenchmarkId, Criterion};
@@ -25,16 +26,19 @@ fn bench(c: &mut Criterion) {
     let g = Tensor::randn([N, D], (Kind::Float, Device::Cpu));
     for e in [8usize, 64] {
         let vs = VarStore::new(Device::Cpu);
-        let router = Router::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &MoeConfig { num_experts: e, ..Default::default() })
-            .expect("router");
+        let config = MoeConfig { num_experts: e, ..Default::default() };
+        let options = config.routing_options();
+        let router = Router::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &config).expect("router");
         group.bench_with_input(BenchmarkId::new("router_fwd_bwd", e), &e, |b, _| {
             b.iter(|| {
-                let r = router.route(black_box(&x), true).expect("route");
-                (r.gate.sum(Kind::Float) + r.logits.logsumexp([-1], false).square().mean(Kind::Float)).backward();
+                let scores = router.scores(black_box(&x), true).expect("scores");
+                let selection = TokenChoice.select(&scores, None, None, &options).expect("select");
+                let Choice::Tokens { gate, .. } = &selection.choice else { unreachable!("token choice") };
+                (gate.sum(Kind::Float) + scores.logits.logsumexp([-1], false).square().mean(Kind::Float)).backward();
             })
         });
-        let routing = router.route(&x, false).expect("route");
-        let (index, gate) = select_top_k(&routing.probs.detach(), 1, false, None).expect("top-k");
+        let probs = router.scores(&x, false).expect("scores").probs.detach();
+        let (index, gate) = select_top_k(&probs, 1, false, None).expect("top-k");
         group.bench_with_input(BenchmarkId::new("plan_dispatch_combine_fwd_bwd", e), &e, |b, _| {
             b.iter(|| {
                 let xg = x.detach().set_requires_grad(true);
@@ -51,7 +55,8 @@ fn bench(c: &mut Criterion) {
         {
             let vs = VarStore::new(Device::Cpu);
             let experts =
-                Experts::new(VarBuilder::new(&vs.root()).with_init(init), e, D as usize, F, Activation::Gelu, backend).expect("experts");
+                Experts::new(VarBuilder::new(&vs.root()).with_init(init), e, D as usize, F, Activation::Gelu, backend)
+                    .expect("experts");
             group.bench_with_input(BenchmarkId::new(name, e), &e, |b, _| {
                 b.iter(|| {
                     (experts.forward(black_box(&rows), &plan.group_sizes).expect("experts") * &rows_g)

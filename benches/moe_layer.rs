@@ -42,7 +42,8 @@ fn bench(c: &mut Criterion) {
         for k in TOP_K {
             let vs = VarStore::new(Device::Cpu);
             let config = FeedForwardConfig { d_ff: k * F, ..Default::default() };
-            let dense = FeedForward::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &config).expect("dense FFN");
+            let dense =
+                FeedForward::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &config).expect("dense FFN");
             let (name, param) =
                 dense_id(tokens, k).split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
             group.bench_function(BenchmarkId::new(name, param), |b| {
@@ -55,7 +56,8 @@ fn bench(c: &mut Criterion) {
                 for (backend, backend_name) in BACKENDS {
                     let vs = VarStore::new(Device::Cpu);
                     let config = MoeConfig { num_experts: e, top_k: k, d_ff: F, backend, ..Default::default() };
-                    let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &config).expect("MoE layer");
+                    let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(init), D as usize, &config)
+                        .expect("MoE layer");
                     let id = moe_id(tokens, e, k, backend_name);
                     let (name, param) = id.split_once('/').unwrap();
                     group.bench_function(BenchmarkId::new(name, param), |b| {

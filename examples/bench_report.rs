@@ -195,14 +195,21 @@ fn stack(d: usize, which: Stack) -> Res<Call> {
         ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
         norm_eps: 1e-6,
     };
-    let blocks: Vec<Block> =
-        (0..4).map(|l| Block::new(VarBuilder::new(&(vs.root() / "b" / l)).with_init(init), d, &config)).collect::<Res<_>>()?;
+    let blocks: Vec<Block> = (0..4)
+        .map(|l| Block::new(VarBuilder::new(&(vs.root() / "b" / l)).with_init(init), d, &config))
+        .collect::<Res<_>>()?;
     let k = match which {
         Stack::Plain => 1,
         Stack::AltUp(k) | Stack::Mixing(k) => k,
     };
     let altups: Vec<AltUp> = (0..4)
-        .map(|l| AltUp::new(VarBuilder::new(&(vs.root() / "a" / l)).with_init(init), d, &AltUpConfig { num_blocks: k, ..Default::default() }))
+        .map(|l| {
+            AltUp::new(
+                VarBuilder::new(&(vs.root() / "a" / l)).with_init(init),
+                d,
+                &AltUpConfig { num_blocks: k, ..Default::default() },
+            )
+        })
         .collect::<Res<_>>()?;
     let shape: Vec<i64> = match which {
         Stack::Plain => vec![8, 256, d as i64],

@@ -103,12 +103,7 @@ struct Args {
     devices: Vec<Device>,
 }
 
-fn train_main(
-    args: Args,
-    matches: &ArgMatches,
-    group: ProcessGroup,
-    device: Device,
-) -> altup_moe::Result<()> {
+fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
     let main_rank = group.is_main();
     // Only rank 0 talks; the others stay quiet unless they fail.
     macro_rules! say {

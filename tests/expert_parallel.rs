@@ -327,8 +327,8 @@ fn layer_rank(name: &str, world: Arc<dyn Collectives>) -> Vec<(&'static str, Ten
     let vs = VarStore::new(device());
     let tape = ExchangeTape::new();
     let group = ProcessGroup::with_tape(world.clone(), tape.clone());
-    let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT).with_group(group), D as usize, &config)
-        .unwrap();
+    let layer =
+        MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT).with_group(group), D as usize, &config).unwrap();
     if name == "idle-expert" {
         bias_towards_three_experts(&layer);
     }
@@ -424,7 +424,8 @@ fn ranks_that_disagree_on_gradients_fail_together() {
         let (config, n) = scenario("dropless");
         let (x, _) = data(n);
         let vs = VarStore::new(device());
-        let layer = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT).with_group(p.clone()), D as usize, &config)?;
+        let layer =
+            MoeLayer::new(VarBuilder::new(&vs.root()).with_init(INIT).with_group(p.clone()), D as usize, &config)?;
         let x = x.narrow(0, p.rank() as i64 * n / 2, n / 2);
         let forward = || layer.forward_t(&x, true).map(|_| ());
         if p.rank() == 1 {

@@ -70,7 +70,12 @@ fn router_and_moe_layer() {
             num_shared_experts: shared,
             ..Default::default()
         };
-        let moe = MoeLayer::new(VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.5, residual_std: 0.5, seed: 3 }), 5, &config).unwrap();
+        let moe = MoeLayer::new(
+            VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.5, residual_std: 0.5, seed: 3 }),
+            5,
+            &config,
+        )
+        .unwrap();
         vs.double();
         let x = weights(&[2, 3, 5]).set_requires_grad(true);
         let g = weights(&[2, 3, 5]);
@@ -87,8 +92,12 @@ fn altup_layer() {
         for compute_on in [ComputeInput::Input, ComputeInput::Prediction] {
             let mut vs = VarStore::new(device());
             let config = AltUpConfig { num_blocks: 3, coefficients, compute_on, ..Default::default() };
-            let altup =
-                AltUp::new(VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.5, residual_std: 0.5, seed: 1 }), 4, &config).unwrap();
+            let altup = AltUp::new(
+                VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.5, residual_std: 0.5, seed: 1 }),
+                4,
+                &config,
+            )
+            .unwrap();
             vs.double();
             // Move every coefficient away from its (identity) initialisation.
             tch::no_grad(|| {

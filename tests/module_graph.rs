@@ -67,7 +67,8 @@ fn normalize(path: &str) -> String {
     let words: Vec<&str> = path.split_whitespace().collect();
     let mut out = String::new();
     for w in words {
-        let joins = out.ends_with(|c: char| c.is_alphanumeric() || c == '_') && w.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+        let joins = out.ends_with(|c: char| c.is_alphanumeric() || c == '_')
+            && w.starts_with(|c: char| c.is_alphanumeric() || c == '_');
         if joins {
             out.push(' ');
         }
@@ -200,10 +201,7 @@ impl Graph<'_> {
 fn path_alias(statement: &str, name: &str) -> String {
     let pattern = format!("{name} as ");
     match statement.find(&pattern) {
-        Some(i) => statement[i + pattern.len()..]
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect(),
+        Some(i) => statement[i + pattern.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect(),
         None => name.to_string(),
     }
 }
@@ -294,7 +292,10 @@ fn a_circle_through_a_facade_is_found() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/facade_circle/src");
     let (files, folders) = graphs(&fixture);
     let found = cycle(&files).expect("the circle between shapes::circle and shapes::square");
-    assert!(found.contains(&"shapes::circle".to_string()) && found.contains(&"shapes::square".to_string()), "{found:?}");
+    assert!(
+        found.contains(&"shapes::circle".to_string()) && found.contains(&"shapes::square".to_string()),
+        "{found:?}"
+    );
     assert_eq!(cycle(&folders), None, "one folder: no circle between folders");
     // Façade names resolve to the defining file, nested braces and `super::` included.
     let modules = modules(&fixture);

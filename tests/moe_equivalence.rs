@@ -33,8 +33,12 @@ fn one_expert_moe_equals_dense_ffn() {
         for backend in [ExpertBackend::Loop, ExpertBackend::GroupedMm] {
             let (d, f) = (8, 16);
             let dense_vs = VarStore::new(device());
-            let dense =
-                FeedForward::new(VarBuilder::new(&dense_vs.root()).with_init(INIT), d, &FeedForwardConfig { d_ff: f, activation }).unwrap();
+            let dense = FeedForward::new(
+                VarBuilder::new(&dense_vs.root()).with_init(INIT),
+                d,
+                &FeedForwardConfig { d_ff: f, activation },
+            )
+            .unwrap();
             let moe_vs = VarStore::new(device());
             let config = MoeConfig {
                 num_experts: 1,

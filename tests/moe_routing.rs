@@ -8,7 +8,7 @@ use altup_moe::moe::{
     load_balancing_loss, Balancing, CapacityPriority, ExpertBackend, Experts, MoeConfig, MoeLayer, RouterKind,
 };
 use altup_moe::nn::{Activation, InitScheme, VarBuilder};
-use altup_moe::testing::one_hot_moe;
+use altup_moe::testing::{one_hot_moe, route};
 use common::device;
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -92,7 +92,7 @@ fn sort_dispatch_equals_one_hot_reference() {
             let mask = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1]).to_device(device()).ne(0);
             let mask = masked.then_some(mask);
             let (y, aux) = moe.forward_masked_t(&x, mask.as_ref(), true).unwrap();
-            let routing = moe.router.route(&x, true).unwrap();
+            let routing = route(&moe, &x, true).unwrap();
             let reference = one_hot_moe(&x, &routing, &moe.experts, aux.capacity, mask.as_ref()).unwrap();
             assert!(max_diff(&y, &reference) < 1e-5, "k={k} cf={cf:?} masked={masked}: {}", max_diff(&y, &reference));
         }
@@ -313,7 +313,7 @@ fn shared_experts_add_to_the_routed_output() {
     assert_eq!(shared.w_in.weight.size(), vec![16, D]);
     let x = Tensor::randn([5, D], (Kind::Float, device()));
     let (y, _) = moe.forward_t(&x, true).unwrap();
-    let routing = moe.router.route(&x, true).unwrap();
+    let routing = route(&moe, &x, true).unwrap();
     let routed = one_hot_moe(&x, &routing, &moe.experts, None, None).unwrap();
     assert!(max_diff(&y, &(routed + shared.forward(&x).unwrap())) < 1e-5);
 }
@@ -345,7 +345,7 @@ fn aux_free_bias_balances_selection() {
         "bias +0.6 on expert 1 flips the choice"
     );
     // The gate is still the unbiased probability of expert 1 (≈ 0.38).
-    let routing = moe.router.route(&x, true).unwrap();
+    let routing = route(&moe, &x, true).unwrap();
     assert!((routing.gate.double_value(&[0, 0]) - (1.0 / (1.0 + 0.5f64.exp()))).abs() < 1e-6);
     assert!(y.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     assert!(vs.variables().contains_key("router.expert_bias"), "the bias is part of the checkpoint");

@@ -19,9 +19,9 @@
 
 use crate::altup::config::{AltUpConfig, Coefficients, ComputeInput};
 use crate::error::{Error, Result};
-use crate::nn::var_builder::VarBuilder;
 use crate::nn::norm::RmsNorm;
 use crate::nn::role::ParamRole;
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::accumulate_kind;
 use tch::{Kind, Tensor};
 

@@ -6,7 +6,9 @@
 use crate::error::Result;
 use crate::model::forward::Memory;
 use crate::moe::{MoeAux, MoeConfig, MoeLayer};
-use crate::nn::{AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, KvCache, RmsNorm, SelfAttention, VarBuilder};
+use crate::nn::{
+    AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, KvCache, RmsNorm, SelfAttention, VarBuilder,
+};
 use crate::parallel::GraphCuts;
 use crate::shape::expect_shape;
 use tch::{Kind, Tensor};

@@ -3,11 +3,11 @@
 use crate::error::{Error, Result};
 use crate::model::block::Block;
 use crate::model::config::ModelConfig;
+use crate::model::forward::ForwardOptions;
 use crate::model::head::OutputHead;
 use crate::model::output::ModelOutput;
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
-use crate::model::forward::ForwardOptions;
 use crate::model::stack::{Stack, StackCache};
 use crate::nn::{InitScheme, VarBuilder};
 use crate::parallel::ProcessGroup;

@@ -5,13 +5,13 @@
 
 use crate::error::{ensure_config, Error, Result};
 use crate::model::config::ModelConfig;
+use crate::model::forward::{ForwardOptions, Memory};
 use crate::model::generate::{sample, Sampling};
 use crate::model::head::OutputHead;
 use crate::model::output::{ModelAux, StackKind};
 use crate::model::params::ParamCounts;
 use crate::model::precision::Precision;
 use crate::model::presets::Arch;
-use crate::model::forward::{ForwardOptions, Memory};
 use crate::model::stack::{check_tokens, Stack, StackCache};
 use crate::nn::{Embedding, InitScheme, VarBuilder};
 use crate::parallel::ProcessGroup;
@@ -218,7 +218,9 @@ impl Seq2SeqModel {
     ) -> Result<Seq2SeqOutput> {
         let options = options.into();
         if options.mask.is_some() {
-            return Err(Error::Input("an encoder-decoder takes its source mask as src_mask; targets have no mask".into()));
+            return Err(Error::Input(
+                "an encoder-decoder takes its source mask as src_mask; targets have no mask".into(),
+            ));
         }
         check_tokens(src, src_mask, "source tokens")?;
         check_tokens(tgt_in, None, "target tokens")?;

@@ -211,8 +211,11 @@ impl Stack {
         if cache.is_some() && !self.sequence_altup.is_empty() {
             return Err(Error::Input("cached decoding does not support Sequence-AltUp stacks".into()));
         }
-        let mut embedded =
-            if options.ids_validated { self.embed.forward_prevalidated(tokens)? } else { self.embed.forward(tokens)? };
+        let mut embedded = if options.ids_validated {
+            self.embed.forward_prevalidated(tokens)?
+        } else {
+            self.embed.forward(tokens)?
+        };
         let residual = self.precision.residual_kind(embedded.kind());
         if residual != embedded.kind() {
             embedded = embedded.f_to_kind(residual)?;

@@ -246,8 +246,7 @@ mod tests {
     #[test]
     fn auto_picks_grouped_for_small_groups_and_the_loop_for_large_ones_on_cpu() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let experts =
-            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto).unwrap();
+        let experts = Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto).unwrap();
         let small = 8 * LOOP_MIN_ROWS_PER_EXPERT - 1;
         let resolved = |rows, kind| experts.resolved_backend(rows, kind, Device::Cpu).unwrap();
         assert_eq!(resolved(small, Kind::Float), ExpertBackend::GroupedMm);
@@ -271,8 +270,7 @@ mod tests {
     #[test]
     fn deterministic_runs_take_the_loop_on_accelerators_without_timing() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let experts =
-            Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto).unwrap();
+        let experts = Experts::new(&vs.root(), 8, 16, 32, Activation::Gelu, ExpertBackend::Auto).unwrap();
         let _alone = crate::runtime::TEST_SWITCH_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let before = crate::runtime::is_deterministic();
         crate::runtime::set_deterministic(true);

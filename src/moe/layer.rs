@@ -9,10 +9,8 @@ use crate::moe::dispatch::{dispatcher_for, TokenDispatcher};
 use crate::moe::experts::Experts;
 use crate::moe::loss::{load_balancing_loss, router_entropy, router_z_loss};
 use crate::moe::router::Router;
-use crate::moe::routing::RoutingInput;
 use crate::nn::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::nn::var_builder::VarBuilder;
-use crate::parallel::grad_mode_enabled;
 use crate::shape::{expect_float, mask_to_bool};
 use tch::Tensor;
 
@@ -96,7 +94,6 @@ impl MoeLayer {
         self.forward_masked_t(x, None, train)
     }
 
-
     /// Routes every real token, runs the experts, and returns the gate-weighted sum of their
     /// outputs plus the shared experts' output. Masked tokens (mask `false`/0) take no capacity,
     /// get an exact-zero output, and are left out of the losses and statistics. Tokens dropped by
@@ -123,20 +120,14 @@ impl MoeLayer {
         let valid = mask.map(|m| flat_mask(m, &size[..size.len() - 1], x.device())).transpose()?;
         let valid = valid.as_ref();
 
+        let (policy, options) = (self.config.router.policy(), self.config.routing_options());
         let scores = self.router.scores(&tokens, train)?;
-        let (plan, batch) = self.config.router.policy().plan(&RoutingInput {
-            scores: &scores,
-            valid,
-            expert_bias: self.router.expert_bias.as_ref(),
-            options: self.config.routing_options(),
-            train,
-            needs_grad: grad_mode_enabled(),
-            dispatcher: self.dispatcher.as_ref(),
-            device: x.device(),
-        })?;
+        let selection = policy.select(&scores, valid, self.router.expert_bias.as_ref(), &options)?;
+        let batch = self.dispatcher.count_batch(&selection)?;
         if batch.num_tokens() == 0 {
             return Err(Error::Shape(format!("MoE input holds no tokens (shape {size:?})")));
         }
+        let plan = policy.plan(&selection, &batch, &options, train)?;
         let mut out = self.dispatcher.run(&tokens, &plan, &batch, &self.experts)?;
         if let Some(shared) = &self.shared {
             let mut y = shared.forward(&tokens)?;

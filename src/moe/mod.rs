@@ -5,12 +5,13 @@
 //! `k` experts per token, `M` kept token→expert assignments, `C` expert capacity.
 //!
 //! # Data flow
-//! [`Router::scores`] (f32 logits, jitter, softmax) → selection ([`select_top_k`] for token
-//! choice, with the optional aux-loss-free bias; top-`C` tokens per expert for expert choice) →
-//! a [`DispatchPlan`] ([`plan_token_choice`] / [`plan_expert_choice`]: capacity, priority, mask) →
-//! [`TokenDispatcher::dispatch`] → [`Experts::forward`] (grouped matmul or per-expert loop on
-//! `[E, D, F]` weights) → [`TokenDispatcher::combine`] (gates in f32, deterministic) → plus
-//! shared experts. [`MoeLayer`] ties them together and returns a per-layer [`MoeAux`].
+//! [`Router::scores`] (f32 logits, jitter, softmax) → [`RoutingPolicy::select`] (a [`Selection`]:
+//! [`select_top_k`] for token choice, with the optional aux-loss-free bias; the scores experts
+//! pick from for expert choice) → [`TokenDispatcher::count_batch`] (the whole batch's
+//! [`BatchCounts`]) → [`RoutingPolicy::plan`] (a [`DispatchPlan`]: capacity, priority, mask) →
+//! [`TokenDispatcher::run`]: dispatch → [`Experts::forward`] (grouped matmul or per-expert loop on
+//! `[E, D, F]` weights) → combine (gates in f32, deterministic) → plus shared experts.
+//! [`MoeLayer`] ties them together and returns a per-layer [`MoeAux`].
 //!
 //! # Options and sources
 //! | option | source |
@@ -25,8 +26,8 @@
 //! | aux-loss-free bias balancing | DeepSeek-V3, arXiv 2412.19437 |
 //! | dropless grouped-matmul dispatch | MegaBlocks, arXiv 2211.15841 |
 
-pub(crate) mod batch;
 pub(crate) mod config;
+pub(crate) mod counts;
 pub(crate) mod dispatch;
 pub(crate) mod experts;
 pub mod kernel;
@@ -36,16 +37,16 @@ pub(crate) mod plan;
 pub(crate) mod router;
 pub(crate) mod routing;
 
-pub use batch::{BatchCounts, PartCounts};
 pub use config::{Balancing, MoeConfig};
-pub use dispatch::{dispatcher_for, ExpertParallelDispatcher, LocalRouting, SortDispatcher, TokenDispatcher};
+pub use counts::{BatchCounts, PartCounts};
+pub use dispatch::{dispatcher_for, ExpertParallelDispatcher, SortDispatcher, TokenDispatcher};
 pub use experts::Experts;
 pub use kernel::{ExpertBackend, LOOP_MIN_ROWS_PER_EXPERT};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
-pub use plan::{expert_capacity, plan_expert_choice, plan_token_choice, DispatchPlan};
-pub use router::{Router, Routing};
+pub use plan::{expert_capacity, DispatchPlan};
+pub use router::Router;
 pub use routing::{
-    select_top_k, CapacityPriority, ExpertChoice, RouterKind, RouterScores, RoutingInput, RoutingOptions,
-    RoutingPolicy, TokenChoice,
+    plan_expert_choice, plan_token_choice, select_top_k, CapacityPriority, Choice, ExpertChoice, RouterKind,
+    RouterScores, RoutingOptions, RoutingPolicy, Selection, TokenChoice,
 };

@@ -1,4 +1,4 @@
-//! Router: f32 logits and probabilities (top-k selection is token choice's, in
+//! Router: f32 logits and probabilities (the selection from them is the routing family's, in
 //! [`crate::moe::routing`]), optional jitter and the aux-loss-free selection bias.
 //!
 //! Sources: Switch Transformer (Fedus et al. 2021, arXiv 2101.03961, §2.1–2.2: f32 router,
@@ -15,24 +15,10 @@
 
 use crate::error::{Error, Result};
 use crate::moe::config::MoeConfig;
-use crate::moe::routing::{select_top_k, RouterScores};
+use crate::moe::routing::RouterScores;
 use crate::nn::var_builder::VarBuilder;
 use crate::shape::{accumulate_kind, expect_device, expect_float, expect_shape};
 use tch::{Kind, Tensor};
-
-/// A token-choice routing decision.
-#[derive(Debug)]
-pub struct Routing {
-    /// Logits, `[N, E]`, f32.
-    pub logits: Tensor,
-    /// Probabilities, `[N, E]`, f32.
-    pub probs: Tensor,
-    /// Chosen experts, `[N, k]` i64; column 0 is the best choice.
-    pub expert_index: Tensor,
-    /// Gate weights of the chosen experts, `[N, k]` f32: the unbiased probabilities, or those
-    /// renormalised over the k choices when `normalize_gates` is set and `k > 1`.
-    pub gate: Tensor,
-}
 
 /// Linear router.
 ///
@@ -44,8 +30,6 @@ pub struct Router {
     pub weight: Tensor,
     /// Selection bias `b` for aux-loss-free balancing, `[E]` f32.
     pub expert_bias: Option<Tensor>,
-    top_k: i64,
-    normalize_gates: bool,
     jitter: f64,
 }
 
@@ -59,28 +43,14 @@ impl Router {
         config.validate()?;
         let (vb, e) = (vb.into(), config.num_experts as i64);
         let weight = vb.normal("weight", &[e, d_model as i64], vb.init().std)?;
-        let expert_bias = if config.balancing.is_aux_free() {
-            Some(vb.path().f_zeros_no_train("expert_bias", &[e])?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight,
-            expert_bias,
-            top_k: config.top_k as i64,
-            normalize_gates: config.normalize_gates,
-            jitter: config.jitter,
-        })
+        let expert_bias =
+            if config.balancing.is_aux_free() { Some(vb.path().f_zeros_no_train("expert_bias", &[e])?) } else { None };
+        Ok(Self { weight, expert_bias, jitter: config.jitter })
     }
 
     /// Number of experts `E`.
     pub fn num_experts(&self) -> i64 {
         self.weight.size()[0]
-    }
-
-    /// Experts per token `k` (token choice).
-    pub fn top_k(&self) -> i64 {
-        self.top_k
     }
 
     /// Router logits and probabilities. In training with `jitter = ε > 0`, a *copy* of the input
@@ -106,19 +76,6 @@ impl Router {
         let logits = input.f_linear::<Tensor>(&self.weight.f_to_kind(acc)?, None)?;
         let probs = logits.f_softmax(-1, acc)?;
         Ok(RouterScores { logits, probs })
-    }
-
-    /// Token-choice routing: scores, then each token's top-k experts.
-    ///
-    /// # Shapes
-    /// `x`: `[N, D]` → [`Routing`] with `[N, E]` and `[N, k]` tensors.
-    ///
-    /// # Errors
-    /// As [`Router::scores`].
-    pub fn route(&self, x: &Tensor, train: bool) -> Result<Routing> {
-        let RouterScores { logits, probs } = self.scores(x, train)?;
-        let (expert_index, gate) = select_top_k(&probs, self.top_k, self.normalize_gates, self.expert_bias.as_ref())?;
-        Ok(Routing { logits, probs, expert_index, gate })
     }
 
     /// Aux-loss-free balancing update (DeepSeek-V3 §2.1.2): `b_e += rate · sign(mean_e(c) − c_e)`
@@ -147,25 +104,42 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::moe::config::Balancing;
+    use crate::moe::routing::{select_top_k, Choice, RoutingPolicy, TokenChoice};
     use crate::nn::InitScheme;
     use tch::nn;
-    use crate::moe::config::Balancing;
     use tch::Device;
 
     const INIT: InitScheme = InitScheme { std: 0.5, residual_std: 0.5, seed: 0 };
 
-    fn router(e: usize, k: usize, normalize: bool) -> (nn::VarStore, Router) {
+    /// Scores, then token choice's selection (the path the layer takes).
+    struct Routed {
+        logits: Tensor,
+        probs: Tensor,
+        expert_index: Tensor,
+        gate: Tensor,
+    }
+
+    fn route(router: &Router, config: &MoeConfig, x: &Tensor, train: bool) -> Routed {
+        let scores = router.scores(x, train).unwrap();
+        let selection =
+            TokenChoice.select(&scores, None, router.expert_bias.as_ref(), &config.routing_options()).unwrap();
+        let Choice::Tokens { expert_index, gate, .. } = selection.choice else { panic!("token choice") };
+        Routed { logits: scores.logits, probs: scores.probs, expert_index, gate }
+    }
+
+    fn router(e: usize, k: usize, normalize: bool) -> (nn::VarStore, Router, MoeConfig) {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = MoeConfig { num_experts: e, top_k: k, normalize_gates: normalize, ..Default::default() };
         let r = Router::new(VarBuilder::new(&vs.root()).with_init(INIT), 4, &config).unwrap();
-        (vs, r)
+        (vs, r, config)
     }
 
     #[test]
     fn top1_gate_is_the_raw_probability_and_gets_gradient() {
-        let (_vs, router) = router(3, 1, true);
+        let (_vs, router, config) = router(3, 1, true);
         let x = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
-        let r = router.route(&x, true).unwrap();
+        let r = route(&router, &config, &x, true);
         let chosen = r.probs.gather(1, &r.expert_index, false);
         assert!(chosen.allclose(&r.gate, 0.0, 0.0, false));
         assert!(r.gate.lt(1.0).all().int64_value(&[]) == 1, "top-1 gate must not be renormalised to 1");
@@ -175,22 +149,22 @@ mod tests {
 
     #[test]
     fn top2_gates_come_from_the_full_softmax_and_renormalise_only_when_asked() {
-        let (_vs, raw) = router(5, 2, false);
+        let (_vs, raw, raw_config) = router(5, 2, false);
         let x = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
-        let r = raw.route(&x, false).unwrap();
+        let r = route(&raw, &raw_config, &x, false);
         // Softmax before top-k: the two gates are probabilities over all five experts.
         assert!(r.gate.allclose(&r.probs.gather(1, &r.expert_index, false), 0.0, 0.0, false));
         assert!(r.gate.sum_dim_intlist(-1, false, Kind::Float).lt(1.0).all().int64_value(&[]) == 1);
-        let (_vs2, norm) = router(5, 2, true);
-        let r = norm.route(&x, false).unwrap();
+        let (_vs2, norm, norm_config) = router(5, 2, true);
+        let r = route(&norm, &norm_config, &x, false);
         let sums = r.gate.sum_dim_intlist(-1, false, Kind::Float);
         assert!(sums.allclose(&Tensor::ones([6], (Kind::Float, Device::Cpu)), 1e-6, 1e-6, false));
     }
 
     #[test]
     fn router_runs_in_f32_for_bf16_input() {
-        let (_vs, router) = router(4, 1, false);
-        let r = router.route(&Tensor::randn([3, 4], (Kind::BFloat16, Device::Cpu)), true).unwrap();
+        let (_vs, router, config) = router(4, 1, false);
+        let r = route(&router, &config, &Tensor::randn([3, 4], (Kind::BFloat16, Device::Cpu)), true);
         assert_eq!(r.logits.kind(), Kind::Float);
         assert_eq!(r.gate.kind(), Kind::Float);
     }

@@ -9,9 +9,9 @@
 //! always attend to its own position, so a fully padded row yields finite (ignored) values.
 
 use crate::error::{ensure_config, Error, Result};
-use crate::nn::var_builder::VarBuilder;
 use crate::nn::linear::Linear;
 use crate::nn::rope::{Rope, DEFAULT_ROPE_THETA};
+use crate::nn::var_builder::VarBuilder;
 use crate::shape::expect_shape;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};

@@ -5,7 +5,7 @@ use crate::error::{ensure_config, Result};
 use crate::nn::linear::Linear;
 use crate::nn::var_builder::VarBuilder;
 use serde::{Deserialize, Serialize};
-use tch::{Tensor};
+use tch::Tensor;
 
 /// Non-linearity of a feed-forward network or expert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -95,7 +95,8 @@ impl FeedForward {
         let vb = vb.into();
         let (d, f, init) = (d_model as i64, config.d_ff as i64, *vb.init());
         let w_in = Linear::new(&vb / "w_in", d, f, init.std)?;
-        let w_gate = if config.activation.is_gated() { Some(Linear::new(&vb / "w_gate", d, f, init.std)?) } else { None };
+        let w_gate =
+            if config.activation.is_gated() { Some(Linear::new(&vb / "w_gate", d, f, init.std)?) } else { None };
         let w_out = Linear::new(&vb / "w_out", f, d, init.residual_std)?;
         Ok(Self { w_in, w_gate, w_out, activation: config.activation })
     }

@@ -109,7 +109,9 @@ impl ProcessGroup {
         }
         let r = self.world_size();
         if num_experts == 0 || num_experts % r != 0 {
-            return Err(Error::Config(format!("num_experts ({num_experts}) must be a positive multiple of the {r} ranks")));
+            return Err(Error::Config(format!(
+                "num_experts ({num_experts}) must be a positive multiple of the {r} ranks"
+            )));
         }
         let local = num_experts / r;
         Ok(self.rank() * local..(self.rank() + 1) * local)

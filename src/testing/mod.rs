@@ -12,7 +12,7 @@
 
 mod reference;
 
-pub use reference::one_hot_moe;
+pub use reference::{one_hot_moe, route, Routed};
 
 use tch::Device;
 

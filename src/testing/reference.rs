@@ -2,10 +2,39 @@
 //! arXiv 2006.16668 Algorithm 1), kept as an independent reference for tests. Its memory grows as
 //! `k·N·E·C`: never use it for training.
 
-use crate::error::Result;
-use crate::moe::Experts;
-use crate::moe::Routing;
+use crate::error::{Error, Result};
+use crate::moe::{Choice, Experts, MoeLayer};
 use tch::{Kind, Tensor};
+
+/// A token-choice routing decision of an MoE layer, before capacity.
+#[derive(Debug)]
+pub struct Routed {
+    /// Router logits, `[N, E]`, f32.
+    pub logits: Tensor,
+    /// Router probabilities, `[N, E]`, f32.
+    pub probs: Tensor,
+    /// Chosen experts, `[N, k]` i64; column 0 is the best choice.
+    pub expert_index: Tensor,
+    /// Gate weights of the chosen experts, `[N, k]` f32.
+    pub gate: Tensor,
+}
+
+/// The routing `layer` gives the rows `x` `[N, D]`: its router's scores, then its routing
+/// policy's selection (the path the layer's forward takes).
+///
+/// # Errors
+/// [`Error::Config`] for an expert-choice layer; errors of the router and the policy.
+pub fn route(layer: &MoeLayer, x: &Tensor, train: bool) -> Result<Routed> {
+    let scores = layer.router.scores(x, train)?;
+    let (config, bias) = (layer.config(), layer.router.expert_bias.as_ref());
+    let selection = config.router.policy().select(&scores, None, bias, &config.routing_options())?;
+    match selection.choice {
+        Choice::Tokens { expert_index, gate, .. } => {
+            Ok(Routed { logits: scores.logits, probs: scores.probs, expert_index, gate })
+        }
+        Choice::Experts { .. } => Err(Error::Config("the one-hot reference covers token choice only".into())),
+    }
+}
 
 /// Token-choice MoE output computed with one-hot dispatch and combine tensors:
 /// `position = cumsum(one_hot)` in choice-major order gives each assignment its place in the
@@ -18,7 +47,7 @@ use tch::{Kind, Tensor};
 /// [`crate::Error::Torch`] on libtorch failure.
 pub fn one_hot_moe(
     x: &Tensor,
-    routing: &Routing,
+    routing: &Routed,
     experts: &Experts,
     capacity: Option<i64>,
     valid: Option<&Tensor>,

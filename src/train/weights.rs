@@ -5,8 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::host;
-use crate::parallel::ProcessGroup;
 use crate::nn::role::roles;
+use crate::parallel::ProcessGroup;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,12 @@
 //! The expert-parallel token dispatcher: rows travel over a [`ProcessGroup`] to the rank that
 //! owns their expert and back (GShard, arXiv 2006.16668, §2.3).
 
-use super::{LocalRouting, SortDispatcher, TokenDispatcher};
+use super::{SortDispatcher, TokenDispatcher};
 use crate::error::{Error, Result};
-use crate::moe::batch::{BatchCounts, PartCounts};
+use crate::moe::counts::{BatchCounts, PartCounts};
 use crate::moe::experts::Experts;
 use crate::moe::plan::{count_real, DispatchPlan};
+use crate::moe::routing::Selection;
 use crate::parallel::ProcessGroup;
 use tch::Tensor;
 
@@ -49,17 +50,17 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         self.group.tape().cut(tokens)
     }
 
-    fn count_batch(&self, local: &LocalRouting) -> Result<BatchCounts> {
-        let index = local.expert_index.ok_or_else(|| {
+    fn count_batch(&self, selection: &Selection) -> Result<BatchCounts> {
+        let index = selection.expert_index().ok_or_else(|| {
             Error::Config(
                 "expert parallelism supports token-choice routing only (expert choice needs the whole batch)".into(),
             )
         })?;
-        let e = local.num_experts;
+        let (e, n, valid) = (selection.num_experts, selection.num_tokens, selection.valid.as_ref());
         let (_, k) = index.size2()?;
         // One all-gather: [rows, real rows, needs grad, assignments per (choice, expert)].
-        let mut mine = vec![local.num_tokens, count_real(local.valid, local.num_tokens)?, local.needs_grad as i64];
-        mine.extend(BatchCounts::count_assignments(index, local.valid, e)?);
+        let mut mine = vec![n, count_real(valid, n)?, selection.needs_grad as i64];
+        mine.extend(BatchCounts::count_assignments(index, valid, e)?);
         let width = mine.len();
         let all = self.group.comm().all_gather_i64(&mine)?;
         if all.len() != width * self.group.world_size() {
@@ -107,7 +108,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         let needs_grad = batch.needs_grad();
         let rows = SortDispatcher.dispatch(tokens, plan)?; // grouped by global expert
         let received = self.group.tape().exchange(comm, &rows, &send_rows, &recv_rows, needs_grad)?; // [(s, j) order]
-                                                                                             // Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
+                                                                                                     // Group by local expert: all of expert 0's rows (from every rank), then expert 1's...
         let mut starts = vec![0i64; ranks * local];
         let mut acc = 0;
         for (i, &c) in from.iter().enumerate() {

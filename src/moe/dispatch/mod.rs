@@ -16,28 +16,13 @@ pub use expert_parallel::ExpertParallelDispatcher;
 pub use sort::SortDispatcher;
 
 use crate::error::Result;
-use crate::moe::batch::{BatchCounts, PartCounts};
+use crate::moe::config::MoeConfig;
+use crate::moe::counts::{BatchCounts, PartCounts};
 use crate::moe::experts::Experts;
 use crate::moe::plan::{count_real, DispatchPlan};
-use crate::moe::config::MoeConfig;
+use crate::moe::routing::Selection;
 use crate::parallel::ProcessGroup;
 use tch::Tensor;
-
-/// What a layer pass knows about its own tokens before dispatch, for
-/// [`TokenDispatcher::count_batch`].
-#[derive(Debug, Clone, Copy)]
-pub struct LocalRouting<'a> {
-    /// Token rows `N` of this pass (real and masked).
-    pub num_tokens: i64,
-    /// Token mask `[N]` bool (true = real), `None` = all real.
-    pub valid: Option<&'a Tensor>,
-    /// Token-choice expert indices `[N, k]`; `None` for expert choice.
-    pub expert_index: Option<&'a Tensor>,
-    /// Number of experts `E`.
-    pub num_experts: i64,
-    /// Whether the pass records autograd (gradient mode on; every rank must agree).
-    pub needs_grad: bool,
-}
 
 /// Moves token rows to experts and expert outputs back to tokens.
 pub trait TokenDispatcher: std::fmt::Debug + Send {
@@ -89,17 +74,18 @@ pub trait TokenDispatcher: std::fmt::Debug + Send {
         Ok(tokens.shallow_clone())
     }
 
-    /// The batch this pass's tokens belong to: held whole locally (the default); with expert
-    /// parallelism, every rank's token and assignment counts (one collective per layer and
-    /// pass), from which capacity and the layer's statistics become global.
+    /// The counts of the batch this pass's selection belongs to: held whole locally (the
+    /// default); with expert parallelism, every rank's token and assignment counts (one
+    /// collective per layer and pass), from which capacity and the layer's statistics become
+    /// global.
     ///
     /// # Errors
     /// Transport errors; [`crate::Error::Input`] if ranks disagree on gradients.
-    fn count_batch(&self, local: &LocalRouting) -> Result<BatchCounts> {
+    fn count_batch(&self, selection: &Selection) -> Result<BatchCounts> {
         Ok(BatchCounts::whole(PartCounts {
-            tokens: local.num_tokens,
-            real_tokens: count_real(local.valid, local.num_tokens)?,
-            needs_grad: local.needs_grad,
+            tokens: selection.num_tokens,
+            real_tokens: count_real(selection.valid.as_ref(), selection.num_tokens)?,
+            needs_grad: selection.needs_grad,
         }))
     }
 }

@@ -49,7 +49,7 @@ impl TokenDispatcher for SortDispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::moe::plan::plan_token_choice;
+    use crate::moe::routing::plan_token_choice;
     use tch::{Device, Kind};
 
     #[test]

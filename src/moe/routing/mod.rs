@@ -1,10 +1,15 @@
 //! Routing policies: from the router's scores to a [`DispatchPlan`] — who goes to which expert,
-//! with which gate, within which capacity.
+//! with which gate, within which capacity — in three steps that read in a straight line:
 //!
-//! A policy sees the scores of this pass's tokens and asks the dispatcher for the whole batch's
-//! counts ([`crate::moe::TokenDispatcher::count_batch`]), so the same policy runs in one process
-//! and under expert parallelism. [`RouterKind::policy`](crate::moe::RouterKind::policy) maps the
-//! configured family to its policy.
+//! 1. [`RoutingPolicy::select`]: the router's scores → a [`Selection`] (token choice: each token's
+//!    top-k experts and gates; expert choice: the scores every expert picks from);
+//! 2. [`crate::moe::TokenDispatcher::count_batch`]: the whole batch's counts of that selection
+//!    ([`BatchCounts`]: this pass's tokens in one process, every rank's with expert parallelism);
+//! 3. [`RoutingPolicy::plan`]: selection and counts → the [`DispatchPlan`] (capacity, priority,
+//!    mask), which the dispatcher then runs.
+//!
+//! [`RouterKind::policy`](crate::moe::RouterKind::policy) maps the configured family to its
+//! policy; each family's selection and planning live in its own file.
 //!
 //! # Adding a routing family
 //! Write one file here with a unit struct implementing [`RoutingPolicy`], declare it below, and
@@ -16,15 +21,14 @@
 mod expert_choice;
 mod token_choice;
 
-pub use expert_choice::ExpertChoice;
-pub use token_choice::{select_top_k, TokenChoice};
+pub use expert_choice::{plan_expert_choice, ExpertChoice};
+pub use token_choice::{plan_token_choice, select_top_k, TokenChoice};
 
 use crate::error::Result;
-use crate::moe::batch::BatchCounts;
-use crate::moe::dispatch::TokenDispatcher;
+use crate::moe::counts::BatchCounts;
 use crate::moe::plan::DispatchPlan;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 /// Who chooses: tokens choose experts, or experts choose tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -105,28 +109,52 @@ pub struct RouterScores {
     pub probs: Tensor,
 }
 
-/// What a policy plans from.
-#[derive(Debug, Clone, Copy)]
-pub struct RoutingInput<'a> {
-    /// Router logits and probabilities of this pass's tokens, `[N, E]` f32.
-    pub scores: &'a RouterScores,
-    /// Token mask `[N]` bool (true = real), `None` = all real.
-    pub valid: Option<&'a Tensor>,
-    /// The aux-loss-free selection bias `[E]`, when the layer uses it.
-    pub expert_bias: Option<&'a Tensor>,
-    /// The layer's routing options.
-    pub options: RoutingOptions,
-    /// Training mode (which capacity factor applies).
-    pub train: bool,
-    /// Whether the pass records autograd (every rank must agree).
+/// What a routing family selected for one pass's tokens, before capacity: the input of
+/// [`crate::moe::TokenDispatcher::count_batch`] and of [`RoutingPolicy::plan`].
+#[derive(Debug)]
+pub struct Selection {
+    /// Token rows `N` of this pass (real and masked).
+    pub num_tokens: i64,
+    /// Experts `E`.
+    pub num_experts: i64,
+    /// Token mask `[N]` bool (true = real); `None` = all real.
+    pub valid: Option<Tensor>,
+    /// Whether the pass records autograd (gradient mode on; every rank must agree).
     pub needs_grad: bool,
-    /// The dispatcher, which knows the whole batch ([`TokenDispatcher::count_batch`]).
-    pub dispatcher: &'a dyn TokenDispatcher,
-    /// The device the plan's tensors live on.
-    pub device: Device,
+    /// What was chosen.
+    pub choice: Choice,
 }
 
-/// A routing family: how scores become a dispatch plan.
+/// Who chose what.
+#[derive(Debug)]
+pub enum Choice {
+    /// Each token's top-k experts, best first.
+    Tokens {
+        /// Expert indices `[N, k]` i64.
+        expert_index: Tensor,
+        /// Gate weights `[N, k]` f32 (unbiased probabilities, renormalised when asked).
+        gate: Tensor,
+        /// Capacity priority `[N]` (higher first; batch prioritized routing), `None` = by position.
+        priority: Option<Tensor>,
+    },
+    /// The experts choose: the probabilities `[N, E]` each expert ranks the tokens by.
+    Experts {
+        /// Router probabilities `[N, E]` f32.
+        probs: Tensor,
+    },
+}
+
+impl Selection {
+    /// Token-choice expert indices `[N, k]` (`None` for expert choice).
+    pub fn expert_index(&self) -> Option<&Tensor> {
+        match &self.choice {
+            Choice::Tokens { expert_index, .. } => Some(expert_index),
+            Choice::Experts { .. } => None,
+        }
+    }
+}
+
+/// A routing family: how scores become a selection, and a selection a dispatch plan.
 pub trait RoutingPolicy: std::fmt::Debug + Send + Sync {
     /// Checks the options this family needs or ignores.
     ///
@@ -148,9 +176,29 @@ pub trait RoutingPolicy: std::fmt::Debug + Send + Sync {
     /// [`crate::Error::Config`] saying why not.
     fn check_expert_parallel(&self, options: &RoutingOptions) -> Result<()>;
 
-    /// The plan of this pass and the whole batch's counts (from the dispatcher).
+    /// The selection of this pass's tokens from the router's scores. `valid` is the token mask
+    /// `[N]` bool; `expert_bias` the aux-loss-free selection bias `[E]`, when the layer has one.
     ///
     /// # Errors
-    /// Shape errors of the scores; errors of the dispatcher.
-    fn plan(&self, input: &RoutingInput) -> Result<(DispatchPlan, BatchCounts)>;
+    /// [`crate::Error::Shape`] for scores that do not fit the options.
+    fn select(
+        &self,
+        scores: &RouterScores,
+        valid: Option<&Tensor>,
+        expert_bias: Option<&Tensor>,
+        options: &RoutingOptions,
+    ) -> Result<Selection>;
+
+    /// The dispatch plan of this pass from its selection and the whole batch's counts, with the
+    /// training or evaluation capacity factor.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for a capacity the family cannot use; shape errors.
+    fn plan(
+        &self,
+        selection: &Selection,
+        counts: &BatchCounts,
+        options: &RoutingOptions,
+        train: bool,
+    ) -> Result<DispatchPlan>;
 }

@@ -1,13 +1,14 @@
 //! Token choice: each token picks its top-k experts (Switch k = 1, arXiv 2101.03961; GShard and
-//! Mixtral k = 2, arXiv 2006.16668 and 2401.04088), capacity filled by position or confidence.
+//! Mixtral k = 2, arXiv 2006.16668 and 2401.04088), capacity filled by position or confidence
+//! (batch prioritized routing, V-MoE, arXiv 2106.05974, §4.1).
 
-use super::CapacityPriority;
-use super::{RoutingInput, RoutingOptions, RoutingPolicy};
+use super::{CapacityPriority, Choice, RouterScores, RoutingOptions, RoutingPolicy, Selection};
 use crate::error::{Error, Result};
-use crate::moe::batch::BatchCounts;
-use crate::moe::dispatch::LocalRouting;
-use crate::moe::plan::{expert_capacity, plan_token_choice_limited, DispatchPlan};
-use tch::Tensor;
+use crate::host;
+use crate::moe::counts::BatchCounts;
+use crate::moe::plan::{count_real, count_values, expert_capacity, DispatchPlan};
+use crate::parallel::grad_mode_enabled;
+use tch::{Kind, Tensor};
 
 /// Token-choice routing ([`crate::moe::RouterKind::TokenChoice`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,31 +34,48 @@ impl RoutingPolicy for TokenChoice {
         Ok(())
     }
 
-    fn plan(&self, input: &RoutingInput) -> Result<(DispatchPlan, BatchCounts)> {
-        let config = &input.options;
-        let probs = &input.scores.probs;
+    fn select(
+        &self,
+        scores: &RouterScores,
+        valid: Option<&Tensor>,
+        expert_bias: Option<&Tensor>,
+        options: &RoutingOptions,
+    ) -> Result<Selection> {
+        let probs = &scores.probs;
         let (n, e) = probs.size2()?;
-        let k = config.top_k as i64;
-        let (index, gate) = select_top_k(probs, k, config.normalize_gates, input.expert_bias)?;
-        // Capacity counts the real tokens of the whole batch (every rank's, in parallel).
-        let batch = input.dispatcher.count_batch(&LocalRouting {
-            num_tokens: n,
-            valid: input.valid,
-            expert_index: Some(&index),
-            num_experts: e,
-            needs_grad: input.needs_grad,
-        })?;
-        let cf = config.capacity_factor_for(input.train);
-        let min_capacity = config.min_capacity as i64;
-        let capacity = cf.map(|cf| expert_capacity(batch.num_real_tokens(), e, k, cf, min_capacity)).transpose()?;
-        let limits = capacity.map(|c| batch.capacity_limits(c, input.device)).transpose()?.flatten();
-        let priority = match config.priority {
+        let (expert_index, gate) = select_top_k(probs, options.top_k as i64, options.normalize_gates, expert_bias)?;
+        let priority = match options.priority {
             CapacityPriority::Position => None,
             CapacityPriority::Confidence => Some(probs.f_amax(-1, false)?),
         };
-        let plan =
-            plan_token_choice_limited(&index, &gate, e, input.valid, capacity, limits.as_ref(), priority.as_ref())?;
-        Ok((plan, batch))
+        Ok(Selection {
+            num_tokens: n,
+            num_experts: e,
+            valid: valid.map(Tensor::shallow_clone),
+            needs_grad: grad_mode_enabled(),
+            choice: Choice::Tokens { expert_index, gate, priority },
+        })
+    }
+
+    fn plan(
+        &self,
+        selection: &Selection,
+        counts: &BatchCounts,
+        options: &RoutingOptions,
+        train: bool,
+    ) -> Result<DispatchPlan> {
+        let Choice::Tokens { expert_index, gate, priority } = &selection.choice else {
+            return Err(Error::Input("token-choice planning needs a token-choice selection".into()));
+        };
+        let (e, k) = (selection.num_experts, options.top_k as i64);
+        // Capacity counts the real tokens of the whole batch (every rank's, in parallel).
+        let capacity = options
+            .capacity_factor_for(train)
+            .map(|cf| expert_capacity(counts.num_real_tokens(), e, k, cf, options.min_capacity as i64))
+            .transpose()?;
+        let limits = capacity.map(|c| counts.capacity_limits(c, expert_index.device())).transpose()?.flatten();
+        let valid = selection.valid.as_ref();
+        plan_token_choice_limited(expert_index, gate, e, valid, capacity, limits.as_ref(), priority.as_ref())
     }
 }
 
@@ -91,4 +109,172 @@ pub fn select_top_k(
         gate = gate.f_div(&gate.f_sum_dim_intlist(-1, true, gate.kind())?)?;
     }
     Ok((expert_index, gate))
+}
+
+/// Plans token-choice dispatch.
+///
+/// Assignments are visited in priority order — choice-major (all first choices, then all second
+/// choices), tokens by position or by `token_priority` (descending) — and a stable sort by
+/// expert keeps that order inside each expert, so capacity keeps the first `C` of them.
+///
+/// # Shapes
+/// `expert_index`, `gate`: `[N, k]`; `valid`: `[N]` bool; `token_priority`: `[N]` (higher first).
+///
+/// # Errors
+/// [`Error::Shape`] on inconsistent shapes or an expert index outside `0..E`.
+pub fn plan_token_choice(
+    expert_index: &Tensor,
+    gate: &Tensor,
+    num_experts: i64,
+    valid: Option<&Tensor>,
+    capacity: Option<i64>,
+    token_priority: Option<&Tensor>,
+) -> Result<DispatchPlan> {
+    plan_token_choice_limited(expert_index, gate, num_experts, valid, capacity, None, token_priority)
+}
+
+/// [`plan_token_choice`] where, instead of one capacity per expert, `limits` (`[k, E]` i64) may
+/// cap how many assignments of choice `c` expert `e` keeps (a batch split over ranks: the slots
+/// left for this rank after the assignments that precede it on other ranks, see
+/// [`crate::moe::BatchCounts::capacity_limits`]). With limits, `capacity` is only reported.
+///
+/// # Errors
+/// As [`plan_token_choice`]; [`Error::Shape`] if `limits` is not `[k, E]`.
+pub(crate) fn plan_token_choice_limited(
+    expert_index: &Tensor,
+    gate: &Tensor,
+    num_experts: i64,
+    valid: Option<&Tensor>,
+    capacity: Option<i64>,
+    limits: Option<&Tensor>,
+    token_priority: Option<&Tensor>,
+) -> Result<DispatchPlan> {
+    let (n, k) = expert_index.size2()?;
+    if gate.size() != [n, k] {
+        return Err(Error::Shape(format!("gate must match expert_index {:?}, got {:?}", [n, k], gate.size())));
+    }
+    let device = expert_index.device();
+    let int = (Kind::Int64, device);
+    // Token visiting order.
+    let order = match token_priority {
+        Some(p) => p.f_argsort_stable(true, 0, true)?,
+        None => Tensor::f_arange(n, int)?,
+    };
+    // Masked tokens get the sentinel expert E: sorted last, never kept, never counted.
+    let mut experts = expert_index.f_index_select(0, &order)?;
+    if let Some(v) = valid {
+        let v = v.f_index_select(0, &order)?.f_unsqueeze(1)?;
+        experts = experts.f_where_self(&v, &Tensor::f_full([1], num_experts, int)?)?;
+    }
+    let flat_expert = experts.f_transpose(0, 1)?.f_reshape([-1])?; // [k·N], choice-major
+    let flat_assignment =
+        Tensor::f_arange(k, int)?.f_mul_scalar(n)?.f_unsqueeze(1)?.f_add(&order.f_unsqueeze(0)?)?.f_reshape([-1])?; // a = c·N + t, in visiting order
+    let sort = flat_expert.f_argsort_stable(true, 0, false)?;
+    let sorted_expert = flat_expert.f_index_select(0, &sort)?;
+    let counts = count_values(&flat_expert, num_experts + 1)
+        .map_err(|_| Error::Shape(format!("expert indices must lie in 0..{num_experts}")))?;
+    let routed_per_expert = counts.f_narrow(0, 0, num_experts)?;
+    let mut keep = sorted_expert.f_lt(num_experts)?;
+    let first = counts.f_cumsum(0, Kind::Int64)?.f_sub(&counts)?;
+    let rank = Tensor::f_arange(k * n, int)?.f_sub(&first.f_index_select(0, &sorted_expert)?)?;
+    match (limits, capacity) {
+        (Some(limits), _) => {
+            if limits.size() != [k, num_experts] {
+                return Err(Error::Shape(format!("limits must be [{k}, {num_experts}], got {:?}", limits.size())));
+            }
+            // Rank within (choice, expert): subtract the expert's assignments of earlier choices.
+            let sorted_choice = sort.f_div_scalar_mode(n, "floor")?;
+            let expert_safe = sorted_expert.f_clamp_max(num_experts - 1)?;
+            let per_choice = flat_expert
+                .f_view([k, n])?
+                .f_one_hot(num_experts + 1)?
+                .f_sum_dim_intlist(1, false, Kind::Int64)?
+                .f_narrow(1, 0, num_experts)?; // [k, E]
+            let earlier = per_choice.f_cumsum(0, Kind::Int64)?.f_sub(&per_choice)?.f_flatten(0, -1)?;
+            let key = sorted_choice.f_mul_scalar(num_experts)?.f_add(&expert_safe)?;
+            let rank_in_choice = rank.f_sub(&earlier.f_index_select(0, &key)?)?;
+            let limit = limits.f_to_device(device)?.f_flatten(0, -1)?.f_index_select(0, &key)?;
+            keep = keep.f_logical_and(&rank_in_choice.f_lt_tensor(&limit)?)?;
+        }
+        (None, Some(c)) => keep = keep.f_logical_and(&rank.f_lt(c)?)?,
+        (None, None) => {}
+    }
+    let kept_per_expert = match (limits, capacity) {
+        (Some(_), _) => count_values(&sorted_expert.f_where_scalarother(&keep, num_experts)?, num_experts + 1)?
+            .f_narrow(0, 0, num_experts)?,
+        (None, Some(c)) => routed_per_expert.f_clamp_max(c)?,
+        (None, None) => routed_per_expert.shallow_clone(),
+    };
+    // The one host read of the plan: rows per expert (the expert kernels and every shape below
+    // need them).
+    let group_sizes = host::i64s(&kept_per_expert)?;
+    let kept_total: i64 = group_sizes.iter().sum();
+    // Kept assignments first, in expert order (a stable sort, not `masked_select`, which would
+    // read the count back to the host once more).
+    let kept =
+        sort.f_index_select(0, &keep.f_logical_not()?.f_argsort_stable(true, 0, false)?.f_narrow(0, 0, kept_total)?)?;
+    let assignment = flat_assignment.f_index_select(0, &kept)?;
+    let gate = gate.f_transpose(0, 1)?.f_reshape([-1])?.f_index_select(0, &assignment)?;
+    let total = k * count_real(valid, n)?;
+    let dropped_fraction = if total == 0 { 0.0 } else { 1.0 - kept_total as f64 / total as f64 };
+    Ok(DispatchPlan {
+        num_tokens: n,
+        num_slots: k,
+        assignment,
+        gate,
+        group_sizes,
+        routed_per_expert,
+        capacity,
+        dropped_fraction,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn t(v: &[i64], shape: [i64; 2]) -> Tensor {
+        Tensor::from_slice(v).view(shape)
+    }
+
+    fn half(shape: [i64; 2]) -> Tensor {
+        Tensor::full(shape, 0.5, (Kind::Float, Device::Cpu))
+    }
+
+    #[test]
+    fn earlier_tokens_win_capacity() {
+        let plan = plan_token_choice(&t(&[1, 1, 1, 1, 0], [5, 1]), &half([5, 1]), 2, None, Some(2), None).unwrap();
+        assert_eq!(plan.group_sizes, vec![1, 2]);
+        assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![4, 0, 1]);
+        assert!((plan.dropped_fraction - 0.4).abs() < 1e-12);
+        assert_eq!(Vec::<i64>::try_from(&plan.routed_per_expert).unwrap(), vec![1, 4]);
+    }
+
+    #[test]
+    fn first_choices_have_priority_over_second_choices() {
+        // token 0 -> (e0, e1), token 1 -> (e1, e0); capacity 1 keeps both first choices.
+        let plan = plan_token_choice(&t(&[0, 1, 1, 0], [2, 2]), &half([2, 2]), 2, None, Some(1), None).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![0, 1]);
+        assert!((plan.dropped_fraction - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn confident_tokens_win_with_batch_prioritized_routing() {
+        // All four tokens want expert 0 (capacity 2); tokens 3 and 1 are the most confident.
+        let priority = Tensor::from_slice(&[0.3f32, 0.8, 0.5, 0.9]);
+        let plan =
+            plan_token_choice(&t(&[0, 0, 0, 0], [4, 1]), &half([4, 1]), 2, None, Some(2), Some(&priority)).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![3, 1]);
+    }
+
+    #[test]
+    fn masked_tokens_take_no_capacity_and_are_not_counted() {
+        let valid = Tensor::from_slice(&[false, true, false, true, true]);
+        let plan =
+            plan_token_choice(&t(&[0, 0, 0, 0, 1], [5, 1]), &half([5, 1]), 2, Some(&valid), Some(2), None).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![1, 3, 4]);
+        assert_eq!(Vec::<i64>::try_from(&plan.routed_per_expert).unwrap(), vec![2, 1]);
+        assert_eq!(plan.dropped_fraction, 0.0);
+    }
 }

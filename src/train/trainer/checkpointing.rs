@@ -33,7 +33,8 @@ impl<T: Task> Trainer<'_, T> {
         };
         let (group, roles) = (self.group(), roles(self.vs));
         let weights = group.gather_sharded(weight_tensors(self.vs)?, |n| roles.get(n).is_some_and(|r| r.sharded))?;
-        let optimizer = group.gather_sharded(self.optimizer.state_tensors()?, |n| self.optimizer.is_sharded_state(n))?;
+        let optimizer =
+            group.gather_sharded(self.optimizer.state_tensors()?, |n| self.optimizer.is_sharded_state(n))?;
         let written = if group.is_main() {
             self.write_checkpoint(root, state, weights, optimizer, keep)
         } else {

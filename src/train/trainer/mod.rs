@@ -124,7 +124,8 @@ impl<'a, T: Task> Trainer<'a, T> {
             )));
         }
         let roles = roles(self.vs);
-        let weights = self.group().slice_sharded(named_variables(source)?, |n| roles.get(n).is_some_and(|r| r.sharded))?;
+        let weights =
+            self.group().slice_sharded(named_variables(source)?, |n| roles.get(n).is_some_and(|r| r.sharded))?;
         load_named_weights(self.vs, &weights, origin)
     }
 

@@ -1,5 +1,5 @@
-//! The whole batch as one MoE layer pass sees it: how many tokens every part of the batch holds
-//! and where they were routed. In one process the batch is one part; with expert parallelism
+//! Token and assignment counts of every part (rank) of the batch, as one MoE layer pass sees it:
+//! how many tokens every part holds and where they were routed. In one process the batch is one part; with expert parallelism
 //! each rank holds a part, and the dispatcher gathers every rank's counts once per layer and
 //! pass ([`crate::moe::TokenDispatcher::count_batch`]). From those counts every rank derives
 //! the same capacity, its own capacity limits, the rows each rank sends to each expert, and the
