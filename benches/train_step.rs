@@ -6,8 +6,9 @@
 
 mod common;
 
+use altup_moe::data::TokenDataset;
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
+use altup_moe::train::{TrainConfig, Trainer};
 use common::{measuring, ratio};
 use criterion::Criterion;
 use std::time::Duration;

@@ -13,10 +13,11 @@
 mod common;
 
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput};
+use altup_moe::data::TokenDataset;
 use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme, VarBuilder};
-use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
+use altup_moe::train::{TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error,

@@ -18,11 +18,12 @@
 
 mod common;
 
+use altup_moe::data::TokenDataset;
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::MpiWorld;
 use altup_moe::parallel::{Collectives, ExchangeTape, ProcessGroup};
-use altup_moe::train::{TokenDataset, TrainConfig, Trainer};
+use altup_moe::train::{TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error, Result,

@@ -16,7 +16,7 @@
 
 mod common;
 
-use altup_moe::hf::{export_hf, HfFormat};
+use altup_moe::io::{export_hf, HfFormat};
 use altup_moe::Error;
 use clap::Parser;
 use std::path::PathBuf;

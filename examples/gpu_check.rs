@@ -12,14 +12,13 @@
 
 mod common;
 
+use altup_moe::data::{SpanCorruption, TokenDataset};
 use altup_moe::host::host_reads;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::kernel;
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::{ProcessGroup, ThreadGroup};
-use altup_moe::train::{
-    CheckpointMeta, MetricsWindow, SpanCorruption, SpanCorruptionTask, TokenDataset, TrainConfig, Trainer,
-};
+use altup_moe::train::{CheckpointMeta, MetricsWindow, SpanCorruptionTask, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error, Result,

@@ -63,7 +63,7 @@ fn params(out: &mut String, model: &LanguageModel) {
 fn utilisation(
     out: &mut String,
     model: &LanguageModel,
-    tokenizer: &altup_moe::train::TextTokenizer,
+    tokenizer: &altup_moe::data::TextTokenizer,
     args: &Args,
 ) -> altup_moe::Result<()> {
     let config = model.config();

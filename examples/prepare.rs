@@ -7,7 +7,7 @@
 
 mod common;
 
-use altup_moe::train::{input_files, prepare_corpus, train_bpe_on_training_split, TextTokenizer, TokenizerSpec};
+use altup_moe::data::{input_files, prepare_corpus, train_bpe_on_training_split, TextTokenizer, TokenizerSpec};
 use clap::Parser;
 use common::{exit_code, find_default_corpus, human, DEFAULT_CORPUS_EXTENSIONS};
 use indicatif::{ProgressBar, ProgressStyle};

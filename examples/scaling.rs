@@ -309,7 +309,7 @@ fn run(args: Args) -> altup_moe::Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| altup_moe::Error::io(&args.out, e))?;
     eprintln!("scaling sweep on {} with {} threads", device_name(args.device), tch::get_num_threads());
     let points = sweep(&args)?;
-    altup_moe::train::save_json(&args.out.join("scaling.json"), &points)?;
+    altup_moe::io::save_json(&args.out.join("scaling.json"), &points)?;
     let md = table(&points, &args);
     std::fs::write(args.out.join("scaling.md"), &md)
         .map_err(|e| altup_moe::Error::io(args.out.join("scaling.md"), e))?;

@@ -14,11 +14,12 @@
 
 mod common;
 
+use altup_moe::data::TokenizerSpec;
 use altup_moe::model::LanguageModel;
 use altup_moe::model::Sampling;
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::ProcessGroup;
-use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TokenizerSpec, TrainConfig, Trainer};
+use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TrainConfig, Trainer};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use common::data::{prompt as data_prompt, run_data, RunData};
 use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};

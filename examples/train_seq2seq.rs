@@ -18,14 +18,12 @@
 
 mod common;
 
+use altup_moe::data::{SpanCorruption, TextTokenizer, TokenizerSpec};
 use altup_moe::model::Arch;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::ProcessGroup;
-use altup_moe::train::{
-    run, Observer, RunFolder, RunStart, Silent, SpanCorruption, SpanCorruptionTask, TextTokenizer, TokenizerSpec,
-    TrainConfig, Trainer,
-};
+use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, SpanCorruptionTask, TrainConfig, Trainer};
 use clap::Parser;
 use common::data::{run_data, RunData};
 use common::{device_name, human, parse_arch, parse_device, parse_precision, printable, progress_bar, Progress};

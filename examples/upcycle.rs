@@ -15,8 +15,9 @@
 
 mod common;
 
+use altup_moe::data::TextTokenizer;
+use altup_moe::io::{save_json, save_weights};
 use altup_moe::model::{upcycle, Arch};
-use altup_moe::train::{save_json, save_weights, TextTokenizer};
 use altup_moe::Error;
 use clap::Parser;
 use common::flags::{altup_config, moe_config, AltUpFlags, MoeFlags};

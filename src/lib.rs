@@ -10,8 +10,12 @@
 //! * [`nn`]: RMSNorm, causal attention with RoPE, dense FFN, embeddings, parameter roles.
 //! * [`model`]: the pre-norm block (dense or MoE FFN), stacks, a serde [`model::ModelConfig`] with
 //!   presets for dense, Switch, AltUp and AltUp+MoE stacks, and the [`model::LanguageModel`] built from it.
-//! * [`train`]: byte-level data, AdamW, schedule, atomic checkpoints, metrics, trainer.
-//! * [`hf`]: Hugging Face Llama / Mixtral checkpoints in and out, with logit parity.
+//! * [`parallel`]: the process group a model is built in (one process is a group of one), the
+//!   collectives under it and the segmented backward of expert parallelism.
+//! * [`data`]: corpora, tokenizers, prepared token shards, batches, span corruption.
+//! * [`io`]: tensor files, checkpoint folders, reading a trained model back, and Hugging Face
+//!   Llama / Mixtral checkpoints in and out, with logit parity.
+//! * [`train`]: the task seam, the trainer and its objective, AdamW, schedule, metrics, resume.
 //!
 //! # Shape legend
 //! `B` batch, `T` sequence length, `D` model width, `V` vocabulary, `H` heads, `F` FFN/expert
@@ -41,9 +45,11 @@
 #![warn(missing_docs)]
 
 pub mod altup;
+pub mod data;
 mod error;
-pub mod hf;
+mod fs;
 pub mod host;
+pub mod io;
 pub mod model;
 pub mod moe;
 pub mod nn;

@@ -3,8 +3,9 @@
 
 mod common;
 
+use altup_moe::data::TokenDataset;
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TokenDataset, TrainConfig, Trainer};
+use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
 use common::device;
 use std::path::{Path, PathBuf};
 use std::process::Command;

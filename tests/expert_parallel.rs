@@ -8,6 +8,7 @@
 
 mod common;
 
+use altup_moe::data::{SpanCorruption, TokenDataset};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::{MoeAux, MoeConfig, MoeLayer};
@@ -15,10 +16,7 @@ use altup_moe::nn::{Activation, InitScheme, VarBuilder};
 use altup_moe::parallel::{
     all_gather_tensor, all_reduce_tensor, Collectives, ExchangeTape, ProcessGroup, SingleProcess, ThreadGroup,
 };
-use altup_moe::train::{
-    run, CheckpointMeta, RunOptions, Silent, SpanCorruption, SpanCorruptionTask, Task, TokenDataset, TrainConfig,
-    Trainer,
-};
+use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, SpanCorruptionTask, Task, TrainConfig, Trainer};
 use common::device;
 use std::collections::HashMap;
 use std::path::Path;

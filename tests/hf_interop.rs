@@ -8,9 +8,10 @@
 
 mod common;
 
-use altup_moe::hf::{export_blockers, export_hf, from_hf_config, to_hf_config, HfFormat};
+use altup_moe::data::TextTokenizer;
+use altup_moe::io::{export_blockers, export_hf, from_hf_config, to_hf_config, HfFormat};
+use altup_moe::io::{named_variables, Loaded};
 use altup_moe::model::{LanguageModel, ModelConfig, Sampling};
-use altup_moe::train::{named_variables, Loaded, TextTokenizer};
 use common::device;
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -353,7 +354,7 @@ fn subword_models_export_their_tokenizer() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(json["vocab_size"], config.vocab_size);
     let TextTokenizer::Hf(t) = &tokenizer else { unreachable!() };
-    assert_eq!(json["eos_token_id"], t.token_to_id(altup_moe::train::END_OF_TEXT).unwrap());
+    assert_eq!(json["eos_token_id"], t.token_to_id(altup_moe::data::END_OF_TEXT).unwrap());
     let back = LanguageModel::from_hf(out.path(), device()).unwrap();
     assert_eq!(back.tokenizer.encode("the fox").unwrap(), tokenizer.encode("the fox").unwrap());
 }

@@ -3,9 +3,9 @@
 mod common;
 
 use altup_moe::altup::{AltUpConfig, OutputReduction};
+use altup_moe::io::named_variables;
 use altup_moe::model::MoeLayers;
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::named_variables;
 use common::{copy_shared, device, tiny};
 use tch::{nn::VarStore, Kind, Tensor};
 

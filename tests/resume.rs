@@ -3,8 +3,9 @@
 
 mod common;
 
+use altup_moe::data::TokenDataset;
 use altup_moe::moe::{Balancing, MoeConfig};
-use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TokenDataset, TrainConfig, Trainer};
+use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error,
@@ -271,7 +272,7 @@ fn broken_checkpoints_are_named() {
     other.d_model = 32;
     let vs = VarStore::new(reproducible_device());
     let _ = LanguageModel::new(&vs.root(), &other).unwrap();
-    altup_moe::train::save_weights(&vs, &dir.join("model.safetensors")).unwrap();
+    altup_moe::io::save_weights(&vs, &dir.join("model.safetensors")).unwrap();
     let err = restore(&dir).unwrap_err().to_string();
     assert!(
         err.contains("'blocks.0.attn.out.weight' has shape [32, 32] and dtype Float in the file but [16, 16]"),
@@ -357,7 +358,8 @@ fn bf16_compute_trains_with_f32_masters() {
 #[test]
 fn a_changed_corpus_stops_a_resume_unless_allowed() {
     let _alone = alone();
-    use altup_moe::train::{Corpus, RunFolder, RunStart};
+    use altup_moe::data::Corpus;
+    use altup_moe::train::{RunFolder, RunStart};
     let tmp = tempfile::tempdir().unwrap();
     let text = tmp.path().join("corpus.txt");
     std::fs::write(&text, "Now is the winter of our discontent made glorious summer by this sun of York.\n".repeat(40))

@@ -7,11 +7,11 @@
 mod common;
 
 use altup_moe::altup::{Coefficients, ComputeInput, SequenceAltUpConfig, Widening};
+use altup_moe::io::named_variables;
 use altup_moe::model::{Arch, ForwardOptions, LanguageModel, ModelConfig};
 use altup_moe::model::{ModelAux, MoeLayers, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::{ExchangeTape, ProcessGroup, SingleProcess};
-use altup_moe::train::named_variables;
 use common::device;
 use std::sync::Arc;
 use tch::{nn::VarStore, Kind, Tensor};

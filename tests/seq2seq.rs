@@ -3,11 +3,12 @@
 
 mod common;
 
+use altup_moe::data::SpanCorruption;
 use altup_moe::model::Arch;
 use altup_moe::model::{Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::MoeConfig;
 use altup_moe::nn::FeedForwardConfig;
-use altup_moe::train::{SpanCorruption, SpanCorruptionTask, Trainer};
+use altup_moe::train::{SpanCorruptionTask, Trainer};
 use common::{copy_shared, device};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -224,7 +225,7 @@ fn uncorrupt(input: &[i64], target: &[i64], corruption: &SpanCorruption) -> Vec<
 /// tokenizer than `text_vocab` is refused naming both sizes.
 #[test]
 fn span_corruption_on_subword_ids() {
-    use altup_moe::train::TextTokenizer;
+    use altup_moe::data::TextTokenizer;
     use rand::SeedableRng;
     let text = "All the world's a stage, and all the men and women merely players; they have their exits \
                 and their entrances, and one man in his time plays many parts.\n"

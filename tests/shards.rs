@@ -1,12 +1,10 @@
 //! Prepared corpora: shard dtypes at the u16 boundary, windows inside one shard, documents in one
 //! split only, bad folders named in their errors, and bitwise resume on memory-mapped shards.
 
+use altup_moe::data::{input_files, prepare_corpus, PreparedCorpus, ShardDtype, TextTokenizer, TokenDataset};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::testing::device;
-use altup_moe::train::{
-    input_files, prepare_corpus, run, CheckpointMeta, PreparedCorpus, RunOptions, ShardDtype, Silent, TextTokenizer,
-    TokenDataset, TrainConfig, Trainer,
-};
+use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device};
@@ -124,7 +122,7 @@ fn bad_inputs_and_damaged_folders_are_named() {
         .to_string();
     assert!(err.contains("docs.jsonl line 2 has no string field \"text\""), "{err}");
     std::fs::write(&jsonl, "{\"text\": \"one\"}\nnot json\n").unwrap();
-    let err = altup_moe::train::read_documents(&jsonl).unwrap_err().to_string();
+    let err = altup_moe::data::read_documents(&jsonl).unwrap_err().to_string();
     assert!(err.contains("docs.jsonl line 2 is not JSON"), "{err}");
     // Too few documents for a validation split.
     std::fs::write(&jsonl, "{\"text\": \"only one document\"}\n").unwrap();

@@ -2,9 +2,10 @@
 //! split only, the end-of-text marker, bits per byte of the text whatever the tokenizer, and
 //! bad inputs named in their errors.
 
+use altup_moe::data::{Corpus, TextTokenizer, TokenDataset, TokenizerSpec, END_OF_TEXT};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::testing::device;
-use altup_moe::train::{Corpus, TextTokenizer, TokenDataset, TokenizerSpec, TrainConfig, Trainer, END_OF_TEXT};
+use altup_moe::train::{TrainConfig, Trainer};
 use std::path::PathBuf;
 use tch::nn::VarStore;
 

@@ -2,8 +2,10 @@
 
 mod common;
 
+use altup_moe::data::TokenDataset;
+use altup_moe::io::{load_weights, save_weights};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
-use altup_moe::train::{load_weights, save_weights, TokenDataset, TrainConfig, Trainer};
+use altup_moe::train::{TrainConfig, Trainer};
 use common::{device, on_cpu};
 use tch::nn::VarStore;
 

@@ -147,8 +147,8 @@ fn training_the_upcycled_model_lowers_the_loss() {
     let text: Vec<u8> =
         b"to be or not to be, that is the question. ".iter().map(|b| b % 64).cycle().take(4000).collect();
     let (train, val) = (
-        altup_moe::train::TokenDataset::from_ids(text.iter().map(|&b| u32::from(b)).collect(), 64, 4000).unwrap(),
-        altup_moe::train::TokenDataset::from_ids(text[..400].iter().map(|&b| u32::from(b)).collect(), 64, 400).unwrap(),
+        altup_moe::data::TokenDataset::from_ids(text.iter().map(|&b| u32::from(b)).collect(), 64, 4000).unwrap(),
+        altup_moe::data::TokenDataset::from_ids(text[..400].iter().map(|&b| u32::from(b)).collect(), 64, 400).unwrap(),
     );
     let config = TrainConfig {
         steps: 20,

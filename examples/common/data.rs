@@ -2,7 +2,8 @@
 //! start) or a corpus prepared into memory-mapped shards by the `prepare` example.
 
 use super::{data_description, human, load_corpus};
-use altup_moe::train::{tokenizer_hash, PreparedCorpus, RunFolder, TextTokenizer, TokenDataset, TokenizerSpec};
+use altup_moe::data::{tokenizer_hash, PreparedCorpus, TextTokenizer, TokenDataset, TokenizerSpec};
+use altup_moe::train::RunFolder;
 use altup_moe::Error;
 use std::path::Path;
 

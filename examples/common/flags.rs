@@ -6,12 +6,13 @@ use super::{parse_arch, parse_enum, parse_precision};
 use altup_moe::altup::{
     AltUpConfig, BlockSelection, Coefficients, ComputeInput, OutputReduction, SequenceAltUpConfig, Widening,
 };
+use altup_moe::data::TokenizerSpec;
 use altup_moe::model::MoeLayers;
 use altup_moe::model::Precision;
 use altup_moe::model::{Arch, ModelConfig};
 use altup_moe::moe::{Balancing, CapacityPriority, MoeConfig, RouterKind};
 use altup_moe::nn::{Activation, FeedForwardConfig};
-use altup_moe::train::{TokenizerSpec, TrainConfig};
+use altup_moe::train::TrainConfig;
 use clap::builder::TypedValueParser as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Command, ValueEnum};

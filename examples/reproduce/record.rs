@@ -2,8 +2,9 @@
 //! so that an interrupted study continues where it stopped and the report is regenerated from the
 //! files alone.
 
+use altup_moe::io::save_json;
 use altup_moe::model::ModelConfig;
-use altup_moe::train::{save_json, EvalRecord, TrainConfig};
+use altup_moe::train::{EvalRecord, TrainConfig};
 use altup_moe::Error;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

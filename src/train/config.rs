@@ -1,10 +1,10 @@
 //! Training hyper-parameters, validated once.
 
+use crate::data::TokenizerSpec;
 use crate::error::{ensure_config, Result};
 use crate::model::Precision;
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::LrSchedule;
-use crate::train::tokenizer::TokenizerSpec;
 use serde::{Deserialize, Serialize};
 
 /// Training hyper-parameters.

@@ -137,7 +137,7 @@ impl MetricsWriter {
             Err(e) => return Err(Error::io(path, e)),
         };
         let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-        crate::train::weights::write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e)))?;
+        crate::fs::write_atomic(path, |tmp| std::fs::write(tmp, &text).map_err(|e| Error::io(tmp, e)))?;
         let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
         Ok(Self { file, path: path.to_path_buf() })
     }

@@ -2,7 +2,7 @@
 //! checkpoints, and resumption — shared by the `train` example and the tests.
 
 use crate::error::{Error, Result};
-use crate::train::checkpoint::list_checkpoints;
+use crate::io::list_checkpoints;
 use crate::train::metrics::{EvalRecord, MetricsWindow, MetricsWriter};
 use crate::train::stats::StepStats;
 use crate::train::task::Task;

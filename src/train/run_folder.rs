@@ -4,13 +4,14 @@
 //! A run folder holds `config.json` (the model), `train_config.json`, `metrics.jsonl`,
 //! `checkpoints/step-*` and, after the last step, `model.safetensors` (see [`crate::train`]).
 
+use crate::data::{TextTokenizer, TokenizerSpec};
 use crate::error::{Error, Result};
+use crate::fs::save_json;
+use crate::io::{find_checkpoint, save_weights_gathered};
 use crate::parallel::ProcessGroup;
-use crate::train::checkpoint::{find_checkpoint, CheckpointMeta};
+use crate::train::checkpoint::CheckpointMeta;
 use crate::train::config::TrainConfig;
 use crate::train::run::RunOptions;
-use crate::train::tokenizer::{TextTokenizer, TokenizerSpec};
-use crate::train::weights::{save_json, save_weights_gathered};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 

@@ -2,11 +2,10 @@
 //! with its objective (next-byte prediction for a [`LanguageModel`], span corruption for a
 //! [`Seq2SeqModel`]).
 
+use crate::data::{Batch, Seq2SeqBatch, SpanCorruption, TokenDataset};
 use crate::error::{ensure_config, Result};
 use crate::model::{ForwardOptions, LanguageModel, ModelAux, Seq2SeqModel, Trainable};
 use crate::parallel::ProcessGroup;
-use crate::train::data::{Batch, TokenDataset};
-use crate::train::span_corruption::{Seq2SeqBatch, SpanCorruption};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tch::{Device, Reduction, Tensor};

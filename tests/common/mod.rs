@@ -1,9 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use altup_moe::data::{Corpus, TokenDataset};
+use altup_moe::io::named_variables;
 use altup_moe::model::{Arch, ModelConfig};
-use altup_moe::train::named_variables;
-use altup_moe::train::{Corpus, TokenDataset, TrainConfig};
+use altup_moe::train::TrainConfig;
 use tch::nn::VarStore;
 use tch::Device;
 

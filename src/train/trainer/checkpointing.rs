@@ -5,13 +5,13 @@
 
 use super::Trainer;
 use crate::error::{Error, Result};
-use crate::nn::role::roles;
-use crate::train::checkpoint::{
-    checkpoint_name, write_checkpoint_dir, CheckpointMeta, FileWriter, TrainerState, CHECKPOINT_FORMAT,
+use crate::io::{
+    checkpoint_name, load_named_weights, read_tensors, weight_tensors, write_checkpoint_dir, write_tensors, FileWriter,
 };
+use crate::nn::role::roles;
+use crate::train::checkpoint::{CheckpointMeta, TrainerState, CHECKPOINT_FORMAT};
 use crate::train::metrics::MetricsWindow;
 use crate::train::task::Task;
-use crate::train::weights::{load_named_weights, read_tensors, weight_tensors, write_tensors};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Tensor;

@@ -8,10 +8,10 @@
 //! hash of its text (so the splits never share a document, duplicates included). A document is
 //! tokenized with `"\n\n"` appended, so plain text keeps its paragraph breaks.
 
+use crate::data::dataset::{ShardDtype, TokenDataset};
+use crate::data::tokenizer::TextTokenizer;
 use crate::error::{Error, Result};
-use crate::train::data::{ShardDtype, TokenDataset};
-use crate::train::tokenizer::TextTokenizer;
-use crate::train::weights::save_json;
+use crate::fs::save_json;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -139,7 +139,7 @@ pub fn input_files(path: &Path, extensions: Option<&[&str]>) -> Result<Vec<PathB
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
-    crate::train::data::collect_files(path, extensions, &mut files)?;
+    crate::data::corpus::collect_files(path, extensions, &mut files)?;
     files.sort();
     if files.is_empty() {
         return Err(Error::Data(format!("folder {} holds no files", path.display())));

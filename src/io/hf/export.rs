@@ -1,13 +1,14 @@
 //! Writing a [`LanguageModel`] as a Hugging Face Llama or Mixtral folder that
 //! `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
+use crate::data::{TextTokenizer, END_OF_TEXT};
 use crate::error::{Error, Result};
-use crate::hf::config::{to_hf_config, HfFormat};
-use crate::hf::tensors::to_hf_tensors;
+use crate::fs::{save_json, write_atomic};
 use crate::host;
+use crate::io::hf::config::{to_hf_config, HfFormat};
+use crate::io::hf::tensors::to_hf_tensors;
+use crate::io::tensors::{named_variables, write_tensors};
 use crate::model::LanguageModel;
-use crate::train::weights::{write_atomic, write_tensors};
-use crate::train::{named_variables, save_json, TextTokenizer, END_OF_TEXT};
 use std::path::Path;
 use tch::nn::VarStore;
 
@@ -30,7 +31,7 @@ use tch::nn::VarStore;
 ///
 /// # Errors
 /// [`Error::Config`] listing everything in the model's config that `format` cannot express
-/// ([`crate::hf::export_blockers`]: AltUp, expert choice, shared experts, capacity limits,
+/// ([`crate::io::export_blockers`]: AltUp, expert choice, shared experts, capacity limits,
 /// Sequence-AltUp, GELU FFNs or experts, ...), or for an expert-parallel model (export a model
 /// loaded in one process); [`Error::Checkpoint`] when `vs` does not hold the model's
 /// parameters; [`Error::Io`] / [`Error::Torch`] on write errors.

@@ -2,12 +2,11 @@
 //! shards listed by `model.safetensors.index.json`) into a [`LanguageModel`].
 
 use crate::error::{Error, Result};
-use crate::hf::config::from_hf_config;
-use crate::hf::tensors::from_hf_tensors;
+use crate::io::hf::config::from_hf_config;
+use crate::io::hf::tensors::from_hf_tensors;
+use crate::io::load::{tokenizer_of, Loaded};
+use crate::io::tensors::{load_named_weights, read_tensors};
 use crate::model::LanguageModel;
-use crate::train::load::tokenizer_of;
-use crate::train::weights::{load_named_weights, read_tensors};
-use crate::train::Loaded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Tensor};
@@ -96,7 +95,7 @@ impl LanguageModel {
     ///
     /// # Errors
     /// [`Error::Io`] / [`Error::Json`] for an unreadable `config.json`; [`Error::Config`] naming
-    /// every field the model cannot reproduce (see [`crate::hf::from_hf_config`]: sliding
+    /// every field the model cannot reproduce (see [`crate::io::from_hf_config`]: sliding
     /// window, attention or MLP biases, rope scaling, another `hidden_act`, ...);
     /// [`Error::Checkpoint`] for missing weights files, missing or unexpected tensor names, or
     /// shapes that do not match the config; [`Error::Data`] for a tokenizer larger than the

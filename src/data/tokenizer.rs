@@ -2,8 +2,8 @@
 //! split, or a user's `tokenizer.json` from the Hugging Face ecosystem — all through one type,
 //! [`TextTokenizer`], backed by Hugging Face's `tokenizers` crate for the subword kinds.
 
+use crate::data::dataset::TokenDataset;
 use crate::error::{Error, Result};
-use crate::train::data::TokenDataset;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -170,9 +170,7 @@ impl TextTokenizer {
         let path = dir.join(Self::FILE);
         let json =
             t.to_string(true).map_err(|e| tok_err(format!("cannot serialise tokenizer for {}", path.display()), e))?;
-        crate::train::weights::write_atomic(&path, |tmp| {
-            std::fs::write(tmp, json.as_bytes()).map_err(|e| Error::io(tmp, e))
-        })
+        crate::fs::write_atomic(&path, |tmp| std::fs::write(tmp, json.as_bytes()).map_err(|e| Error::io(tmp, e)))
     }
 
     /// Ids of `text` (no special tokens added around it).

@@ -12,8 +12,8 @@
 //! target  <0> c d <1> h <2>
 //! ```
 
+use crate::data::dataset::TokenDataset;
 use crate::error::{ensure_config, Error, Result};
-use crate::train::data::TokenDataset;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};

@@ -1,11 +1,12 @@
 //! Reading a trained model back: from a run folder, a `step-*` checkpoint or a
-//! `model.safetensors` file with its `config.json` beside it.
+//! `model.safetensors` file with its `config.json` beside it — or, through [`load_model`], from
+//! a Hugging Face Llama / Mixtral folder too.
 
+use crate::data::TextTokenizer;
 use crate::error::{Error, Result};
+use crate::io::checkpoint::find_checkpoint;
+use crate::io::tensors::load_weights;
 use crate::model::{LanguageModel, ModelConfig, Seq2SeqConfig, Seq2SeqModel};
-use crate::train::checkpoint::find_checkpoint;
-use crate::train::tokenizer::TextTokenizer;
-use crate::train::weights::load_weights;
 use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device};
 
@@ -28,10 +29,26 @@ pub struct Loaded<M> {
 /// A model of either kind, as [`load_model`] finds it.
 #[derive(Debug)]
 pub enum AnyModel {
-    /// A decoder-only language model (written by `train`).
+    /// A decoder-only language model (written by `train`, or a Hugging Face Llama / Mixtral).
     Decoder(Loaded<LanguageModel>),
     /// An encoder-decoder (written by `train_seq2seq`).
     EncoderDecoder(Loaded<Seq2SeqModel>),
+}
+
+impl AnyModel {
+    /// The decoder-only model.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the weights when the model is an encoder-decoder.
+    pub fn into_decoder(self) -> Result<Loaded<LanguageModel>> {
+        match self {
+            AnyModel::Decoder(loaded) => Ok(loaded),
+            AnyModel::EncoderDecoder(loaded) => Err(Error::Config(format!(
+                "{} is an encoder-decoder (train_seq2seq), not a decoder-only language model",
+                loaded.weights.display()
+            ))),
+        }
+    }
 }
 
 /// The `config.json` and weights file that `path` stands for: a `model.safetensors` file (its
@@ -67,6 +84,15 @@ pub fn model_files(path: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     let dir = find_checkpoint(path)?;
     Ok((dir.join("config.json"), dir.join("model.safetensors")))
+}
+
+/// Whether `path` is a Hugging Face model folder: its `config.json` names a `model_type` (ours
+/// never do).
+fn is_hf_folder(path: &Path) -> bool {
+    std::fs::read_to_string(path.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|json| json.get("model_type").is_some())
 }
 
 /// Whether a `config.json` describes an encoder-decoder (it has both an `encoder` and a
@@ -158,12 +184,17 @@ impl Seq2SeqModel {
     }
 }
 
-/// Reads whichever model `path` holds (see [`model_files`]): a decoder-only language model or
-/// an encoder-decoder, decided by its `config.json`.
+/// Reads whichever model `path` holds onto `device`: a Hugging Face Llama / Mixtral folder (its
+/// `config.json` names a `model_type`; [`LanguageModel::from_hf`]), or one of ours (see
+/// [`model_files`]) — a decoder-only language model or an encoder-decoder, decided by its
+/// `config.json`. The one function every program that opens a model calls.
 ///
 /// # Errors
-/// As [`LanguageModel::load`] and [`Seq2SeqModel::load`].
+/// As [`LanguageModel::from_hf`], [`LanguageModel::load`] and [`Seq2SeqModel::load`].
 pub fn load_model(path: &Path, device: Device) -> Result<AnyModel> {
+    if is_hf_folder(path) {
+        return LanguageModel::from_hf(path, device).map(AnyModel::Decoder);
+    }
     let (config_path, _) = model_files(path)?;
     if is_encoder_decoder(&config_path)? {
         Seq2SeqModel::load(path, device).map(AnyModel::EncoderDecoder)

@@ -20,7 +20,7 @@
 //! [`crate::nn::Rope`] uses.
 
 use crate::error::{Error, Result};
-use crate::hf::config::HfFormat;
+use crate::io::hf::config::HfFormat;
 use crate::model::ModelConfig;
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -83,7 +83,7 @@ fn hf_shapes(config: &ModelConfig, format: HfFormat) -> BTreeMap<String, Vec<i64
 }
 
 /// Our parameters and how each is made of Hugging Face tensors (the config must be exportable
-/// as `format`, see [`crate::hf::export_blockers`]).
+/// as `format`, see [`crate::io::export_blockers`]).
 fn entries(config: &ModelConfig, format: HfFormat) -> Vec<Entry> {
     let same = |ours: String, hf: String| Entry { ours, layout: Layout::Same(hf) };
     let mut out = vec![same("embed.weight".into(), "model.embed_tokens.weight".into())];
@@ -186,7 +186,7 @@ pub(crate) fn from_hf_tensors(
     Ok(ours)
 }
 
-/// Converts our parameters (by name, as [`crate::train::named_variables`] gives them) into the
+/// Converts our parameters (by name, as [`crate::io::named_variables`] gives them) into the
 /// tensors of a Hugging Face checkpoint, f32 and contiguous, in name order.
 ///
 /// # Errors
@@ -256,8 +256,8 @@ pub(crate) fn to_hf_tensors(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::named_variables;
     use crate::model::LanguageModel;
-    use crate::train::named_variables;
     use tch::{nn::VarStore, Device};
 
     /// Export then import gives back every parameter bit for bit, and the Hugging Face names
