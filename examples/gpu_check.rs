@@ -71,7 +71,7 @@ impl Report {
     }
 }
 
-fn train_config(args: &Args, steps: u64, precision: Precision) -> TrainConfig {
+fn train_config(args: &Args, steps: u64) -> TrainConfig {
     TrainConfig {
         steps,
         batch_size: args.batch_size,
@@ -79,7 +79,6 @@ fn train_config(args: &Args, steps: u64, precision: Precision) -> TrainConfig {
         warmup_steps: (steps / 10).min(10),
         eval_every: steps,
         eval_batches: 4,
-        precision,
         ..Default::default()
     }
 }
@@ -97,7 +96,7 @@ fn train(
     let vs = VarStore::new(device);
     let mut model = LanguageModel::new(&vs.root(), config)?;
     model.set_precision(precision);
-    let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps, precision))?;
+    let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps))?;
     let (mut first, mut last, mut times, mut reads) = (f64::NAN, f64::NAN, Vec::new(), 0);
     for step in 0..steps {
         let before = host_reads();
@@ -178,7 +177,7 @@ fn encoder_decoder(report: &mut Report, data: &(TokenDataset, TokenDataset), arg
     let vs = VarStore::new(args.device);
     let model = Seq2SeqModel::new(&vs.root(), &config)?;
     let task = SpanCorruptionTask { model: &model, corruption, eval_seed: 0 };
-    let mut trainer = Trainer::new(&vs, &task, &data.0, &data.1, train_config(args, args.steps, Precision::F32))?;
+    let mut trainer = Trainer::new(&vs, &task, &data.0, &data.1, train_config(args, args.steps))?;
     let before = trainer.evaluate()?.loss;
     for _ in 0..args.steps {
         trainer.step()?;
@@ -204,7 +203,7 @@ fn expert_parallel(report: &mut Report, data: &(TokenDataset, TokenDataset), arg
     let ranks = ThreadGroup::run(&[args.device, args.device], |group: ProcessGroup, device| {
         let vs = VarStore::new(device);
         let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group), &config)?;
-        let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps, Precision::F32))?;
+        let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps))?;
         let mut last = f64::NAN;
         for _ in 0..steps {
             last = trainer.step()?.loss;
@@ -252,14 +251,14 @@ fn determinism_runs(
     let resumed = {
         let vs = VarStore::new(args.device);
         let model = LanguageModel::new(&vs.root(), config)?;
-        let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps, Precision::F32))?;
+        let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps))?;
         for _ in 0..3 {
             trainer.step()?;
         }
         trainer.save_checkpoint(&dir, &MetricsWindow::default(), 0.0, 1)?;
         let vs = VarStore::new(args.device);
         let model = LanguageModel::new(&vs.root(), config)?;
-        let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps, Precision::F32))?;
+        let mut trainer = Trainer::new(&vs, &model, &data.0, &data.1, train_config(args, steps))?;
         trainer.restore(&CheckpointMeta::read(&dir)?)?;
         let mut last = f64::NAN;
         for _ in 3..steps {

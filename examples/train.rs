@@ -182,7 +182,7 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
                 tokenizer: spec.clone(),
                 ..s.train_config(steps, &args.moe, &data)
             };
-            let config = match &init {
+            let mut config = match &init {
                 Some(loaded) => loaded.model.config().clone(),
                 None => {
                     let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
@@ -190,6 +190,7 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
                     config
                 }
             };
+            config.precision = s.dtype;
             (config, train_config)
         }
     };
@@ -201,8 +202,7 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
         )?;
     }
     let vs = VarStore::new(device);
-    let mut model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
-    model.set_precision(train_config.precision);
+    let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
     let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
     let resumed = folder.checkpoint().map(|meta| trainer.restore(meta)).transpose()?;
     if let Some(loaded) = &init {

@@ -140,6 +140,7 @@ fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Res
         stack.attention.num_heads = args.heads;
         stack.ffn.d_ff = 4 * args.d_model;
         stack.init_seed = args.seed;
+        stack.precision = args.dtype;
         if let Some(moe) = &mut stack.moe {
             moe.num_experts = args.experts;
             moe.d_ff = 4 * args.d_model;
@@ -157,15 +158,13 @@ fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Res
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         seed: args.seed,
-        precision: args.dtype,
         data: description,
         data_hash: hash,
         tokenizer: spec,
         ..TrainConfig::default()
     };
     let vs = VarStore::new(device);
-    let mut model = Seq2SeqModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
-    model.set_precision(args.dtype);
+    let model = Seq2SeqModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
     let task = SpanCorruptionTask { model: &model, corruption: corruption.clone(), eval_seed: args.seed };
     let mut trainer = Trainer::new(&vs, &task, &train, &val, train_config.clone())?;
 

@@ -8,6 +8,7 @@
 //! need) and once per optimizer step (loss, gradient norm and statistics together, which also
 //! serves the non-finite guard). A test fails if a direct read appears anywhere else in `src/`.
 
+use crate::dtype::Cast;
 use crate::error::Result;
 use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
@@ -43,7 +44,7 @@ pub(crate) fn to_cpu(t: &Tensor) -> Result<Tensor> {
 /// [`crate::Error::Torch`] on libtorch failure.
 pub(crate) fn i64s(t: &Tensor) -> Result<Vec<i64>> {
     count();
-    Ok(Vec::<i64>::try_from(&t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?.f_reshape([-1])?)?)
+    Ok(Vec::<i64>::try_from(&t.f_to_device(Device::Cpu)?.cast(Kind::Int64)?.f_reshape([-1])?)?)
 }
 
 /// All values of `t`, flattened, as f64 (one read).
@@ -52,7 +53,7 @@ pub(crate) fn i64s(t: &Tensor) -> Result<Vec<i64>> {
 /// [`crate::Error::Torch`] on libtorch failure.
 pub(crate) fn f64s(t: &Tensor) -> Result<Vec<f64>> {
     count();
-    Ok(Vec::<f64>::try_from(&t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?.f_reshape([-1])?)?)
+    Ok(Vec::<f64>::try_from(&t.f_to_device(Device::Cpu)?.cast(Kind::Double)?.f_reshape([-1])?)?)
 }
 
 /// All values of `t`, flattened, as f32 (one read).
@@ -61,7 +62,7 @@ pub(crate) fn f64s(t: &Tensor) -> Result<Vec<f64>> {
 /// [`crate::Error::Torch`] on libtorch failure.
 pub(crate) fn f32s(t: &Tensor) -> Result<Vec<f32>> {
     count();
-    Ok(Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_reshape([-1])?)?)
+    Ok(Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.cast(Kind::Float)?.f_reshape([-1])?)?)
 }
 
 /// The value of a one-element tensor as f64 (one read).
@@ -70,7 +71,7 @@ pub(crate) fn f32s(t: &Tensor) -> Result<Vec<f32>> {
 /// [`crate::Error::Torch`] if `t` does not hold exactly one value.
 pub(crate) fn f64_scalar(t: &Tensor) -> Result<f64> {
     count();
-    Ok(t.f_to_kind(Kind::Double)?.f_reshape([-1])?.f_double_value(&[0])?)
+    Ok(t.cast(Kind::Double)?.f_reshape([-1])?.f_double_value(&[0])?)
 }
 
 /// The value of a one-element tensor as i64 (one read).
@@ -79,7 +80,7 @@ pub(crate) fn f64_scalar(t: &Tensor) -> Result<f64> {
 /// [`crate::Error::Torch`] if `t` does not hold exactly one value.
 pub(crate) fn i64_scalar(t: &Tensor) -> Result<i64> {
     count();
-    Ok(t.f_to_kind(Kind::Int64)?.f_reshape([-1])?.f_int64_value(&[0])?)
+    Ok(t.cast(Kind::Int64)?.f_reshape([-1])?.f_int64_value(&[0])?)
 }
 
 /// The raw bytes of `t` in its own dtype, row-major (one read).

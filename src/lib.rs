@@ -46,6 +46,7 @@
 
 pub mod altup;
 pub mod data;
+mod dtype;
 mod error;
 mod fs;
 pub mod host;

@@ -1,4 +1,4 @@
-//! Small checks shared by every forward: shapes, dtypes and casts (crate-internal).
+//! Small checks shared by every forward: shapes, dtypes, devices and masks (crate-internal).
 
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
@@ -56,25 +56,5 @@ pub(crate) fn expect_device(x: &Tensor, what: &str, param: &Tensor) -> Result<()
             x.device(),
             param.device()
         )))
-    }
-}
-
-/// Returns `w` in the dtype of `x` (a cheap shallow clone when they already match).
-/// Parameters stay f32 masters; matmuls run in the activation dtype.
-pub(crate) fn cast_like(w: &Tensor, x: &Tensor) -> Result<Tensor> {
-    if w.kind() == x.kind() {
-        Ok(w.shallow_clone())
-    } else {
-        Ok(w.f_to_kind(x.kind())?)
-    }
-}
-
-/// The "compute" dtype for router and mixing arithmetic: f64 stays f64 (gradient checks),
-/// everything else is computed in f32.
-pub(crate) fn accumulate_kind(x: &Tensor) -> Kind {
-    if x.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
     }
 }

@@ -94,7 +94,6 @@ impl ScheduleFlags {
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             seed: self.seed,
-            precision: self.dtype,
             load_balancing_coef: moe.aux_loss_coef,
             z_loss_coef: moe.z_loss_coef,
             data: data.to_string(),

@@ -18,11 +18,11 @@
 //! exactly the wrapped layer.
 
 use crate::altup::config::{AltUpConfig, Coefficients, ComputeInput};
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
 use crate::nn::norm::RmsNorm;
 use crate::nn::role::ParamRole;
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::accumulate_kind;
 use tch::{Kind, Tensor};
 
 /// Coefficient parameters of one AltUp layer.
@@ -124,8 +124,8 @@ impl AltUp {
     fn modalities(modality_norm: &RmsNorm, modality_router: &Tensor, v: &Tensor) -> Result<Tensor> {
         let acc = accumulate_kind(v);
         let d = v.size().last().copied().unwrap_or(1) as f64;
-        let normed = modality_norm.forward(v)?.f_to_kind(acc)?.f_div_scalar(d)?;
-        Ok(normed.f_linear::<Tensor>(&modality_router.f_to_kind(acc)?, None)?.f_tanh()?)
+        let normed = modality_norm.forward(v)?.cast(acc)?.f_div_scalar(d)?;
+        Ok(normed.f_linear::<Tensor>(&modality_router.cast(acc)?, None)?.f_tanh()?)
     }
 
     fn clipped(w: &Tensor, clip: Option<f64>, train: bool) -> Result<Tensor> {
@@ -148,15 +148,15 @@ impl AltUp {
         self.check_active(active)?;
         let acc = accumulate_kind(x);
         let size = x.size();
-        let x32 = x.f_to_kind(acc)?;
+        let x32 = x.cast(acc)?;
         let pred = match &self.coefficients {
             AltUpCoefficients::Static { predictor, .. } => {
-                predictor.f_to_kind(acc)?.f_matmul(&x32.f_reshape([self.num_blocks, -1])?)?.f_view(size.as_slice())?
+                predictor.cast(acc)?.f_matmul(&x32.f_reshape([self.num_blocks, -1])?)?.f_view(size.as_slice())?
             }
             AltUpCoefficients::InputDependent { modality_norm, modality_router, prediction_coefs, clip, .. } => {
                 let k = self.num_blocks;
                 let m = Self::modalities(modality_norm, modality_router, &x.f_select(0, active as i64)?)?; // [B, T, K]
-                let w = Self::clipped(prediction_coefs, *clip, train)?.f_to_kind(acc)?;
+                let w = Self::clipped(prediction_coefs, *clip, train)?.cast(acc)?;
                 let lead: Vec<i64> = size[1..size.len() - 1].to_vec();
                 let mut c_shape = lead.clone();
                 c_shape.extend([k, k]);
@@ -166,7 +166,7 @@ impl AltUp {
                 mixed.f_movedim([-2], [0])?
             }
         };
-        Ok(pred.f_to_kind(x.kind())?)
+        Ok(pred.like(&x)?)
     }
 
     /// Correction step: `y_i = x̂_i + gain_i · (x̃ − x̂_{active})` with static gains `g` or
@@ -188,10 +188,10 @@ impl AltUp {
             )));
         }
         let acc = accumulate_kind(predicted);
-        let pred = predicted.f_to_kind(acc)?;
-        let delta = computed.f_to_kind(acc)?.f_sub(&pred.f_select(0, active as i64)?)?;
+        let pred = predicted.cast(acc)?;
+        let delta = computed.cast(acc)?.f_sub(&pred.f_select(0, active as i64)?)?;
         let gains = self.gains(computed, train)?; // [K, B, T, 1] or [K, 1, 1, 1]
-        Ok(pred.f_add(&gains.f_mul(&delta.f_unsqueeze(0)?)?)?.f_to_kind(predicted.kind())?)
+        Ok(pred.f_add(&gains.f_mul(&delta.f_unsqueeze(0)?)?)?.like(&predicted)?)
     }
 
     /// Corrector gains broadcastable against `[K, B, T, D]`.
@@ -201,11 +201,11 @@ impl AltUp {
             AltUpCoefficients::Static { corrector, .. } => {
                 let mut shape = vec![self.num_blocks];
                 shape.extend(std::iter::repeat_n(1, computed.dim()));
-                Ok(corrector.f_to_kind(acc)?.f_view(shape.as_slice())?)
+                Ok(corrector.cast(acc)?.f_view(shape.as_slice())?)
             }
             AltUpCoefficients::InputDependent { modality_norm, modality_router, correction_coefs, clip, .. } => {
                 let m = Self::modalities(modality_norm, modality_router, computed)?; // [B, T, K]
-                let w = Self::clipped(correction_coefs, *clip, train)?.f_to_kind(acc)?;
+                let w = Self::clipped(correction_coefs, *clip, train)?.cast(acc)?;
                 let g = m.f_linear::<Tensor>(&w, None)?.f_add_scalar(1.0)?; // [B, T, K]
                 Ok(g.f_movedim([-1], [0])?.f_unsqueeze(-1)?)
             }
@@ -235,19 +235,19 @@ impl AltUp {
                 // Q = P − g ⊗ P[j*]: one matmul and one in-place rank-1 update over the K blocks.
                 let acc = accumulate_kind(x);
                 let size = x.size();
-                let flat = x.f_to_kind(acc)?.f_reshape([self.num_blocks, -1])?;
-                let p = predictor.f_to_kind(acc)?;
-                let g = corrector.f_to_kind(acc)?.f_unsqueeze(1)?; // [K, 1]
+                let flat = x.cast(acc)?.f_reshape([self.num_blocks, -1])?;
+                let p = predictor.cast(acc)?;
+                let g = corrector.cast(acc)?.f_unsqueeze(1)?; // [K, 1]
                 let p_active = p.f_narrow(0, active as i64, 1)?; // [1, K]
                 let input = match self.compute_on {
                     ComputeInput::Input => x.f_select(0, active as i64)?,
-                    ComputeInput::Prediction => p_active.f_matmul(&flat)?.f_view(&size[1..])?.f_to_kind(x.kind())?,
+                    ComputeInput::Prediction => p_active.f_matmul(&flat)?.f_view(&size[1..])?.like(&x)?,
                 };
                 let (computed, aux) = layer(&input)?;
                 let q = p.f_sub(&g.f_mul(&p_active)?)?;
                 let mut y = q.f_matmul(&flat)?;
-                let _ = y.f_addmm_(&g, &computed.f_to_kind(acc)?.f_reshape([1, -1])?)?;
-                Ok((y.f_view(size.as_slice())?.f_to_kind(x.kind())?, aux))
+                let _ = y.f_addmm_(&g, &computed.cast(acc)?.f_reshape([1, -1])?)?;
+                Ok((y.f_view(size.as_slice())?.like(&x)?, aux))
             }
             AltUpCoefficients::InputDependent { .. } => {
                 let predicted = self.predict(x, active, train)?;

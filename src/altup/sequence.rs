@@ -17,10 +17,10 @@
 //! positions to earlier ones.
 
 use crate::altup::config::SequenceAltUpConfig;
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
 use crate::nn::role::ParamRole;
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::accumulate_kind;
 use tch::{Kind, Tensor};
 
 /// Per-layer Sequence-AltUp scalars.
@@ -117,18 +117,18 @@ impl SequenceAltUp {
             )));
         }
         let acc = accumulate_kind(x);
-        let x32 = x.f_to_kind(acc)?;
-        let delta = computed.f_to_kind(acc)?.f_sub(&anchors.f_to_kind(acc)?)?; // [B, T', D]
+        let x32 = x.cast(acc)?;
+        let delta = computed.cast(acc)?.f_sub(&anchors.cast(acc)?)?; // [B, T', D]
         let spread = |v: &Tensor| -> Result<Tensor> { Ok(v.f_index_select(1, &plan.anchor_of)?) };
         let coef = |fixed: f64, learned: &Tensor| -> Result<Tensor> {
-            let table = Tensor::f_cat(&[Tensor::f_full([1], fixed, (acc, x.device()))?, learned.f_to_kind(acc)?], 0)?;
+            let table = Tensor::f_cat(&[Tensor::f_full([1], fixed, (acc, x.device()))?, learned.cast(acc)?], 0)?;
             Ok(table.f_index_select(0, &plan.offset)?.f_view([1, -1, 1])?)
         };
         let y = coef(1.0, &self.alpha)?
             .f_mul(&x32)?
             .f_add(&coef(0.0, &self.beta)?.f_mul(&spread(&x32.f_index_select(1, &plan.positions)?)?)?)?
             .f_add(&coef(1.0, &self.gamma)?.f_mul(&spread(&delta)?)?)?;
-        Ok((y.f_to_kind(x.kind())?, aux))
+        Ok((y.like(&x)?, aux))
     }
 }
 

@@ -2,9 +2,9 @@
 //! ([`Widening`]: a wide embedding table, Recycled-AltUp, or Gemma 3n's learned projections).
 
 use crate::altup::config::{AltUpConfig, OutputReduction, Widening};
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::{accumulate_kind, cast_like};
 use tch::{Kind, Tensor};
 
 /// Splits a `K·D`-wide embedding into `K` blocks.
@@ -32,10 +32,10 @@ pub fn split_blocks(wide: &Tensor, num_blocks: i64) -> Result<Tensor> {
 /// `h`, `target`: `[..., D]` → `h`'s shape.
 fn rms_match(h: &Tensor, target: &Tensor) -> Result<Tensor> {
     let acc = accumulate_kind(h);
-    let target_rms = target.f_to_kind(acc)?.f_square()?.f_mean_dim(-1, true, acc)?.f_sqrt()?;
-    let h32 = h.f_to_kind(acc)?;
+    let target_rms = target.cast(acc)?.f_square()?.f_mean_dim(-1, true, acc)?.f_sqrt()?;
+    let h32 = h.cast(acc)?;
     let rms = h32.f_square()?.f_mean_dim(-1, true, acc)?.f_clamp_min(1e-5)?.f_sqrt()?;
-    Ok(h32.f_mul(&target_rms)?.f_div(&rms)?.f_to_kind(h.kind())?)
+    Ok(h32.f_mul(&target_rms)?.f_div(&rms)?.like(&h)?)
 }
 
 /// Widening and collapse of one model.
@@ -105,7 +105,7 @@ impl AltUpWidening {
             Widening::Projected => {
                 let mut blocks = vec![embedded.shallow_clone()];
                 for w in &self.widen {
-                    let h = embedded.f_linear::<Tensor>(&cast_like(w, embedded)?, None)?;
+                    let h = embedded.f_linear::<Tensor>(&w.like(embedded)?, None)?;
                     blocks.push(rms_match(&h, embedded)?);
                 }
                 Ok(Tensor::f_stack(&blocks, 0)?)
@@ -138,14 +138,14 @@ impl AltUpWidening {
                 let w =
                     self.collapse.as_ref().ok_or_else(|| Error::Config("projection collapse has no weight".into()))?;
                 let concat = x.f_permute([1, 2, 0, 3])?.f_reshape([size[1], size[2], size[0] * size[3]])?;
-                concat.f_linear::<Tensor>(&cast_like(w, x)?, None)?
+                concat.f_linear::<Tensor>(&w.like(x)?, None)?
             }
             (Widening::Projected, _) => {
                 let first = x.f_select(0, 0)?;
                 let mut blocks = vec![first.shallow_clone()];
                 for (i, w) in self.unwiden.iter().enumerate() {
                     let h = x.f_select(0, i as i64 + 1)?;
-                    blocks.push(rms_match(&h.f_linear::<Tensor>(&cast_like(w, &h)?, None)?, &first)?);
+                    blocks.push(rms_match(&h.f_linear::<Tensor>(&w.like(&h)?, None)?, &first)?);
                 }
                 Tensor::f_stack(&blocks, 0)?.f_mean_dim(0, false, x.kind())?
             }

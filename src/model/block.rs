@@ -3,6 +3,7 @@
 //! of experts (GPT-2 / Llama layout; T5 for cross-attention; Switch Transformer swaps the FFN for
 //! an MoE layer, arXiv 2101.03961 §2).
 
+use crate::dtype::Cast;
 use crate::error::Result;
 use crate::model::forward::Memory;
 use crate::moe::{MoeAux, MoeConfig, MoeLayer};
@@ -72,7 +73,7 @@ pub struct BlockContext<'a> {
 /// # Errors
 /// [`crate::Error::Torch`] on a shape mismatch.
 pub fn residual_add(residual: &Tensor, update: &Tensor) -> Result<Tensor> {
-    Ok(residual.f_add(&update.f_to_kind(residual.kind())?)?)
+    Ok(residual.f_add(&update.like(&residual)?)?)
 }
 
 /// Incremental-decoding state of one block.
@@ -173,7 +174,7 @@ impl Block {
         let sublayer_input = |norm: &RmsNorm, x: &Tensor| -> Result<Tensor> {
             let h = norm.forward(x)?;
             Ok(match ctx.compute {
-                Some(kind) if kind != h.kind() => h.f_to_kind(kind)?,
+                Some(kind) if kind != h.kind() => h.cast(kind)?,
                 _ => h,
             })
         };
@@ -189,7 +190,7 @@ impl Block {
                 .memory
                 .ok_or_else(|| crate::Error::Shape("a cross-attending block needs the encoder output".into()))?;
             let query = sublayer_input(norm, &x)?;
-            let states = memory.states.f_to_kind(query.kind())?;
+            let states = memory.states.like(&query)?;
             let y = cross.forward(&query, &states, memory.mask, cache.map(|c| &mut c.cross_attn))?;
             x = residual_add(&x, &y)?;
         }

@@ -3,6 +3,7 @@
 use crate::altup::{AltUpConfig, SequenceAltUpConfig};
 use crate::error::{ensure_config, Error, Result};
 use crate::model::block::{BlockConfig, FfnConfig};
+use crate::model::precision::Precision;
 use crate::moe::MoeConfig;
 use crate::nn::{AttentionConfig, FeedForwardConfig};
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,10 @@ pub struct ModelConfig {
     /// Seed of the initial weights: each parameter's values depend only on this seed and its
     /// name (not on the device or the global libtorch generator).
     pub init_seed: u64,
+    /// The dtype the activations are computed in (parameters stay f32). Written to `config.json`
+    /// only when it is not f32, so a checkpoint restores it with the model.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -105,6 +110,7 @@ impl Default for ModelConfig {
             tie_embeddings: false,
             init_std: 0.02,
             init_seed: 0,
+            precision: Precision::F32,
         }
     }
 }

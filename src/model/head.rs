@@ -1,9 +1,9 @@
 //! The output head: hidden states to next-token logits, through its own projection or through
 //! the (tied) embedding table, always in f32 (f64 for an f64 model).
 
+use crate::dtype::Cast;
 use crate::error::Result;
 use crate::nn::{Embedding, Linear, VarBuilder};
-use crate::shape::{accumulate_kind, cast_like};
 use tch::Tensor;
 
 /// Projection from width `D` to the vocabulary `V`.
@@ -50,8 +50,8 @@ impl OutputHead {
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let logits = match self {
             OutputHead::Separate(head) => head.forward(hidden)?,
-            OutputHead::Tied(embedding) => hidden.f_linear::<Tensor>(&cast_like(&embedding.weight, hidden)?, None)?,
+            OutputHead::Tied(embedding) => hidden.f_linear::<Tensor>(&embedding.weight.like(hidden)?, None)?,
         };
-        Ok(logits.f_to_kind(accumulate_kind(&logits))?)
+        logits.accumulated()
     }
 }

@@ -25,6 +25,11 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Whether this is [`Precision::F32`] (the default, not written to configs).
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
     /// The dtype of the residual stream for parameters of dtype `param` (f32 masters).
     pub fn residual_kind(self, param: Kind) -> Kind {
         match self {

@@ -64,6 +64,9 @@ impl Seq2SeqConfig {
         ensure_config(e.d_model == d.d_model, || {
             format!("encoder d_model ({}) must equal decoder d_model ({})", e.d_model, d.d_model)
         })?;
+        ensure_config(e.precision == d.precision, || {
+            format!("encoder precision ({:?}) must equal decoder precision ({:?})", e.precision, d.precision)
+        })?;
         if self.share_embeddings {
             ensure_config(e.embedding_width() == d.embedding_width(), || {
                 format!(
@@ -169,10 +172,12 @@ impl Seq2SeqModel {
         &self.decoder
     }
 
-    /// Sets the compute precision of both stacks.
+    /// Sets the compute precision of both stacks (and their configs).
     pub fn set_precision(&mut self, precision: Precision) {
         self.encoder.set_precision(precision);
         self.decoder.set_precision(precision);
+        self.config.encoder.precision = precision;
+        self.config.decoder.precision = precision;
     }
 
     /// The compute precision.

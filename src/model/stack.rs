@@ -3,6 +3,7 @@
 //! is two stacks.
 
 use crate::altup::{AltUp, AltUpWidening, SequenceAltUp};
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::model::block::{Block, BlockCache, BlockContext, Ffn};
@@ -13,18 +14,12 @@ use crate::model::precision::Precision;
 use crate::moe::{MoeAux, MoeLayer};
 use crate::nn::{Embedding, RmsNorm, VarBuilder};
 use crate::parallel::GraphCuts;
-use crate::shape::{accumulate_kind, is_mask_kind};
+use crate::shape::is_mask_kind;
 use tch::Tensor;
 
 /// Whether every element of `t` is finite.
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
     Ok(host::i64_scalar(&t.f_isfinite()?.f_all()?)? != 0)
-}
-
-/// `x` in the accumulation dtype (f32 for bf16/f16 activations, unchanged otherwise).
-fn to_accumulate(x: &Tensor) -> Result<Tensor> {
-    let acc = accumulate_kind(x);
-    Ok(if acc == x.kind() { x.shallow_clone() } else { x.f_to_kind(acc)? })
 }
 
 /// Checks a token tensor `[B, T]` and its optional mask.
@@ -71,7 +66,6 @@ pub struct Stack {
     widening: Option<AltUpWidening>,
     sequence_altup: Vec<SequenceAltUp>,
     final_norm: RmsNorm,
-    precision: Precision,
     /// Backward segment boundaries (block inputs, the encoder memory) when the stack's MoE layers
     /// exchange tokens between ranks.
     cuts: GraphCuts,
@@ -122,17 +116,7 @@ impl Stack {
         // Exchanges cut the graph; cutting also at every block input keeps each backward
         // segment inside one block (see `parallel::ExchangeTape`).
         let cuts = if blocks.iter().any(Block::is_moe) { vb.group().cuts() } else { GraphCuts::none() };
-        Ok(Self {
-            config: config.clone(),
-            embed,
-            blocks,
-            altup,
-            widening,
-            sequence_altup,
-            final_norm,
-            precision: Precision::F32,
-            cuts,
-        })
+        Ok(Self { config: config.clone(), embed, blocks, altup, widening, sequence_altup, final_norm, cuts })
     }
 
     /// The stack's configuration.
@@ -155,14 +139,15 @@ impl Stack {
         &self.altup
     }
 
-    /// Sets the compute precision of the activations.
+    /// Sets the compute precision of the activations (the config's
+    /// [`ModelConfig::precision`]).
     pub fn set_precision(&mut self, precision: Precision) {
-        self.precision = precision;
+        self.config.precision = precision;
     }
 
-    /// The compute precision.
+    /// The compute precision ([`ModelConfig::precision`]).
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.config.precision
     }
 
     /// The MoE layers with their block indices, in order.
@@ -216,9 +201,9 @@ impl Stack {
         } else {
             self.embed.forward(tokens)?
         };
-        let residual = self.precision.residual_kind(embedded.kind());
+        let residual = self.precision().residual_kind(embedded.kind());
         if residual != embedded.kind() {
-            embedded = embedded.f_to_kind(residual)?;
+            embedded = embedded.cast(residual)?;
         }
         let check = |layer: usize, y: &Tensor, moe: &Option<MoeAux>| -> Result<()> {
             if !options.check_finite {
@@ -242,7 +227,7 @@ impl Stack {
             positions: None,
             memory,
             train: options.train,
-            compute: self.precision.sublayer_kind(),
+            compute: self.precision().sublayer_kind(),
         };
         let mut layers = Vec::with_capacity(self.blocks.len());
         let hidden = match (&self.config.altup, &self.widening) {
@@ -259,7 +244,7 @@ impl Stack {
                     layers.push(LayerAux { stack: StackKind::Decoder, layer, moe });
                     x = y;
                 }
-                widening.collapse(&to_accumulate(&x)?)?
+                widening.collapse(&x.accumulated()?)?
             }
             _ => {
                 let mut x = embedded;
@@ -276,7 +261,7 @@ impl Stack {
         };
         // The final norm, the head and the logits run in f32 (f64 for an f64 model) whatever the
         // compute precision.
-        let hidden = to_accumulate(&hidden)?;
+        let hidden = hidden.accumulated()?;
         if let Some(c) = cache {
             c.len += t;
         }

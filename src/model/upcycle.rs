@@ -21,6 +21,7 @@
 //!   collapse) returns `K` times it, which the final RMSNorm undoes up to its epsilon (the logits
 //!   agree to about `eps/mean(x²)` relative).
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::lm::LanguageModel;
@@ -73,7 +74,7 @@ pub fn upcycle(
                     continue;
                 }
             };
-            var.f_copy_(&value.f_to_device(var.device())?.f_to_kind(var.kind())?)?;
+            var.f_copy_(&value.f_to_device(var.device())?.like(&var)?)?;
         }
         Ok(())
     })?;

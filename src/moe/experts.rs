@@ -8,12 +8,13 @@
 //!   parameter is split once per forward (`unbind`), never indexed per expert: `w[e]` inside the
 //!   loop makes libtorch allocate a full-size gradient buffer per expert.
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::moe::kernel::{self, ExpertBackend, KernelKey, LOOP_MIN_ROWS_PER_EXPERT};
 use crate::nn::feed_forward::Activation;
 use crate::nn::role::ParamRole;
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::{cast_like, expect_device, expect_shape};
+use crate::shape::{expect_device, expect_shape};
 use tch::{Device, Kind, Tensor};
 
 /// `E` expert FFNs with batched weights.
@@ -125,7 +126,7 @@ impl Experts {
         let filler = |shape: &[i64], kind: Kind, scale: f64| -> Result<Tensor> {
             let n: i64 = shape.iter().product();
             let t = Tensor::f_arange(n, (Kind::Float, key.device))?.f_mul_scalar(0.618)?.f_sin()?;
-            Ok(t.f_mul_scalar(scale)?.f_reshape(shape)?.f_to_kind(kind)?)
+            Ok(t.f_mul_scalar(scale)?.f_reshape(shape)?.cast(kind)?)
         };
         let weight =
             |shape: [i64; 3]| -> Result<Tensor> { Ok(filler(&shape, Kind::Float, 0.02)?.set_requires_grad(true)) };
@@ -210,7 +211,7 @@ impl Weights<'_> {
             .collect();
         let offs = Tensor::from_slice(&offsets).f_to_device(rows.device())?;
         let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            Ok(x.f_internal_grouped_mm(&cast_like(w, x)?, Some(&offs), None, None)?)
+            Ok(x.f_internal_grouped_mm(&w.like(x)?, Some(&offs), None, None)?)
         };
         let h = mm(rows, self.w_in)?;
         let gate = self.w_gate.map(|w| mm(rows, w)).transpose()?;
@@ -218,10 +219,9 @@ impl Weights<'_> {
     }
 
     fn looped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
-        let w_in = cast_like(self.w_in, rows)?.f_unbind(0)?;
-        let w_gate =
-            self.w_gate.map(|w| -> Result<Vec<Tensor>> { Ok(cast_like(w, rows)?.f_unbind(0)?) }).transpose()?;
-        let w_out = cast_like(self.w_out, rows)?.f_unbind(0)?;
+        let w_in = self.w_in.like(rows)?.f_unbind(0)?;
+        let w_gate = self.w_gate.map(|w| -> Result<Vec<Tensor>> { Ok(w.like(rows)?.f_unbind(0)?) }).transpose()?;
+        let w_out = self.w_out.like(rows)?.f_unbind(0)?;
         let mut outputs = Vec::with_capacity(group_sizes.len());
         let mut start = 0;
         for (expert, &size) in group_sizes.iter().enumerate() {

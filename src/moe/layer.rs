@@ -3,6 +3,7 @@
 //! arXiv 2101.03961; GShard, arXiv 2006.16668; Expert Choice, arXiv 2202.09368; DeepSeekMoE,
 //! arXiv 2401.06066).
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::moe::config::{Balancing, MoeConfig};
 use crate::moe::dispatch::{dispatcher_for, TokenDispatcher};
@@ -132,7 +133,7 @@ impl MoeLayer {
         if let Some(shared) = &self.shared {
             let mut y = shared.forward(&tokens)?;
             if let Some(v) = valid {
-                y = y.f_mul(&v.f_to_kind(y.kind())?.f_unsqueeze(1)?)?;
+                y = y.f_mul(&v.like(&y)?.f_unsqueeze(1)?)?;
             }
             out = out.f_add(&y)?;
         }

@@ -4,8 +4,8 @@
 //! (α ≈ 1e-2 for load balancing, β ≈ 1e-3 for the z-loss) and averages them over layers. A
 //! `valid` mask `[N]` (true = real token) removes padding from every sum *and* every denominator.
 
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
-use crate::shape::accumulate_kind;
 use tch::{Kind, Tensor};
 
 /// Mean over real tokens of a per-token value `[N]` (0 when no token is real).
@@ -14,7 +14,7 @@ fn masked_mean(values: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
     Ok(match valid {
         None => values.f_mean(acc)?,
         Some(v) => {
-            let v = v.f_to_device(values.device())?.f_to_kind(acc)?;
+            let v = v.f_to_device(values.device())?.cast(acc)?;
             values.f_mul(&v)?.f_sum(acc)?.f_div(&v.f_sum(acc)?.f_clamp_min(1.0)?)?
         }
     })
@@ -54,12 +54,12 @@ pub fn load_balancing_loss(probs: &Tensor, routed_per_expert: &Tensor, valid: Op
         )));
     }
     let acc = accumulate_kind(probs);
-    let counts = routed_per_expert.f_to_device(probs.device())?.f_to_kind(acc)?;
+    let counts = routed_per_expert.f_to_device(probs.device())?.cast(acc)?;
     let fraction = counts.f_div(&counts.f_sum(acc)?.f_clamp_min(1.0)?)?;
     let mean_prob = match valid {
         None => probs.f_mean_dim(0, false, acc)?,
         Some(v) => {
-            let v = v.f_to_device(probs.device())?.f_to_kind(acc)?;
+            let v = v.f_to_device(probs.device())?.cast(acc)?;
             probs
                 .f_mul(&v.f_unsqueeze(1)?)?
                 .f_sum_dim_intlist(0, false, acc)?
@@ -81,7 +81,7 @@ pub fn load_balancing_loss(probs: &Tensor, routed_per_expert: &Tensor, valid: Op
 pub fn router_z_loss(logits: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
     check(logits, valid, "router_z_loss")?;
     let acc = accumulate_kind(logits);
-    let lse = logits.f_to_kind(acc)?.f_logsumexp(-1, false)?;
+    let lse = logits.cast(acc)?.f_logsumexp(-1, false)?;
     masked_mean(&lse.f_square()?, valid)
 }
 
@@ -96,7 +96,7 @@ pub fn router_z_loss(logits: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> 
 pub fn router_entropy(probs: &Tensor, valid: Option<&Tensor>) -> Result<Tensor> {
     check(probs, valid, "router_entropy")?;
     let acc = accumulate_kind(probs);
-    let p = probs.f_detach()?.f_to_kind(acc)?;
+    let p = probs.f_detach()?.cast(acc)?;
     let plogp = p.f_mul(&p.f_clamp_min(1e-30)?.f_log()?)?;
     masked_mean(&plogp.f_sum_dim_intlist(-1, false, acc)?.f_neg()?, valid)
 }

@@ -13,11 +13,12 @@
 //! renormalised: a renormalised top-1 gate is constantly 1 and the router would get no gradient
 //! from the task loss.
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::moe::config::MoeConfig;
 use crate::moe::routing::RouterScores;
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::{accumulate_kind, expect_device, expect_float, expect_shape};
+use crate::shape::{expect_device, expect_float, expect_shape};
 use tch::{Kind, Tensor};
 
 /// Linear router.
@@ -67,14 +68,13 @@ impl Router {
         expect_shape(x, "router input", "[N, D]", &[None, Some(d)])?;
         expect_float(x, "router input")?;
         expect_device(x, "router input", &self.weight)?;
-        let acc = accumulate_kind(x);
-        let mut input = x.f_to_kind(acc)?;
+        let mut input = x.accumulated()?;
         if train && self.jitter > 0.0 {
             let noise = input.f_rand_like()?.f_mul_scalar(2.0 * self.jitter)?.f_add_scalar(1.0 - self.jitter)?;
             input = input.f_mul(&noise)?;
         }
-        let logits = input.f_linear::<Tensor>(&self.weight.f_to_kind(acc)?, None)?;
-        let probs = logits.f_softmax(-1, acc)?;
+        let logits = input.f_linear::<Tensor>(&self.weight.accumulated_like(x)?, None)?;
+        let probs = logits.f_softmax(-1, logits.kind())?;
         Ok(RouterScores { logits, probs })
     }
 
@@ -92,7 +92,7 @@ impl Router {
         if counts.size() != [e] {
             return Err(Error::Shape(format!("expert counts must have shape [{e}], got {:?}", counts.size())));
         }
-        let c = counts.f_to_kind(Kind::Float)?.f_to_device(bias.device())?;
+        let c = counts.cast(Kind::Float)?.f_to_device(bias.device())?;
         let step = c.f_mean(Kind::Float)?.f_sub(&c)?.f_sign()?.f_mul_scalar(rate)?;
         tch::no_grad(|| -> Result<()> {
             let _ = bias.shallow_clone().f_add_(&step)?;

@@ -8,6 +8,7 @@
 //! boolean mask is built (`key ≤ query` for causal attention, real keys only). Every query may
 //! always attend to its own position, so a fully padded row yields finite (ignored) values.
 
+use crate::dtype::Cast;
 use crate::error::{ensure_config, Error, Result};
 use crate::nn::linear::Linear;
 use crate::nn::rope::{Rope, DEFAULT_ROPE_THETA};
@@ -149,7 +150,7 @@ fn attention_mask(
     let mut allowed = if causal { k.f_le_tensor(&q)? } else { Tensor::f_ones([tq, tk], (Kind::Bool, device))? };
     allowed = allowed.f_unsqueeze(0)?.f_unsqueeze(0)?; // [1, 1, Tq, Tk]
     if let Some(m) = key_mask {
-        allowed = allowed.f_logical_and(&m.f_to_kind(Kind::Bool)?.f_view([-1, 1, 1, tk])?)?;
+        allowed = allowed.f_logical_and(&m.cast(Kind::Bool)?.f_view([-1, 1, 1, tk])?)?;
     }
     Ok(Some(allowed.f_logical_or(&k.f_eq_tensor(&q)?)?))
 }
@@ -245,7 +246,7 @@ impl SelfAttention {
         };
         let (q, mut k) = (self.rope.apply(&q, Some(positions))?, self.rope.apply(&k, Some(positions))?);
         let mut v = v;
-        let mut key_mask = mask.map(|m| m.f_to_device(x.device())?.f_to_kind(Kind::Bool)).transpose()?;
+        let mut key_mask = mask.map(|m| m.f_to_device(x.device())?.cast(Kind::Bool)).transpose()?;
         if let Some(cache) = cache {
             if let (Some(ck), Some(cv)) = (&cache.keys, &cache.values) {
                 if ck.size()[0] != b {
@@ -355,8 +356,9 @@ impl CrossAttention {
             }
         };
         let q = split_heads(&self.q.forward(x)?, 1, self.num_heads, self.head_dim)?.remove(0);
-        let mask =
-            memory_mask.map(|m| m.f_to_device(x.device())?.f_to_kind(Kind::Bool)?.f_view([b, 1, 1, s])).transpose()?;
+        let mask = memory_mask
+            .map(|m| -> Result<Tensor> { Ok(m.f_to_device(x.device())?.cast(Kind::Bool)?.f_view([b, 1, 1, s])?) })
+            .transpose()?;
         let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false)?;
         self.out.forward(&merge_heads(&y)?)
     }

@@ -1,5 +1,6 @@
 //! Token embedding table.
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::nn::var_builder::VarBuilder;
@@ -68,7 +69,7 @@ impl Embedding {
 
     /// The lookup, with `tokens` moved to the table's device.
     fn lookup(&self, tokens: &Tensor) -> Result<Tensor> {
-        let tokens = tokens.f_to_device(self.weight.device())?.f_to_kind(Kind::Int64)?;
+        let tokens = tokens.f_to_device(self.weight.device())?.cast(Kind::Int64)?;
         Ok(Tensor::f_embedding(&self.weight, &tokens, -1, false, false)?)
     }
 }
@@ -89,13 +90,13 @@ pub fn validate_token_ids(tokens: &Tensor, vocab_size: i64) -> Result<()> {
     if tokens.numel() == 0 {
         return Ok(());
     }
-    let ids = tokens.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?;
+    let ids = tokens.cast(Kind::Int64)?.f_flatten(0, -1)?;
     let bad = ids.f_lt(0)?.f_logical_or(&ids.f_ge(vocab_size)?)?;
     // One host read: whether any id is bad, the first bad position and its value.
-    let position = bad.f_to_kind(Kind::Int64)?.f_argmax(0, false)?;
+    let position = bad.cast(Kind::Int64)?.f_argmax(0, false)?;
     let summary = Tensor::f_stack(
         &[
-            bad.f_any()?.f_to_kind(Kind::Int64)?,
+            bad.f_any()?.cast(Kind::Int64)?,
             position.shallow_clone(),
             ids.f_index_select(0, &position.f_unsqueeze(0)?)?.f_squeeze()?,
         ],

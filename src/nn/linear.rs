@@ -1,8 +1,9 @@
 //! Bias-free linear projection with explicit normal initialisation.
 
+use crate::dtype::Cast;
 use crate::error::Result;
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::{cast_like, expect_device, expect_float};
+use crate::shape::{expect_device, expect_float};
 use tch::Tensor;
 
 /// `y = x · Wᵀ`, the weight stored as `[out, in]` (PyTorch's `nn.Linear` layout, so checkpoints
@@ -51,6 +52,6 @@ impl Linear {
                 x.size()
             )));
         }
-        Ok(x.f_linear::<Tensor>(&cast_like(&self.weight, x)?, None)?)
+        Ok(x.f_linear::<Tensor>(&self.weight.like(x)?, None)?)
     }
 }

@@ -1,9 +1,10 @@
 //! Root-mean-square layer normalisation (Zhang & Sennrich 2019, arXiv 1910.07467).
 
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::Result;
 use crate::nn::role::ParamRole;
 use crate::nn::var_builder::VarBuilder;
-use crate::shape::{accumulate_kind, expect_float};
+use crate::shape::expect_float;
 use tch::Tensor;
 
 /// RMSNorm: `y = x / sqrt(mean(x²) + eps) · weight`, computed in f32 and returned in `x`'s dtype.
@@ -48,10 +49,10 @@ impl RmsNorm {
             )));
         }
         let acc = accumulate_kind(x);
-        let x32 = x.f_to_kind(acc)?;
+        let x32 = x.cast(acc)?;
         let inv_rms = (x32.f_square()?.f_mean_dim(-1, true, acc)? + self.eps).f_rsqrt()?;
-        let y = x32.f_mul(&inv_rms)?.f_mul(&self.weight.f_to_kind(acc)?)?;
-        Ok(y.f_to_kind(x.kind())?)
+        let y = x32.f_mul(&inv_rms)?.f_mul(&self.weight.cast(acc)?)?;
+        Ok(y.like(&x)?)
     }
 }
 

@@ -4,8 +4,8 @@
 //! the first half is rotated together with channel `i + head_dim/2`, with frequency
 //! `θ^(-2i/head_dim)`.
 
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
-use crate::shape::accumulate_kind;
 use tch::Tensor;
 
 /// Rotary position embedding for one head width.
@@ -52,18 +52,18 @@ impl Rope {
         let exponents = Tensor::f_arange(half, opts)?.f_mul_scalar(-2.0 / self.head_dim as f64)?;
         let inv_freq = Tensor::f_full([half], self.theta, opts)?.f_pow(&exponents)?;
         let positions = match positions {
-            Some(p) if p.size() == [t] => p.f_to_kind(acc)?.f_to_device(x.device())?,
+            Some(p) if p.size() == [t] => p.cast(acc)?.f_to_device(x.device())?,
             Some(p) => return Err(Error::Shape(format!("rotary positions must have shape [{t}], got {:?}", p.size()))),
             None => Tensor::f_arange(t, opts)?,
         };
         let angles = positions.f_outer(&inv_freq)?; // [T, half]
         let (cos, sin) = (angles.f_cos()?, angles.f_sin()?);
-        let x32 = x.f_to_kind(acc)?;
+        let x32 = x.cast(acc)?;
         let x1 = x32.f_narrow(-1, 0, half)?;
         let x2 = x32.f_narrow(-1, half, half)?;
         let r1 = x1.f_mul(&cos)?.f_sub(&x2.f_mul(&sin)?)?;
         let r2 = x2.f_mul(&cos)?.f_add(&x1.f_mul(&sin)?)?;
-        Ok(Tensor::f_cat(&[r1, r2], -1)?.f_to_kind(x.kind())?)
+        Ok(Tensor::f_cat(&[r1, r2], -1)?.like(&x)?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The transport seam: the collective operations several ranks need, and the one-rank identity.
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::host;
 use tch::Tensor;
@@ -100,7 +101,7 @@ pub fn all_reduce_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
     let kind = t.kind();
     let mut values = host::f64s(t)?;
     comm.all_reduce_sum_f64(&mut values)?;
-    Ok(Tensor::from_slice(&values).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)
+    Ok(Tensor::from_slice(&values).f_view(size.as_slice())?.cast(kind)?.f_to_device(device)?)
 }
 
 /// Concatenates a tensor over ranks along dimension 0 (every rank must pass the same shape).
@@ -116,5 +117,5 @@ pub fn all_gather_tensor(comm: &dyn Collectives, t: &Tensor) -> Result<Tensor> {
     let values = host::f32s(t)?;
     let gathered = comm.all_gather_f32(&values)?;
     size[0] *= comm.world_size() as i64;
-    Ok(Tensor::from_slice(&gathered).f_view(size.as_slice())?.f_to_kind(kind)?.f_to_device(device)?)
+    Ok(Tensor::from_slice(&gathered).f_view(size.as_slice())?.cast(kind)?.f_to_device(device)?)
 }

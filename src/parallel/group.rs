@@ -3,6 +3,7 @@
 //! identity in a group of one, so the step reads the same with one process or many.
 
 use super::{all_gather_tensor, Collectives, ExchangeTape, GraphCuts, SingleProcess};
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::host;
 use std::collections::BTreeMap;
@@ -182,8 +183,7 @@ impl ProcessGroup {
             if !p.grad().defined() {
                 p.f_mul_scalar(0.0)?.f_sum(Kind::Float)?.f_backward()?; // creates a zero gradient slot
             }
-            let summed =
-                Tensor::from_slice(values).f_view(p.size().as_slice())?.f_to_kind(p.kind())?.f_to_device(p.device())?;
+            let summed = Tensor::from_slice(values).f_view(p.size().as_slice())?.like(&p)?.f_to_device(p.device())?;
             tch::no_grad(|| p.grad().f_copy_(&summed))?;
         }
         Ok(())

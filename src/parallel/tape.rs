@@ -29,9 +29,9 @@
 //! to check that the model's cuts isolate its blocks.
 
 use super::Collectives;
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
 use crate::host;
-use crate::shape::accumulate_kind;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tch::Tensor;
 
@@ -90,7 +90,7 @@ fn continue_backward(source: &Tensor, grad: &Tensor, keep_graph: bool) -> Result
     if source.numel() == 0 || !source.requires_grad() {
         return Ok(());
     }
-    let seed = source.f_mul(&grad.f_to_kind(source.kind())?)?.f_sum(accumulate_kind(source))?;
+    let seed = source.f_mul(&grad.like(&source)?)?.f_sum(accumulate_kind(source))?;
     run_backward(&seed, keep_graph)
 }
 

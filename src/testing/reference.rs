@@ -2,6 +2,7 @@
 //! arXiv 2006.16668 Algorithm 1), kept as an independent reference for tests. Its memory grows as
 //! `k·N·E·C`: never use it for training.
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::moe::{Choice, Experts, MoeLayer};
 use tch::{Kind, Tensor};
@@ -56,19 +57,19 @@ pub fn one_hot_moe(
     let e = experts.num_experts();
     let kind = Kind::Float;
     // [k·N, E] one-hot assignments, choice-major.
-    let mut one_hot = routing.expert_index.f_transpose(0, 1)?.f_reshape([-1])?.f_one_hot(e)?.f_to_kind(kind)?;
+    let mut one_hot = routing.expert_index.f_transpose(0, 1)?.f_reshape([-1])?.f_one_hot(e)?.cast(kind)?;
     if let Some(v) = valid {
-        let v = v.f_to_kind(kind)?.f_repeat([k])?.f_unsqueeze(1)?;
+        let v = v.cast(kind)?.f_repeat([k])?.f_unsqueeze(1)?;
         one_hot = one_hot.f_mul(&v)?;
     }
     let position = one_hot.f_cumsum(0, kind)?.f_sub_scalar(1.0)?.f_mul(&one_hot)?; // [k·N, E]
     let c = capacity.unwrap_or_else(|| k * n);
-    let keep = one_hot.f_mul(&position.f_lt(c as f64)?.f_to_kind(kind)?)?;
-    let slot = position.f_clamp(0.0, (c - 1) as f64)?.f_to_kind(Kind::Int64)?.f_one_hot(c)?.f_to_kind(kind)?;
+    let keep = one_hot.f_mul(&position.f_lt(c as f64)?.cast(kind)?)?;
+    let slot = position.f_clamp(0.0, (c - 1) as f64)?.cast(Kind::Int64)?.f_one_hot(c)?.cast(kind)?;
     let dispatch = keep.f_unsqueeze(-1)?.f_mul(&slot)?; // [k·N, E, C]
-    let gate = routing.gate.f_transpose(0, 1)?.f_reshape([-1])?.f_to_kind(kind)?;
+    let gate = routing.gate.f_transpose(0, 1)?.f_reshape([-1])?.cast(kind)?;
     let combine = dispatch.f_mul(&gate.f_view([-1, 1, 1])?)?;
-    let x_rep = x.f_to_kind(kind)?.f_repeat([k, 1])?; // [k·N, D]
+    let x_rep = x.cast(kind)?.f_repeat([k, 1])?; // [k·N, D]
     let expert_in = Tensor::f_einsum("aec,ad->ecd", &[&dispatch, &x_rep], None::<i64>)?; // [E, C, D]
     let d = x.size()[1];
     let expert_out = experts.forward(&expert_in.f_reshape([e * c, d])?, &vec![c; e as usize])?.f_view([e, c, d])?;

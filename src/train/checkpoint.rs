@@ -55,16 +55,35 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 impl CheckpointMeta {
     /// Reads the JSON parts of a checkpoint folder (a `step-*` folder, or a run folder /
-    /// `checkpoints` folder, in which case the newest checkpoint is used).
+    /// `checkpoints` folder, in which case the newest checkpoint is used). A compute precision
+    /// recorded in the training config by older versions moves into the model config.
     ///
     /// # Errors
     /// [`Error::Checkpoint`] when no checkpoint is found or a file is missing; [`Error::Json`] /
     /// [`Error::Config`] for malformed or invalid contents.
     pub fn read(path: &Path) -> Result<Self> {
         let dir = find_checkpoint(path)?;
-        let model_config: serde_json::Value = read_json(&dir.join("config.json"))?;
-        let train_config: TrainConfig = read_json(&dir.join("train_config.json"))?;
+        let mut model_config: serde_json::Value = read_json(&dir.join("config.json"))?;
+        let mut train_config: TrainConfig = read_json(&dir.join("train_config.json"))?;
         train_config.validate()?;
+        // Older runs recorded the compute precision in the training config: it is the model's.
+        if let Some(precision) = train_config.precision.take().filter(|p| !p.is_f32()) {
+            let value = serde_json::to_value(precision)
+                .map_err(|source| Error::Json { context: dir.display().to_string(), source })?;
+            match model_config.as_object_mut() {
+                Some(m) if m.contains_key("encoder") && m.contains_key("decoder") => {
+                    for stack in ["encoder", "decoder"] {
+                        if let Some(c) = m.get_mut(stack).and_then(|c| c.as_object_mut()) {
+                            c.insert("precision".into(), value.clone());
+                        }
+                    }
+                }
+                Some(m) => {
+                    m.insert("precision".into(), value);
+                }
+                None => {}
+            }
+        }
         let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
         if state.format != CHECKPOINT_FORMAT {
             return Err(Error::Checkpoint(format!(

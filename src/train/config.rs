@@ -42,8 +42,12 @@ pub struct TrainConfig {
     /// Seed of the data order and the per-step generators (the initial weights use
     /// [`crate::model::ModelConfig::init_seed`]).
     pub seed: u64,
-    /// Compute precision (parameters and optimizer state stay f32).
-    pub precision: Precision,
+    /// Legacy: the compute precision, as training configs written before the model's config held
+    /// it ([`crate::model::ModelConfig::precision`]) recorded it. New runs leave it `None` (the
+    /// model owns its precision and the trainer reads it); reading an old checkpoint moves it
+    /// into the model's config ([`crate::train::CheckpointMeta::read`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Description of the training data (e.g. path, files, bytes), recorded for provenance.
     pub data: String,
     /// Content hash of the training corpus (`Corpus::content_hash`, e.g. `sha256:…`); empty when
@@ -71,7 +75,7 @@ impl Default for TrainConfig {
             eval_every: 100,
             eval_batches: 8,
             seed: 0,
-            precision: Precision::F32,
+            precision: None,
             data: String::new(),
             data_hash: String::new(),
             tokenizer: TokenizerSpec::Bytes,

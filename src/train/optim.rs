@@ -4,6 +4,7 @@
 //! libtorch's C++ AdamW keeps its state out of reach, so resumable training needs this one: its
 //! moments are plain tensors, named after their parameters.
 
+use crate::dtype::Cast;
 use crate::error::{ensure_config, Result};
 use crate::host;
 use crate::nn::role::{roles, ParamRole};
@@ -182,7 +183,7 @@ impl AdamW {
             .iter()
             .map(|p| p.param.grad())
             .filter(|g| g.defined())
-            .map(|g| g.f_to_kind(Kind::Float)?.f_norm().map_err(Into::into))
+            .map(|g| g.cast(Kind::Float)?.f_norm().map_err(Into::into))
             .collect::<Result<_>>()?;
         match norms.first() {
             None => Ok(Tensor::f_zeros([], (Kind::Float, self.device()))?),
@@ -223,7 +224,7 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            let sq = g.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?;
+            let sq = g.cast(Kind::Double)?.f_square()?.f_sum(Kind::Double)?;
             if p.role.sharded {
                 split = split.f_add(&sq)?;
             } else {
@@ -243,7 +244,7 @@ impl AdamW {
         if max_norm <= 0.0 {
             return Ok(());
         }
-        let norm = norm.f_to_kind(Kind::Float)?.f_to_device(self.device())?;
+        let norm = norm.cast(Kind::Float)?.f_to_device(self.device())?;
         let clip = norm.f_gt(max_norm)?.f_logical_and(&norm.f_isfinite()?)?;
         let scale = norm.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?;
         let scale = scale.f_where_scalarother(&clip, 1.0)?;
@@ -251,7 +252,7 @@ impl AdamW {
             for p in &self.params {
                 let mut g = p.param.grad();
                 if g.defined() {
-                    let _ = g.f_mul_(&scale.f_to_kind(g.kind())?)?;
+                    let _ = g.f_mul_(&scale.like(&g)?)?;
                 }
             }
             Ok(())

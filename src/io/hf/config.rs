@@ -7,7 +7,7 @@
 //! beside them for the semantics checked here (see the crate's `hf` module docs).
 
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, MoeLayers};
+use crate::model::{ModelConfig, MoeLayers, Precision};
 use crate::moe::{Balancing, MoeConfig, RouterKind};
 use crate::nn::{Activation, AttentionConfig, FeedForwardConfig};
 use serde_json::{json, Map, Value};
@@ -488,6 +488,7 @@ pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
         tie_embeddings,
         init_std,
         init_seed: 0,
+        precision: Precision::F32,
     };
     config.validate()?;
     Ok((config, format))

@@ -19,6 +19,7 @@
 //! interleaved-pair weights are permuted by `convert_llama_weights_to_hf.py`), which is the one
 //! [`crate::nn::Rope`] uses.
 
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::io::hf::config::HfFormat;
 use crate::model::ModelConfig;
@@ -170,7 +171,7 @@ pub(crate) fn from_hf_tensors(
             )));
         }
     }
-    let f32 = |name: &String| -> Result<Tensor> { Ok(hf[name].f_to_kind(Kind::Float)?) };
+    let f32 = |name: &String| -> Result<Tensor> { Ok(hf[name].cast(Kind::Float)?) };
     let mut ours = BTreeMap::new();
     for Entry { ours: name, layout } in entries(config, format) {
         let tensor = match &layout {
@@ -218,7 +219,7 @@ pub(crate) fn to_hf_tensors(
                 t.size()
             )));
         }
-        out.insert(name.clone(), t.f_to_kind(Kind::Float)?.f_contiguous()?);
+        out.insert(name.clone(), t.cast(Kind::Float)?.f_contiguous()?);
         Ok(())
     };
     for Entry { ours: name, layout } in &entries {

@@ -6,9 +6,10 @@
 //! `[slots·N, D]` replica of the input, so its backward writes each gradient row once.
 
 use super::TokenDispatcher;
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::Result;
 use crate::moe::plan::DispatchPlan;
-use crate::shape::{accumulate_kind, expect_shape};
+use crate::shape::expect_shape;
 use tch::Tensor;
 
 /// Local dispatch in one process (see the module docs). The default dispatcher.
@@ -32,7 +33,7 @@ impl TokenDispatcher for SortDispatcher {
         expect_shape(expert_out, "expert output", "[M, D]", &[Some(plan.num_kept()), None])?;
         let d = expert_out.size()[1];
         let acc = accumulate_kind(expert_out);
-        let weighted = expert_out.f_to_kind(acc)?.f_mul(&plan.gate.f_to_kind(acc)?.f_unsqueeze(-1)?)?;
+        let weighted = expert_out.cast(acc)?.f_mul(&plan.gate.cast(acc)?.f_unsqueeze(-1)?)?;
         let (n, s) = (plan.num_tokens, plan.num_slots);
         let per_slot = if plan.num_kept() == s * n {
             // Every slot kept: the assignments are a permutation; gather instead of scatter.
@@ -42,7 +43,7 @@ impl TokenDispatcher for SortDispatcher {
             Tensor::f_zeros([s * n, d], (acc, expert_out.device()))?.f_index_copy(0, &plan.assignment, &weighted)?
         };
         let combined = if s == 1 { per_slot } else { per_slot.f_view([s, n, d])?.f_sum_dim_intlist(0, false, acc)? };
-        Ok(combined.f_to_kind(expert_out.kind())?)
+        Ok(combined.like(&expert_out)?)
     }
 }
 

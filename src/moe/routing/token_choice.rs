@@ -3,6 +3,7 @@
 //! (batch prioritized routing, V-MoE, arXiv 2106.05974, §4.1).
 
 use super::{CapacityPriority, Choice, RouterScores, RoutingOptions, RoutingPolicy, Selection};
+use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::moe::counts::BatchCounts;
@@ -101,7 +102,7 @@ pub fn select_top_k(
     let (mut gate, expert_index) = match selection_bias {
         None => probs.f_topk(k, -1, true, true)?,
         Some(bias) => {
-            let (_, index) = probs.f_add(&bias.f_to_kind(probs.kind())?)?.f_topk(k, -1, true, true)?;
+            let (_, index) = probs.f_add(&bias.like(&probs)?)?.f_topk(k, -1, true, true)?;
             (probs.f_gather(1, &index, false)?, index)
         }
     };

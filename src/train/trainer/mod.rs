@@ -77,9 +77,15 @@ impl<'a, T: Task> Trainer<'a, T> {
         config.validate()?;
         task.check_data(config.seq_len, train.vocab_size().max(val.vocab_size()))?;
         let model = task.model();
-        ensure_config(model.precision() == config.precision, || {
-            format!("the model computes in {:?} but the training config says {:?}", model.precision(), config.precision)
-        })?;
+        if let Some(legacy) = config.precision {
+            ensure_config(model.precision() == legacy, || {
+                format!(
+                    "the model computes in {:?} but the training config says {legacy:?} (a legacy field: the \
+                     model's config holds its precision)",
+                    model.precision()
+                )
+            })?;
+        }
         let group = model.group();
         let ranks = group.world_size();
         ensure_config(config.batch_size % ranks == 0, || {

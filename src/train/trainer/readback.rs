@@ -3,6 +3,7 @@
 //! on the device during the step and come back in one copy after the backward ([`StepReadback`]),
 //! which is also when the non-finite guard looks at them ([`StepValues`]).
 
+use crate::dtype::Cast;
 use crate::error::Result;
 use crate::host;
 use crate::model::{ModelAux, StackKind};
@@ -29,10 +30,7 @@ impl LayerRecord {
             .map(|(stack, layer, m)| {
                 let parts = [&m.load_balancing_loss, &m.z_loss, &m.router_entropy];
                 let losses = Tensor::f_stack(
-                    &parts
-                        .map(|t| t.f_detach().and_then(|t| t.f_to_kind(Kind::Float)))
-                        .into_iter()
-                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                    &parts.map(|t| t.f_detach()?.cast(Kind::Float)).into_iter().collect::<Result<Vec<_>>>()?,
                     0,
                 )?;
                 Ok(Self {
@@ -83,7 +81,7 @@ impl StepReadback {
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
     pub(super) fn add(&mut self, loss: &TaskLoss) -> Result<()> {
-        self.losses.push(loss.loss.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([1])?);
+        self.losses.push(loss.loss.f_detach()?.cast(Kind::Double)?.f_reshape([1])?);
         self.dropped_sum += loss.aux.dropped_fraction().unwrap_or(0.0);
         self.layers = LayerRecord::of(&loss.aux)?;
         for layer in &self.layers {
@@ -100,13 +98,13 @@ impl StepReadback {
     pub(super) fn read(self, grad_norm: &Tensor) -> Result<StepValues> {
         let accum = self.losses.len();
         let mut parts: Vec<Tensor> = self.losses;
-        parts.push(grad_norm.f_to_kind(Kind::Double)?.f_reshape([1])?);
+        parts.push(grad_norm.cast(Kind::Double)?.f_reshape([1])?);
         for r in &self.routers {
-            parts.push(r.f_to_kind(Kind::Double)?);
+            parts.push(r.cast(Kind::Double)?);
         }
         for layer in &self.layers {
-            parts.push(layer.losses.f_to_kind(Kind::Double)?);
-            parts.push(layer.assignments_per_expert.f_to_kind(Kind::Double)?);
+            parts.push(layer.losses.cast(Kind::Double)?);
+            parts.push(layer.assignments_per_expert.cast(Kind::Double)?);
         }
         let values = host::f64s(&Tensor::f_cat(&parts, 0)?)?;
         let (micro_losses, rest) = values.split_at(accum);
