@@ -17,13 +17,13 @@ use altup_moe::data::TokenDataset;
 use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme, VarBuilder};
+use altup_moe::testing::timing::{interleaved, median, seconds, PairedRatio};
 use altup_moe::train::{TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error,
 };
 use clap::Parser;
-use common::{interleaved, median, seconds, PairedRatio};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;

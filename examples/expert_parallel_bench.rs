@@ -19,17 +19,19 @@
 mod common;
 
 use altup_moe::data::TokenDataset;
+use altup_moe::data::{RunTokenizer, TokenizerSpec};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::MpiWorld;
 use altup_moe::parallel::{Collectives, ExchangeTape, ProcessGroup};
+use altup_moe::testing::timing::{min_seconds, peak_rss_mib, PairedRatio};
 use altup_moe::train::{TrainConfig, Trainer};
 use altup_moe::{
     model::{Arch, LanguageModel, ModelConfig},
     Error, Result,
 };
 use clap::{Parser, ValueEnum};
-use common::{load_corpus, min_seconds, peak_rss_mib, PairedRatio};
+use common::run_data;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -175,7 +177,8 @@ fn train_config() -> TrainConfig {
 }
 
 fn data() -> Result<(TokenDataset, TokenDataset)> {
-    load_corpus(None)?.1.split(0.1)
+    let bytes = run_data(None, &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
+    Ok((bytes.train, bytes.val))
 }
 
 /// A model on its own `VarStore` in `group` (plain in a group of one, expert-parallel in a

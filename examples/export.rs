@@ -16,6 +16,7 @@
 
 mod common;
 
+use altup_moe::io::load_model;
 use altup_moe::io::{export_hf, HfFormat};
 use altup_moe::Error;
 use clap::Parser;
@@ -50,7 +51,7 @@ fn export_main(args: &Args) -> altup_moe::Result<()> {
             args.out.display()
         )));
     }
-    let loaded = common::load_language_model(&args.model, Device::Cpu)?;
+    let loaded = load_model(&args.model, Device::Cpu)?.into_decoder()?;
     export_hf(&loaded.model, &loaded.vs, &loaded.tokenizer, args.format, &args.out)?;
     eprintln!(
         "{} → {} ({}, {} parameters)",

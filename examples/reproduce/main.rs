@@ -29,13 +29,13 @@ mod report;
 mod stats;
 mod study;
 
+use altup_moe::data::{RunData, RunTokenizer};
 use altup_moe::data::{TextTokenizer, TokenizerSpec};
 use altup_moe::model::LanguageModel;
 use altup_moe::train::{run, RunOptions, TrainConfig, Trainer};
 use clap::Parser;
 use common::curves::read_metrics;
-use common::data::{run_data, RunData};
-use common::{device_name, log, parse_device, progress_bar, Progress};
+use common::{device_name, log, parse_device, progress_bar, run_data, Progress};
 use record::RunRecord;
 use report::{part_name, write_report, Records};
 use std::path::PathBuf;
@@ -200,7 +200,8 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
         return Err(altup_moe::Error::Config(format!("--seed {seed} is not below --seeds {}", args.seeds)));
     }
     let paths = Paths::new(&args);
-    let data = run_data(args.data.as_deref(), None, &args.tokenizer, &|line| eprintln!("{line}"))?;
+    let tokenizer = RunTokenizer::FromSpec(args.tokenizer.clone());
+    let data = run_data(args.data.as_deref(), &tokenizer, &|line| eprintln!("{line}"))?;
     // Name the corpus relative to the working folder: records and the report are committed.
     let cwd = format!("{}/", std::env::current_dir().unwrap_or_default().display());
     let data_shown = data.description.replace(&cwd, "");

@@ -2,6 +2,7 @@
 //! widening/collapse, and Sequence-AltUp.
 
 use crate::error::{ensure_config, Error, Result};
+use crate::names;
 use serde::{Deserialize, Serialize};
 
 /// Which of the `K` blocks a layer computes ("activated block", Baykal et al. 2023, §3.1).
@@ -54,6 +55,11 @@ pub enum Coefficients {
         /// parameters are never modified), as Gemma 3n does (120 there).
         clip: Option<f64>,
     },
+}
+
+impl Coefficients {
+    /// Gemma 3n's coefficient clip (`altup_coef_clip`).
+    pub const GEMMA_CLIP: f64 = 120.0;
 }
 
 /// How the `K` blocks are made from the embedding and reduced at the output.
@@ -221,5 +227,86 @@ impl SequenceAltUpConfig {
     /// Parameters per layer: `3·(s − 1)` scalars.
     pub fn params_per_layer(&self) -> usize {
         3 * (self.stride - 1)
+    }
+}
+
+crate::names::kebab_case_names!(ComputeInput, "AltUp compute input");
+crate::names::kebab_case_names!(Widening, "AltUp widening");
+
+/// `alternating`, `same:N` or `schedule:I,J,...`.
+impl std::str::FromStr for BlockSelection {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            None if s == "alternating" => Ok(BlockSelection::Alternating),
+            Some(("same", n)) => Ok(BlockSelection::Same(names::parse_number("AltUp selection", n)?)),
+            Some(("schedule", v)) => Ok(BlockSelection::Schedule(names::parse_list("AltUp selection", v)?)),
+            _ => Err(Error::Config(format!(
+                "unknown selection '{s}' (expected alternating, same:N or schedule:I,J,...)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for BlockSelection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockSelection::Alternating => f.write_str("alternating"),
+            BlockSelection::Same(n) => write!(f, "same:{n}"),
+            BlockSelection::Schedule(v) => {
+                let list: Vec<String> = v.iter().map(ToString::to_string).collect();
+                write!(f, "schedule:{}", list.join(","))
+            }
+        }
+    }
+}
+
+/// `sum`, `mean`, `block:N` or `projection`.
+impl std::str::FromStr for OutputReduction {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            Some(("block", n)) => Ok(OutputReduction::Block(names::parse_number("AltUp output", n)?)),
+            _ => names::parse_unit("AltUp output", s),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputReduction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputReduction::Block(n) => write!(f, "block:{n}"),
+            other => f.write_str(&names::show_unit(other)),
+        }
+    }
+}
+
+/// `static`, or `input-dependent[:CLIP]` (`CLIP` a number or `none`; Gemma 3n's 120 when left
+/// out).
+impl std::str::FromStr for Coefficients {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            None if s == "static" => Ok(Coefficients::Static),
+            None if s == "input-dependent" => Ok(Coefficients::InputDependent { clip: Some(Coefficients::GEMMA_CLIP) }),
+            Some(("input-dependent", c)) => {
+                Ok(Coefficients::InputDependent { clip: names::parse_optional("AltUp clip", c)? })
+            }
+            _ => Err(Error::Config(format!(
+                "unknown AltUp coefficients '{s}' (expected static or input-dependent[:CLIP|none])"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Coefficients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Coefficients::Static => f.write_str("static"),
+            Coefficients::InputDependent { clip } => write!(f, "input-dependent:{}", names::show_optional(clip)),
+        }
     }
 }

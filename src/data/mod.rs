@@ -7,12 +7,14 @@
 
 pub(crate) mod corpus;
 pub(crate) mod dataset;
+pub(crate) mod run_data;
 pub(crate) mod shards;
 pub(crate) mod span_corruption;
 pub(crate) mod tokenizer;
 
 pub use corpus::Corpus;
 pub use dataset::{Batch, ShardDtype, TokenDataset};
+pub use run_data::{RunData, RunTokenizer};
 pub use shards::{
     input_files, prepare_corpus, read_documents, tokenizer_hash, train_bpe_on_training_split, PreparedCorpus,
     ShardFile, ShardsMeta, SplitMeta, SHARDS_FORMAT,

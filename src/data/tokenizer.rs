@@ -28,18 +28,18 @@ pub enum TokenizerSpec {
 }
 
 impl std::str::FromStr for TokenizerSpec {
-    type Err = String;
+    type Err = Error;
 
     /// `bytes`, `bpe:N` (N ≥ 258: 256 byte symbols, the end-of-text marker and a merge), or a
     /// path to a `tokenizer.json`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self> {
         match s.split_once(':') {
             _ if s == "bytes" => Ok(Self::Bytes),
             Some(("bpe", n)) => match n.parse::<usize>() {
                 Ok(n) if n >= 258 => Ok(Self::Bpe(n)),
-                _ => Err(format!(
+                _ => Err(Error::Config(format!(
                     "'{n}' in '{s}' is not a BPE vocabulary size >= 258 (256 bytes + end-of-text + merges)"
-                )),
+                ))),
             },
             _ => Ok(Self::File(PathBuf::from(s))),
         }
@@ -242,7 +242,7 @@ mod tests {
             "x/tokenizer.json".parse::<TokenizerSpec>().unwrap(),
             TokenizerSpec::File("x/tokenizer.json".into())
         );
-        let err = "bpe:100".parse::<TokenizerSpec>().unwrap_err();
+        let err = "bpe:100".parse::<TokenizerSpec>().unwrap_err().to_string();
         assert!(err.contains("'100' in 'bpe:100' is not a BPE vocabulary size >= 258"), "{err}");
         assert!("bpe:lots".parse::<TokenizerSpec>().is_err());
         assert_eq!(TokenizerSpec::Bpe(300).to_string(), "bpe:300");

@@ -47,6 +47,12 @@ impl Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::names::show_unit(self))
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = Error;
 

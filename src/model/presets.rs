@@ -30,6 +30,13 @@ pub enum Arch {
     AltUpMoe,
 }
 
+impl Default for Arch {
+    /// The main job's stack, [`Arch::AltUpMoe`].
+    fn default() -> Self {
+        Arch::AltUpMoe
+    }
+}
+
 impl Arch {
     /// All architectures, in a stable order.
     pub const ALL: [Arch; 4] = [Arch::Dense, Arch::Switch, Arch::AltUp, Arch::AltUpMoe];

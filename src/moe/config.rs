@@ -25,6 +25,9 @@ pub enum Balancing {
 }
 
 impl Balancing {
+    /// DeepSeek-V3's bias update rate γ (§2.1.2; 0.001 in most of its training).
+    pub const DEFAULT_BIAS_UPDATE_RATE: f64 = 1e-3;
+
     /// Whether this is aux-loss-free balancing.
     pub fn is_aux_free(&self) -> bool {
         matches!(self, Balancing::AuxFree { .. })
@@ -166,6 +169,33 @@ impl MoeConfig {
             self.capacity_factor
         } else {
             self.eval_capacity_factor
+        }
+    }
+}
+
+/// `aux-loss`, or `aux-free[:RATE]` (the bias update rate γ; 1e-3 when left out).
+impl std::str::FromStr for Balancing {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            None if s == "aux-loss" => Ok(Balancing::AuxLoss),
+            None if s == "aux-free" => Ok(Balancing::AuxFree { bias_update_rate: Balancing::DEFAULT_BIAS_UPDATE_RATE }),
+            Some(("aux-free", rate)) => {
+                Ok(Balancing::AuxFree { bias_update_rate: crate::names::parse_number("bias update rate", rate)? })
+            }
+            _ => Err(crate::error::Error::Config(format!(
+                "unknown balancing '{s}' (expected aux-loss or aux-free[:RATE])"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Balancing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Balancing::AuxLoss => f.write_str("aux-loss"),
+            Balancing::AuxFree { bias_update_rate } => write!(f, "aux-free:{bias_update_rate}"),
         }
     }
 }

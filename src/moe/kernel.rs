@@ -95,6 +95,8 @@ pub fn choices() -> Vec<(KernelKey, ExpertBackend)> {
     out
 }
 
+crate::names::kebab_case_names!(ExpertBackend, "expert backend");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,3 +112,5 @@ impl FeedForward {
         self.w_out.forward(&self.activation.apply(&h, gate.as_ref())?)
     }
 }
+
+crate::names::kebab_case_names!(Activation, "activation");

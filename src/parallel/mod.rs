@@ -25,6 +25,7 @@
 
 mod collectives;
 mod group;
+mod launch;
 #[cfg(feature = "mpi")]
 mod mpi_world;
 mod tape;
@@ -32,6 +33,7 @@ mod threads;
 
 pub use collectives::{all_gather_tensor, all_reduce_tensor, Collectives, SingleProcess};
 pub use group::ProcessGroup;
+pub use launch::{launch, Ranks};
 #[cfg(feature = "mpi")]
 pub use mpi_world::MpiWorld;
 pub(crate) use tape::grad_mode_enabled;

@@ -3,7 +3,8 @@
 //!
 //! The test suite, the doctests and the documentation examples build their models and inputs on
 //! [`device()`] rather than on a hard-coded `Device::Cpu`, so that the same suite can run on a
-//! GPU; [`one_hot_moe`] is the one-hot reference MoE the equivalence tests compare against.
+//! GPU; [`one_hot_moe`] is the one-hot reference MoE the equivalence tests compare against;
+//! [`timing`] times benchmarks as interleaved pairs.
 //!
 //!
 //! ```text
@@ -11,6 +12,7 @@
 //! ```
 
 mod reference;
+pub mod timing;
 
 pub use reference::{one_hot_moe, route, Routed};
 

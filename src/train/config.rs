@@ -61,19 +61,19 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            steps: 1000,
+            steps: 1200,
             batch_size: 16,
             grad_accum: 1,
             seq_len: 128,
             lr: 3e-3,
-            warmup_steps: 50,
+            warmup_steps: Self::default_warmup(1200),
             min_lr_ratio: 0.1,
             grad_clip: 1.0,
             optimizer: AdamWConfig::default(),
             load_balancing_coef: None,
             z_loss_coef: None,
             eval_every: 100,
-            eval_batches: 8,
+            eval_batches: 16,
             seed: 0,
             precision: None,
             data: String::new(),
@@ -84,6 +84,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The warmup of a run of `steps` steps when none is chosen: 50 steps, at most a tenth of the
+    /// run.
+    pub fn default_warmup(steps: u64) -> u64 {
+        50.min(steps / 10)
+    }
+
     /// # Errors
     /// [`crate::Error::Config`] naming the value: zero steps, batch size, accumulation, sequence length,
     /// eval period or eval batches; a negative or non-finite coefficient or clip norm; a bad

@@ -4,7 +4,7 @@
 //! A run folder holds `config.json` (the model), `train_config.json`, `metrics.jsonl`,
 //! `checkpoints/step-*` and, after the last step, `model.safetensors` (see [`crate::train`]).
 
-use crate::data::{TextTokenizer, TokenizerSpec};
+use crate::data::{RunTokenizer, TextTokenizer, TokenizerSpec};
 use crate::error::{Error, Result};
 use crate::fs::save_json;
 use crate::io::{find_checkpoint, save_weights_gathered};
@@ -180,17 +180,15 @@ impl RunFolder {
         Ok(path)
     }
 
-    /// The run's tokenizer. A new run makes it from `spec` (a BPE is trained on `train_text`,
-    /// the training split only); a resumed run reads the `tokenizer.json` of the resumed run's
-    /// folder (bytes when its training config says bytes).
+    /// The run's tokenizer: a resumed run's own (the `tokenizer.json` of its folder, or bytes
+    /// when its training config says bytes), else the one `spec` makes for a new run.
     ///
     /// # Errors
-    /// As [`TextTokenizer::from_spec`]; [`Error::Data`] when a resumed subword run's
-    /// `tokenizer.json` is missing.
-    pub fn tokenizer(&self, spec: &TokenizerSpec, train_text: &str) -> Result<TextTokenizer> {
-        let Some(meta) = &self.checkpoint else { return TextTokenizer::from_spec(spec, train_text) };
+    /// [`Error::Data`] when a resumed subword run's `tokenizer.json` is missing or unreadable.
+    pub fn run_tokenizer(&self, spec: &TokenizerSpec) -> Result<RunTokenizer> {
+        let Some(meta) = &self.checkpoint else { return Ok(RunTokenizer::FromSpec(spec.clone())) };
         if meta.train_config.tokenizer == TokenizerSpec::Bytes {
-            return Ok(TextTokenizer::Bytes);
+            return Ok(RunTokenizer::Existing(TextTokenizer::Bytes));
         }
         let path = run_folder_of(&meta.dir).join(TextTokenizer::FILE);
         if !path.is_file() {
@@ -201,7 +199,7 @@ impl RunFolder {
                 path.display()
             )));
         }
-        TextTokenizer::from_file(&path)
+        Ok(RunTokenizer::Existing(TextTokenizer::from_file(&path)?))
     }
 
     /// Writes a subword tokenizer as `tokenizer.json` in the folder (nothing for bytes); the

@@ -202,3 +202,6 @@ pub trait RoutingPolicy: std::fmt::Debug + Send + Sync {
         train: bool,
     ) -> Result<DispatchPlan>;
 }
+
+crate::names::kebab_case_names!(RouterKind, "router");
+crate::names::kebab_case_names!(CapacityPriority, "capacity priority");

@@ -1,0 +1,142 @@
+//! What a training run reads: raw text (a UTF-8 file or folder, split 90/10 and tokenized at
+//! start) or a corpus prepared into memory-mapped shards ([`crate::data::prepare_corpus`]), with
+//! the run's tokenizer, the checks between the two, and a description and content hash for the
+//! run's `train_config.json`.
+
+use crate::data::corpus::Corpus;
+use crate::data::dataset::TokenDataset;
+use crate::data::shards::{tokenizer_hash, PreparedCorpus};
+use crate::data::tokenizer::{TextTokenizer, TokenizerSpec};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// The tokenizer of a run: one it already has (a resumed run's), or one to make from a spec (a
+/// BPE is trained on the training split only).
+#[derive(Debug, Clone)]
+pub enum RunTokenizer {
+    /// The tokenizer the run was trained with.
+    Existing(TextTokenizer),
+    /// A new run's `--tokenizer`.
+    FromSpec(TokenizerSpec),
+}
+
+/// The data of a run.
+#[derive(Debug)]
+pub struct RunData {
+    /// Where the data came from, for `train_config.json` (path, files and bytes, or the prepared
+    /// folder and its documents).
+    pub description: String,
+    /// Content hash of the corpus (`sha256:…`; checked when a run resumes).
+    pub hash: String,
+    /// The run's tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// How the tokenizer is spelled in `train_config.json`.
+    pub spec: TokenizerSpec,
+    /// The training split.
+    pub train: TokenDataset,
+    /// The validation split.
+    pub val: TokenDataset,
+    /// The validation text (raw data only), to take a generation prompt from.
+    pub val_text: Option<String>,
+}
+
+impl RunData {
+    /// Reads `path`: a prepared folder (its `meta.json`) is memory-mapped and must have been made
+    /// with the run's tokenizer; raw text (only files with one of `extensions` in a folder, when
+    /// given) is split 90/10 and tokenized with the run's tokenizer. `say` prints progress.
+    ///
+    /// # Errors
+    /// Data and tokenizer errors naming the value; [`Error::Config`] when prepared shards were
+    /// made with another tokenizer than the run's.
+    pub fn open(
+        path: &Path,
+        extensions: Option<&[&str]>,
+        tokenizer: &RunTokenizer,
+        say: &dyn Fn(String),
+    ) -> Result<Self> {
+        if PreparedCorpus::is_prepared(path) {
+            return Self::prepared(path, tokenizer);
+        }
+        let corpus = Corpus::from_path(path, extensions)?;
+        let (train_text, val_text) = corpus.split_text(0.1)?;
+        let train_string = String::from_utf8_lossy(train_text);
+        let (tokenizer, spec) = match tokenizer {
+            RunTokenizer::Existing(t) => (t.clone(), spec_of(t)),
+            RunTokenizer::FromSpec(spec) => {
+                if let TokenizerSpec::Bpe(_) = spec {
+                    say(format!("training a {spec} tokenizer on the training split ({} bytes)", train_text.len()));
+                }
+                (TextTokenizer::from_spec(spec, &train_string)?, spec.clone())
+            }
+        };
+        Ok(Self {
+            description: format!("{} ({} files, {} bytes)", path.display(), corpus.files.len(), corpus.bytes.len()),
+            hash: corpus.content_hash(),
+            train: tokenizer.dataset(train_text)?,
+            val: tokenizer.dataset(val_text)?,
+            val_text: Some(String::from_utf8_lossy(val_text).into_owned()),
+            tokenizer,
+            spec,
+        })
+    }
+
+    fn prepared(dir: &Path, tokenizer: &RunTokenizer) -> Result<Self> {
+        let prepared = PreparedCorpus::open(dir)?;
+        let meta = &prepared.meta;
+        match tokenizer {
+            RunTokenizer::Existing(t) => {
+                let hash = tokenizer_hash(t)?;
+                if hash != meta.tokenizer_hash {
+                    return Err(Error::Config(format!(
+                        "{} was prepared with tokenizer {} ({}) but the resumed run's tokenizer has hash {hash}",
+                        dir.display(),
+                        meta.tokenizer,
+                        meta.tokenizer_hash
+                    )));
+                }
+            }
+            RunTokenizer::FromSpec(spec) if *spec != TokenizerSpec::Bytes && spec.to_string() != meta.tokenizer => {
+                return Err(Error::Config(format!(
+                    "--tokenizer {spec} but {} was prepared with tokenizer {}; prepare it again or drop --tokenizer",
+                    dir.display(),
+                    meta.tokenizer
+                )))
+            }
+            RunTokenizer::FromSpec(_) => {}
+        }
+        Ok(Self {
+            description: format!(
+                "{} (prepared, {} documents)",
+                dir.display(),
+                meta.train.documents + meta.val.documents
+            ),
+            hash: meta.content_hash.clone(),
+            spec: meta.tokenizer.parse().unwrap_or(TokenizerSpec::Bytes),
+            tokenizer: prepared.tokenizer,
+            train: prepared.train,
+            val: prepared.val,
+            val_text: None,
+        })
+    }
+
+    /// A generation prompt from the validation data: up to 64 bytes of validation text starting
+    /// at a line (raw data), or the first 24 validation tokens (prepared shards).
+    ///
+    /// # Errors
+    /// Tokenizer and shard errors.
+    pub fn prompt(&self) -> Result<Vec<i64>> {
+        let Some(text) = &self.val_text else { return self.val.window(0, 24.min(self.val.len())) };
+        let from = text.find('\n').map_or(0, |i| i + 1).min(text.len().saturating_sub(1));
+        let end = (from..=(from + 64).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(from);
+        Ok(self.tokenizer.encode(&text[from..end])?.into_iter().map(i64::from).collect())
+    }
+}
+
+/// How an existing tokenizer is spelled in a training config (a subword one by its file, which a
+/// resumed run keeps in its folder).
+fn spec_of(tokenizer: &TextTokenizer) -> TokenizerSpec {
+    match tokenizer {
+        TextTokenizer::Bytes => TokenizerSpec::Bytes,
+        TextTokenizer::Hf(_) => TokenizerSpec::File(TextTokenizer::FILE.into()),
+    }
+}
