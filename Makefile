@@ -96,14 +96,14 @@ BENCH_OUT := target/bench
 
 bench: venv
 	mkdir -p $(BENCH_OUT) docs/benchmarks
-	cargo run --release --example scaling -- --out docs/benchmarks
-	cargo run --release --example bench_report -- --python $(VENV)/bin/python --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
+	cargo bench --bench scaling -- --out docs/benchmarks
+	cargo bench --bench bench_report -- --python $(VENV)/bin/python --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
 	$(MAKE) bench-expert-parallel
 
 # Cost of expert parallelism: one-rank training step vs one process at 2, 8, 16 blocks (time and
 # peak RSS), exchange share with 2 ranks, one MoE layer with 2 and 4 ranks (needs MPI; ~10 min).
 bench-expert-parallel: venv
-	cargo run --release --features mpi --example expert_parallel_bench -- --out docs/benchmarks/expert_parallel.md
+	cargo bench --features mpi --bench expert_parallel_bench -- --out docs/benchmarks/expert_parallel.md
 
 # The small-scale reproduction of AltUp's and MoE's claims (docs/results.md), in parts
 # PART=claims|placement|size-small|size-large|size-large-recycled (default: every part not yet

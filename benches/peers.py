@@ -3,7 +3,7 @@
 Usage: python benches/peers.py OUT.json [--quick]     fastest-of-N timings of every case, as JSON
        python benches/peers.py --serve                 one timed call per case name read on stdin
 
-In `--serve` mode examples/bench_report.rs drives this process: it times one call of its own,
+In `--serve` mode benches/bench_report.rs drives this process: it times one call of its own,
 asks for one call of the peer (a line `CASE` on stdin; the answer is the seconds, or `error: ...`),
 and so on, A B A B, so that both sides see the same machine state and each pair gives a ratio.
 Case names: switch/e{E}_t{TOKENS}, mixtral_e8_k2_t16384, gemma3n_altup_k4_d512_t2048,
@@ -17,7 +17,7 @@ Measures (forward + backward, fastest of several runs after warm-up, CPU):
   * a plain PyTorch-eager version of altup-moe's training step (forward, LM + auxiliary losses,
     backward, clipping, AdamW) for the dense, switch, altup and altup-moe stacks at the default
     size (d = 128) and a tiny size (d = 64).
-examples/bench_report.rs reads the JSON and prints ours/theirs ratios.
+benches/bench_report.rs reads the JSON and prints ours/theirs ratios.
 """
 
 import json

@@ -185,15 +185,38 @@ pub fn write_report(
     plots: &Path,
     quick: bool,
 ) -> altup_moe::Result<String> {
-    let [small, base_width, large] = sizes(quick);
     std::fs::create_dir_all(plots).map_err(|e| altup_moe::Error::io(plots, e))?;
-    let plots_link = plots.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let claims = ["dense", "altup-k2", "recycled-altup-k2", "switch-e8", "altup-k2+switch-e8"];
     let mut md = String::new();
     let _ = writeln!(md, "# Reproducing AltUp's and MoE's claims at small scale\n\n{header}\n");
+    claims_table(&mut md, records, plots)?;
+    claims_checked(&mut md, records);
+    speedups_table(&mut md, records);
+    placement_table(&mut md, records);
+    size_trend(&mut md, records, quick);
+    // Keep a hand-written reading of the numbers across regenerations.
+    let mut out = md.clone();
+    if let Some(kept) =
+        std::fs::read_to_string(report).ok().and_then(|old| old.find(HAND_WRITTEN).map(|at| old[at..].to_string()))
+    {
+        let _ = write!(out, "\n{kept}");
+    }
+    std::fs::write(report, &out).map_err(|e| altup_moe::Error::io(report, e))?;
+    Ok(md)
+}
 
-    // The claims' table.
-    let dense_time = records.get("dense").map(|r| median(r.iter().map(RunRecord::step_time).collect()));
+/// The claims' stacks.
+const CLAIMS: [&str; 5] = ["dense", "altup-k2", "recycled-altup-k2", "switch-e8", "altup-k2+switch-e8"];
+
+/// Median step time of dense (the tables' time reference).
+fn dense_time(records: &Records) -> Option<f64> {
+    records.get("dense").map(|r| median(r.iter().map(RunRecord::step_time).collect()))
+}
+
+/// The claims' table and their validation curves.
+fn claims_table(md: &mut String, records: &Records, plots: &Path) -> altup_moe::Result<()> {
+    let plots_link = plots.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let claims = CLAIMS;
+    let dense_time = dense_time(records);
     let _ = writeln!(md, "| stack | val bits/byte (mean ± std) | per seed | total params | active params | step time (ms) | vs dense |\n|---|---|---|---|---|---|---|");
     for name in claims {
         match records.get(name) {
@@ -238,6 +261,11 @@ pub fn write_report(
         let _ = writeln!(md, "\n![validation bpb vs steps]({plots_link}/val_bpb_vs_steps.svg)\n\n![validation bpb vs wall time]({plots_link}/val_bpb_vs_time.svg)\n");
     }
 
+    Ok(())
+}
+
+/// Each claim as a paired difference with its verdict.
+fn claims_checked(md: &mut String, records: &Records) {
     let _ = writeln!(md, "## The claims, checked against the seed spread\n");
     let claim_list = [
         ("AltUp improves quality at almost no extra latency", "altup-k2", "dense"),
@@ -261,8 +289,11 @@ pub fn write_report(
             p.verdict()
         );
     }
+}
 
-    // Speed-up at equal quality.
+/// The AltUp paper's own metric: the speed-up to dense quality.
+fn speedups_table(md: &mut String, records: &Records) {
+    let claims = CLAIMS;
     let _ = writeln!(
         md,
         "\n## Speed-up at equal quality\n\nThe AltUp paper's own metric: how much sooner a stack's validation curve first reaches \
@@ -284,8 +315,11 @@ pub fn write_report(
         };
         let _ = writeln!(md, "| {name} | {} of {} | {} | {} |", reached.len(), per.len(), show(&steps), show(&times));
     }
+}
 
-    // Placement.
+/// Where the MoE blocks go in AltUp + MoE.
+fn placement_table(md: &mut String, records: &Records) {
+    let dense_time = dense_time(records);
     let _ = writeln!(
         md,
         "\n## Placement of the MoE blocks in AltUp + MoE\n\nWith K = 2, alternating selection and MoE on blocks 1 and 3 (the \
@@ -320,8 +354,11 @@ pub fn write_report(
             time / dense_time.unwrap_or(f64::NAN)
         );
     }
+}
 
-    // Size trend.
+/// Dense against AltUp at three widths, and Recycled-AltUp at the largest.
+fn size_trend(md: &mut String, records: &Records, quick: bool) {
+    let [small, base_width, large] = sizes(quick);
     let _ = writeln!(
         md,
         "\n## Does AltUp's gain grow with size?\n\nDense vs AltUp K = 2 at three widths (4 blocks, 4 heads, F = 4d, the same \
@@ -373,14 +410,4 @@ pub fn write_report(
             let _ = writeln!(md, "| {rn} | {} | | | | |", missing(Part::SizeLargeRecycled));
         }
     }
-
-    // Keep a hand-written reading of the numbers across regenerations.
-    let mut out = md.clone();
-    if let Some(kept) =
-        std::fs::read_to_string(report).ok().and_then(|old| old.find(HAND_WRITTEN).map(|at| old[at..].to_string()))
-    {
-        let _ = write!(out, "\n{kept}");
-    }
-    std::fs::write(report, &out).map_err(|e| altup_moe::Error::io(report, e))?;
-    Ok(md)
 }

@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::model::{Arch, ModelConfig, MoeLayers};
 use crate::moe::{Balancing, MoeConfig};
 use crate::train::config::TrainConfig;
-use crate::train::objective::Objective;
 use crate::train::run_config::RunConfig;
 
 /// The part of the configuration a setting belongs to (a command line's `--help` section).
@@ -87,180 +86,576 @@ fn every_offset(layers: &MoeLayers) -> (usize, usize) {
     }
 }
 
-macro_rules! setting {
-    ($name:literal, $group:ident, $value:expr, $help:literal, |$r:ident| $show:expr, |$w:ident, $s:ident| $set:expr) => {
-        Setting {
-            name: $name,
-            section: Section::$group,
-            help: $help,
-            value: $value,
-            show: |$r: &RunConfig| {
-                let _ = $r;
-                $show
-            },
-            set: |$w: &mut RunConfig, $s: &str| -> Result<()> {
-                $set;
-                Ok(())
-            },
-        }
-    };
-}
-
 /// Every setting, in the order they apply (one that sets several fields comes before those that set
 /// one of them alone: `d-model` before `d-ff`, `router` before `capacity-factor`).
 pub const SETTINGS: &[Setting] = &[
-    setting!("arch", Model, Some("ARCH"), "Stack: dense, switch, altup or altup-moe.", |r| Arch::default().to_string(), |w, s| {
-        let max_seq_len = w.model.max_seq_len;
-        w.model = ModelConfig { max_seq_len, ..ModelConfig::preset(s.parse()?) }
-    }),
-    setting!("d-model", Model, Some("D"), "Model width d (FFN and experts 4·d wide unless --d-ff).", |r| r.model.d_model.to_string(), |w, s| {
-        let d = positive(s)?;
-        (w.model.d_model, w.model.ffn.d_ff) = (d, 4 * d);
-        if let Some(m) = moe(w) { m.d_ff = 4 * d }
-    }),
-    setting!("layers", Model, Some("N"), "Transformer blocks.", |r| r.model.num_layers.to_string(), |w, s| w.model.num_layers = positive(s)?),
-    setting!("heads", Model, Some("H"), "Attention heads (must divide --d-model).", |r| r.model.attention.num_heads.to_string(), |w, s| w.model.attention.num_heads = positive(s)?),
-    setting!("d-ff", Model, Some("F"), "Hidden width of the dense FFN and of each expert.", |r| r.model.ffn.d_ff.to_string(), |w, s| {
-        let f = positive(s)?;
-        w.model.ffn.d_ff = f;
-        if let Some(m) = moe(w) { m.d_ff = f }
-    }),
-    setting!("activation", Model, Some("ACT"), "FFN and expert non-linearity: gelu, relu or swiglu.", |r| r.model.ffn.activation.to_string(), |w, s| {
-        let a = s.parse()?;
-        w.model.ffn.activation = a;
-        if let Some(m) = moe(w) { m.activation = a }
-    }),
-    setting!("sequence-stride", Model, Some("N"), "Sequence-AltUp: every block runs on every N-th token only (0 or 1 = off).", |r| r.model.sequence_altup.as_ref().map_or(0, |c| c.stride).to_string(), |w, s| {
-        let n: usize = number(s)?;
-        w.model.sequence_altup = (n > 1).then_some(SequenceAltUpConfig { stride: n })
-    }),
-    setting!("steps", Training, Some("N"), "Optimizer steps (warmup: 50, at most a tenth of them).", |r| r.train.steps.to_string(), |w, s| {
-        let n = positive(s)? as u64;
-        (w.train.steps, w.train.warmup_steps) = (n, TrainConfig::default_warmup(n))
-    }),
-    setting!("batch-size", Training, Some("B"), "Sequences per micro-batch.", |r| r.train.batch_size.to_string(), |w, s| w.train.batch_size = positive(s)?),
-    setting!("grad-accum", Training, Some("N"), "Micro-batches per optimizer step (gradient accumulation).", |r| r.train.grad_accum.to_string(), |w, s| w.train.grad_accum = positive(s)?),
-    setting!("seq-len", Training, Some("T"), "Tokens per sequence (also the model's context).", |r| r.train.seq_len.to_string(), |w, s| {
-        let t = positive(s)?;
-        (w.train.seq_len, w.model.max_seq_len) = (t, t)
-    }),
-    setting!("lr", Training, Some("LR"), "Peak learning rate (linear warmup, cosine decay to a tenth).", |r| r.train.lr.to_string(), |w, s| w.train.lr = number(s)?),
-    setting!("warmup-steps", Training, Some("N"), "Warmup steps.", |r| r.train.warmup_steps.to_string(), |w, s| w.train.warmup_steps = number(s)?),
-    setting!("seed", Training, Some("S"), "Seed of the initialisation and of the data order.", |r| r.train.seed.to_string(), |w, s| {
-        let seed = number(s)?;
-        (w.train.seed, w.model.init_seed) = (seed, seed)
-    }),
-    setting!("eval-every", Training, Some("N"), "Evaluate every N steps (and after the last one).", |r| r.train.eval_every.to_string(), |w, s| w.train.eval_every = positive(s)? as u64),
-    setting!("eval-batches", Training, Some("N"), "Validation batches per evaluation.", |r| r.train.eval_batches.to_string(), |w, s| w.train.eval_batches = positive(s)?),
-    setting!("dtype", Training, Some("DTYPE"), "Compute precision: f32, bf16, or bf16-mixed (bf16 sublayers, f32 residual); weights stay f32.", |r| r.model.precision.to_string(), |w, s| w.model.precision = s.parse()?),
-    setting!("tokenizer", Training, Some("SPEC"), "bytes, bpe:N (a byte-level BPE trained on the training split), or a tokenizer.json.", |r| r.train.tokenizer.to_string(), |w, s| w.train.tokenizer = s.parse()?),
-    setting!("experts", Moe, Some("E"), "Experts per MoE layer.", |r| show(moe_of(r).map(|m| m.num_experts)), |w, s| {
-        let e = positive(s)?;
-        if let Some(m) = moe(w) { m.num_experts = e }
-    }),
-    setting!("expert-d-ff", Moe, Some("F"), "Hidden width of each expert (small with many experts: fine-grained MoE).", |r| show(moe_of(r).map(|m| m.d_ff)), |w, s| {
-        let f = positive(s)?;
-        if let Some(m) = moe(w) { m.d_ff = f }
-    }),
-    setting!("router", Moe, Some("KIND"), "token-choice or expert-choice (expert choice sees the whole window: it leaks future tokens into routing in a causal LM).", |r| show(moe_of(r).map(|m| m.router)), |w, s| {
-        let router: crate::moe::RouterKind = s.parse()?;
-        if let Some(m) = moe(w) {
-            let cf = router.policy().default_capacity_factor();
-            (m.router, m.capacity_factor, m.eval_capacity_factor) = (router, cf, cf);
-        }
-    }),
-    setting!("top-k", Moe, Some("K"), "Experts per token (token choice).", |r| show(moe_of(r).map(|m| m.top_k)), |w, s| {
-        let k = positive(s)?;
-        if let Some(m) = moe(w) { m.top_k = k }
-    }),
-    setting!("normalize-gates", Moe, None, "Renormalise the top-k gates to sum to 1 (k > 1; Mixtral).", |r| String::new(), |w, _s| {
-        if let Some(m) = moe(w) { m.normalize_gates = true }
-    }),
-    setting!("capacity-factor", Moe, Some("CF"), "Training capacity factor, or none (dropless); the evaluation one follows unless given.", |r| show(moe_of(r).map(|m| show_cf(m.capacity_factor))), |w, s| {
-        let cf = capacity(s)?;
-        if let Some(m) = moe(w) { (m.capacity_factor, m.eval_capacity_factor) = (cf, cf) }
-    }),
-    setting!("eval-capacity-factor", Moe, Some("CF"), "Evaluation capacity factor, or none.", |r| show(moe_of(r).map(|m| show_cf(m.eval_capacity_factor))), |w, s| {
-        let cf = capacity(s)?;
-        if let Some(m) = moe(w) { m.eval_capacity_factor = cf }
-    }),
-    setting!("priority", Moe, Some("P"), "Capacity priority: position or confidence (batch prioritized routing).", |r| show(moe_of(r).map(|m| m.priority)), |w, s| {
-        let p = s.parse()?;
-        if let Some(m) = moe(w) { m.priority = p }
-    }),
-    setting!("jitter", Moe, Some("EPS"), "Multiplicative router jitter in training (0 = off).", |r| show(moe_of(r).map(|m| m.jitter)), |w, s| {
-        let j = number(s)?;
-        if let Some(m) = moe(w) { m.jitter = j }
-    }),
-    setting!("shared-experts", Moe, Some("N"), "Shared experts every token passes through (DeepSeekMoE).", |r| show(moe_of(r).map(|m| m.num_shared_experts)), |w, s| {
-        let n = number(s)?;
-        if let Some(m) = moe(w) { m.num_shared_experts = n }
-    }),
-    setting!("balancing", Moe, Some("MODE"), "aux-loss (Switch), or aux-free[:RATE] (DeepSeek-V3 bias; no balancing loss by default).", |r| show(moe_of(r).map(|m| m.balancing)), |w, s| {
-        let b: Balancing = s.parse()?;
-        if let Some(m) = moe(w) { m.balancing = b }
-    }),
-    setting!("bias-update-rate", Moe, Some("RATE"), "Bias update step of --balancing aux-free.", |r| Balancing::DEFAULT_BIAS_UPDATE_RATE.to_string(), |w, s| {
-        let rate = number(s)?;
-        if let Some(MoeConfig { balancing: Balancing::AuxFree { bias_update_rate }, .. }) = moe(w) { *bias_update_rate = rate }
-    }),
-    setting!("aux-loss-coef", Moe, Some("ALPHA"), "Load-balancing loss coefficient [default: 0.01; 0 with aux-free balancing].", |r| String::new(), |w, s| w.train.load_balancing_coef = Some(number(s)?)),
-    setting!("z-loss-coef", Moe, Some("BETA"), "Router z-loss coefficient.", |r| Objective::Z_LOSS_COEF.to_string(), |w, s| w.train.z_loss_coef = Some(number(s)?)),
-    setting!("moe-every", Moe, Some("N"), "MoE on every N-th block...", |r| every_offset(&r.model.moe_layers).0.to_string(), |w, s| {
-        let (_, offset) = every_offset(&w.model.moe_layers);
-        w.model.moe_layers = MoeLayers::Every { every: positive(s)?, offset }
-    }),
-    setting!("moe-offset", Moe, Some("N"), "...starting at this block.", |r| every_offset(&r.model.moe_layers).1.to_string(), |w, s| {
-        let (every, _) = every_offset(&w.model.moe_layers);
-        w.model.moe_layers = MoeLayers::Every { every, offset: number(s)? }
-    }),
-    setting!("moe-layers", Moe, Some("I,J"), "Explicit comma-separated MoE block indices (instead of --moe-every/--moe-offset).", |r| String::new(), |w, s| {
-        let layers = s.split(',').map(|i| number(i.trim())).collect::<Result<Vec<usize>>>()?;
-        w.model.moe_layers = MoeLayers::List { layers }
-    }),
-    setting!("altup-blocks", AltUp, Some("K"), "AltUp blocks K.", |r| show(r.model.altup.as_ref().map(|a| a.num_blocks)), |w, s| {
-        let k = positive(s)?;
-        if let Some(a) = &mut w.model.altup { a.num_blocks = k }
-    }),
-    setting!("altup-mode", AltUp, Some("MODE"), "AltUp coefficients: static (the paper) or input-dependent (Gemma 3n).", |r| "static".into(), |w, s| {
-        let input_dependent = match s {
-            "static" => false,
-            "input-dependent" => true,
-            _ => return Err(Error::Config(format!("'{s}' is not static or input-dependent"))),
-        };
-        if let Some(a) = &mut w.model.altup {
-            a.coefficients = match (input_dependent, a.coefficients) {
-                (false, _) => Coefficients::Static,
-                (true, Coefficients::InputDependent { clip }) => Coefficients::InputDependent { clip },
-                (true, Coefficients::Static) => Coefficients::InputDependent { clip: Some(Coefficients::GEMMA_CLIP) },
+    Setting {
+        name: "arch",
+        section: Section::Model,
+        help: "Stack: dense, switch, altup or altup-moe.",
+        value: Some("ARCH"),
+        show: |_| Arch::default().to_string(),
+        set: |w, s| {
+            let max_seq_len = w.model.max_seq_len;
+            w.model = ModelConfig { max_seq_len, ..ModelConfig::preset(s.parse()?) };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "d-model",
+        section: Section::Model,
+        help: "Model width d (FFN and experts 4·d wide unless --d-ff).",
+        value: Some("D"),
+        show: |r| r.model.d_model.to_string(),
+        set: |w, s| {
+            let d = positive(s)?;
+            (w.model.d_model, w.model.ffn.d_ff) = (d, 4 * d);
+            if let Some(m) = moe(w) {
+                m.d_ff = 4 * d
             }
-        }
-    }),
-    setting!("altup-clip", AltUp, Some("CLIP"), "Clip of the input-dependent coefficients in training, or none.", |r| Coefficients::GEMMA_CLIP.to_string(), |w, s| {
-        let clip = match s { "none" => None, _ => Some(number(s)?) };
-        if let Some(a) = &mut w.model.altup {
-            if let Coefficients::InputDependent { .. } = a.coefficients { a.coefficients = Coefficients::InputDependent { clip } }
-        }
-    }),
-    setting!("altup-selection", AltUp, Some("SEL"), "Activated block per layer: alternating, same:N, or schedule:I,J,...", |r| show(r.model.altup.as_ref().map(|a| a.selection.clone())), |w, s| {
-        let selection = s.parse()?;
-        if let Some(a) = &mut w.model.altup { a.selection = selection }
-    }),
-    setting!("altup-compute", AltUp, Some("ON"), "What the layer computes on: input (the paper) or prediction (Gemma 3n).", |r| show(r.model.altup.as_ref().map(|a| a.compute_on)), |w, s| {
-        let on = s.parse()?;
-        if let Some(a) = &mut w.model.altup { a.compute_on = on }
-    }),
-    setting!("altup-widening", AltUp, Some("W"), "wide-embedding (K·d table), recycled (replicated embedding, summed output) or projected (Gemma 3n).", |r| show(r.model.altup.as_ref().map(|a| a.widening)), |w, s| {
-        let widening = s.parse()?;
-        if let Some(a) = &mut w.model.altup { a.widening = widening }
-    }),
-    setting!("recycled", AltUp, None, "Shorthand for --altup-widening recycled (Recycled-AltUp).", |r| String::new(), |w, _s| {
-        if let Some(a) = &mut w.model.altup { a.widening = Widening::Recycled }
-    }),
-    setting!("altup-output", AltUp, Some("OUT"), "Output reduction of a wide embedding: sum, mean, block:N or projection.", |r| show(r.model.altup.as_ref().map(|a| a.output)), |w, s| {
-        let output = s.parse()?;
-        if let Some(a) = &mut w.model.altup { a.output = output }
-    }),
+            Ok(())
+        },
+    },
+    Setting {
+        name: "layers",
+        section: Section::Model,
+        help: "Transformer blocks.",
+        value: Some("N"),
+        show: |r| r.model.num_layers.to_string(),
+        set: |w, s| {
+            w.model.num_layers = positive(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "heads",
+        section: Section::Model,
+        help: "Attention heads (must divide --d-model).",
+        value: Some("H"),
+        show: |r| r.model.attention.num_heads.to_string(),
+        set: |w, s| {
+            w.model.attention.num_heads = positive(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "d-ff",
+        section: Section::Model,
+        help: "Hidden width of the dense FFN and of each expert.",
+        value: Some("F"),
+        show: |r| r.model.ffn.d_ff.to_string(),
+        set: |w, s| {
+            let f = positive(s)?;
+            w.model.ffn.d_ff = f;
+            if let Some(m) = moe(w) {
+                m.d_ff = f
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "activation",
+        section: Section::Model,
+        help: "FFN and expert non-linearity: gelu, relu or swiglu.",
+        value: Some("ACT"),
+        show: |r| r.model.ffn.activation.to_string(),
+        set: |w, s| {
+            let a = s.parse()?;
+            w.model.ffn.activation = a;
+            if let Some(m) = moe(w) {
+                m.activation = a
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "sequence-stride",
+        section: Section::Model,
+        help: "Sequence-AltUp: every block runs on every N-th token only (0 or 1 = off).",
+        value: Some("N"),
+        show: |r| r.model.sequence_altup.as_ref().map_or(0, |c| c.stride).to_string(),
+        set: |w, s| {
+            let n: usize = number(s)?;
+            w.model.sequence_altup = (n > 1).then_some(SequenceAltUpConfig { stride: n });
+            Ok(())
+        },
+    },
+    Setting {
+        name: "steps",
+        section: Section::Training,
+        help: "Optimizer steps (warmup: 50, at most a tenth of them).",
+        value: Some("N"),
+        show: |r| r.train.steps.to_string(),
+        set: |w, s| {
+            let n = positive(s)? as u64;
+            (w.train.steps, w.train.warmup_steps) = (n, TrainConfig::default_warmup(n));
+            Ok(())
+        },
+    },
+    Setting {
+        name: "batch-size",
+        section: Section::Training,
+        help: "Sequences per micro-batch.",
+        value: Some("B"),
+        show: |r| r.train.batch_size.to_string(),
+        set: |w, s| {
+            w.train.batch_size = positive(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "grad-accum",
+        section: Section::Training,
+        help: "Micro-batches per optimizer step (gradient accumulation).",
+        value: Some("N"),
+        show: |r| r.train.grad_accum.to_string(),
+        set: |w, s| {
+            w.train.grad_accum = positive(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "seq-len",
+        section: Section::Training,
+        help: "Tokens per sequence (also the model's context).",
+        value: Some("T"),
+        show: |r| r.train.seq_len.to_string(),
+        set: |w, s| {
+            let t = positive(s)?;
+            (w.train.seq_len, w.model.max_seq_len) = (t, t);
+            Ok(())
+        },
+    },
+    Setting {
+        name: "lr",
+        section: Section::Training,
+        help: "Peak learning rate (linear warmup, cosine decay to a tenth).",
+        value: Some("LR"),
+        show: |r| r.train.lr.to_string(),
+        set: |w, s| {
+            w.train.lr = number(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "warmup-steps",
+        section: Section::Training,
+        help: "Warmup steps.",
+        value: Some("N"),
+        show: |r| r.train.warmup_steps.to_string(),
+        set: |w, s| {
+            w.train.warmup_steps = number(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "seed",
+        section: Section::Training,
+        help: "Seed of the initialisation and of the data order.",
+        value: Some("S"),
+        show: |r| r.train.seed.to_string(),
+        set: |w, s| {
+            let seed = number(s)?;
+            (w.train.seed, w.model.init_seed) = (seed, seed);
+            Ok(())
+        },
+    },
+    Setting {
+        name: "eval-every",
+        section: Section::Training,
+        help: "Evaluate every N steps (and after the last one).",
+        value: Some("N"),
+        show: |r| r.train.eval_every.to_string(),
+        set: |w, s| {
+            w.train.eval_every = positive(s)? as u64;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "eval-batches",
+        section: Section::Training,
+        help: "Validation batches per evaluation.",
+        value: Some("N"),
+        show: |r| r.train.eval_batches.to_string(),
+        set: |w, s| {
+            w.train.eval_batches = positive(s)?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "dtype",
+        section: Section::Training,
+        help: "Compute precision: f32, bf16, or bf16-mixed (bf16 sublayers, f32 residual); weights stay f32.",
+        value: Some("DTYPE"),
+        show: |r| r.model.precision.to_string(),
+        set: |w, s| {
+            w.model.precision = s.parse()?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "tokenizer",
+        section: Section::Training,
+        help: "bytes, bpe:N (a byte-level BPE trained on the training split), or a tokenizer.json.",
+        value: Some("SPEC"),
+        show: |r| r.train.tokenizer.to_string(),
+        set: |w, s| {
+            w.train.tokenizer = s.parse()?;
+            Ok(())
+        },
+    },
+    Setting {
+        name: "experts",
+        section: Section::Moe,
+        help: "Experts per MoE layer.",
+        value: Some("E"),
+        show: |r| show(moe_of(r).map(|m| m.num_experts)),
+        set: |w, s| {
+            let e = positive(s)?;
+            if let Some(m) = moe(w) {
+                m.num_experts = e
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "expert-d-ff",
+        section: Section::Moe,
+        help: "Hidden width of each expert (small with many experts: fine-grained MoE).",
+        value: Some("F"),
+        show: |r| show(moe_of(r).map(|m| m.d_ff)),
+        set: |w, s| {
+            let f = positive(s)?;
+            if let Some(m) = moe(w) {
+                m.d_ff = f
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "router",
+        section: Section::Moe,
+        help: "token-choice or expert-choice (which sees the whole window: future tokens leak into routing).",
+        value: Some("KIND"),
+        show: |r| show(moe_of(r).map(|m| m.router)),
+        set: |w, s| {
+            let router: crate::moe::RouterKind = s.parse()?;
+            if let Some(m) = moe(w) {
+                let cf = router.policy().default_capacity_factor();
+                (m.router, m.capacity_factor, m.eval_capacity_factor) = (router, cf, cf);
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "top-k",
+        section: Section::Moe,
+        help: "Experts per token (token choice).",
+        value: Some("K"),
+        show: |r| show(moe_of(r).map(|m| m.top_k)),
+        set: |w, s| {
+            let k = positive(s)?;
+            if let Some(m) = moe(w) {
+                m.top_k = k
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "normalize-gates",
+        section: Section::Moe,
+        help: "Renormalise the top-k gates to sum to 1 (k > 1; Mixtral).",
+        value: None,
+        show: |_| String::new(),
+        set: |w, _s| {
+            if let Some(m) = moe(w) {
+                m.normalize_gates = true
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "capacity-factor",
+        section: Section::Moe,
+        help: "Training capacity factor, or none (dropless); the evaluation one follows unless given.",
+        value: Some("CF"),
+        show: |r| show(moe_of(r).map(|m| show_cf(m.capacity_factor))),
+        set: |w, s| {
+            let cf = capacity(s)?;
+            if let Some(m) = moe(w) {
+                (m.capacity_factor, m.eval_capacity_factor) = (cf, cf)
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "eval-capacity-factor",
+        section: Section::Moe,
+        help: "Evaluation capacity factor, or none.",
+        value: Some("CF"),
+        show: |r| show(moe_of(r).map(|m| show_cf(m.eval_capacity_factor))),
+        set: |w, s| {
+            let cf = capacity(s)?;
+            if let Some(m) = moe(w) {
+                m.eval_capacity_factor = cf
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "priority",
+        section: Section::Moe,
+        help: "Capacity priority: position or confidence (batch prioritized routing).",
+        value: Some("P"),
+        show: |r| show(moe_of(r).map(|m| m.priority)),
+        set: |w, s| {
+            let p = s.parse()?;
+            if let Some(m) = moe(w) {
+                m.priority = p
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "jitter",
+        section: Section::Moe,
+        help: "Multiplicative router jitter in training (0 = off).",
+        value: Some("EPS"),
+        show: |r| show(moe_of(r).map(|m| m.jitter)),
+        set: |w, s| {
+            let j = number(s)?;
+            if let Some(m) = moe(w) {
+                m.jitter = j
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "shared-experts",
+        section: Section::Moe,
+        help: "Shared experts every token passes through (DeepSeekMoE).",
+        value: Some("N"),
+        show: |r| show(moe_of(r).map(|m| m.num_shared_experts)),
+        set: |w, s| {
+            let n = number(s)?;
+            if let Some(m) = moe(w) {
+                m.num_shared_experts = n
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "balancing",
+        section: Section::Moe,
+        help: "aux-loss (Switch), or aux-free[:RATE] (DeepSeek-V3 bias; no balancing loss by default).",
+        value: Some("MODE"),
+        show: |r| show(moe_of(r).map(|m| m.balancing)),
+        set: |w, s| {
+            let b: Balancing = s.parse()?;
+            if let Some(m) = moe(w) {
+                m.balancing = b
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "bias-update-rate",
+        section: Section::Moe,
+        help: "Bias update step of --balancing aux-free.",
+        value: Some("RATE"),
+        show: |_| Balancing::DEFAULT_BIAS_UPDATE_RATE.to_string(),
+        set: |w, s| {
+            let rate = number(s)?;
+            if let Some(MoeConfig { balancing: Balancing::AuxFree { bias_update_rate }, .. }) = moe(w) {
+                *bias_update_rate = rate;
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "aux-loss-coef",
+        section: Section::Moe,
+        help: "Load-balancing loss coefficient [default: 0.01; 0 with aux-free balancing].",
+        value: Some("ALPHA"),
+        show: |_| String::new(),
+        set: |w, s| {
+            w.train.load_balancing_coef = Some(number(s)?);
+            Ok(())
+        },
+    },
+    Setting {
+        name: "z-loss-coef",
+        section: Section::Moe,
+        help: "Router z-loss coefficient [default: 0.001].",
+        value: Some("BETA"),
+        show: |_| String::new(),
+        set: |w, s| {
+            w.train.z_loss_coef = Some(number(s)?);
+            Ok(())
+        },
+    },
+    Setting {
+        name: "moe-every",
+        section: Section::Moe,
+        help: "MoE on every N-th block...",
+        value: Some("N"),
+        show: |r| every_offset(&r.model.moe_layers).0.to_string(),
+        set: |w, s| {
+            let (_, offset) = every_offset(&w.model.moe_layers);
+            w.model.moe_layers = MoeLayers::Every { every: positive(s)?, offset };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "moe-offset",
+        section: Section::Moe,
+        help: "...starting at this block.",
+        value: Some("N"),
+        show: |r| every_offset(&r.model.moe_layers).1.to_string(),
+        set: |w, s| {
+            let (every, _) = every_offset(&w.model.moe_layers);
+            w.model.moe_layers = MoeLayers::Every { every, offset: number(s)? };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "moe-layers",
+        section: Section::Moe,
+        help: "Explicit comma-separated MoE block indices (instead of --moe-every/--moe-offset).",
+        value: Some("I,J"),
+        show: |_| String::new(),
+        set: |w, s| {
+            let layers = s.split(',').map(|i| number(i.trim())).collect::<Result<Vec<usize>>>()?;
+            w.model.moe_layers = MoeLayers::List { layers };
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-blocks",
+        section: Section::AltUp,
+        help: "AltUp blocks K.",
+        value: Some("K"),
+        show: |r| show(r.model.altup.as_ref().map(|a| a.num_blocks)),
+        set: |w, s| {
+            let k = positive(s)?;
+            if let Some(a) = &mut w.model.altup {
+                a.num_blocks = k
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-mode",
+        section: Section::AltUp,
+        help: "AltUp coefficients: static (the paper) or input-dependent (Gemma 3n).",
+        value: Some("MODE"),
+        show: |_| "static".into(),
+        set: |w, s| {
+            let input_dependent = match s {
+                "static" => false,
+                "input-dependent" => true,
+                _ => return Err(Error::Config(format!("'{s}' is not static or input-dependent"))),
+            };
+            if let Some(a) = &mut w.model.altup {
+                a.coefficients = match (input_dependent, a.coefficients) {
+                    (false, _) => Coefficients::Static,
+                    (true, Coefficients::InputDependent { clip }) => Coefficients::InputDependent { clip },
+                    (true, Coefficients::Static) => {
+                        Coefficients::InputDependent { clip: Some(Coefficients::GEMMA_CLIP) }
+                    }
+                }
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-clip",
+        section: Section::AltUp,
+        help: "Clip of the input-dependent coefficients in training, or none.",
+        value: Some("CLIP"),
+        show: |_| Coefficients::GEMMA_CLIP.to_string(),
+        set: |w, s| {
+            let clip = match s {
+                "none" => None,
+                _ => Some(number(s)?),
+            };
+            if let Some(a) = &mut w.model.altup {
+                if let Coefficients::InputDependent { .. } = a.coefficients {
+                    a.coefficients = Coefficients::InputDependent { clip };
+                }
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-selection",
+        section: Section::AltUp,
+        help: "Activated block per layer: alternating, same:N, or schedule:I,J,...",
+        value: Some("SEL"),
+        show: |r| show(r.model.altup.as_ref().map(|a| a.selection.clone())),
+        set: |w, s| {
+            let selection = s.parse()?;
+            if let Some(a) = &mut w.model.altup {
+                a.selection = selection
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-compute",
+        section: Section::AltUp,
+        help: "What the layer computes on: input (the paper) or prediction (Gemma 3n).",
+        value: Some("ON"),
+        show: |r| show(r.model.altup.as_ref().map(|a| a.compute_on)),
+        set: |w, s| {
+            let on = s.parse()?;
+            if let Some(a) = &mut w.model.altup {
+                a.compute_on = on
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-widening",
+        section: Section::AltUp,
+        help: "wide-embedding (K·d table), recycled (replicated embedding, summed output) or projected (Gemma 3n).",
+        value: Some("W"),
+        show: |r| show(r.model.altup.as_ref().map(|a| a.widening)),
+        set: |w, s| {
+            let widening = s.parse()?;
+            if let Some(a) = &mut w.model.altup {
+                a.widening = widening
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "recycled",
+        section: Section::AltUp,
+        help: "Shorthand for --altup-widening recycled (Recycled-AltUp).",
+        value: None,
+        show: |_| String::new(),
+        set: |w, _s| {
+            if let Some(a) = &mut w.model.altup {
+                a.widening = Widening::Recycled
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "altup-output",
+        section: Section::AltUp,
+        help: "Output reduction of a wide embedding: sum, mean, block:N or projection.",
+        value: Some("OUT"),
+        show: |r| show(r.model.altup.as_ref().map(|a| a.output)),
+        set: |w, s| {
+            let output = s.parse()?;
+            if let Some(a) = &mut w.model.altup {
+                a.output = output
+            }
+            Ok(())
+        },
+    },
 ];
 
 fn show_cf(cf: Option<f64>) -> String {

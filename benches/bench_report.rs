@@ -7,9 +7,10 @@
 //! criterion benches and the `scaling` sweep.
 //!
 //! ```text
-//! cargo run --release --example bench_report -- --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
+//! cargo bench --bench bench_report -- --scaling docs/benchmarks/scaling.json --out docs/benchmarks.md
 //! ```
 
+#[path = "../examples/common/mod.rs"]
 mod common;
 
 use altup_moe::altup::{AltUp, AltUpConfig, Coefficients, ComputeInput};
@@ -34,6 +35,9 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// Set by `cargo bench` (ignored).
+    #[arg(long, hide = true)]
+    bench: bool,
     /// JSON written by the scaling example.
     #[arg(long, default_value = "docs/benchmarks/scaling.json")]
     scaling: PathBuf,
@@ -270,213 +274,231 @@ fn ms(times: &[f64]) -> String {
     format!("{:.1}", median(times) * 1e3)
 }
 
+/// The report being measured: the peers' process and the targets' table rows so far.
+struct Report<'a> {
+    args: &'a Args,
+    peers: Option<Peers>,
+    targets: String,
+}
+
+impl Report<'_> {
+    fn target(&mut self, text: &str, r: &PairedRatio, goal: f64, at_most: bool) {
+        let _ = writeln!(self.targets, "| {text} | {} | {} |", r.show(), verdict(r, goal, at_most));
+    }
+
+    /// The MoE layer against the dense FFN of equal active FLOPs and Hugging Face Switch, and the
+    /// E = 64 layer's floor (its expert matmuls alone).
+    fn moe_layers(&mut self, token_counts: &[i64], big: i64) -> Res<String> {
+        let mut md = "| tokens | E | dense FFN (ms) | ours (ms) | ours / dense [95%] | HF Switch (ms) | HF / ours [95%] |\n|---|---|---|---|---|---|---|\n".to_string();
+        for &tokens in token_counts {
+            for e in [1usize, 8, 64] {
+                let mut dense = dense_ffn(F, tokens)?;
+                let mut moe = moe_layer(MoeConfig { num_experts: e, d_ff: F, ..Default::default() }, tokens)?;
+                let (case, what) = (format!("switch/e{e}_t{tokens}"), format!("MoE E={e}, {tokens} tokens"));
+                let times = match self.peers.as_mut() {
+                    Some(p) => {
+                        let mut hf = || p.call(&case);
+                        measure(self.args, &what, &mut [&mut *dense, &mut *moe, &mut hf])?
+                    }
+                    None => measure(self.args, &what, &mut [&mut *dense, &mut *moe])?,
+                };
+                let vs_dense = PairedRatio::new(&times[0], &times[1]);
+                let vs_hf = times.get(2).map(|hf| PairedRatio::new(&times[1], hf));
+                let hf_ms = times.get(2).map_or("-".into(), |t| ms(t));
+                let hf_ratio = vs_hf.map_or("-".into(), |r| r.show());
+                let (dense_ms, ours_ms) = (ms(&times[0]), ms(&times[1]));
+                let _ = writeln!(
+                    md,
+                    "| {tokens} | {e} | {dense_ms} | {ours_ms} | {} | {hf_ms} | {hf_ratio} |",
+                    vs_dense.show()
+                );
+                if tokens == big && e > 1 {
+                    let text =
+                        format!("MoE layer ≤ 1.10× dense FFN of equal active FLOPs, E = {e}, top-1, {big} tokens");
+                    self.target(&text, &vs_dense, 1.10, true);
+                }
+                if let Some(r) = &vs_hf {
+                    if tokens == big && e == 64 {
+                        self.target(&format!("≥ 1.5× faster than HF Switch at E = 64, {big} tokens"), r, 1.5, false);
+                    }
+                    if tokens == 2048 {
+                        self.target(&format!("not slower than HF Switch at E = {e}, 2,048 tokens"), r, 1.0, false);
+                    }
+                }
+            }
+        }
+        let mut dense = dense_ffn(F, big)?;
+        let (mut looped, mut grouped) = (expert_matmuls(64, big, false)?, expert_matmuls(64, big, true)?);
+        let times = measure(self.args, "expert matmuls, E = 64", &mut [&mut *dense, &mut *looped, &mut *grouped])?;
+        let (floor_loop, floor_grouped) =
+            (PairedRatio::new(&times[0], &times[1]), PairedRatio::new(&times[0], &times[2]));
+        let floor = if floor_loop.median <= floor_grouped.median { &floor_loop } else { &floor_grouped };
+        let _ = write!(
+            md,
+            "\nThe E = 64 layer's floor at {big} tokens — its expert matmuls alone (64 GEMMs of {} rows up and down, \
+             forward + backward, no router or dispatch) over the dense FFN: {} with one matmul per expert, {} with \
+             `_grouped_mm`. An MoE layer built on libtorch's matmuls cannot go below the smaller of the two{}",
+            big / 64,
+            floor_loop.show(),
+            floor_grouped.show(),
+            if floor.low > 1.10 {
+                ": the whole interval lies above the 1.10 target, so the target cannot be met with these kernels \
+                 (64 matmuls of 256 rows run slower per FLOP than one of 16,384)."
+            } else {
+                "."
+            }
+        );
+        Ok(md)
+    }
+
+    /// The Mixtral block against Hugging Face's (a target) and Gemma 3n's AltUp (a sentence).
+    fn mixtral_and_gemma(&mut self, big: i64) -> Res<String> {
+        let Some(p) = self.peers.as_mut() else { return Ok(String::new()) };
+        let mut ours = moe_layer(MoeConfig::mixtral(8, F), big)?;
+        let mut hf = || p.call(&format!("mixtral_e8_k2_t{big}"));
+        let times = measure(self.args, "Mixtral block", &mut [&mut *ours, &mut hf])?;
+        let mixtral = PairedRatio::new(&times[0], &times[1]);
+        let mut ours = gemma_altup()?;
+        let mut hf = || p.call("gemma3n_altup_k4_d512_t2048");
+        let times = measure(self.args, "Gemma 3n AltUp", &mut [&mut *ours, &mut hf])?;
+        let text = format!("≥ 1.3× faster than the HF Mixtral block at E = 8, k = 2, {big} tokens");
+        self.target(&text, &mixtral, 1.3, false);
+        Ok(format!(
+            "Gemma 3n AltUp predict + correct (K = 4, d = 512, 2,048 tokens): ours {} ms, HF `Gemma3nTextAltUp` {} \
+             ms, HF / ours {}.\n",
+            ms(&times[0]),
+            ms(&times[1]),
+            PairedRatio::new(&times[0], &times[1]).show()
+        ))
+    }
+
+    /// AltUp stacks against the plain stack, with the mixing alone as the floor.
+    fn altup_stacks(&mut self) -> Res<String> {
+        let mut reading = String::new();
+        let mut md = "| d | plain (ms) | K = 2 [95%] | K = 4 [95%] | K = 4 mixing alone, 1 + mixing / plain [95%] |\n|---|---|---|---|---|\n".to_string();
+        for d in [256usize, 512] {
+            let (mut plain, mut k2, mut k4) =
+                (stack(d, Stack::Plain)?, stack(d, Stack::AltUp(2))?, stack(d, Stack::AltUp(4))?);
+            let mut mixing = stack(d, Stack::Mixing(4))?;
+            let calls: &mut [&mut dyn FnMut() -> Res<f64>] = &mut [&mut *plain, &mut *k2, &mut *k4, &mut *mixing];
+            let times = measure(self.args, &format!("AltUp stacks, d = {d}"), calls)?;
+            let (k2, k4) = (PairedRatio::new(&times[0], &times[1]), PairedRatio::new(&times[0], &times[2]));
+            let with_mixing: Vec<f64> = times[0].iter().zip(&times[3]).map(|(p, m)| p + m).collect();
+            let floor = PairedRatio::new(&times[0], &with_mixing);
+            let _ = writeln!(md, "| {d} | {} | {} | {} | {} |", ms(&times[0]), k2.show(), k4.show(), floor.show());
+            if d == 512 {
+                reading = format!(
+                    "At d = 512 AltUp's predict/correct alone (K = 4, around an identity layer, 4 layers) costs {} of \
+                     the plain stack: {}",
+                    floor.show(),
+                    if floor.low > 1.06 {
+                        "its whole interval lies above the 1.06 target, so no implementation of the K = 4 mixing \
+                         with libtorch's kernels can meet it (the K × K mixing reads and writes all K blocks of width d)."
+                    } else {
+                        "the mixing itself leaves room under the 1.06 target; the rest is the wider embedding, the \
+                         collapse and memory traffic of K blocks."
+                    }
+                );
+                self.target("AltUp stack ≤ 1.03× plain stack, K = 2, d = 512 (4 blocks)", &k2, 1.03, true);
+                self.target("AltUp stack ≤ 1.06× plain stack, K = 4, d = 512 (4 blocks)", &k4, 1.06, true);
+            }
+        }
+        Ok(format!("{md}\n{reading}"))
+    }
+
+    /// Training steps against PyTorch eager, and the scaling sweep's own target.
+    fn training_steps(&mut self) -> Res<String> {
+        let mut md =
+            "| stack | d | ours (ms) | PyTorch eager (ms) | ours / theirs [95%] |\n|---|---|---|---|---|\n".to_string();
+        let mut rows = Vec::new();
+        if let Some(p) = self.peers.as_mut() {
+            for (d, goal, label) in [(128usize, 0.95, "default size"), (64, 0.8, "tiny size (d = 64)")] {
+                for arch in Arch::ALL {
+                    let mut ours = train_step(arch, d)?;
+                    let case = format!("train_step/{}_d{d}", arch.name());
+                    let mut theirs = || p.call(&case);
+                    let what = format!("training step {} d = {d}", arch.name());
+                    let times = measure(self.args, &what, &mut [&mut theirs, &mut *ours])?;
+                    let r = PairedRatio::new(&times[0], &times[1]);
+                    let _ = writeln!(
+                        md,
+                        "| {} | {d} | {} | {} | {} |",
+                        arch.name(),
+                        ms(&times[1]),
+                        ms(&times[0]),
+                        r.show()
+                    );
+                    rows.push((format!("training step ≤ {goal}× PyTorch eager, {}, {label}", arch.name()), r, goal));
+                }
+            }
+        }
+        for (text, r, goal) in rows {
+            self.target(&text, &r, goal, true);
+        }
+        let scaling = std::fs::read_to_string(&self.args.scaling)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let p64 = scaling.as_ref().and_then(|s| {
+            s.as_array()?.iter().find(|p| p["family"] == "moe-k1" && p["experts"].as_u64() == Some(64)).cloned()
+        });
+        if let Some(p64) = p64 {
+            let f = |k: &str| p64[k].as_f64().unwrap_or(f64::NAN);
+            let r =
+                PairedRatio { median: f("relative_time"), low: f("relative_low"), high: f("relative_high"), pairs: 0 };
+            self.target("training step (fwd+bwd) at E = 64 ≤ 1.2× E = 1, top-1 (scaling sweep)", &r, 1.2, true);
+        }
+        Ok(md)
+    }
+}
+
 fn run(args: Args) -> Res<()> {
     let token_counts: Vec<i64> = if args.quick { vec![2048] } else { vec![2048, 16384] };
     let big = *token_counts.last().unwrap_or(&2048);
-    let mut peers = Peers::start(&args.python);
+    let peers = Peers::start(&args.python);
     if peers.is_none() {
         eprintln!("warning: cannot start {} benches/peers.py --serve: peers skipped", args.python.display());
     }
-    let mut targets = String::new();
-    let mut target = |text: &str, r: &PairedRatio, goal: f64, at_most: bool| {
-        let _ = writeln!(targets, "| {text} | {} | {} |", r.show(), verdict(r, goal, at_most));
-    };
-
-    // MoE layer against the dense FFN of equal active FLOPs, and against Hugging Face Switch.
-    let mut moe_md = "| tokens | E | dense FFN (ms) | ours (ms) | ours / dense [95%] | HF Switch (ms) | HF / ours [95%] |\n|---|---|---|---|---|---|---|\n".to_string();
-    for &tokens in &token_counts {
-        for e in [1usize, 8, 64] {
-            let mut dense = dense_ffn(F, tokens)?;
-            let mut moe = moe_layer(MoeConfig { num_experts: e, d_ff: F, ..Default::default() }, tokens)?;
-            let case = format!("switch/e{e}_t{tokens}");
-            let what = format!("MoE E={e}, {tokens} tokens");
-            let times = match peers.as_mut() {
-                Some(p) => {
-                    let mut hf = || p.call(&case);
-                    measure(&args, &what, &mut [&mut *dense, &mut *moe, &mut hf])?
-                }
-                None => measure(&args, &what, &mut [&mut *dense, &mut *moe])?,
-            };
-            let vs_dense = PairedRatio::new(&times[0], &times[1]);
-            let vs_hf = times.get(2).map(|hf| PairedRatio::new(&times[1], hf));
-            let _ = writeln!(
-                moe_md,
-                "| {tokens} | {e} | {} | {} | {} | {} | {} |",
-                ms(&times[0]),
-                ms(&times[1]),
-                vs_dense.show(),
-                times.get(2).map_or("-".into(), |t| ms(t)),
-                vs_hf.map_or("-".into(), |r| r.show())
-            );
-            if tokens == big && e > 1 {
-                let text = format!("MoE layer ≤ 1.10× dense FFN of equal active FLOPs, E = {e}, top-1, {big} tokens");
-                target(&text, &vs_dense, 1.10, true);
-            }
-            if let Some(r) = &vs_hf {
-                if tokens == big && e == 64 {
-                    target(&format!("≥ 1.5× faster than HF Switch at E = 64, {big} tokens"), r, 1.5, false);
-                }
-                if tokens == 2048 {
-                    target(&format!("not slower than HF Switch at E = {e}, 2,048 tokens"), r, 1.0, false);
-                }
-            }
-        }
-    }
-    // The floor of the E = 64 layer: its expert matmuls alone against the dense FFN.
-    let mut dense = dense_ffn(F, big)?;
-    let (mut looped, mut grouped) = (expert_matmuls(64, big, false)?, expert_matmuls(64, big, true)?);
-    let times = measure(&args, "expert matmuls, E = 64", &mut [&mut *dense, &mut *looped, &mut *grouped])?;
-    let (floor_loop, floor_grouped) = (PairedRatio::new(&times[0], &times[1]), PairedRatio::new(&times[0], &times[2]));
-    let floor = if floor_loop.median <= floor_grouped.median { &floor_loop } else { &floor_grouped };
-    let floor_md = format!(
-        "The E = 64 layer's floor at {big} tokens — its expert matmuls alone (64 GEMMs of {} rows up and down, \
-         forward + backward, no router or dispatch) over the dense FFN: {} with one matmul per expert, {} with \
-         `_grouped_mm`. An MoE layer built on libtorch's matmuls cannot go below the smaller of the two{}",
-        big / 64,
-        floor_loop.show(),
-        floor_grouped.show(),
-        if floor.low > 1.10 {
-            ": the whole interval lies above the 1.10 target, so the target cannot be met with these kernels \
-             (64 matmuls of 256 rows run slower per FLOP than one of 16,384)."
-        } else {
-            "."
-        }
-    );
-
-    if let Some(p) = peers.as_mut() {
-        let mut ours = moe_layer(MoeConfig::mixtral(8, F), big)?;
-        let mut hf = || p.call(&format!("mixtral_e8_k2_t{big}"));
-        let times = measure(&args, "Mixtral block", &mut [&mut *ours, &mut hf])?;
-        let r = PairedRatio::new(&times[0], &times[1]);
-        target(&format!("≥ 1.3× faster than the HF Mixtral block at E = 8, k = 2, {big} tokens"), &r, 1.3, false);
-    }
-    let gemma = match peers.as_mut() {
-        Some(p) => {
-            let mut ours = gemma_altup()?;
-            let mut hf = || p.call("gemma3n_altup_k4_d512_t2048");
-            let times = measure(&args, "Gemma 3n AltUp", &mut [&mut *ours, &mut hf])?;
-            format!(
-                "Gemma 3n AltUp predict + correct (K = 4, d = 512, 2,048 tokens): ours {} ms, HF `Gemma3nTextAltUp` {} \
-                 ms, HF / ours {}.",
-                ms(&times[0]),
-                ms(&times[1]),
-                PairedRatio::new(&times[0], &times[1]).show()
-            )
-        }
-        None => String::new(),
-    };
-
-    // AltUp stacks against the plain stack, with the mixing alone as the floor.
-    let mut altup_reading = String::new();
-    let mut altup_md = "| d | plain (ms) | K = 2 [95%] | K = 4 [95%] | K = 4 mixing alone, 1 + mixing / plain [95%] |\n|---|---|---|---|---|\n".to_string();
-    for d in [256usize, 512] {
-        let (mut plain, mut k2, mut k4) =
-            (stack(d, Stack::Plain)?, stack(d, Stack::AltUp(2))?, stack(d, Stack::AltUp(4))?);
-        let mut mixing = stack(d, Stack::Mixing(4))?;
-        let calls: &mut [&mut dyn FnMut() -> Res<f64>] = &mut [&mut *plain, &mut *k2, &mut *k4, &mut *mixing];
-        let times = measure(&args, &format!("AltUp stacks, d = {d}"), calls)?;
-        let (k2, k4) = (PairedRatio::new(&times[0], &times[1]), PairedRatio::new(&times[0], &times[2]));
-        let with_mixing: Vec<f64> = times[0].iter().zip(&times[3]).map(|(p, m)| p + m).collect();
-        let floor = PairedRatio::new(&times[0], &with_mixing);
-        let _ = writeln!(altup_md, "| {d} | {} | {} | {} | {} |", ms(&times[0]), k2.show(), k4.show(), floor.show());
-        if d == 512 {
-            let _ = write!(
-                altup_reading,
-                "At d = 512 AltUp's predict/correct alone (K = 4, around an identity layer, 4 layers) costs {} of the \
-                 plain stack: {}",
-                floor.show(),
-                if floor.low > 1.06 {
-                    "its whole interval lies above the 1.06 target, so no implementation of the K = 4 mixing with \
-                     libtorch's kernels can meet it (the K × K mixing reads and writes all K blocks of width d)."
-                } else {
-                    "the mixing itself leaves room under the 1.06 target; the rest is the wider embedding, the \
-                     collapse and memory traffic of K blocks."
-                }
-            );
-        }
-        if d == 512 {
-            target("AltUp stack ≤ 1.03× plain stack, K = 2, d = 512 (4 blocks)", &k2, 1.03, true);
-            target("AltUp stack ≤ 1.06× plain stack, K = 4, d = 512 (4 blocks)", &k4, 1.06, true);
-        }
-    }
-
-    // Training steps against PyTorch eager.
-    let mut train_md =
-        "| stack | d | ours (ms) | PyTorch eager (ms) | ours / theirs [95%] |\n|---|---|---|---|---|\n".to_string();
-    if let Some(p) = peers.as_mut() {
-        for (d, goal, label) in [(128usize, 0.95, "default size"), (64, 0.8, "tiny size (d = 64)")] {
-            for arch in Arch::ALL {
-                let mut ours = train_step(arch, d)?;
-                let case = format!("train_step/{}_d{d}", arch.name());
-                let mut theirs = || p.call(&case);
-                let what = format!("training step {} d = {d}", arch.name());
-                let times = measure(&args, &what, &mut [&mut theirs, &mut *ours])?;
-                let r = PairedRatio::new(&times[0], &times[1]);
-                let _ = writeln!(
-                    train_md,
-                    "| {} | {d} | {} | {} | {} |",
-                    arch.name(),
-                    ms(&times[1]),
-                    ms(&times[0]),
-                    r.show()
-                );
-                target(&format!("training step ≤ {goal}× PyTorch eager, {}, {label}", arch.name()), &r, goal, true);
-            }
-        }
-    }
-
-    // The scaling sweep's own paired ratios.
-    let scaling =
-        std::fs::read_to_string(&args.scaling).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-    if let Some(p64) = scaling.as_ref().and_then(|s| {
-        s.as_array()?.iter().find(|p| p["family"] == "moe-k1" && p["experts"].as_u64() == Some(64)).cloned()
-    }) {
-        let f = |k: &str| p64[k].as_f64().unwrap_or(f64::NAN);
-        let r = PairedRatio { median: f("relative_time"), low: f("relative_low"), high: f("relative_high"), pairs: 0 };
-        target("training step (fwd+bwd) at E = 64 ≤ 1.2× E = 1, top-1 (scaling sweep)", &r, 1.2, true);
-    }
-
+    let mut report = Report { args: &args, peers, targets: String::new() };
+    let moe_md = report.moe_layers(&token_counts, big)?;
+    let gemma = report.mixtral_and_gemma(big)?;
+    let altup_md = report.altup_stacks()?;
+    let train_md = report.training_steps()?;
     let threads = tch::get_num_threads();
+    let peer_threads = report.peers.as_ref().map_or("-".to_string(), |p| p.threads.clone());
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmarks\n\nMeasured on this project's CI-class machine (CPU, {threads} threads for libtorch, {} for PyTorch \
-         in the peers' process, f32), all numbers from one `make bench` run. Every ratio comes from interleaved \
-         timings: {} rounds after {} warm-up rounds, each round calling A then B (then C) once, so both see the same \
-         machine state; the figure is the median of the per-round ratios with a distribution-free 95% interval \
-         (binomial order statistics). A target is **met** when its whole interval is on the right side, **missed** \
-         when it is wholly on the wrong side, and **within noise** when the interval contains the target. Times in \
-         ms are medians. Reproduce with `make bench`.\n",
-        peers.as_ref().map_or("-".to_string(), |p| p.threads.clone()),
-        args.rounds,
-        args.warmup
+        "# Benchmarks\n\nMeasured on this project's CI-class machine (CPU, {threads} threads for libtorch, {peer_threads} \
+         for PyTorch in the peers' process, f32), all numbers from one `make bench` run. Every ratio comes from \
+         interleaved timings: {} rounds after {} warm-up rounds, each round calling A then B (then C) once, so both see \
+         the same machine state; the figure is the median of the per-round ratios with a distribution-free 95% \
+         interval (binomial order statistics). A target is **met** when its whole interval is on the right side, \
+         **missed** when it is wholly on the wrong side, and **within noise** when the interval contains the target. \
+         Times in ms are medians. Reproduce with `make bench`.\n",
+        args.rounds, args.warmup
     );
-    let _ = writeln!(md, "## Targets\n\n| target | measured [95% interval] | verdict |\n|---|---|---|\n{targets}");
-    let _ = writeln!(
-        md,
-        "## MoE layer (D = {D}, F = {F}, top-1, dropless, GELU, forward + backward)\n\n{moe_md}\n{floor_md}\n"
-    );
-    if !gemma.is_empty() {
-        let _ = writeln!(md, "{gemma}\n");
-    }
     let _ =
-        writeln!(md, "## AltUp stack (4 blocks, 8 × 256 tokens, forward + backward)\n\n{altup_md}\n{altup_reading}\n");
+        writeln!(md, "## Targets\n\n| target | measured [95% interval] | verdict |\n|---|---|---|\n{}", report.targets);
+    let _ = writeln!(md, "## MoE layer (D = {D}, F = {F}, top-1, dropless, GELU, forward + backward)\n\n{moe_md}\n");
+    if !gemma.is_empty() {
+        let _ = writeln!(md, "{gemma}");
+    }
+    let _ = writeln!(md, "## AltUp stack (4 blocks, 8 × 256 tokens, forward + backward)\n\n{altup_md}\n");
     let _ = writeln!(
         md,
         "## Training step versus PyTorch eager (16 × 128 bytes, forward + backward + clip + AdamW)\n\n{train_md}"
     );
-    let scaling_md = args.scaling.with_file_name("scaling.md");
-    if let Ok(table) = std::fs::read_to_string(&scaling_md) {
+    if let Ok(table) = std::fs::read_to_string(args.scaling.with_file_name("scaling.md")) {
         let _ = writeln!(md, "## Parameters versus compute (the `scaling` sweep)\n\n{table}");
         let _ = writeln!(md, "![parameters vs step time](benchmarks/scaling_params_vs_time.svg)\n\n![relative step time](benchmarks/scaling_relative_time.svg)\n");
     }
     let _ = writeln!(
         md,
-        "## Expert parallelism\n\nThe cost of the expert-parallel path with one rank against the single-process step at 2, 8 \
-         and 16 blocks (time and peak RSS), the exchange share with two ranks, and one MoE layer with 2 and 4 ranks: \
+        "## Expert parallelism\n\nThe cost of the expert-parallel path with one rank against the single-process step at \
+         2, 8 and 16 blocks (time and peak RSS), the exchange share with two ranks, and one MoE layer with 2 and 4 ranks: \
          [benchmarks/expert_parallel.md](benchmarks/expert_parallel.md) (`make bench-expert-parallel`).\n"
     );
-    if peers.is_none() {
+    if report.peers.is_none() {
         let _ = writeln!(md, "(The peers' process could not start: PyTorch / Hugging Face comparisons are missing.)");
     }
     std::fs::write(&args.out, &md).map_err(|e| Error::io(&args.out, e))?;
@@ -486,6 +508,11 @@ fn run(args: Args) -> Res<()> {
 }
 
 fn main() -> ExitCode {
+    // `cargo test --all-targets` runs every bench target without arguments: a report program has
+    // nothing to check there (`cargo bench --bench NAME -- ARGS` runs it).
+    if std::env::args().len() <= 1 {
+        return ExitCode::SUCCESS;
+    }
     let mut args = Args::parse();
     if args.quick {
         args.rounds = args.rounds.min(6);
