@@ -116,22 +116,10 @@ struct Args {
     devices: Vec<Device>,
 }
 
-fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
-    let main_rank = group.is_main();
-    // Only rank 0 talks; the others stay quiet unless they fail.
-    macro_rules! say {
-        ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
-    }
-    if let Some(threads) = args.threads {
-        tch::set_num_threads(threads);
-    }
-    let start = if args.overwrite { RunStart::Overwrite } else { RunStart::Fresh };
-    let folder = RunFolder::open(Some(&args.out), start)?;
-    let RunData { description, hash, tokenizer, spec, train, val, .. } =
-        run_data(args.data.as_deref(), &folder.run_tokenizer(&args.tokenizer)?, &|line| say!("{line}"))?;
-    let corruption = SpanCorruption { text_vocab: tokenizer.vocab_size(), ..SpanCorruption::default() };
-    let (src_len, tgt_len) = corruption.lengths(args.seq_len)?;
-    let mut config = Seq2SeqConfig::preset(args.arch, corruption.vocab_size());
+/// The encoder-decoder the flags describe, for `vocab_size` ids (text, sentinels, start) and
+/// inputs of `src_len` / targets of `tgt_len` tokens.
+fn model_config(args: &Args, vocab_size: usize, src_len: usize, tgt_len: usize) -> Seq2SeqConfig {
+    let mut config = Seq2SeqConfig::preset(args.arch, vocab_size);
     for (stack, max_len) in [(&mut config.encoder, src_len), (&mut config.decoder, tgt_len)] {
         stack.d_model = args.d_model;
         stack.num_layers = args.layers;
@@ -148,12 +136,31 @@ fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Res
             altup.num_blocks = args.altup_blocks;
         }
     }
+    config
+}
+
+fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
+    let main_rank = group.is_main();
+    // Only rank 0 talks; the others stay quiet unless they fail.
+    macro_rules! say {
+        ($($t:tt)*) => { if main_rank { eprintln!($($t)*); } };
+    }
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
+    let start = if args.overwrite { RunStart::Overwrite } else { RunStart::Fresh };
+    let folder = RunFolder::open(Some(&args.out), start)?;
+    let RunData { description, hash, tokenizer, spec, train, val, .. } =
+        run_data(args.data.as_deref(), &folder.run_tokenizer(&args.tokenizer)?, &|line| say!("{line}"))?;
+    let corruption = SpanCorruption { text_vocab: tokenizer.vocab_size(), ..SpanCorruption::default() };
+    let (src_len, tgt_len) = corruption.lengths(args.seq_len)?;
+    let config = model_config(&args, corruption.vocab_size(), src_len, tgt_len);
     let train_config = TrainConfig {
         steps: args.steps,
         batch_size: args.batch_size,
         seq_len: args.seq_len,
         lr: args.lr,
-        warmup_steps: 50.min(args.steps / 10),
+        warmup_steps: TrainConfig::default_warmup(args.steps),
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         seed: args.seed,

@@ -6,6 +6,8 @@ pub mod flags;
 
 use altup_moe::data::{RunData, RunTokenizer};
 use altup_moe::parallel::{launch, ProcessGroup, Ranks};
+#[allow(unused_imports)]
+pub use altup_moe::runtime::{device_name, parse_device};
 use altup_moe::train::{EvalRecord, Observer, StepStats};
 use altup_moe::Error;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -112,42 +114,11 @@ pub fn progress_bar(steps: u64, done: u64) -> ProgressBar {
     bar
 }
 
-pub fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda_device(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda_device(i),
-            _ => Err(format!("unknown device '{s}' (expected cpu, cuda, cuda:N or auto)")),
-        },
-    }
-}
-
-pub fn cuda_device(index: usize) -> Result<Device, String> {
-    let count = tch::Cuda::device_count() as usize;
-    if index < count {
-        Ok(Device::Cuda(index))
-    } else if count == 0 {
-        Err("CUDA was requested but no CUDA device is available (use --device cpu or auto)".into())
-    } else {
-        Err(format!("cuda:{index} requested but only {count} CUDA device(s) are available"))
-    }
-}
-
 pub fn human(n: usize) -> String {
     match n {
         n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
         n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
         n => n.to_string(),
-    }
-}
-
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
     }
 }
 

@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 /// Expert capacity `C = max(min_capacity, ceil(capacity_factor · top_k · num_tokens / num_experts))`.
 ///
 /// # Errors
-/// [`Error::Config`] if `capacity_factor` is not positive and finite or `num_experts` is 0.
+/// [`crate::Error::Config`] if `capacity_factor` is not positive and finite or `num_experts` is 0.
 pub fn expert_capacity(
     num_tokens: i64,
     num_experts: i64,
@@ -65,7 +65,7 @@ impl DispatchPlan {
     /// Token row of each kept assignment, `[M]` i64.
     ///
     /// # Errors
-    /// [`Error::Torch`] on libtorch failure.
+    /// [`crate::Error::Torch`] on libtorch failure.
     pub fn tokens(&self) -> Result<Tensor> {
         Ok(self.assignment.f_remainder(self.num_tokens)?)
     }
@@ -85,7 +85,7 @@ pub(crate) fn count_real(valid: Option<&Tensor>, n: i64) -> Result<i64> {
 /// the device (integer `scatter_add` is exact and deterministic).
 ///
 /// # Errors
-/// [`Error::Shape`] if a value lies outside `0..bins`; [`Error::Torch`] on libtorch failure.
+/// [`Error::Shape`] if a value lies outside `0..bins`; [`crate::Error::Torch`] on libtorch failure.
 pub(crate) fn count_values(values: &Tensor, bins: i64) -> Result<Tensor> {
     let flat = values.f_reshape([-1])?;
     let ones = Tensor::f_ones_like(&flat)?;

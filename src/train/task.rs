@@ -36,7 +36,7 @@ pub trait Task {
     /// data with `data_vocab` ids are valid for it.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the limit.
+    /// [`crate::Error::Config`] naming the limit.
     fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()>;
 
     /// Bytes of text per predicted token of `val`, which turns the validation loss (nats per
@@ -50,7 +50,7 @@ pub trait Task {
     /// A random training batch of `batch_size` windows of `seq_len` tokens.
     ///
     /// # Errors
-    /// [`Error::Data`] if the data is too short.
+    /// [`crate::Error::Data`] if the data is too short.
     fn sample_batch(
         &self,
         data: &TokenDataset,
@@ -63,7 +63,7 @@ pub trait Task {
     /// Fixed evaluation batches (the same every call).
     ///
     /// # Errors
-    /// [`Error::Data`] if the data is too short.
+    /// [`crate::Error::Data`] if the data is too short.
     fn eval_batches(
         &self,
         data: &TokenDataset,
@@ -77,11 +77,11 @@ pub trait Task {
     /// ([`ProcessGroup::shard_rows`] of each of its tensors; the batch itself in one process).
     ///
     /// # Errors
-    /// [`Error::Torch`] on libtorch failure.
+    /// [`crate::Error::Torch`] on libtorch failure.
     fn shard_batch(&self, batch: Self::Batch, group: &ProcessGroup) -> Result<Self::Batch>;
 
     /// The loss of a batch, in the mode `options` gives (training, evaluation, or a diagnosis
-    /// that stops at the first non-finite block with [`Error::NonFinite`]).
+    /// that stops at the first non-finite block with [`crate::Error::NonFinite`]).
     ///
     /// # Errors
     /// Errors of the model's forward pass.

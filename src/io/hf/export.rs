@@ -14,14 +14,14 @@ use tch::nn::VarStore;
 
 /// Writes `model` (its parameters live in `vs`) to the folder `dir` as a Hugging Face checkpoint
 /// of `format`: `config.json`, `model.safetensors` (f32, Hugging Face names and layouts, see the
-/// `hf` module docs) and, for a subword tokenizer, `tokenizer.json`. The folder is created when
+/// `io::hf` module docs) and, for a subword tokenizer, `tokenizer.json`. The folder is created when
 /// absent; each file is written atomically (existing files of those names are replaced).
 ///
 /// Byte-level models export with their vocabulary of 256 and no special token ids; with a
 /// subword tokenizer holding [`END_OF_TEXT`], that id becomes `eos_token_id`.
 ///
 /// ```no_run
-/// use altup_moe::hf::{export_hf, HfFormat};
+/// use altup_moe::io::{export_hf, HfFormat};
 /// use altup_moe::model::LanguageModel;
 /// use tch::Device;
 /// let run = LanguageModel::load(std::path::Path::new("runs/latest"), Device::Cpu)?;

@@ -63,7 +63,7 @@ pub trait TokenDispatcher: std::fmt::Debug + Send {
 
     /// The layer's token rows as this dispatcher needs them. Locally they are returned as they
     /// are; a dispatcher that exchanges rows cuts the graph here (the rows' gradient arrives in
-    /// two parts, see [`crate::moe::parallel::ExchangeTape`]).
+    /// two parts, see [`crate::parallel::ExchangeTape`]).
     ///
     /// # Shapes
     /// `tokens`: `[N, D]` → `[N, D]`.
