@@ -393,3 +393,28 @@ fn a_changed_corpus_stops_a_resume_unless_allowed() {
     let allowed = folder.resumed_train_config(Some(4), "d", &changed, true).unwrap().unwrap();
     assert_eq!((allowed.data_hash.as_str(), allowed.steps), (changed.as_str(), 4));
 }
+
+/// A run written before the model's config held its precision recorded it in
+/// `train_config.json`: reading the checkpoint moves it into the model's config, so the resumed
+/// model computes as before and the trainer accepts the training config.
+#[test]
+fn a_legacy_precision_in_the_training_config_moves_into_the_model_config() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), Some(2), false);
+    let checkpoint = CheckpointMeta::read(dir.path()).unwrap().dir;
+    let path = checkpoint.join("train_config.json");
+    let mut legacy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    legacy["precision"] = "bf16".into();
+    std::fs::write(&path, legacy.to_string()).unwrap();
+    let meta = CheckpointMeta::read(dir.path()).unwrap();
+    assert_eq!(meta.train_config.precision, None);
+    let config: altup_moe::model::ModelConfig = meta.model_config().unwrap();
+    assert_eq!(config.precision, altup_moe::model::Precision::Bf16);
+    let (train_data, val) = data();
+    let vs = VarStore::new(reproducible_device());
+    let model = LanguageModel::new(&vs.root(), &config).unwrap();
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, meta.train_config.clone()).unwrap();
+    trainer.restore(&meta).unwrap();
+    assert_eq!(trainer.step_count(), 2);
+}

@@ -68,3 +68,59 @@ impl Objective {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, LanguageModel, LayerAux, ModelAux, ModelConfig, StackKind};
+    use crate::moe::MoeAux;
+    use tch::{nn::VarStore, Device, Kind};
+
+    fn model(balancing: Balancing, vs: &VarStore) -> LanguageModel {
+        let mut config = ModelConfig::preset(Arch::Switch);
+        (config.d_model, config.num_layers, config.ffn.d_ff) = (16, 2, 32);
+        config.attention.num_heads = 2;
+        if let Some(m) = &mut config.moe {
+            (m.num_experts, m.d_ff, m.balancing) = (2, 32, balancing);
+        }
+        LanguageModel::new(&vs.root(), &config).unwrap()
+    }
+
+    #[test]
+    fn aux_free_balancing_drops_the_balancing_loss_unless_given() {
+        let vs = VarStore::new(Device::Cpu);
+        let aux_loss = Objective::for_model(&model(Balancing::AuxLoss, &vs));
+        assert_eq!((aux_loss.load_balancing_coef, aux_loss.z_loss_coef), (1e-2, 1e-3));
+        let vs = VarStore::new(Device::Cpu);
+        let aux_free = Objective::for_model(&model(Balancing::AuxFree { bias_update_rate: 1e-3 }, &vs));
+        assert_eq!((aux_free.load_balancing_coef, aux_free.z_loss_coef), (0.0, 1e-3));
+        let set = aux_free.with_overrides(Some(0.5), None);
+        assert_eq!((set.load_balancing_coef, set.z_loss_coef), (0.5, 1e-3));
+    }
+
+    /// `(L / R + α · mean(lb) + β · mean(z)) · scale`, by hand, over two MoE layers of two stacks.
+    #[test]
+    fn the_total_is_the_lm_share_plus_the_scaled_layer_means() {
+        let layer = |stack, lb: f64, z: f64| LayerAux {
+            stack,
+            layer: 0,
+            moe: Some(MoeAux {
+                load_balancing_loss: Tensor::from(lb),
+                z_loss: Tensor::from(z),
+                assignments_per_expert: Tensor::from_slice(&[1i64]),
+                dropped_fraction: 0.0,
+                router_entropy: Tensor::from(0.0),
+                capacity: None,
+                num_real_tokens: 1,
+            }),
+        };
+        let aux = ModelAux { layers: vec![layer(StackKind::Encoder, 1.0, 4.0), layer(StackKind::Decoder, 3.0, 8.0)] };
+        let loss = TaskLoss { loss: Tensor::from(2.0f64), tokens: 1, aux };
+        let objective = Objective { load_balancing_coef: 0.1, z_loss_coef: 0.01 };
+        let total = objective.total(&loss, 0.5, 2).unwrap().to_kind(Kind::Double).double_value(&[]);
+        let expected = 2.0 * 0.5 / 2.0 + 0.1 * 0.5 * 2.0 + 0.01 * 0.5 * 6.0;
+        assert!((total - expected).abs() < 1e-12, "{total} vs {expected}");
+        let dense = TaskLoss { loss: Tensor::from(2.0f64), tokens: 1, aux: ModelAux::default() };
+        assert_eq!(objective.total(&dense, 1.0, 1).unwrap().double_value(&[]), 2.0, "no MoE layers: the LM loss");
+    }
+}
