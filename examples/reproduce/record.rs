@@ -86,7 +86,8 @@ impl RunRecord {
     /// Whether this record is a finished run of exactly `model` and `train` (the corpus is
     /// compared by its content hash, not by where it lies on this machine).
     pub fn is_run_of(&self, model: &ModelConfig, train: &TrainConfig) -> bool {
-        let same_train = TrainConfig { data: train.data.clone(), ..self.train.clone() } == *train;
+        let recorded = TrainConfig { data: train.data.clone(), ..self.train.effective(&self.model) };
+        let same_train = recorded == train.effective(model);
         &self.model == model && same_train && self.evals.last().is_some_and(|e| e.step == train.steps)
     }
 

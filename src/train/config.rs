@@ -84,6 +84,20 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// These settings as they act on a model of `model`'s configuration: the objective's
+    /// coefficients filled in with the model's defaults ([`crate::train::Objective::for_config`])
+    /// and a legacy precision that agrees with the model's dropped — so that two configurations
+    /// that train the same way compare equal, whichever version wrote them.
+    pub fn effective(&self, model: &crate::model::ModelConfig) -> Self {
+        let defaults = crate::train::Objective::for_config(model);
+        Self {
+            load_balancing_coef: Some(self.load_balancing_coef.unwrap_or(defaults.load_balancing_coef)),
+            z_loss_coef: Some(self.z_loss_coef.unwrap_or(defaults.z_loss_coef)),
+            precision: self.precision.filter(|p| *p != model.precision),
+            ..self.clone()
+        }
+    }
+
     /// The warmup of a run of `steps` steps when none is chosen: 50 steps, at most a tenth of the
     /// run.
     pub fn default_warmup(steps: u64) -> u64 {

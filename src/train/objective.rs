@@ -9,7 +9,7 @@
 //! layers' partial auxiliary losses, which add up over ranks to the whole batch's).
 
 use crate::error::Result;
-use crate::model::Trainable;
+use crate::model::{ModelConfig, Trainable};
 use crate::moe::Balancing;
 use crate::train::task::TaskLoss;
 use tch::Tensor;
@@ -32,9 +32,18 @@ impl Objective {
     /// The defaults for `model`: α = 1e-2, or 0 when every MoE layer balances without the loss
     /// (aux-loss-free bias balancing, DeepSeek-V3 §2.1.2); β = 1e-3.
     pub fn for_model(model: &dyn Trainable) -> Self {
-        let layers = model.moe_layers();
-        let aux_free = !layers.is_empty()
-            && layers.iter().all(|(_, _, m)| matches!(m.config().balancing, Balancing::AuxFree { .. }));
+        Self::for_balancing(model.moe_layers().iter().map(|(_, _, m)| m.config().balancing))
+    }
+
+    /// [`Objective::for_model`] from a model's configuration, before the model is built.
+    pub fn for_config(config: &ModelConfig) -> Self {
+        let moe_layers = (0..config.num_layers).filter(|&l| config.is_moe_layer(l));
+        Self::for_balancing(moe_layers.filter_map(|_| config.moe.as_ref().map(|m| m.balancing)))
+    }
+
+    fn for_balancing(mut layers: impl Iterator<Item = Balancing>) -> Self {
+        let first = layers.next();
+        let aux_free = first.is_some_and(|b| b.is_aux_free()) && layers.all(|b| b.is_aux_free());
         Self {
             load_balancing_coef: if aux_free { 0.0 } else { Self::LOAD_BALANCING_COEF },
             z_loss_coef: Self::Z_LOSS_COEF,
@@ -96,6 +105,43 @@ mod tests {
         assert_eq!((aux_free.load_balancing_coef, aux_free.z_loss_coef), (0.0, 1e-3));
         let set = aux_free.with_overrides(Some(0.5), None);
         assert_eq!((set.load_balancing_coef, set.z_loss_coef), (0.5, 1e-3));
+    }
+
+    /// The defaults read off a configuration are the ones read off the model built from it, for
+    /// every balancing and for a model without MoE layers.
+    #[test]
+    fn the_defaults_from_a_config_match_the_defaults_from_its_model() {
+        let coefs = |o: Objective| (o.load_balancing_coef, o.z_loss_coef);
+        for balancing in [Balancing::AuxLoss, Balancing::AuxFree { bias_update_rate: 1e-3 }] {
+            let vs = VarStore::new(Device::Cpu);
+            let model = model(balancing, &vs);
+            assert_eq!(coefs(Objective::for_config(model.config())), coefs(Objective::for_model(&model)));
+        }
+        let dense = ModelConfig::preset(Arch::Dense);
+        assert_eq!(coefs(Objective::for_config(&dense)), (1e-2, 1e-3));
+    }
+
+    /// A training configuration written before the coefficients became optional (both spelled
+    /// out, precision recorded) acts like today's default one, and an aux-free model's default
+    /// differs from an explicit α = 1e-2.
+    #[test]
+    fn old_and_new_spellings_of_the_same_training_compare_equal() {
+        use crate::train::TrainConfig;
+        let mut config = ModelConfig::preset(Arch::Switch);
+        let today = TrainConfig::default();
+        let legacy = TrainConfig {
+            load_balancing_coef: Some(1e-2),
+            z_loss_coef: Some(1e-3),
+            precision: Some(config.precision),
+            ..today.clone()
+        };
+        assert_ne!(legacy, today);
+        assert_eq!(legacy.effective(&config), today.effective(&config));
+        if let Some(m) = &mut config.moe {
+            m.balancing = Balancing::AuxFree { bias_update_rate: 1e-3 };
+        }
+        assert_eq!(today.effective(&config).load_balancing_coef, Some(0.0));
+        assert_ne!(legacy.effective(&config), today.effective(&config));
     }
 
     /// `(L / R + α · mean(lb) + β · mean(z)) · scale`, by hand, over two MoE layers of two stacks.
