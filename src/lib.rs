@@ -46,6 +46,7 @@
 
 pub mod altup;
 pub mod data;
+pub mod device;
 mod dtype;
 mod error;
 mod fs;

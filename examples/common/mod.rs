@@ -5,9 +5,9 @@ pub mod curves;
 pub mod flags;
 
 use altup_moe::data::{RunData, RunTokenizer};
-use altup_moe::parallel::{launch, ProcessGroup, Ranks};
 #[allow(unused_imports)]
-pub use altup_moe::runtime::{device_name, parse_device};
+pub use altup_moe::device::{device_name, parse_device};
+use altup_moe::parallel::{launch, ProcessGroup, Ranks};
 use altup_moe::train::{EvalRecord, Observer, StepStats};
 use altup_moe::Error;
 use indicatif::{ProgressBar, ProgressStyle};
