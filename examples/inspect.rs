@@ -84,13 +84,14 @@ fn utilisation(
             for (i, (layer, aux)) in out.aux.moe_layers().enumerate() {
                 let counts = Vec::<i64>::try_from(&aux.assignments_per_expert.f_to_device(Device::Cpu)?)?;
                 let entropy = aux.router_entropy.f_double_value(&[])?;
+                let dropped = aux.dropped_fraction.f_double_value(&[])?;
                 match per_layer.get_mut(i) {
                     Some(entry) => {
                         entry.1.iter_mut().zip(&counts).for_each(|(a, b)| *a += b);
-                        entry.2 += aux.dropped_fraction;
+                        entry.2 += dropped;
                         entry.3 += entropy;
                     }
-                    None => per_layer.push((layer, counts, aux.dropped_fraction, entropy)),
+                    None => per_layer.push((layer, counts, dropped, entropy)),
                 }
             }
         }

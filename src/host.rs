@@ -3,10 +3,13 @@
 //!
 //! On a GPU each such read is a blocking copy that waits for every queued kernel: a training
 //! step that reads often leaves the GPU idle between reads. So every read goes through the
-//! functions here, which count them ([`host_reads`]), and the training step is built to read
-//! rarely: once per MoE layer (the expert group sizes, which the expert loop and the row counts
-//! need) and once per optimizer step (loss, gradient norm and statistics together, which also
-//! serves the non-finite guard). A test fails if a direct read appears anywhere else in `src/`.
+//! functions here, which count them ([`host_reads`]), and the training step is built not to read
+//! at all on static shapes: its losses, gradient norm, statistics and non-finite guard stay on the
+//! device and come back every `log_every` steps in one read
+//! ([`crate::train::Trainer::read_stats`]). MoE layers whose row counts depend on the routing (a
+//! capacity, a token mask, expert choice) or that run the per-expert loop read their group sizes
+//! once per layer ([`crate::moe::GroupSizes`]). A test fails if a direct read appears anywhere
+//! else in `src/`.
 
 use crate::dtype::Cast;
 use crate::error::Result;

@@ -55,6 +55,7 @@ pub mod io;
 pub mod model;
 pub mod moe;
 mod names;
+mod native;
 pub mod nn;
 pub mod parallel;
 pub mod runtime;

@@ -1,4 +1,5 @@
-//! Process-wide libtorch settings that tch does not expose.
+//! Process-wide libtorch settings and counters that tch does not expose: the deterministic-kernels
+//! switch and a counter of ATen operations.
 //!
 //! # Determinism
 //! On the CPU, every computation of this library is bitwise reproducible: the same seed gives
@@ -15,20 +16,6 @@
 //! timing both kernels (a timed choice can differ between a run and its resumption). With it,
 //! the same seed and a resumed run were bitwise equal on an H200 (CUDA 13, libtorch 2.11).
 
-/// libtorch's global context and its determinism switch (C++ symbols of libtorch 2.13; tch and
-/// torch-sys do not wrap them).
-mod ffi {
-    use std::os::raw::c_void;
-    extern "C" {
-        #[link_name = "_ZN2at13globalContextEv"]
-        pub fn global_context() -> *mut c_void;
-        #[link_name = "_ZN2at7Context26setDeterministicAlgorithmsEbb"]
-        pub fn set_deterministic_algorithms(context: *mut c_void, enabled: bool, warn_only: bool);
-        #[link_name = "_ZNK2at7Context23deterministicAlgorithmsEv"]
-        pub fn deterministic_algorithms(context: *const c_void) -> bool;
-    }
-}
-
 /// Uses only deterministic libtorch kernels from now on, in the whole process (`true`), or
 /// allows the faster non-deterministic ones again (`false`, libtorch's default). With CUDA it
 /// also sets `CUBLAS_WORKSPACE_CONFIG=:4096:8` when unset (cuBLAS needs it for reproducible
@@ -37,15 +24,80 @@ pub fn set_deterministic(enabled: bool) {
     if enabled && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
-    // SAFETY: `at::globalContext()` returns the process-wide context, valid for the whole
-    // process; the setter is a plain non-virtual member function taking two bools.
-    unsafe { ffi::set_deterministic_algorithms(ffi::global_context(), enabled, false) }
+    crate::native::set_deterministic(enabled)
 }
 
 /// Whether libtorch is restricted to deterministic kernels ([`set_deterministic`]).
 pub fn is_deterministic() -> bool {
-    // SAFETY: as in `set_deterministic`; a const getter.
-    unsafe { ffi::deterministic_algorithms(ffi::global_context()) }
+    crate::native::is_deterministic()
+}
+
+/// ATen operations counted by an [`OpCounter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpCounts {
+    /// Operations called from outside any other operation: what the library itself dispatches
+    /// (each a kernel launch or more on an accelerator).
+    pub top_level: i64,
+    /// All operations, including those that composite operations call inside themselves.
+    pub all: i64,
+}
+
+/// Counts the ATen operations (c10 dispatcher calls, through libtorch's `RecordFunction`
+/// callbacks) that the creating thread runs while the counter lives — including the backward
+/// work autograd runs for it on other threads — the way PyTorch's profiler counts them. Used by
+/// tests and benchmarks to show that a step launches a fixed number of operations.
+///
+/// One counter exists at a time in a process: [`OpCounter::start`] waits for an earlier one to
+/// be dropped. A counter stays on its thread (it is not `Send`).
+///
+/// ```
+/// use altup_moe::runtime::OpCounter;
+/// use tch::Tensor;
+/// let x = Tensor::from_slice(&[1.0f32, 2.0]);
+/// let counter = OpCounter::start()?;
+/// let _y = (&x + 1.0) * 2.0;
+/// assert_eq!(counter.counts().top_level, 2);
+/// # Ok::<(), altup_moe::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct OpCounter {
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+static OP_COUNTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl OpCounter {
+    /// Starts counting from zero.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] if libtorch refuses the callback.
+    pub fn start() -> crate::Result<Self> {
+        let guard = OP_COUNTER.lock().unwrap_or_else(|p| p.into_inner());
+        crate::native::op_counter_start()?;
+        Ok(Self { _one_at_a_time: guard, _not_send: std::marker::PhantomData })
+    }
+
+    /// The operations counted so far.
+    pub fn counts(&self) -> OpCounts {
+        let (top_level, all) = crate::native::op_counts();
+        OpCounts { top_level, all }
+    }
+
+    /// Restarts the count at zero.
+    ///
+    /// # Errors
+    /// As [`OpCounter::start`].
+    pub fn reset(&mut self) -> crate::Result<()> {
+        crate::native::op_counter_start()
+    }
+}
+
+impl Drop for OpCounter {
+    fn drop(&mut self) {
+        // Removing a registered callback does not fail; a failure would only leave it counting.
+        let _ = crate::native::op_counter_stop();
+    }
 }
 
 #[cfg(test)]

@@ -12,25 +12,16 @@ use altup_moe::data::TextTokenizer;
 use altup_moe::io::{export_blockers, export_hf, from_hf_config, to_hf_config, HfFormat};
 use altup_moe::io::{named_variables, Loaded};
 use altup_moe::model::{LanguageModel, ModelConfig, Sampling};
-use common::device;
+use common::{device, python};
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use tch::{nn::VarStore, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 /// A wrong port must miss the reference by at least this much.
 const BROKEN: f64 = 1e-2;
-
-/// The venv's Python (as tests/resume.rs finds it).
-fn python() -> PathBuf {
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(|v| Path::new(&v).join("bin/python"))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(python.exists(), "no Python at {} (run `make venv`)", python.display());
-    python
-}
 
 /// Runs `tests/python/hf_models.py` with `args`; returns its standard output.
 fn hf_models(args: &[&Path]) -> String {

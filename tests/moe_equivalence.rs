@@ -62,7 +62,7 @@ fn one_expert_moe_equals_dense_ffn() {
             let y_dense = dense.forward(&x).unwrap();
             let (y_moe, aux) = moe.forward_t(&x2, true).unwrap();
             assert_close_scaled(&y_dense, &y_moe, 1e-6, "outputs");
-            assert_eq!(aux.dropped_fraction, 0.0);
+            assert_eq!(aux.dropped_fraction.double_value(&[]), 0.0);
             (&y_dense * &g).sum(Kind::Float).backward();
             (&y_moe * &g).sum(Kind::Float).backward();
             assert_close_scaled(&x.grad(), &x2.grad(), 1e-6, "input gradients");
@@ -124,7 +124,7 @@ fn grouped_matmul_equals_per_expert_loop() {
         let (y1, aux1) = looped.forward_t(&x, true).unwrap();
         let (y2, aux2) = grouped.forward_t(&x, true).unwrap();
         assert_close(&y1, &y2, 1e-5, "outputs");
-        assert_eq!(aux1.dropped_fraction, aux2.dropped_fraction);
+        assert_eq!(aux1.dropped_fraction.double_value(&[]), aux2.dropped_fraction.double_value(&[]));
         assert!(aux1.assignments_per_expert.equal(&aux2.assignments_per_expert));
         let counts = Vec::<i64>::try_from(&aux1.assignments_per_expert).unwrap();
         assert!(counts.contains(&0), "the test must exercise an empty expert: {counts:?}");
@@ -164,13 +164,13 @@ fn token_over_capacity_gets_exactly_zero_output() {
     let (y, aux) = moe.forward_t(&x, true).unwrap();
     assert_eq!(aux.capacity, Some(2));
     assert_eq!(Vec::<i64>::try_from(&aux.assignments_per_expert).unwrap(), vec![6, 0]);
-    assert!((aux.dropped_fraction - 4.0 / 6.0).abs() < 1e-12);
+    assert!((aux.dropped_fraction.double_value(&[]) - 4.0 / 6.0).abs() < 1e-12);
     let row_norms = Vec::<f32>::try_from(y.squeeze_dim(0).abs().sum_dim_intlist(-1, false, Kind::Float)).unwrap();
     assert!(row_norms[0] > 0.0 && row_norms[1] > 0.0, "{row_norms:?}");
     assert_eq!(&row_norms[2..], &[0.0, 0.0, 0.0, 0.0]);
     // Evaluation is dropless here (no eval_capacity_factor), so every token is kept.
     let (_, eval_aux) = moe.forward_t(&x, false).unwrap();
-    assert_eq!(eval_aux.dropped_fraction, 0.0);
+    assert_eq!(eval_aux.dropped_fraction.double_value(&[]), 0.0);
 }
 
 /// bf16 activations: router and combine stay f32 inside, output comes back in bf16 and close to

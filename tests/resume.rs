@@ -208,6 +208,44 @@ fn non_finite_values_stop_training_and_keep_the_last_good_checkpoint() {
     assert_eq!(std::fs::read(after.dir.join("model.safetensors")).unwrap(), before);
 }
 
+/// Between reads the guard works on the device: a NaN parameter poisons step 2, which is not
+/// applied, nor are steps 3 and 4 that follow it before the read; the read names step 2, the
+/// trainer is back at step 1 with every other weight and buffer as step 1 left them,
+/// and once the parameter is repaired training goes on from step 2.
+#[test]
+fn a_non_finite_step_between_reads_is_skipped_with_every_later_one_and_reported_at_the_read() {
+    let _alone = alone();
+    let (train_data, val) = data();
+    let vs = VarStore::new(reproducible_device());
+    let model = trainer_parts(&vs);
+    let mut trainer = Trainer::new(&vs, &model, &train_data, &val, train_config()).unwrap();
+    trainer.step().unwrap();
+    let snapshot = || -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let after_step_1 = snapshot();
+    let poisoned = "blocks.1.moe.router.weight";
+    let good = vs.variables()[poisoned].get(0).get(0).double_value(&[]);
+    tch::no_grad(|| {
+        let _ = vs.variables()[poisoned].shallow_clone().get(0).get(0).fill_(f64::NAN);
+    });
+    for _ in 0..3 {
+        trainer.advance().unwrap();
+    }
+    assert_eq!((trainer.step_count(), trainer.pending_steps()), (4, 3));
+    let err = trainer.read_stats().unwrap_err();
+    assert_eq!(err.to_string(), format!("non-finite value at step 2: parameter {poisoned}"));
+    assert_eq!((trainer.step_count(), trainer.pending_steps()), (1, 0));
+    tch::no_grad(|| {
+        let _ = vs.variables()[poisoned].shallow_clone().get(0).get(0).fill_(good);
+    });
+    assert_same_weights(&after_step_1, &snapshot());
+    let stats = trainer.step().unwrap();
+    assert!(stats.step == 2 && stats.loss.is_finite(), "{stats:?}");
+}
+
 /// Finite parameters whose activations overflow: the error names the first block whose output
 /// is non-finite.
 #[test]
@@ -321,10 +359,7 @@ fn checkpoints_load_in_python() {
     let out = tempfile::tempdir().unwrap();
     train(out.path(), Some(2), false);
     let ckpt = CheckpointMeta::read(out.path()).unwrap();
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(|v| Path::new(&v).join("bin/python"))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(python.exists(), "no Python at {} (run `make venv`)", python.display());
+    let python = common::python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/load_checkpoint.py");
     let output = std::process::Command::new(&python).arg(&script).arg(&ckpt.dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -166,7 +166,7 @@ impl AltUp {
                 mixed.f_movedim([-2], [0])?
             }
         };
-        Ok(pred.like(&x)?)
+        pred.like(x)
     }
 
     /// Correction step: `y_i = x̂_i + gain_i · (x̃ − x̂_{active})` with static gains `g` or
@@ -191,7 +191,7 @@ impl AltUp {
         let pred = predicted.cast(acc)?;
         let delta = computed.cast(acc)?.f_sub(&pred.f_select(0, active as i64)?)?;
         let gains = self.gains(computed, train)?; // [K, B, T, 1] or [K, 1, 1, 1]
-        Ok(pred.f_add(&gains.f_mul(&delta.f_unsqueeze(0)?)?)?.like(&predicted)?)
+        pred.f_add(&gains.f_mul(&delta.f_unsqueeze(0)?)?)?.like(predicted)
     }
 
     /// Corrector gains broadcastable against `[K, B, T, D]`.
@@ -241,13 +241,13 @@ impl AltUp {
                 let p_active = p.f_narrow(0, active as i64, 1)?; // [1, K]
                 let input = match self.compute_on {
                     ComputeInput::Input => x.f_select(0, active as i64)?,
-                    ComputeInput::Prediction => p_active.f_matmul(&flat)?.f_view(&size[1..])?.like(&x)?,
+                    ComputeInput::Prediction => p_active.f_matmul(&flat)?.f_view(&size[1..])?.like(x)?,
                 };
                 let (computed, aux) = layer(&input)?;
                 let q = p.f_sub(&g.f_mul(&p_active)?)?;
                 let mut y = q.f_matmul(&flat)?;
                 let _ = y.f_addmm_(&g, &computed.cast(acc)?.f_reshape([1, -1])?)?;
-                Ok((y.f_view(size.as_slice())?.like(&x)?, aux))
+                Ok((y.f_view(size.as_slice())?.like(x)?, aux))
             }
             AltUpCoefficients::InputDependent { .. } => {
                 let predicted = self.predict(x, active, train)?;

@@ -128,7 +128,7 @@ impl SequenceAltUp {
             .f_mul(&x32)?
             .f_add(&coef(0.0, &self.beta)?.f_mul(&spread(&x32.f_index_select(1, &plan.positions)?)?)?)?
             .f_add(&coef(1.0, &self.gamma)?.f_mul(&spread(&delta)?)?)?;
-        Ok((y.like(&x)?, aux))
+        Ok((y.like(x)?, aux))
     }
 }
 

@@ -35,7 +35,7 @@ fn rms_match(h: &Tensor, target: &Tensor) -> Result<Tensor> {
     let target_rms = target.cast(acc)?.f_square()?.f_mean_dim(-1, true, acc)?.f_sqrt()?;
     let h32 = h.cast(acc)?;
     let rms = h32.f_square()?.f_mean_dim(-1, true, acc)?.f_clamp_min(1e-5)?.f_sqrt()?;
-    Ok(h32.f_mul(&target_rms)?.f_div(&rms)?.like(&h)?)
+    h32.f_mul(&target_rms)?.f_div(&rms)?.like(h)
 }
 
 /// Widening and collapse of one model.

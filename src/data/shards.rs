@@ -208,7 +208,7 @@ impl ShardWriter {
                     ShardDtype::U32 => buf.extend_from_slice(&id.to_le_bytes()),
                 }
             }
-            file.write_all(&buf).map_err(|e| Error::io(&self.dir.join(&shard.file), e))?;
+            file.write_all(&buf).map_err(|e| Error::io(self.dir.join(&shard.file), e))?;
             shard.tokens += n as u64;
             self.meta.tokens += n as u64;
             rest = &rest[n..];

@@ -155,7 +155,7 @@ impl LanguageModel {
         }
         let config = ModelConfig::load(&config_path)?;
         let vs = VarStore::new(device);
-        let model = LanguageModel::new(&vs.root(), &config)?;
+        let model = LanguageModel::new(vs.root(), &config)?;
         load_weights(&vs, &weights)?;
         let (tokenizer, tokenizer_file) = tokenizer_of(&weights, config.vocab_size)?;
         Ok(Loaded { vs, model, weights, tokenizer, tokenizer_file })
@@ -177,7 +177,7 @@ impl Seq2SeqModel {
         }
         let config = read_seq2seq_config(&config_path)?;
         let vs = VarStore::new(device);
-        let model = Seq2SeqModel::new(&vs.root(), &config)?;
+        let model = Seq2SeqModel::new(vs.root(), &config)?;
         load_weights(&vs, &weights)?;
         let (tokenizer, tokenizer_file) = tokenizer_of(&weights, config.decoder.vocab_size)?;
         Ok(Loaded { vs, model, weights, tokenizer, tokenizer_file })

@@ -73,7 +73,7 @@ pub struct BlockContext<'a> {
 /// # Errors
 /// [`crate::Error::Torch`] on a shape mismatch.
 pub fn residual_add(residual: &Tensor, update: &Tensor) -> Result<Tensor> {
-    Ok(residual.f_add(&update.like(&residual)?)?)
+    Ok(residual.f_add(&update.like(residual)?)?)
 }
 
 /// Incremental-decoding state of one block.

@@ -105,10 +105,13 @@ impl ModelAux {
         self.mean_over_layers(|m| &m.z_loss)
     }
 
-    /// Dropped-assignment fraction averaged over MoE layers; `None` without MoE layers.
-    pub fn dropped_fraction(&self) -> Option<f64> {
-        let values: Vec<f64> = self.moe_layers().map(|(_, m)| m.dropped_fraction).collect();
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    /// Dropped-assignment fraction averaged over MoE layers (scalar f64, on the device);
+    /// `None` without MoE layers.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn dropped_fraction(&self) -> Result<Option<Tensor>> {
+        self.mean_over_layers(|m| &m.dropped_fraction)
     }
 }
 

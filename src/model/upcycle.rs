@@ -50,7 +50,7 @@ pub fn upcycle(
     vs: &VarStore,
 ) -> Result<LanguageModel> {
     check_upcycle(dense_config, target)?;
-    let model = LanguageModel::new(&vs.root(), target)?;
+    let model = LanguageModel::new(vs.root(), target)?;
     let source = dense.variables();
     let mut used = BTreeSet::new();
     let mut take = |name: &str, shape: &[i64]| -> Result<Tensor> {

@@ -175,16 +175,16 @@ impl BatchCounts {
         Ok(Tensor::from_slice(&routed).f_to_device(local.device())?)
     }
 
-    /// Fraction of the whole batch's assignments dropped for lack of capacity; `local` (the
-    /// plan's own fraction) for a batch held whole.
-    pub fn dropped_fraction(&self, capacity: Option<i64>, local: f64) -> f64 {
-        let Some(kept) = self.kept_rows(capacity) else { return local };
+    /// Fraction of the whole batch's assignments dropped for lack of capacity, a scalar f64 on
+    /// `local`'s device; `local` (the plan's own fraction) for a batch held whole.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] on libtorch failure.
+    pub fn dropped_fraction(&self, capacity: Option<i64>, local: &Tensor) -> Result<Tensor> {
+        let Some(kept) = self.kept_rows(capacity) else { return Ok(local.shallow_clone()) };
         let total: i64 = self.assignments.iter().sum();
-        if total == 0 {
-            0.0
-        } else {
-            1.0 - kept.iter().sum::<i64>() as f64 / total as f64
-        }
+        let fraction = if total == 0 { 0.0 } else { 1.0 - kept.iter().sum::<i64>() as f64 / total as f64 };
+        Ok(Tensor::from(fraction).f_to_device(local.device())?)
     }
 
     /// This part's share of a mean over the whole batch's real tokens, from `local_mean` (the
@@ -250,7 +250,7 @@ mod tests {
         // Kept: rank 0 (3, 1 + 1), rank 1 (1, 2); 8 of 16 assignments.
         assert_eq!(b0.kept_rows(Some(4)).unwrap(), vec![3, 2, 1, 2]);
         assert_eq!(b1.kept_rows(None).unwrap(), vec![4, 4, 4, 4]);
-        assert!((b0.dropped_fraction(Some(4), f64::NAN) - 0.5).abs() < 1e-12);
+        assert!((b0.dropped_fraction(Some(4), &Tensor::from(f64::NAN)).unwrap().double_value(&[]) - 0.5).abs() < 1e-12);
         assert_eq!(b0.num_real_tokens(), 8);
     }
 

@@ -11,6 +11,7 @@
 use crate::dtype::Cast;
 use crate::error::{Error, Result};
 use crate::moe::kernel::{self, ExpertBackend, KernelKey, LOOP_MIN_ROWS_PER_EXPERT};
+use crate::moe::plan::GroupSizes;
 use crate::nn::feed_forward::Activation;
 use crate::nn::role::ParamRole;
 use crate::nn::var_builder::VarBuilder;
@@ -121,12 +122,12 @@ impl Experts {
     fn time_kernel_with_grad(&self, backend: ExpertBackend, key: &KernelKey) -> Result<f64> {
         let [e, d, f] = key.shape;
         let rows_per_expert = key.rows_per_expert;
-        let sizes = vec![rows_per_expert; e as usize];
+        let sizes = GroupSizes::from_host(&vec![rows_per_expert; e as usize], key.device)?;
         // sin(0.618 i)-valued fillers: varied values, no draw from the generator.
         let filler = |shape: &[i64], kind: Kind, scale: f64| -> Result<Tensor> {
             let n: i64 = shape.iter().product();
             let t = Tensor::f_arange(n, (Kind::Float, key.device))?.f_mul_scalar(0.618)?.f_sin()?;
-            Ok(t.f_mul_scalar(scale)?.f_reshape(shape)?.cast(kind)?)
+            t.f_mul_scalar(scale)?.f_reshape(shape)?.cast(kind)
         };
         let weight =
             |shape: [i64; 3]| -> Result<Tensor> { Ok(filler(&shape, Kind::Float, 0.02)?.set_requires_grad(true)) };
@@ -156,22 +157,30 @@ impl Experts {
 
     /// Runs every expert on its contiguous group of rows.
     ///
+    /// The grouped kernel takes the group sizes as device offsets (no host read); the per-expert
+    /// loop cuts the rows on the host and reads the sizes once when only the device has them
+    /// ([`GroupSizes::host`]).
+    ///
     /// # Shapes
     /// `rows`: `[N, D]`, sorted by expert so that the first `group_sizes[0]` rows belong to
     /// expert 0, the next `group_sizes[1]` to expert 1, ... → `[N, D]` in `rows`' dtype.
     ///
     /// # Errors
-    /// [`Error::Shape`] if `group_sizes` does not have `E` non-negative entries summing to `N`,
-    /// or `rows` is not `[N, D]` on the experts' device; [`Error::Torch`] if the grouped kernel
-    /// is forced on a device/dtype that lacks it.
-    pub fn forward(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+    /// [`Error::Shape`] if `group_sizes` does not have `E` entries, or (where known on the host)
+    /// they do not sum to `N`, or `rows` is not `[N, D]` on the experts' device;
+    /// [`Error::Torch`] if the grouped kernel is forced on a device/dtype that lacks it.
+    pub fn forward(&self, rows: &Tensor, group_sizes: &GroupSizes) -> Result<Tensor> {
         let (e, d) = (self.num_experts(), self.w_in.size()[1]);
         expect_shape(rows, "expert input", "[N, D]", &[None, Some(d)])?;
         expect_device(rows, "expert input", &self.w_in)?;
         let n = rows.size()[0];
-        if group_sizes.len() as i64 != e || group_sizes.iter().any(|&g| g < 0) || group_sizes.iter().sum::<i64>() != n {
+        let sum_mismatch = group_sizes.known().is_some_and(|g| g.iter().sum::<i64>() != n);
+        if group_sizes.len() as i64 != e || sum_mismatch {
             return Err(Error::Shape(format!(
-                "group_sizes must have {e} non-negative entries summing to the {n} rows, got {group_sizes:?}"
+                "group_sizes must have {e} entries summing to the {n} rows, got {:?}",
+                group_sizes
+                    .known()
+                    .map_or_else(|| format!("{} on the device", group_sizes.len()), |g| format!("{g:?}"))
             )));
         }
         if n == 0 {
@@ -193,25 +202,17 @@ struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    fn run(&self, backend: ExpertBackend, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
+    fn run(&self, backend: ExpertBackend, rows: &Tensor, group_sizes: &GroupSizes) -> Result<Tensor> {
         match backend {
-            ExpertBackend::Loop => self.looped(rows, group_sizes),
-            _ => self.grouped(rows, group_sizes),
+            ExpertBackend::Loop => self.looped(rows, group_sizes.host()?),
+            _ => self.grouped(rows, &group_sizes.offsets()?),
         }
     }
 
-    fn grouped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
-        let mut total = 0i32;
-        let offsets: Vec<i32> = group_sizes
-            .iter()
-            .map(|&g| {
-                total += g as i32;
-                total
-            })
-            .collect();
-        let offs = Tensor::from_slice(&offsets).f_to_device(rows.device())?;
+    /// The grouped kernel with cumulative row ends `offs` (`[E]` i32, on the rows' device).
+    fn grouped(&self, rows: &Tensor, offs: &Tensor) -> Result<Tensor> {
         let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            Ok(x.f_internal_grouped_mm(&w.like(x)?, Some(&offs), None, None)?)
+            Ok(x.f_internal_grouped_mm(&w.like(x)?, Some(offs), None, None)?)
         };
         let h = mm(rows, self.w_in)?;
         let gate = self.w_gate.map(|w| mm(rows, w)).transpose()?;

@@ -25,8 +25,9 @@ pub struct MoeAux {
     /// Assignments per expert before capacity, real tokens only, `[E]` i64.
     pub assignments_per_expert: Tensor,
     /// Token choice: fraction of assignments dropped for lack of capacity; expert choice:
-    /// fraction of real tokens no expert picked.
-    pub dropped_fraction: f64,
+    /// fraction of real tokens no expert picked. Scalar f64 on the layer's device (not read back:
+    /// a training step reads it with its other statistics).
+    pub dropped_fraction: Tensor,
     /// Mean router entropy per real token in nats, scalar f32, detached.
     pub router_entropy: Tensor,
     /// Capacity per expert used in this pass (`None` = dropless).
@@ -144,7 +145,7 @@ impl MoeLayer {
             z_loss: batch.share(router_z_loss(&scores.logits, valid)?)?,
             router_entropy: batch.share(router_entropy(&scores.probs, valid)?)?,
             assignments_per_expert: routed,
-            dropped_fraction: batch.dropped_fraction(plan.capacity, plan.dropped_fraction),
+            dropped_fraction: batch.dropped_fraction(plan.capacity, &plan.dropped_fraction)?,
             capacity: plan.capacity,
             num_real_tokens: batch.num_real_tokens(),
         };

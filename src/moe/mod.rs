@@ -44,7 +44,7 @@ pub use experts::Experts;
 pub use kernel::{ExpertBackend, LOOP_MIN_ROWS_PER_EXPERT};
 pub use layer::{MoeAux, MoeLayer};
 pub use loss::{load_balancing_loss, router_entropy, router_z_loss};
-pub use plan::{expert_capacity, DispatchPlan};
+pub use plan::{expert_capacity, DispatchPlan, GroupSizes};
 pub use router::Router;
 pub use routing::{
     plan_expert_choice, plan_token_choice, select_top_k, CapacityPriority, Choice, ExpertChoice, RouterKind,

@@ -34,6 +34,85 @@ pub fn expert_capacity(
     Ok(c.max(min_capacity))
 }
 
+/// Rows per expert of a dispatch plan, `[E]` i64 on the device — and on the host once read.
+///
+/// A dropless token-choice plan without a token mask knows its row count without looking
+/// (`k · N`) and never reads its group sizes: the grouped expert kernel takes them as device
+/// offsets. Plans whose row count depends on the data (a capacity, a token mask, expert choice)
+/// read them once while planning; the per-expert loop and the expert-parallel exchange need them
+/// on the host and read them on first use ([`GroupSizes::host`], counted by
+/// [`crate::host::host_reads`]).
+#[derive(Debug)]
+pub struct GroupSizes {
+    device: Tensor,
+    host: std::sync::OnceLock<Vec<i64>>,
+}
+
+impl GroupSizes {
+    /// Sizes known on the host, copied to `device` (no read).
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] for a negative size; [`crate::Error::Torch`] on libtorch failure.
+    pub fn from_host(sizes: &[i64], device: tch::Device) -> Result<Self> {
+        if let Some(bad) = sizes.iter().find(|&&g| g < 0) {
+            return Err(crate::Error::Shape(format!("group sizes must not be negative, got {bad} in {sizes:?}")));
+        }
+        let host = std::sync::OnceLock::from(sizes.to_vec());
+        Ok(Self { device: Tensor::from_slice(sizes).f_to_device(device)?, host })
+    }
+
+    /// Sizes that stay on the device until [`GroupSizes::host`] is called.
+    pub(crate) fn on_device(sizes: Tensor) -> Self {
+        Self { device: sizes, host: std::sync::OnceLock::new() }
+    }
+
+    /// Sizes read to the host now (one read).
+    pub(crate) fn read(sizes: Tensor) -> Result<Self> {
+        let host = std::sync::OnceLock::from(host::i64s(&sizes)?);
+        Ok(Self { device: sizes, host })
+    }
+
+    /// The sizes on the device, `[E]` i64.
+    pub fn tensor(&self) -> &Tensor {
+        &self.device
+    }
+
+    /// Number of experts `E`.
+    pub fn len(&self) -> usize {
+        self.device.numel()
+    }
+
+    /// Whether there are no experts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sizes on the host if they are there already (no read).
+    pub fn known(&self) -> Option<&[i64]> {
+        self.host.get().map(Vec::as_slice)
+    }
+
+    /// The sizes on the host: read once on first use when only the device has them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn host(&self) -> Result<&[i64]> {
+        if let Some(known) = self.host.get() {
+            return Ok(known);
+        }
+        let read = host::i64s(&self.device)?;
+        Ok(self.host.get_or_init(|| read))
+    }
+
+    /// Cumulative row ends `[E]` i32 on the device, the grouped kernel's `offs` (no read).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn offsets(&self) -> Result<Tensor> {
+        Ok(self.device.f_cumsum(0, Kind::Int)?)
+    }
+}
+
 /// Where each kept token→expert assignment goes.
 #[derive(Debug)]
 pub struct DispatchPlan {
@@ -45,21 +124,24 @@ pub struct DispatchPlan {
     pub assignment: Tensor,
     /// Gate weight of each kept assignment, `[M]`, f32.
     pub gate: Tensor,
-    /// Rows per expert after capacity (host copy), length `E`, summing to `M`.
-    pub group_sizes: Vec<i64>,
+    /// Rows per expert after capacity, summing to `M`.
+    pub group_sizes: GroupSizes,
+    /// Number of kept assignments `M` (known on the host: `k · N_real` when dropless).
+    pub num_kept: i64,
     /// Assignments per expert before capacity, real tokens only, `[E]` i64.
     pub routed_per_expert: Tensor,
     /// Capacity per expert (`None` = dropless).
     pub capacity: Option<i64>,
     /// Token choice: fraction of the `k · N_real` assignments dropped for lack of capacity.
-    /// Expert choice: fraction of real tokens that no expert picked.
-    pub dropped_fraction: f64,
+    /// Expert choice: fraction of real tokens that no expert picked. A scalar f64 tensor on the
+    /// device (read with the step's other statistics).
+    pub dropped_fraction: Tensor,
 }
 
 impl DispatchPlan {
     /// Number of kept assignments `M`.
     pub fn num_kept(&self) -> i64 {
-        self.group_sizes.iter().sum()
+        self.num_kept
     }
 
     /// Token row of each kept assignment, `[M]` i64.

@@ -63,7 +63,7 @@ impl Rope {
         let x2 = x32.f_narrow(-1, half, half)?;
         let r1 = x1.f_mul(&cos)?.f_sub(&x2.f_mul(&sin)?)?;
         let r2 = x2.f_mul(&cos)?.f_add(&x1.f_mul(&sin)?)?;
-        Ok(Tensor::f_cat(&[r1, r2], -1)?.like(&x)?)
+        Tensor::f_cat(&[r1, r2], -1)?.like(x)
     }
 }
 

@@ -183,7 +183,7 @@ impl ProcessGroup {
             if !p.grad().defined() {
                 p.f_mul_scalar(0.0)?.f_sum(Kind::Float)?.f_backward()?; // creates a zero gradient slot
             }
-            let summed = Tensor::from_slice(values).f_view(p.size().as_slice())?.like(&p)?.f_to_device(p.device())?;
+            let summed = Tensor::from_slice(values).f_view(p.size().as_slice())?.like(p)?.f_to_device(p.device())?;
             tch::no_grad(|| p.grad().f_copy_(&summed))?;
         }
         Ok(())
@@ -221,6 +221,21 @@ impl ProcessGroup {
             return Ok(());
         }
         self.comm.all_reduce_sum_f64(values)
+    }
+
+    /// Whether a condition holds on any rank: `flag` (scalar f32, 0 or 1, on the device) summed
+    /// over the ranks and capped at 1. In a group of one the flag itself, without a read; several
+    /// ranks read it, since their collectives run on the host.
+    ///
+    /// # Errors
+    /// Transport errors; [`Error::Torch`] on libtorch failure.
+    pub fn any_rank(&self, flag: &Tensor) -> Result<Tensor> {
+        if self.world_size() == 1 {
+            return Ok(flag.shallow_clone());
+        }
+        let mut any = [host::f64_scalar(flag)?];
+        self.comm.all_reduce_sum_f64(&mut any)?;
+        Ok(Tensor::from(if any[0] > 0.0 { 1.0f32 } else { 0.0 }).f_to_device(flag.device())?)
     }
 
     /// Whether any rank failed, so that all stop together instead of waiting in a collective: the

@@ -90,7 +90,7 @@ fn continue_backward(source: &Tensor, grad: &Tensor, keep_graph: bool) -> Result
     if source.numel() == 0 || !source.requires_grad() {
         return Ok(());
     }
-    let seed = source.f_mul(&grad.like(&source)?)?.f_sum(accumulate_kind(source))?;
+    let seed = source.f_mul(&grad.like(source)?)?.f_sum(accumulate_kind(source))?;
     run_backward(&seed, keep_graph)
 }
 

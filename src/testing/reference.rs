@@ -4,7 +4,7 @@
 
 use crate::dtype::Cast;
 use crate::error::{Error, Result};
-use crate::moe::{Choice, Experts, MoeLayer};
+use crate::moe::{Choice, Experts, GroupSizes, MoeLayer};
 use tch::{Kind, Tensor};
 
 /// A token-choice routing decision of an MoE layer, before capacity.
@@ -72,7 +72,9 @@ pub fn one_hot_moe(
     let x_rep = x.cast(kind)?.f_repeat([k, 1])?; // [k·N, D]
     let expert_in = Tensor::f_einsum("aec,ad->ecd", &[&dispatch, &x_rep], None::<i64>)?; // [E, C, D]
     let d = x.size()[1];
-    let expert_out = experts.forward(&expert_in.f_reshape([e * c, d])?, &vec![c; e as usize])?.f_view([e, c, d])?;
+    let expert_out = experts
+        .forward(&expert_in.f_reshape([e * c, d])?, &GroupSizes::from_host(&vec![c; e as usize], expert_in.device())?)?
+        .f_view([e, c, d])?;
     let out = Tensor::f_einsum("aec,ecd->ad", &[&combine, &expert_out], None::<i64>)?;
     Ok(out.f_view([k, n, d])?.f_sum_dim_intlist(0, false, kind)?)
 }

@@ -37,6 +37,11 @@ pub struct TrainConfig {
     pub z_loss_coef: Option<f64>,
     /// Evaluate every this many steps (and after the last step).
     pub eval_every: u64,
+    /// Read the steps' statistics back to the host every this many steps (and at every
+    /// evaluation and checkpoint): between reads a step runs without waiting for the device, and
+    /// a non-finite step is reported at the next read (its update, and those after it, are not
+    /// applied). Progress and `metrics.jsonl` still show every step.
+    pub log_every: u64,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
     /// Seed of the data order and the per-step generators (the initial weights use
@@ -73,6 +78,7 @@ impl Default for TrainConfig {
             load_balancing_coef: None,
             z_loss_coef: None,
             eval_every: 100,
+            log_every: 10,
             eval_batches: 16,
             seed: 0,
             precision: None,
@@ -114,6 +120,7 @@ impl TrainConfig {
         ensure_config(self.grad_accum > 0, || "grad_accum (0) must be positive".into())?;
         ensure_config(self.seq_len > 0, || "seq_len (0) must be positive".into())?;
         ensure_config(self.eval_every > 0, || "eval_every (0) must be positive".into())?;
+        ensure_config(self.log_every > 0, || "log_every (0) must be positive".into())?;
         ensure_config(self.eval_batches > 0, || "eval_batches (0) must be positive".into())?;
         for (name, v) in [
             ("grad_clip", Some(self.grad_clip)),

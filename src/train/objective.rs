@@ -154,7 +154,7 @@ mod tests {
                 load_balancing_loss: Tensor::from(lb),
                 z_loss: Tensor::from(z),
                 assignments_per_expert: Tensor::from_slice(&[1i64]),
-                dropped_fraction: 0.0,
+                dropped_fraction: Tensor::from(0.0),
                 router_entropy: Tensor::from(0.0),
                 capacity: None,
                 num_real_tokens: 1,

@@ -2,15 +2,19 @@
 //! Regularization", arXiv 1711.05101, Algorithm 2), with gradient-norm clipping.
 //!
 //! libtorch's C++ AdamW keeps its state out of reach, so resumable training needs this one: its
-//! moments are plain tensors, named after their parameters.
+//! moments are plain tensors, named after their parameters. The update itself is libtorch's fused
+//! AdamW kernel (`_fused_adamw_`, the kernel behind `torch.optim.AdamW(fused=True)`), one call
+//! per weight-decay group, and clipping uses multi-tensor norm and scaling: zeroing, clipping and
+//! updating launch a fixed number of operations whatever the number of parameter tensors.
 
 use crate::dtype::Cast;
 use crate::error::{ensure_config, Result};
 use crate::host;
+use crate::native::{self, AdamWCoefficients, AdamWGroup};
 use crate::nn::role::{roles, ParamRole};
 use crate::parallel::ProcessGroup;
 use serde::{Deserialize, Serialize};
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +53,11 @@ struct ParamState {
 pub struct AdamW {
     params: Vec<ParamState>,
     config: AdamWConfig,
-    step: u64,
+    /// Updates applied: the kernel's step count `t` (bias correction), a scalar f32 tensor on the
+    /// parameters' device, advanced on the device (so that a skipped update leaves it unchanged
+    /// without a host read).
+    step: Tensor,
+    device: Device,
 }
 
 impl AdamW {
@@ -80,12 +88,16 @@ impl AdamW {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { params, config, step: 0 })
+        let device = vs.device();
+        Ok(Self { params, config, step: Tensor::f_zeros([], (Kind::Float, device))?, device })
     }
 
-    /// Number of updates applied so far.
-    pub fn step_count(&self) -> u64 {
-        self.step
+    /// Number of updates applied so far (one host read).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn step_count(&self) -> Result<u64> {
+        Ok(host::f64_scalar(&self.step)? as u64)
     }
 
     /// Names of the parameters that get weight decay.
@@ -99,7 +111,7 @@ impl AdamW {
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
+        let mut out = vec![("step".to_string(), Tensor::from_slice(&[self.step_count()? as i64]))];
         for p in &self.params {
             out.push((format!("exp_avg.{}", p.name), host::to_cpu(&p.exp_avg)?));
             out.push((format!("exp_avg_sq.{}", p.name), host::to_cpu(&p.exp_avg_sq)?));
@@ -159,40 +171,40 @@ impl AdamW {
                 p.exp_avg.f_copy_(&state[&format!("exp_avg.{}", p.name)])?;
                 p.exp_avg_sq.f_copy_(&state[&format!("exp_avg_sq.{}", p.name)])?;
             }
+            let _ = self.step.f_fill_(step_value)?;
             Ok(())
         })?;
-        self.step = step_value as u64;
         Ok(())
     }
 
-    /// Clears every gradient.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.param.zero_grad();
-        }
+    /// The defined gradients, with the parameters, moments and roles they belong to.
+    fn with_grads(&self) -> impl Iterator<Item = (&ParamState, Tensor)> {
+        self.params.iter().map(|p| (p, p.param.grad())).filter(|(_, g)| g.defined())
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        self.with_grads().map(|(_, g)| g).collect()
+    }
+
+    /// Sets every gradient to zero, in place (one multi-tensor operation).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        native::foreach_zero_(&self.grads())
     }
 
     /// Global L2 norm of all gradients, a scalar f32 tensor on the parameters' device (not read
-    /// back to the host).
+    /// back to the host): the norm of the per-tensor norms (one multi-tensor norm).
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
     pub fn grad_norm(&self) -> Result<Tensor> {
-        let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.param.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.cast(Kind::Float)?.f_norm().map_err(Into::into))
-            .collect::<Result<_>>()?;
-        match norms.first() {
-            None => Ok(Tensor::f_zeros([], (Kind::Float, self.device()))?),
-            Some(_) => Ok(Tensor::f_stack(&norms, 0)?.f_norm()?),
+        let grads = self.grads();
+        if grads.is_empty() {
+            return Ok(Tensor::f_zeros([], (Kind::Float, self.device))?);
         }
-    }
-
-    fn device(&self) -> tch::Device {
-        self.params.first().map_or(tch::Device::Cpu, |p| p.param.device())
+        native::foreach_norm(&grads, None)?.f_norm()?.cast(Kind::Float)
     }
 
     /// Makes the gradients those of the whole batch over `group` (the replicated parameters'
@@ -217,21 +229,15 @@ impl AdamW {
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
     pub fn grad_square_sums(&self) -> Result<Tensor> {
-        let zero = || Tensor::f_zeros([], (Kind::Double, self.device()));
-        let (mut other, mut split) = (zero()?, zero()?);
-        for p in &self.params {
-            let g = p.param.grad();
-            if !g.defined() {
-                continue;
+        let square_sum = |sharded: bool| -> Result<Tensor> {
+            let grads: Vec<Tensor> =
+                self.with_grads().filter(|(p, _)| p.role.sharded == sharded).map(|(_, g)| g).collect();
+            if grads.is_empty() {
+                return Ok(Tensor::f_zeros([], (Kind::Double, self.device))?);
             }
-            let sq = g.cast(Kind::Double)?.f_square()?.f_sum(Kind::Double)?;
-            if p.role.sharded {
-                split = split.f_add(&sq)?;
-            } else {
-                other = other.f_add(&sq)?;
-            }
-        }
-        Ok(Tensor::f_stack(&[other, split], 0)?)
+            Ok(native::foreach_norm(&grads, Some(Kind::Double))?.f_square()?.f_sum(Kind::Double)?)
+        };
+        Ok(Tensor::f_stack(&[square_sum(false)?, square_sum(true)?], 0)?)
     }
 
     /// Scales all gradients by `max_norm / norm` when the global `norm` (a scalar tensor,
@@ -244,53 +250,45 @@ impl AdamW {
         if max_norm <= 0.0 {
             return Ok(());
         }
-        let norm = norm.cast(Kind::Float)?.f_to_device(self.device())?;
+        let norm = norm.cast(Kind::Float)?.f_to_device(self.device)?;
         let clip = norm.f_gt(max_norm)?.f_logical_and(&norm.f_isfinite()?)?;
         let scale = norm.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?;
-        let scale = scale.f_where_scalarother(&clip, 1.0)?;
-        tch::no_grad(|| -> Result<()> {
-            for p in &self.params {
-                let mut g = p.param.grad();
-                if g.defined() {
-                    let _ = g.f_mul_(&scale.like(&g)?)?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(())
+        native::foreach_mul_(&self.grads(), &scale.f_where_scalarother(&clip, 1.0)?)
     }
 
     /// One AdamW update with learning rate `lr`:
-    /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `θ ← θ(1 − lr·λ) − lr · m̂ / (√v̂ + ε)`
-    /// with bias-corrected `m̂ = m / (1−β₁ᵗ)`, `v̂ = v / (1−β₂ᵗ)`. Parameters without a gradient
-    /// are skipped.
+    /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `θ ← θ(1 − lr·λ) − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)`
+    /// (bias-corrected moments; `torch.optim.AdamW`'s formula). Parameters without a gradient
+    /// are skipped. When `skip` (a scalar f32 tensor on the device, 0 or 1) holds 1, nothing
+    /// changes — the step count included — decided on the device without a host read.
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
-    pub fn step(&mut self, lr: f64) -> Result<()> {
-        self.step += 1;
-        let c = &self.config;
-        let t = self.step as i32;
-        let (bias1, bias2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+    pub fn step(&mut self, lr: f64, skip: Option<&Tensor>) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
-            for p in &mut self.params {
-                let g = p.param.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = p.exp_avg.f_mul_scalar_(c.beta1)?;
-                let _ = p.exp_avg.f_add_(&g.f_mul_scalar(1.0 - c.beta1)?)?;
-                let _ = p.exp_avg_sq.f_mul_scalar_(c.beta2)?;
-                let _ = p.exp_avg_sq.f_add_(&g.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
-                if p.role.weight_decay && c.weight_decay > 0.0 {
-                    let _ = p.param.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
-                }
-                let denom = p.exp_avg_sq.f_div_scalar(bias2)?.f_sqrt()?.f_add_scalar(c.eps)?;
-                let update = p.exp_avg.f_div(&denom)?.f_mul_scalar(lr / bias1)?;
-                let _ = p.param.f_sub_(&update)?;
+            let _ = self.step.f_add_scalar_(1.0)?;
+            if let Some(skip) = skip {
+                let _ = self.step.f_sub_(skip)?;
             }
             Ok(())
-        })
+        })?;
+        let c = &self.config;
+        // One kernel call per weight-decay group and dtype (the kernel takes one of each).
+        let mut groups: Vec<((bool, Kind), AdamWGroup)> = Vec::new();
+        for (p, g) in self.with_grads() {
+            let key = (p.role.weight_decay && c.weight_decay > 0.0, p.param.kind());
+            let at = groups.iter().position(|(k, _)| *k == key).unwrap_or_else(|| {
+                groups.push((key, AdamWGroup::default()));
+                groups.len() - 1
+            });
+            groups[at].1.push(&p.param, g, &p.exp_avg, &p.exp_avg_sq);
+        }
+        for ((decay, _), group) in &groups {
+            let weight_decay = if *decay { c.weight_decay } else { 0.0 };
+            let coefficients = AdamWCoefficients { beta1: c.beta1, beta2: c.beta2, weight_decay, eps: c.eps };
+            group.step(&self.step, lr, coefficients, skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -306,7 +304,7 @@ mod tests {
         let w = vs.root().f_var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0, 3.0])).unwrap();
         let mut opt = AdamW::new(&vs, AdamWConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
         (&w * Tensor::from_slice(&[2.0f32, -0.5, 0.0])).sum(Kind::Float).backward();
-        opt.step(0.1).unwrap();
+        opt.step(0.1, None).unwrap();
         let got = Vec::<f32>::try_from(&w).unwrap();
         assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6 && (got[2] - 3.0).abs() < 1e-6, "{got:?}");
     }

@@ -37,7 +37,9 @@ impl RunOptions {
 
 /// Hooks for progress reporting (all optional).
 pub trait Observer {
-    /// After every optimizer step, with its wall-clock duration in seconds.
+    /// After every optimizer step, with its wall-clock duration in seconds — called when the
+    /// step's statistics are read back (every [`crate::train::TrainConfig::log_every`] steps,
+    /// and at evaluations and checkpoints), once for each step since the last read.
     fn on_step(&mut self, _stats: &StepStats, _seconds: f64) {}
     /// After every evaluation, with the record written to `metrics.jsonl`.
     fn on_eval(&mut self, _record: &EvalRecord) {}
@@ -98,24 +100,41 @@ pub fn run<T: Task>(
     let config = trainer.config().clone();
     let started = Instant::now();
     let elapsed = |started: &Instant| elapsed_before + started.elapsed().as_secs_f64();
+    // Host time of each step since the last read (the device may still be working on them; the
+    // read waits for it, and its wait is added to the last step).
+    let mut step_seconds: Vec<f64> = Vec::new();
     while trainer.step_count() < config.steps {
         let t0 = Instant::now();
-        let stats = trainer.step()?;
-        let seconds = t0.elapsed().as_secs_f64();
-        window.add(&stats, seconds);
-        observer.on_step(&stats, seconds);
-        let last = stats.step == config.steps;
-        if stats.step % config.eval_every == 0 || last {
+        trainer.advance()?;
+        step_seconds.push(t0.elapsed().as_secs_f64());
+        let step = trainer.step_count();
+        let last = step == config.steps;
+        let evaluate = step % config.eval_every == 0 || last;
+        let stop = options.stop_after == Some(step);
+        let checkpoint = last || stop || options.save_every.is_some_and(|every| every > 0 && step % every == 0);
+        if !(evaluate || checkpoint || step % config.log_every == 0) {
+            continue;
+        }
+        let t1 = Instant::now();
+        let read = trainer.read_stats()?;
+        if let Some(s) = step_seconds.last_mut() {
+            *s += t1.elapsed().as_secs_f64();
+        }
+        for (stats, seconds) in read.iter().zip(step_seconds.drain(..)) {
+            window.add(stats, seconds);
+            observer.on_step(stats, seconds);
+        }
+        if evaluate {
+            let stats = read.last().ok_or_else(|| Error::Config("no statistics for an evaluated step".into()))?;
             let eval = trainer.evaluate()?;
-            let record = window.record(&stats, &eval, elapsed(&started));
+            let record = window.record(stats, &eval, elapsed(&started));
             if let Some(m) = metrics.as_mut() {
                 m.write(&record)?;
             }
             observer.on_eval(&record);
             window = MetricsWindow::default();
         }
-        let stop = options.stop_after == Some(stats.step);
-        if last || stop || options.save_every.is_some_and(|every| every > 0 && stats.step % every == 0) {
+        if checkpoint {
             let dir = trainer.save_checkpoint(
                 &options.checkpoint_root(),
                 &window,

@@ -272,6 +272,17 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "log-every",
+        section: Section::Training,
+        help: "Read the steps' statistics back every N steps (and at evaluations and checkpoints); between reads the device runs ahead.",
+        value: Some("N"),
+        show: |r| r.train.log_every.to_string(),
+        set: |w, s| {
+            w.train.log_every = positive(s)? as u64;
+            Ok(())
+        },
+    },
+    Setting {
         name: "eval-batches",
         section: Section::Training,
         help: "Validation batches per evaluation.",

@@ -77,3 +77,17 @@ pub fn short_schedule() -> TrainConfig {
         ..Default::default()
     }
 }
+
+/// The venv's Python (`$VIRTUAL_ENV/bin/python`, else the project's `.venv`), for reference
+/// computations with PyTorch and transformers.
+///
+/// # Panics
+/// When there is none (`make venv` makes it).
+pub fn python() -> std::path::PathBuf {
+    use std::path::Path;
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| Path::new(&v).join("bin/python"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(python.exists(), "no Python at {} (run `make venv`)", python.display());
+    python
+}

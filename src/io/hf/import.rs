@@ -112,7 +112,7 @@ impl LanguageModel {
         let (hf, weights) = read_hf_weights(dir)?;
         let ours = from_hf_tensors(&config, format, hf, &dir.display().to_string())?;
         let vs = VarStore::new(device);
-        let model = LanguageModel::new(&vs.root(), &config)?;
+        let model = LanguageModel::new(vs.root(), &config)?;
         load_named_weights(&vs, &ours, &weights)?;
         let (tokenizer, tokenizer_file) = tokenizer_of(&dir.join("config.json"), config.vocab_size)?;
         Ok(Loaded { vs, model, weights, tokenizer, tokenizer_file })

@@ -5,7 +5,7 @@ use super::{SortDispatcher, TokenDispatcher};
 use crate::error::{Error, Result};
 use crate::moe::counts::{BatchCounts, PartCounts};
 use crate::moe::experts::Experts;
-use crate::moe::plan::{count_real, DispatchPlan};
+use crate::moe::plan::{count_real, DispatchPlan, GroupSizes};
 use crate::moe::routing::Selection;
 use crate::parallel::ProcessGroup;
 use tch::Tensor;
@@ -88,22 +88,23 @@ impl TokenDispatcher for ExpertParallelDispatcher {
             )));
         }
         let e = self.num_experts;
+        // The exchange sizes its messages on the host.
+        let group_sizes = plan.group_sizes.host()?;
         // Rows every rank keeps per expert, known to all from the gathered counts.
         let kept = batch
             .kept_rows(plan.capacity)
             .filter(|k| k.len() == ranks * e)
             .ok_or_else(|| Error::Input("the expert-parallel dispatcher needs every rank's routing counts".into()))?;
-        if kept[me * e..(me + 1) * e] != plan.group_sizes[..] {
+        if kept[me * e..(me + 1) * e] != *group_sizes {
             return Err(Error::Input(format!(
-                "rank {me}'s plan keeps {:?} rows per expert, the gathered counts say {:?}",
-                plan.group_sizes,
+                "rank {me}'s plan keeps {group_sizes:?} rows per expert, the gathered counts say {:?}",
                 &kept[me * e..(me + 1) * e]
             )));
         }
         // from[s·local + j]: rows rank s sends to my expert j.
         let from: Vec<i64> =
             (0..ranks).flat_map(|s| kept[s * e + me * local..s * e + (me + 1) * local].to_vec()).collect();
-        let send_rows: Vec<usize> = plan.group_sizes.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
+        let send_rows: Vec<usize> = group_sizes.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
         let recv_rows: Vec<usize> = from.chunks(local).map(|c| c.iter().sum::<i64>() as usize).collect();
         let needs_grad = batch.needs_grad();
         let rows = SortDispatcher.dispatch(tokens, plan)?; // grouped by global expert
@@ -127,7 +128,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         let device = tokens.device();
         let order = Tensor::from_slice(&order).f_to_device(device)?;
         let grouped = if identity { received.shallow_clone() } else { received.f_index_select(0, &order)? };
-        let out = experts.forward(&grouped, &local_sizes)?;
+        let out = experts.forward(&grouped, &GroupSizes::from_host(&local_sizes, device)?)?;
         // Back to (source rank, expert) order and home.
         let home = if identity { out } else { out.f_index_select(0, &order.f_argsort_stable(true, 0, false)?)? };
         let returned = self.group.tape().exchange(comm, &home, &recv_rows, &send_rows, needs_grad)?;

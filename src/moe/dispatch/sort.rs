@@ -43,7 +43,7 @@ impl TokenDispatcher for SortDispatcher {
             Tensor::f_zeros([s * n, d], (acc, expert_out.device()))?.f_index_copy(0, &plan.assignment, &weighted)?
         };
         let combined = if s == 1 { per_slot } else { per_slot.f_view([s, n, d])?.f_sum_dim_intlist(0, false, acc)? };
-        Ok(combined.like(&expert_out)?)
+        combined.like(expert_out)
     }
 }
 

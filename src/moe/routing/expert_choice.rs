@@ -5,7 +5,7 @@ use super::{Choice, RouterScores, RoutingOptions, RoutingPolicy, Selection};
 use crate::error::{ensure_config, Error, Result};
 use crate::host;
 use crate::moe::counts::BatchCounts;
-use crate::moe::plan::{count_real, count_values, expert_capacity, DispatchPlan};
+use crate::moe::plan::{count_real, count_values, expert_capacity, DispatchPlan, GroupSizes};
 use crate::parallel::grad_mode_enabled;
 use tch::{Kind, Tensor};
 
@@ -107,8 +107,9 @@ pub fn plan_expert_choice(probs: &Tensor, valid: Option<&Tensor>, capacity: i64)
     };
     let (top_scores, top_tokens) = scores.f_transpose(0, 1)?.f_topk(c, -1, true, true)?; // [E, C]
     let keep = top_scores.f_ge(0.0)?;
-    let group_sizes = host::i64s(&keep.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
-    let kept_total: i64 = group_sizes.iter().sum();
+    // The row count depends on the routing: one read of the rows per expert.
+    let group_sizes = GroupSizes::read(keep.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
+    let kept_total: i64 = group_sizes.host()?.iter().sum();
     let kept = keep.f_reshape([-1])?.f_logical_not()?.f_argsort_stable(true, 0, false)?.f_narrow(0, 0, kept_total)?;
     let tokens = top_tokens.f_reshape([-1])?.f_index_select(0, &kept)?; // expert order
     let gate = top_scores.f_reshape([-1])?.f_index_select(0, &kept)?;
@@ -131,16 +132,17 @@ pub fn plan_expert_choice(probs: &Tensor, valid: Option<&Tensor>, capacity: i64)
     let assignment = slot.f_mul_scalar(n)?.f_add(&tokens)?;
     let real = count_real(valid, n)?;
     let dropped_fraction = if real == 0 { 0.0 } else { 1.0 - served as f64 / real as f64 };
-    let routed_per_expert = Tensor::from_slice(&group_sizes).f_to_device(device)?;
+    let routed_per_expert = group_sizes.tensor().shallow_clone();
     Ok(DispatchPlan {
         num_tokens: n,
         num_slots,
         assignment,
         gate,
         group_sizes,
+        num_kept: kept_total,
         routed_per_expert,
         capacity: Some(c),
-        dropped_fraction,
+        dropped_fraction: Tensor::from(dropped_fraction).f_to_device(device)?,
     })
 }
 
@@ -153,14 +155,14 @@ mod tests {
         // 3 tokens, 2 experts, capacity 2.
         let probs = Tensor::from_slice(&[0.9f32, 0.1, 0.6, 0.4, 0.2, 0.8]).view([3, 2]);
         let plan = plan_expert_choice(&probs, None, 2).unwrap();
-        assert_eq!(plan.group_sizes, vec![2, 2]);
+        assert_eq!(plan.group_sizes.host().unwrap(), [2, 2]);
         // expert 0 takes tokens 0, 1; expert 1 takes tokens 2, 1 -> token 1 has two slots.
         assert_eq!(plan.num_slots, 2);
         let tokens = Vec::<i64>::try_from(plan.tokens().unwrap()).unwrap();
         assert_eq!(tokens, vec![0, 1, 2, 1]);
         assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![0, 1, 2, 4]);
         assert_eq!(Vec::<f32>::try_from(&plan.gate).unwrap(), vec![0.9, 0.6, 0.8, 0.4]);
-        assert_eq!(plan.dropped_fraction, 0.0);
+        assert_eq!(plan.dropped_fraction.double_value(&[]), 0.0);
         let masked = plan_expert_choice(&probs, Some(&Tensor::from_slice(&[true, false, true])), 2).unwrap();
         assert_eq!(Vec::<i64>::try_from(masked.tokens().unwrap()).unwrap(), vec![0, 2, 2, 0]);
     }

@@ -5,9 +5,8 @@
 use super::{CapacityPriority, Choice, RouterScores, RoutingOptions, RoutingPolicy, Selection};
 use crate::dtype::Cast;
 use crate::error::{Error, Result};
-use crate::host;
 use crate::moe::counts::BatchCounts;
-use crate::moe::plan::{count_real, count_values, expert_capacity, DispatchPlan};
+use crate::moe::plan::{count_real, count_values, expert_capacity, DispatchPlan, GroupSizes};
 use crate::parallel::grad_mode_enabled;
 use tch::{Kind, Tensor};
 
@@ -102,7 +101,7 @@ pub fn select_top_k(
     let (mut gate, expert_index) = match selection_bias {
         None => probs.f_topk(k, -1, true, true)?,
         Some(bias) => {
-            let (_, index) = probs.f_add(&bias.like(&probs)?)?.f_topk(k, -1, true, true)?;
+            let (_, index) = probs.f_add(&bias.like(probs)?)?.f_topk(k, -1, true, true)?;
             (probs.f_gather(1, &index, false)?, index)
         }
     };
@@ -175,48 +174,68 @@ pub(crate) fn plan_token_choice_limited(
     let counts = count_values(&flat_expert, num_experts + 1)
         .map_err(|_| Error::Shape(format!("expert indices must lie in 0..{num_experts}")))?;
     let routed_per_expert = counts.f_narrow(0, 0, num_experts)?;
+    let dropless = limits.is_none() && capacity.is_none();
+    let real = count_real(valid, n)?;
+    if dropless {
+        // Every real assignment is kept: `k · N_real` rows (no mask: `k · N`, known without a
+        // read), and the group sizes stay on the device.
+        let kept_total = k * real;
+        let kept = sort.f_narrow(0, 0, kept_total)?;
+        let assignment = flat_assignment.f_index_select(0, &kept)?;
+        let gate = gate.f_transpose(0, 1)?.f_reshape([-1])?.f_index_select(0, &assignment)?;
+        return Ok(DispatchPlan {
+            num_tokens: n,
+            num_slots: k,
+            assignment,
+            gate,
+            group_sizes: GroupSizes::on_device(routed_per_expert.shallow_clone()),
+            num_kept: kept_total,
+            routed_per_expert,
+            capacity,
+            dropped_fraction: Tensor::f_zeros([], (Kind::Double, device))?,
+        });
+    }
     let mut keep = sorted_expert.f_lt(num_experts)?;
     let first = counts.f_cumsum(0, Kind::Int64)?.f_sub(&counts)?;
     let rank = Tensor::f_arange(k * n, int)?.f_sub(&first.f_index_select(0, &sorted_expert)?)?;
-    match (limits, capacity) {
-        (Some(limits), _) => {
-            if limits.size() != [k, num_experts] {
-                return Err(Error::Shape(format!("limits must be [{k}, {num_experts}], got {:?}", limits.size())));
-            }
-            // Rank within (choice, expert): subtract the expert's assignments of earlier choices.
-            let sorted_choice = sort.f_div_scalar_mode(n, "floor")?;
-            let expert_safe = sorted_expert.f_clamp_max(num_experts - 1)?;
-            let per_choice = flat_expert
-                .f_view([k, n])?
-                .f_one_hot(num_experts + 1)?
-                .f_sum_dim_intlist(1, false, Kind::Int64)?
-                .f_narrow(1, 0, num_experts)?; // [k, E]
-            let earlier = per_choice.f_cumsum(0, Kind::Int64)?.f_sub(&per_choice)?.f_flatten(0, -1)?;
-            let key = sorted_choice.f_mul_scalar(num_experts)?.f_add(&expert_safe)?;
-            let rank_in_choice = rank.f_sub(&earlier.f_index_select(0, &key)?)?;
-            let limit = limits.f_to_device(device)?.f_flatten(0, -1)?.f_index_select(0, &key)?;
-            keep = keep.f_logical_and(&rank_in_choice.f_lt_tensor(&limit)?)?;
+    let kept_per_expert = if let Some(limits) = limits {
+        if limits.size() != [k, num_experts] {
+            return Err(Error::Shape(format!("limits must be [{k}, {num_experts}], got {:?}", limits.size())));
         }
-        (None, Some(c)) => keep = keep.f_logical_and(&rank.f_lt(c)?)?,
-        (None, None) => {}
-    }
-    let kept_per_expert = match (limits, capacity) {
-        (Some(_), _) => count_values(&sorted_expert.f_where_scalarother(&keep, num_experts)?, num_experts + 1)?
-            .f_narrow(0, 0, num_experts)?,
-        (None, Some(c)) => routed_per_expert.f_clamp_max(c)?,
-        (None, None) => routed_per_expert.shallow_clone(),
+        // Rank within (choice, expert): subtract the expert's assignments of earlier choices.
+        let sorted_choice = sort.f_div_scalar_mode(n, "floor")?;
+        let expert_safe = sorted_expert.f_clamp_max(num_experts - 1)?;
+        let per_choice = flat_expert
+            .f_view([k, n])?
+            .f_one_hot(num_experts + 1)?
+            .f_sum_dim_intlist(1, false, Kind::Int64)?
+            .f_narrow(1, 0, num_experts)?; // [k, E]
+        let earlier = per_choice.f_cumsum(0, Kind::Int64)?.f_sub(&per_choice)?.f_flatten(0, -1)?;
+        let key = sorted_choice.f_mul_scalar(num_experts)?.f_add(&expert_safe)?;
+        let rank_in_choice = rank.f_sub(&earlier.f_index_select(0, &key)?)?;
+        let limit = limits.f_to_device(device)?.f_flatten(0, -1)?.f_index_select(0, &key)?;
+        keep = keep.f_logical_and(&rank_in_choice.f_lt_tensor(&limit)?)?;
+        count_values(&sorted_expert.f_where_scalarother(&keep, num_experts)?, num_experts + 1)?.f_narrow(
+            0,
+            0,
+            num_experts,
+        )?
+    } else {
+        let c = capacity.unwrap_or(k * n); // dropless plans returned above
+        keep = keep.f_logical_and(&rank.f_lt(c)?)?;
+        routed_per_expert.f_clamp_max(c)?
     };
-    // The one host read of the plan: rows per expert (the expert kernels and every shape below
-    // need them).
-    let group_sizes = host::i64s(&kept_per_expert)?;
-    let kept_total: i64 = group_sizes.iter().sum();
+    // With a capacity the row count depends on the routing: the plan's one host read, the rows
+    // per expert (every shape below needs their sum).
+    let group_sizes = GroupSizes::read(kept_per_expert)?;
+    let kept_total: i64 = group_sizes.host()?.iter().sum();
     // Kept assignments first, in expert order (a stable sort, not `masked_select`, which would
     // read the count back to the host once more).
     let kept =
         sort.f_index_select(0, &keep.f_logical_not()?.f_argsort_stable(true, 0, false)?.f_narrow(0, 0, kept_total)?)?;
     let assignment = flat_assignment.f_index_select(0, &kept)?;
     let gate = gate.f_transpose(0, 1)?.f_reshape([-1])?.f_index_select(0, &assignment)?;
-    let total = k * count_real(valid, n)?;
+    let total = k * real;
     let dropped_fraction = if total == 0 { 0.0 } else { 1.0 - kept_total as f64 / total as f64 };
     Ok(DispatchPlan {
         num_tokens: n,
@@ -224,9 +243,10 @@ pub(crate) fn plan_token_choice_limited(
         assignment,
         gate,
         group_sizes,
+        num_kept: kept_total,
         routed_per_expert,
         capacity,
-        dropped_fraction,
+        dropped_fraction: Tensor::from(dropped_fraction).f_to_device(device)?,
     })
 }
 
@@ -246,9 +266,9 @@ mod tests {
     #[test]
     fn earlier_tokens_win_capacity() {
         let plan = plan_token_choice(&t(&[1, 1, 1, 1, 0], [5, 1]), &half([5, 1]), 2, None, Some(2), None).unwrap();
-        assert_eq!(plan.group_sizes, vec![1, 2]);
+        assert_eq!(plan.group_sizes.host().unwrap(), [1, 2]);
         assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![4, 0, 1]);
-        assert!((plan.dropped_fraction - 0.4).abs() < 1e-12);
+        assert!((plan.dropped_fraction.double_value(&[]) - 0.4).abs() < 1e-12);
         assert_eq!(Vec::<i64>::try_from(&plan.routed_per_expert).unwrap(), vec![1, 4]);
     }
 
@@ -257,7 +277,7 @@ mod tests {
         // token 0 -> (e0, e1), token 1 -> (e1, e0); capacity 1 keeps both first choices.
         let plan = plan_token_choice(&t(&[0, 1, 1, 0], [2, 2]), &half([2, 2]), 2, None, Some(1), None).unwrap();
         assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![0, 1]);
-        assert!((plan.dropped_fraction - 0.5).abs() < 1e-12);
+        assert!((plan.dropped_fraction.double_value(&[]) - 0.5).abs() < 1e-12);
     }
 
     #[test]
@@ -276,6 +296,6 @@ mod tests {
             plan_token_choice(&t(&[0, 0, 0, 0, 1], [5, 1]), &half([5, 1]), 2, Some(&valid), Some(2), None).unwrap();
         assert_eq!(Vec::<i64>::try_from(&plan.assignment).unwrap(), vec![1, 3, 4]);
         assert_eq!(Vec::<i64>::try_from(&plan.routed_per_expert).unwrap(), vec![2, 1]);
-        assert_eq!(plan.dropped_fraction, 0.0);
+        assert_eq!(plan.dropped_fraction.double_value(&[]), 0.0);
     }
 }

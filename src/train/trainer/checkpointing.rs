@@ -21,8 +21,17 @@ impl<T: Task> Trainer<'_, T> {
     /// with `window` and `elapsed_s`) atomically, keeping the newest `keep` checkpoints.
     ///
     /// # Errors
+    /// [`Error::Checkpoint`] while steps wait to be read ([`Trainer::read_stats`]);
     /// [`Error::Io`] / [`Error::Torch`] on write errors.
     pub fn save_checkpoint(&self, root: &Path, window: &MetricsWindow, elapsed_s: f64, keep: usize) -> Result<PathBuf> {
+        if self.pending.len() != 0 {
+            // The guard may have skipped one of them: only a read can tell.
+            return Err(Error::Checkpoint(format!(
+                "{} steps up to step {} have not been read back yet (Trainer::read_stats) and cannot be checkpointed",
+                self.pending.len(),
+                self.step
+            )));
+        }
         let state = TrainerState {
             format: CHECKPOINT_FORMAT,
             step: self.step,
@@ -90,15 +99,17 @@ impl<T: Task> Trainer<'_, T> {
         })?;
         load_named_weights(self.vs, &weights, &weights_path)?;
         self.optimizer.load_state(&optimizer)?;
-        if self.optimizer.step_count() != meta.state.step {
+        let optimizer_step = self.optimizer.step_count()?;
+        if optimizer_step != meta.state.step {
             return Err(Error::Checkpoint(format!(
-                "{}: optimizer step {} differs from trainer step {}",
+                "{}: optimizer step {optimizer_step} differs from trainer step {}",
                 meta.dir.display(),
-                self.optimizer.step_count(),
                 meta.state.step
             )));
         }
         self.step = meta.state.step;
+        self.pending.clear();
+        let _ = self.halted.f_zero_()?;
         Ok((meta.state.window.clone(), meta.state.elapsed_s))
     }
 }

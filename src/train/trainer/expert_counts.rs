@@ -26,14 +26,17 @@ impl ExpertCounts {
     }
 
     /// Walks the model's MoE layers once, updating each one's selection bias from its counts
-    /// (a no-op for layers that balance with the loss).
+    /// (a no-op for layers that balance with the loss) — unless `skip` (scalar f32 on the
+    /// device, the step guard's flag) holds 1: the counts are then zeroed on the device, and the
+    /// sign rule moves no bias.
     ///
     /// # Errors
     /// [`crate::Error::Shape`] for counts that are not `[E]`.
-    pub(super) fn update_biases(&self, model: &dyn Trainable) -> Result<()> {
+    pub(super) fn update_biases(&self, model: &dyn Trainable, skip: &Tensor) -> Result<()> {
+        let keep = skip.f_neg()?.f_add_scalar(1.0)?;
         for (stack, layer, moe) in model.moe_layers() {
             if let Some((_, _, counts)) = self.0.iter().find(|(s, l, _)| *s == stack && *l == layer) {
-                moe.update_expert_bias(counts)?;
+                moe.update_expert_bias(&counts.f_mul(&keep.f_to_device(counts.device())?)?)?;
             }
         }
         Ok(())

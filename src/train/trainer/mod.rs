@@ -24,7 +24,7 @@ use crate::train::stats::{EvalStats, StepStats};
 use crate::train::task::Task;
 use expert_counts::ExpertCounts;
 use rand::SeedableRng;
-use readback::StepReadback;
+use readback::{PendingSteps, StepRecord};
 use std::path::Path;
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -52,6 +52,11 @@ pub struct Trainer<'a, T: Task = LanguageModel> {
     config: TrainConfig,
     device: Device,
     step: u64,
+    /// Steps done on the device whose figures have not been read yet.
+    pending: PendingSteps,
+    /// The device-side guard: 1 once a step saw a non-finite value, after which every update is
+    /// skipped until the figures are read (scalar f32).
+    halted: Tensor,
 }
 
 impl<T: Task> std::fmt::Debug for Trainer<'_, T> {
@@ -110,6 +115,8 @@ impl<'a, T: Task> Trainer<'a, T> {
             config,
             device,
             step: 0,
+            pending: PendingSteps::default(),
+            halted: Tensor::f_zeros([], (tch::Kind::Float, device))?,
         })
     }
 
@@ -178,56 +185,103 @@ impl<'a, T: Task> Trainer<'a, T> {
         self.task.shard_batch(batch, self.group())
     }
 
-    /// One optimizer step over `grad_accum` random micro-batches. The batches of step `s`
-    /// depend only on the seed and `s`, and libtorch's generator is reseeded per step, so runs
-    /// are reproducible and resumable.
-    ///
-    /// The step reads values back to the host once (besides one read per MoE layer for its
-    /// expert group sizes): losses, gradient norm and per-layer statistics together, after the
-    /// backward — which is also when the non-finite guard looks at them.
+    /// One optimizer step over `grad_accum` random micro-batches, and its statistics: the
+    /// same as [`Trainer::advance`] followed by [`Trainer::read_stats`] (one host read).
     ///
     /// # Errors
-    /// [`Error::NonFinite`] naming the step and the first parameter, block output or router with
-    /// non-finite values (or the loss / gradient norm); the parameters are left unchanged.
+    /// As [`Trainer::advance`] and [`Trainer::read_stats`].
     pub fn step(&mut self) -> Result<StepStats> {
+        self.advance()?;
+        let mut stats = self.read_stats()?;
+        stats.pop().ok_or_else(|| Error::Config("a step was done but no statistics came back".into()))
+    }
+
+    /// One optimizer step over `grad_accum` random micro-batches, without reading anything back
+    /// to the host: its losses, gradient norm and statistics stay on the device until
+    /// [`Trainer::read_stats`]. The batches of step `s` depend only on the seed and `s`, and
+    /// libtorch's generator is reseeded per step, so runs are reproducible and resumable.
+    ///
+    /// The non-finite guard runs on the device: a step whose LM loss, router losses or gradient
+    /// norm is not finite is not applied, and neither is any later step until the next read, which
+    /// reports it — so the parameters stay those before the first bad step.
+    ///
+    /// Host reads remain where a shape depends on the data: MoE layers with a capacity, a token
+    /// mask, expert-choice routing or the per-expert loop read their group sizes (see
+    /// [`crate::moe::GroupSizes`]); expert-parallel ranks agree on the guard through the host.
+    ///
+    /// # Errors
+    /// Errors of the forward and backward passes.
+    pub fn advance(&mut self) -> Result<()> {
         let step = self.step + 1;
         let seed = self.step_seed(step);
         tch::manual_seed((seed >> 1) as i64);
         let (accum, group) = (self.config.grad_accum, self.task.model().group());
-        self.optimizer.zero_grad();
-        let (mut readback, mut counts, mut batches, mut tokens) =
-            (StepReadback::default(), ExpertCounts::default(), Vec::with_capacity(accum), 0);
+        self.optimizer.zero_grad()?;
+        let (mut record, mut counts, mut tokens) = (StepRecord::default(), ExpertCounts::default(), 0);
         for micro in 0..accum {
             let batch = self.sample(seed, micro)?;
             let out = self.task.loss(&batch, ForwardOptions::train())?;
             group.backward(&self.objective.total(&out, 1.0 / accum as f64, group.world_size())?)?;
-            readback.add(&out)?;
+            record.add(&out)?;
             counts.add(&out.aux)?;
             tokens += out.tokens * group.world_size();
-            batches.push(batch);
         }
         let grad_norm = self.optimizer.clip_grad_norm(group, self.config.grad_clip)?;
-        let values = readback.read(&grad_norm)?;
-        let bad = values.first_non_finite();
-        if let Some(what) = group.agree_on_failure(bad.as_ref().map(|(_, what)| what.clone()))? {
-            let micro = bad.map_or(0, |(micro, _)| micro);
-            return Err(self.non_finite(step, &batches[micro], what));
-        }
-        if !values.grad_norm.is_finite() {
-            self.optimizer.zero_grad();
-            return Err(Error::NonFinite { step, what: format!("gradient norm ({})", values.grad_norm) });
-        }
+        let packed = record.pack(&grad_norm)?;
+        self.halted = group.any_rank(&self.halted.f_maximum(&packed.non_finite)?)?;
         let lr = self.schedule.lr_at(step);
-        self.optimizer.step(lr)?;
-        counts.update_biases(self.task.model())?;
+        self.optimizer.step(lr, Some(&self.halted))?;
+        counts.update_biases(self.task.model(), &self.halted)?;
+        self.pending.push(step, lr, tokens, packed, &self.halted)?;
         self.step = step;
-        values.into_stats(group, step, lr, tokens)
+        Ok(())
+    }
+
+    /// Steps done by [`Trainer::advance`] whose statistics have not been read.
+    pub fn pending_steps(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The statistics of the steps since the last read, in one host read (none if nothing is
+    /// pending).
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming the first step the guard skipped and the first parameter,
+    /// block output or router with non-finite values (or the loss / gradient norm); the trainer
+    /// is then back before that step, with the parameters it had there.
+    pub fn read_stats(&mut self) -> Result<Vec<StepStats>> {
+        let steps = self.pending.read()?;
+        let skipped = steps.iter().position(|v| v.skipped);
+        let failure = skipped.map(|i| &steps[i]).map(|v| (v.step, v.first_non_finite(), v.grad_norm));
+        if let Some((step, bad, grad_norm)) = failure {
+            let local = bad.as_ref().map(|(_, what)| what.clone());
+            let what = self.group().agree_on_failure(local)?.unwrap_or_else(|| format!("gradient norm ({grad_norm})"));
+            return Err(self.rewind_to_failure(step, bad.map_or(0, |(micro, _)| micro), what));
+        }
+        let group = self.task.model().group();
+        steps.into_iter().map(|v| v.into_stats(group)).collect()
+    }
+
+    /// After the guard skipped `step` (and every step after it): forgets the pending steps, goes
+    /// back to just before `step` and builds its error from micro-batch `micro` of it.
+    fn rewind_to_failure(&mut self, step: u64, micro: usize, fallback: String) -> Error {
+        self.pending.clear();
+        self.step = step - 1;
+        let reset = self.halted.f_zero_().map(|_| ());
+        let batch = self.sample(self.step_seed(step), micro);
+        match (reset, batch) {
+            (Ok(()), Ok(batch)) => self.non_finite(step, &batch, fallback),
+            (Err(e), _) => e.into(),
+            (_, Err(e)) => e,
+        }
     }
 
     /// Builds the non-finite error of `step`, naming the first parameter (in name order) or
     /// block output / router with non-finite values when there is one, `fallback` otherwise.
     fn non_finite(&mut self, step: u64, batch: &T::Batch, fallback: String) -> Error {
-        self.optimizer.zero_grad();
+        if let Err(e) = self.optimizer.zero_grad() {
+            return e;
+        }
         let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let bad_param = params.into_iter().find(|(_, p)| all_finite(p).is_ok_and(|finite| !finite));
