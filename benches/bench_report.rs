@@ -56,6 +56,23 @@ struct Args {
     /// Smaller token counts and fewer rounds, for a smoke test.
     #[arg(long)]
     quick: bool,
+    /// Measure only these sections (comma-separated; default: all); the report then holds only
+    /// them — write it elsewhere with --out.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+}
+
+/// The report's measured sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// MoE layers against Hugging Face's Switch layer.
+    MoeLayers,
+    /// Mixtral's block and Gemma 3n's AltUp against Hugging Face.
+    MixtralGemma,
+    /// AltUp stacks against dense.
+    Altup,
+    /// Training steps against PyTorch eager.
+    TrainingSteps,
 }
 
 const D: i64 = 256;
@@ -459,10 +476,11 @@ fn run(args: Args) -> Res<()> {
         eprintln!("warning: cannot start {} benches/peers.py --serve: peers skipped", args.python.display());
     }
     let mut report = Report { args: &args, peers, targets: String::new() };
-    let moe_md = report.moe_layers(&token_counts, big)?;
-    let gemma = report.mixtral_and_gemma(big)?;
-    let altup_md = report.altup_stacks()?;
-    let train_md = report.training_steps()?;
+    let chosen = |s: Section| args.only.is_empty() || args.only.contains(&s);
+    let moe_md = if chosen(Section::MoeLayers) { report.moe_layers(&token_counts, big)? } else { String::new() };
+    let gemma = if chosen(Section::MixtralGemma) { report.mixtral_and_gemma(big)? } else { String::new() };
+    let altup_md = if chosen(Section::Altup) { report.altup_stacks()? } else { String::new() };
+    let train_md = if chosen(Section::TrainingSteps) { report.training_steps()? } else { String::new() };
     let threads = tch::get_num_threads();
     let peer_threads = report.peers.as_ref().map_or("-".to_string(), |p| p.threads.clone());
     let mut md = String::new();
@@ -479,15 +497,22 @@ fn run(args: Args) -> Res<()> {
     );
     let _ =
         writeln!(md, "## Targets\n\n| target | measured [95% interval] | verdict |\n|---|---|---|\n{}", report.targets);
-    let _ = writeln!(md, "## MoE layer (D = {D}, F = {F}, top-1, dropless, GELU, forward + backward)\n\n{moe_md}\n");
+    if !moe_md.is_empty() {
+        let _ =
+            writeln!(md, "## MoE layer (D = {D}, F = {F}, top-1, dropless, GELU, forward + backward)\n\n{moe_md}\n");
+    }
     if !gemma.is_empty() {
         let _ = writeln!(md, "{gemma}");
     }
-    let _ = writeln!(md, "## AltUp stack (4 blocks, 8 × 256 tokens, forward + backward)\n\n{altup_md}\n");
-    let _ = writeln!(
-        md,
-        "## Training step versus PyTorch eager (16 × 128 bytes, forward + backward + clip + AdamW)\n\n{train_md}"
-    );
+    if !altup_md.is_empty() {
+        let _ = writeln!(md, "## AltUp stack (4 blocks, 8 × 256 tokens, forward + backward)\n\n{altup_md}\n");
+    }
+    if !train_md.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Training step versus PyTorch eager (16 × 128 bytes, forward + backward + clip + AdamW)\n\n{train_md}"
+        );
+    }
     if let Ok(table) = std::fs::read_to_string(args.scaling.with_file_name("scaling.md")) {
         let _ = writeln!(md, "## Parameters versus compute (the `scaling` sweep)\n\n{table}");
         let _ = writeln!(md, "![parameters vs step time](benchmarks/scaling_params_vs_time.svg)\n\n![relative step time](benchmarks/scaling_relative_time.svg)\n");

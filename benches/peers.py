@@ -201,7 +201,12 @@ class LM(nn.Module):
         moe = arch in ("switch", "altup-moe")
         self.k = k_blocks if arch in ("altup", "altup-moe") else 1
         self.embed = nn.Embedding(vocab, self.k * d)
-        self.blocks = nn.ModuleList(Block(d, heads, 4 * d, experts if moe and l % 2 == 1 else 0) for l in range(layers))
+        # As the presets place them: MoE on every other block (1, 3) for switch, on every block for
+        # altup-moe (ModelConfig::preset(Arch::AltUpMoe)).
+        every = 1 if arch == "altup-moe" else 2
+        self.blocks = nn.ModuleList(
+            Block(d, heads, 4 * d, experts if moe and l % every == every - 1 else 0) for l in range(layers)
+        )
         if self.k > 1:
             self.p = nn.ParameterList(nn.Parameter(torch.eye(self.k)) for _ in range(layers))
             self.g = nn.ParameterList(nn.Parameter(torch.ones(self.k)) for _ in range(layers))

@@ -62,6 +62,7 @@ pub struct OpCounts {
 #[derive(Debug)]
 pub struct OpCounter {
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    timing: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -73,9 +74,31 @@ impl OpCounter {
     /// # Errors
     /// [`crate::Error::Torch`] if libtorch refuses the callback.
     pub fn start() -> crate::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Starts counting from zero and also times the top-level operations by name
+    /// ([`OpCounter::times`]), as a profiler would (each timed operation pays for two clock
+    /// reads; on an accelerator the time is that of the launch, not of the kernel).
+    ///
+    /// # Errors
+    /// As [`OpCounter::start`].
+    pub fn start_timed() -> crate::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(timing: bool) -> crate::Result<Self> {
         let guard = OP_COUNTER.lock().unwrap_or_else(|p| p.into_inner());
-        crate::native::op_counter_start()?;
-        Ok(Self { _one_at_a_time: guard, _not_send: std::marker::PhantomData })
+        crate::native::op_counter_start(timing)?;
+        Ok(Self { _one_at_a_time: guard, timing, _not_send: std::marker::PhantomData })
+    }
+
+    /// The timed top-level operations so far, `(name, calls, seconds)`, most time first (empty
+    /// unless started with [`OpCounter::start_timed`]).
+    pub fn times(&self) -> Vec<(String, i64, f64)> {
+        let mut times = crate::native::op_times();
+        times.sort_by(|a, b| b.2.total_cmp(&a.2));
+        times
     }
 
     /// The operations counted so far.
@@ -89,7 +112,7 @@ impl OpCounter {
     /// # Errors
     /// As [`OpCounter::start`].
     pub fn reset(&mut self) -> crate::Result<()> {
-        crate::native::op_counter_start()
+        crate::native::op_counter_start(self.timing)
     }
 }
 
@@ -108,6 +131,26 @@ pub(crate) static TEST_SWITCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new
 mod tests {
     use super::*;
     use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn the_counter_counts_nested_operations_apart_and_times_the_top_level_ones() {
+        let x = Tensor::from_slice(&[1.0f32, -2.0, 3.0]);
+        let counter = OpCounter::start_timed().unwrap();
+        let _ = (&x + 1.0).abs();
+        let _ = x.norm(); // a composite: its inner operations count under `all` only
+        let counts = counter.counts();
+        assert_eq!(counts.top_level, 3);
+        assert!(counts.all > counts.top_level, "{counts:?}");
+        let names: Vec<String> = counter.times().into_iter().map(|(name, calls, _)| format!("{name}×{calls}")).collect();
+        for expected in ["aten::add×1", "aten::abs×1", "aten::norm×1"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        }
+        drop(counter);
+        let untimed = OpCounter::start().unwrap();
+        let _ = &x * 2.0;
+        assert!(untimed.times().is_empty());
+        assert_eq!(untimed.counts().top_level, 1);
+    }
 
     #[test]
     fn the_switch_reaches_libtorch_and_cpu_work_still_runs() {

@@ -224,16 +224,15 @@ impl Weights<'_> {
         let w_gate = self.w_gate.map(|w| -> Result<Vec<Tensor>> { Ok(w.like(rows)?.f_unbind(0)?) }).transpose()?;
         let w_out = self.w_out.like(rows)?.f_unbind(0)?;
         let mut outputs = Vec::with_capacity(group_sizes.len());
-        let mut start = 0;
-        for (expert, &size) in group_sizes.iter().enumerate() {
-            if size == 0 {
+        // One split (its backward concatenates the groups' gradients once) rather than a slice
+        // per expert, whose backward would write each group into a zero tensor of all rows.
+        for (expert, x) in rows.f_split_with_sizes(group_sizes, 0)?.iter().enumerate() {
+            if x.size()[0] == 0 {
                 continue;
             }
-            let x = rows.f_narrow(0, start, size)?;
             let h = x.f_matmul(&w_in[expert])?;
             let gate = w_gate.as_ref().map(|w| x.f_matmul(&w[expert])).transpose()?;
             outputs.push(self.activation.apply(&h, gate.as_ref())?.f_matmul(&w_out[expert])?);
-            start += size;
         }
         Ok(Tensor::f_cat(&outputs, 0)?)
     }

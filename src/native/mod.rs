@@ -42,9 +42,10 @@ mod ffi {
         ) -> *mut c_char;
         pub fn amoe_foreach_mul_(tensors: *const *const C_tensor, n: usize, scale: *const C_tensor) -> *mut c_char;
         pub fn amoe_foreach_zero_(tensors: *const *const C_tensor, n: usize) -> *mut c_char;
-        pub fn amoe_op_counter_start() -> *mut c_char;
+        pub fn amoe_op_counter_start(timing: bool) -> *mut c_char;
         pub fn amoe_op_counter_stop() -> *mut c_char;
         pub fn amoe_op_counts(top_level: *mut i64, all: *mut i64);
+        pub fn amoe_op_times() -> *mut c_char;
     }
 }
 
@@ -175,10 +176,11 @@ pub(crate) fn foreach_zero_(tensors: &[Tensor]) -> Result<()> {
     check(unsafe { ffi::amoe_foreach_zero_(t.as_ptr(), t.len()) })
 }
 
-/// Starts counting ATen operations in every thread, from zero.
-pub(crate) fn op_counter_start() -> Result<()> {
+/// Starts counting ATen operations of this thread (and its autograd work), from zero; with
+/// `timing`, the top-level operations are also timed per name.
+pub(crate) fn op_counter_start(timing: bool) -> Result<()> {
     // SAFETY: a call without pointers.
-    check(unsafe { ffi::amoe_op_counter_start() })
+    check(unsafe { ffi::amoe_op_counter_start(timing) })
 }
 
 /// Stops counting ATen operations.
@@ -193,4 +195,26 @@ pub(crate) fn op_counts() -> (i64, i64) {
     // SAFETY: both outlive the call.
     unsafe { ffi::amoe_op_counts(&mut top, &mut all) };
     (top, all)
+}
+
+/// The timed operations: `(name, calls, seconds)`, by name.
+pub(crate) fn op_times() -> Vec<(String, i64, f64)> {
+    // SAFETY: the shim returns a NUL-terminated heap string (never null but on allocation
+    // failure), freed here once.
+    let text = unsafe {
+        let raw = ffi::amoe_op_times();
+        if raw.is_null() {
+            return Vec::new();
+        }
+        let text = CStr::from_ptr(raw).to_string_lossy().into_owned();
+        ffi::amoe_free_error(raw);
+        text
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split('\t');
+            let name = parts.next()?.to_string();
+            Some((name, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        })
+        .collect()
 }

@@ -16,7 +16,11 @@
 #include <ATen/record_function.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -57,23 +61,45 @@ std::vector<at::Tensor> list(at::Tensor* const* tensors, size_t n) {
   return out;
 }
 
-// The ATen-operation counter: a RecordFunction callback on every c10/ATen operation.
+// The ATen-operation counter: a RecordFunction callback on every c10/ATen operation. With
+// timing on, the top-level operations' wall time is also summed per operation name.
 std::atomic<int64_t> g_top_level_ops{0};
 std::atomic<int64_t> g_all_ops{0};
+std::atomic<bool> g_timing{false};
 thread_local int t_depth = 0;
 std::optional<at::CallbackHandle> g_counter;
+std::mutex g_times_mutex;
+std::map<std::string, std::pair<int64_t, double>> g_times;  // name -> (calls, seconds)
+
+struct Started : at::ObserverContext {
+  std::chrono::steady_clock::time_point at;
+};
 
 std::unique_ptr<at::ObserverContext> count_start(const at::RecordFunction&) {
-  if (t_depth == 0) {
+  const bool top = t_depth == 0;
+  if (top) {
     g_top_level_ops.fetch_add(1, std::memory_order_relaxed);
   }
   g_all_ops.fetch_add(1, std::memory_order_relaxed);
   ++t_depth;
+  if (top && g_timing.load(std::memory_order_relaxed)) {
+    auto started = std::make_unique<Started>();
+    started->at = std::chrono::steady_clock::now();
+    return started;
+  }
   return nullptr;
 }
 
-void count_end(const at::RecordFunction&, at::ObserverContext*) {
+void count_end(const at::RecordFunction& fn, at::ObserverContext* context) {
   --t_depth;
+  if (context != nullptr) {
+    const auto started = static_cast<Started*>(context)->at;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::lock_guard<std::mutex> lock(g_times_mutex);
+    auto& entry = g_times[fn.name()];
+    entry.first += 1;
+    entry.second += seconds;
+  }
 }
 
 }  // namespace
@@ -150,11 +176,17 @@ char* amoe_foreach_zero_(at::Tensor* const* tensors, size_t n) {
 
 // Starts counting the ATen operations of the calling thread, and of the autograd work it starts
 // on other threads (libtorch carries thread-local callbacks there); the counts restart at zero.
-// One counter at a time: the caller serialises.
-char* amoe_op_counter_start() {
+// With `timing`, top-level operations are also timed per name. One counter at a time: the
+// caller serialises.
+char* amoe_op_counter_start(bool timing) {
   return guarded([&] {
     g_top_level_ops = 0;
     g_all_ops = 0;
+    g_timing = timing;
+    {
+      std::lock_guard<std::mutex> lock(g_times_mutex);
+      g_times.clear();
+    }
     if (!g_counter) {
       g_counter = at::addThreadLocalCallback(
           at::RecordFunctionCallback(count_start, count_end).scopes({at::RecordScope::FUNCTION}));
@@ -177,6 +209,17 @@ char* amoe_op_counter_stop() {
 void amoe_op_counts(int64_t* top_level, int64_t* all) {
   *top_level = g_top_level_ops.load();
   *all = g_all_ops.load();
+}
+
+// The timed operations as text, one `name<TAB>calls<TAB>seconds` line each (heap-allocated,
+// freed with `amoe_free_error`).
+char* amoe_op_times() {
+  std::string out;
+  std::lock_guard<std::mutex> lock(g_times_mutex);
+  for (const auto& [name, entry] : g_times) {
+    out += name + "\t" + std::to_string(entry.first) + "\t" + std::to_string(entry.second) + "\n";
+  }
+  return copy_message(out.c_str());
 }
 
 }  // extern "C"

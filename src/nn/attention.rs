@@ -101,18 +101,22 @@ impl KvCache {
 /// Splits `[B, T, n·D]` projections into `n` tensors of `[B, H, T, hd]`.
 fn split_heads(x: &Tensor, n: i64, heads: i64, head_dim: i64) -> Result<Vec<Tensor>> {
     let (b, t) = (x.size()[0], x.size()[1]);
-    let x = x.f_view([b, t, n, heads, head_dim])?.f_permute([2, 0, 3, 1, 4])?;
-    (0..n).map(|i| Ok(x.f_select(0, i)?)).collect()
+    // `unbind`, not `n` selects: its backward stacks the parts' gradients in one operation
+    // instead of writing each into a zero tensor of the full size.
+    Ok(x.f_view([b, t, n, heads, head_dim])?.f_permute([2, 0, 3, 1, 4])?.f_unbind(0)?)
 }
 
 /// Splits `[B, T, (H + 2·H_kv)·hd]` (grouped-query attention) into queries `[B, H, T, hd]`
 /// and keys and values `[B, H_kv, T, hd]`.
 fn split_gqa(x: &Tensor, heads: i64, kv_heads: i64, head_dim: i64) -> Result<[Tensor; 3]> {
     let (b, t) = (x.size()[0], x.size()[1]);
-    let part = |start: i64, n: i64| -> Result<Tensor> {
-        Ok(x.f_narrow(-1, start * head_dim, n * head_dim)?.f_reshape([b, t, n, head_dim])?.f_transpose(1, 2)?)
-    };
-    Ok([part(0, heads)?, part(heads, kv_heads)?, part(heads + kv_heads, kv_heads)?])
+    // One split (one backward operation) rather than three slices.
+    let parts = x.f_split_with_sizes([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)?;
+    let [q, k, v]: [Tensor; 3] =
+        parts.try_into().map_err(|_| crate::Error::Shape("a split into three parts".into()))?;
+    let heads_first =
+        |p: Tensor, n: i64| -> Result<Tensor> { Ok(p.f_reshape([b, t, n, head_dim])?.f_transpose(1, 2)?) };
+    Ok([heads_first(q, heads)?, heads_first(k, kv_heads)?, heads_first(v, kv_heads)?])
 }
 
 /// Repeats each of the `H_kv` key/value heads `n_rep` times consecutively (`[B, H_kv, T, hd]` →
