@@ -9,7 +9,11 @@
 //! multi-tensor ops, the determinism switch, an operation counter), against the headers of the
 //! same libtorch: `<lib>/../include`, the layout of both the PyTorch wheel and the libtorch
 //! archive. The C++ ABI flag follows `LIBTORCH_CXX11_ABI` (default 1, as torch-sys assumes for a
-//! libtorch archive, and what every PyTorch wheel since 2.7 uses).
+//! libtorch archive, and what every PyTorch wheel since 2.7 uses). When that libtorch has CUDA
+//! (`libtorch_cuda.so`) and the CUDA runtime headers are found (`CUDA_HOME`, `/usr/local/cuda`, or
+//! the `nvidia` packages next to a PyTorch wheel), `src/native/cuda.cpp` (CUDA graphs, allocator
+//! statistics) is compiled too, `libc10_cuda.so` is linked, and the crate is built with
+//! `--cfg altup_moe_cuda`.
 //!
 //! torch-sys (`links = "tch"`) exports its library directory as `DEP_TCH_LIBTORCH_LIB`.
 //!
@@ -35,9 +39,16 @@ fn main() {
     let Ok(lib_dir) = env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("DEP_TCH_LIBTORCH_LIB is not set: torch-sys did not say where libtorch is");
     };
-    compile_shim(Path::new(&lib_dir));
+    println!("cargo::rustc-check-cfg=cfg(altup_moe_cuda)");
+    let lib = Path::new(&lib_dir);
+    let include = lib.parent().map(|torch| torch.join("include")).filter(|i| i.join("ATen").is_dir());
+    let Some(include) = include else {
+        panic!("no libtorch headers (include/ATen) next to {lib_dir}");
+    };
+    let torch_cuda = lib.join("libtorch_cuda.so");
+    let cuda_headers = if torch_cuda.exists() { cuda_runtime_headers(lib) } else { None };
+    compile_shim(&include, cuda_headers.as_deref());
     println!("cargo:rerun-if-changed={lib_dir}");
-    let torch_cuda = Path::new(&lib_dir).join("libtorch_cuda.so");
     if torch_cuda.exists() {
         println!("cargo:rerun-if-changed={}", torch_cuda.display());
     }
@@ -45,29 +56,61 @@ fn main() {
     if target_os == "linux" && torch_cuda.exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
+        if cuda_headers.is_some() {
+            println!("cargo:rustc-link-arg=-lc10_cuda");
+        }
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
 }
 
-/// Compiles the C++ shim against the headers next to `lib_dir`.
-fn compile_shim(lib_dir: &Path) {
+/// The folder holding the CUDA runtime headers (`cuda_runtime_api.h` with `crt/`) for a libtorch
+/// with CUDA in `lib`: `CUDA_HOME`, the toolkit's usual place, the `nvidia` Python packages that a
+/// PyTorch wheel depends on, or the copy Triton (another dependency of the wheel) carries.
+fn cuda_runtime_headers(lib: &Path) -> Option<std::path::PathBuf> {
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+    if let Ok(home) = env::var("CUDA_HOME") {
+        candidates.push(Path::new(&home).join("include"));
+    }
+    candidates.push("/usr/local/cuda/include".into());
+    // <site-packages>/torch/lib → <site-packages>/nvidia/<package>/include
+    if let Some(nvidia) = lib.parent().and_then(Path::parent).map(|site| site.join("nvidia")) {
+        let mut packages: Vec<_> =
+            std::fs::read_dir(&nvidia).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        packages.sort();
+        candidates.extend(packages.into_iter().map(|p| p.join("include")));
+    }
+    if let Some(site) = lib.parent().and_then(Path::parent) {
+        candidates.push(site.join("triton/backends/nvidia/include"));
+    }
+    candidates
+        .into_iter()
+        .find(|dir| dir.join("cuda_runtime_api.h").is_file() && dir.join("crt/host_config.h").is_file())
+}
+
+/// Compiles the C++ shim against libtorch's headers in `include`, and its CUDA half when the CUDA
+/// runtime headers are in `cuda`.
+fn compile_shim(include: &Path, cuda: Option<&Path>) {
     const SOURCE: &str = "src/native/shim.cpp";
+    const CUDA_SOURCE: &str = "src/native/cuda.cpp";
     println!("cargo:rerun-if-changed={SOURCE}");
+    println!("cargo:rerun-if-changed={CUDA_SOURCE}");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    let include = lib_dir.parent().map(|torch| torch.join("include")).filter(|i| i.join("ATen").is_dir());
-    let Some(include) = include else {
-        panic!("no libtorch headers (include/ATen) next to {}", lib_dir.display());
-    };
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)
-        .include(&include)
+        .include(include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file(SOURCE)
-        .compile("altup_moe_native");
+        .file(SOURCE);
+    if let Some(cuda) = cuda {
+        build.include(cuda).file(CUDA_SOURCE);
+        println!("cargo:rustc-cfg=altup_moe_cuda");
+    }
+    build.compile("altup_moe_native");
 }

@@ -123,6 +123,43 @@ impl Drop for OpCounter {
     }
 }
 
+/// Bytes the CUDA caching allocator holds for tensors on one device
+/// (`torch.cuda.memory_allocated` / `max_memory_allocated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaMemory {
+    /// Allocated now.
+    pub allocated: u64,
+    /// The most allocated at once since the process started or [`reset_peak_cuda_memory`].
+    pub peak: u64,
+}
+
+/// The CUDA allocator's figures for `device`; `None` for the CPU, or when this build has no CUDA
+/// support.
+///
+/// # Errors
+/// [`crate::Error::Torch`] if libtorch refuses (e.g. a device index it does not have).
+pub fn cuda_memory(device: tch::Device) -> crate::Result<Option<CudaMemory>> {
+    let tch::Device::Cuda(index) = device else { return Ok(None) };
+    Ok(crate::native::cuda::memory(index)?.map(|(allocated, peak)| CudaMemory { allocated, peak }))
+}
+
+/// Restarts the peak of [`cuda_memory`] for `device` (nothing to do for the CPU).
+///
+/// # Errors
+/// As [`cuda_memory`].
+pub fn reset_peak_cuda_memory(device: tch::Device) -> crate::Result<()> {
+    match device {
+        tch::Device::Cuda(index) => crate::native::cuda::reset_peak_memory(index),
+        _ => Ok(()),
+    }
+}
+
+/// Whether this build can capture CUDA graphs: its libtorch had CUDA when it was compiled (the
+/// device must still exist at run time).
+pub fn has_cuda_graphs() -> bool {
+    crate::native::cuda::CUDA_GRAPHS
+}
+
 #[cfg(test)]
 /// Held by the unit tests that flip the process-wide switch, so that they do not interleave.
 pub(crate) static TEST_SWITCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -141,7 +178,8 @@ mod tests {
         let counts = counter.counts();
         assert_eq!(counts.top_level, 3);
         assert!(counts.all > counts.top_level, "{counts:?}");
-        let names: Vec<String> = counter.times().into_iter().map(|(name, calls, _)| format!("{name}×{calls}")).collect();
+        let names: Vec<String> =
+            counter.times().into_iter().map(|(name, calls, _)| format!("{name}×{calls}")).collect();
         for expected in ["aten::add×1", "aten::abs×1", "aten::norm×1"] {
             assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
         }

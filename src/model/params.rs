@@ -62,3 +62,52 @@ impl ModelConfig {
         ParamCounts { total, active_per_token: total - inactive, expert, router, altup, embedding }
     }
 }
+
+impl ModelConfig {
+    /// Model FLOPs of one training step per token, at sequences of `seq_len` tokens, as MFU
+    /// counts them (PaLM, Chowdhery et al. 2022, arXiv 2204.02311, appendix B):
+    /// `6 · N_active + 12 · L · D · T`, where `N_active` is the active non-embedding parameters
+    /// ([`ParamCounts::active_per_token`] less the embedding table and a separate head) — 2
+    /// FLOPs per weight forward, 4 backward — and `12 · L · D · T` the attention scores and
+    /// values forward and backward (causal attention counted in full, as is customary).
+    /// Recomputation, AltUp's `K × K` mixing and the norms are not counted.
+    ///
+    /// ```
+    /// use altup_moe::model::ModelConfig;
+    /// let mut config = ModelConfig::default();
+    /// config.moe = None;
+    /// let n = (config.param_counts().active_per_token - config.param_counts().embedding) as f64;
+    /// let l = config.num_layers as f64;
+    /// let d = config.d_model as f64;
+    /// assert_eq!(config.train_flops_per_token(128), 6.0 * n + 12.0 * l * d * 128.0);
+    /// ```
+    pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
+        let counts = self.param_counts();
+        let active = (counts.active_per_token - counts.embedding) as f64;
+        6.0 * active + 12.0 * (self.num_layers * self.d_model * seq_len) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Arch, ModelConfig};
+
+    /// More experts at top-1 add only router weights to the FLOPs; top-2 adds one more expert
+    /// per MoE layer: `6 · (2·D·F)` per token for GELU experts.
+    #[test]
+    fn flops_count_the_routed_experts_only() {
+        let with = |experts: usize, top_k: usize| {
+            let mut c = ModelConfig::preset(Arch::Switch);
+            if let Some(m) = &mut c.moe {
+                (m.num_experts, m.top_k) = (experts, top_k);
+            }
+            c
+        };
+        let base = with(8, 1);
+        let (d, f) = (base.d_model as f64, base.moe.as_ref().unwrap().d_ff as f64);
+        let moe_layers = (0..base.num_layers).filter(|&l| base.is_moe_layer(l)).count() as f64;
+        let flops = |c: &ModelConfig| c.train_flops_per_token(256);
+        assert_eq!(flops(&with(64, 1)) - flops(&base), 6.0 * moe_layers * 56.0 * d);
+        assert_eq!(flops(&with(8, 2)) - flops(&base), 6.0 * moe_layers * 2.0 * d * f);
+    }
+}

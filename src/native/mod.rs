@@ -8,6 +8,8 @@
 //! Source: PyTorch's `torch/optim/adamw.py` (`_fused_adamw`) and `torch/nn/utils/clip_grad.py`
 //! (`_clip_grads_with_norm_`, foreach path) call the same operators.
 
+pub(crate) mod cuda;
+
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, CStr};
 use tch::{Kind, Tensor};
@@ -27,7 +29,6 @@ mod ffi {
             n: usize,
             step: *const C_tensor,
             lr: *const C_tensor,
-            lr_value: f64,
             beta1: f64,
             beta2: f64,
             weight_decay: f64,
@@ -114,10 +115,16 @@ impl AdamWGroup {
         self.exp_avg_sqs.push(exp_avg_sq.shallow_clone());
     }
 
-    /// One AdamW step of the group with learning rate `lr`, with libtorch's fused kernel:
-    /// `step` is the scalar f32 step count, advanced by the caller *before* the call; when
-    /// `found_inf` (scalar f32) holds 1, nothing changes.
-    pub(crate) fn step(&self, step: &Tensor, lr: f64, c: AdamWCoefficients, found_inf: Option<&Tensor>) -> Result<()> {
+    /// One AdamW step of the group with libtorch's fused kernel: `step` is the scalar f32 step
+    /// count, advanced by the caller *before* the call, `lr` the scalar f32 learning rate on the
+    /// device; when `found_inf` (scalar f32) holds 1, nothing changes.
+    pub(crate) fn step(
+        &self,
+        step: &Tensor,
+        lr: &Tensor,
+        c: AdamWCoefficients,
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
         let n = self.params.len();
         if n == 0 {
             return Ok(());
@@ -134,8 +141,7 @@ impl AdamWGroup {
                 v.as_ptr(),
                 n,
                 step.as_ptr(),
-                std::ptr::null(),
-                lr,
+                lr.as_ptr(),
                 c.beta1,
                 c.beta2,
                 c.weight_decay,

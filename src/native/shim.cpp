@@ -121,13 +121,13 @@ bool amoe_is_deterministic() {
 }
 
 // One AdamW step over `n` parameters with libtorch's fused kernel (all on one device, one dtype
-// per list): `step` is the shared f32 step-count tensor (already advanced by the caller), `lr`
-// a learning-rate tensor on the device (or nullptr to use `lr_value`), `found_inf` an optional
-// f32 `[1]` flag: when it holds 1 the kernel leaves everything unchanged.
+// per list): `step` is the shared f32 step-count tensor (already advanced by the caller), `lr` a
+// scalar learning-rate tensor on the device (read by the kernel, so that a captured step sees a
+// new value at each replay), `found_inf` an optional scalar f32 flag: when it holds 1 the kernel
+// leaves everything unchanged.
 char* amoe_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* exp_avgs,
                        at::Tensor* const* exp_avg_sqs, size_t n, const at::Tensor* step, const at::Tensor* lr,
-                       double lr_value, double beta1, double beta2, double weight_decay, double eps,
-                       const at::Tensor* found_inf) {
+                       double beta1, double beta2, double weight_decay, double eps, const at::Tensor* found_inf) {
   return guarded([&] {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> steps(n, *step);
@@ -136,12 +136,7 @@ char* amoe_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, at::
       inf = *found_inf;
     }
     const auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n);
-    if (lr != nullptr) {
-      at::_fused_adamw_(p, g, m, v, {}, steps, *lr, beta1, beta2, weight_decay, eps, false, false, std::nullopt, inf);
-    } else {
-      at::_fused_adamw_(p, g, m, v, {}, steps, lr_value, beta1, beta2, weight_decay, eps, false, false, std::nullopt,
-                        inf);
-    }
+    at::_fused_adamw_(p, g, m, v, {}, steps, *lr, beta1, beta2, weight_decay, eps, false, false, std::nullopt, inf);
   });
 }
 

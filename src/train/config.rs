@@ -44,6 +44,11 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
+    /// Capture the training step in a CUDA graph after a few eager steps and replay it (one
+    /// launch per step): CUDA only, and only for steps whose shapes never change — dense, AltUp,
+    /// dropless token-choice MoE on the grouped kernel, one process. Anything else is refused
+    /// when the trainer is built, naming why.
+    pub cuda_graph: bool,
     /// Seed of the data order and the per-step generators (the initial weights use
     /// [`crate::model::ModelConfig::init_seed`]).
     pub seed: u64,
@@ -80,6 +85,7 @@ impl Default for TrainConfig {
             eval_every: 100,
             log_every: 10,
             eval_batches: 16,
+            cuda_graph: false,
             seed: 0,
             precision: None,
             data: String::new(),

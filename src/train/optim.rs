@@ -57,6 +57,9 @@ pub struct AdamW {
     /// parameters' device, advanced on the device (so that a skipped update leaves it unchanged
     /// without a host read).
     step: Tensor,
+    /// The learning rate the next update uses, a scalar f32 tensor on the device
+    /// ([`AdamW::set_lr`]).
+    lr: Tensor,
     device: Device,
 }
 
@@ -89,7 +92,8 @@ impl AdamW {
             })
             .collect::<Result<_>>()?;
         let device = vs.device();
-        Ok(Self { params, config, step: Tensor::f_zeros([], (Kind::Float, device))?, device })
+        let scalar = || Tensor::f_zeros([], (Kind::Float, device));
+        Ok(Self { params, config, step: scalar()?, lr: scalar()?, device })
     }
 
     /// Number of updates applied so far (one host read).
@@ -261,10 +265,31 @@ impl AdamW {
     /// (bias-corrected moments; `torch.optim.AdamW`'s formula). Parameters without a gradient
     /// are skipped. When `skip` (a scalar f32 tensor on the device, 0 or 1) holds 1, nothing
     /// changes — the step count included — decided on the device without a host read.
+    /// [`AdamW::set_lr`] followed by [`AdamW::apply`].
     ///
     /// # Errors
     /// [`crate::Error::Torch`] on libtorch failure.
     pub fn step(&mut self, lr: f64, skip: Option<&Tensor>) -> Result<()> {
+        self.set_lr(lr)?;
+        self.apply(skip)
+    }
+
+    /// Sets the learning rate of the next [`AdamW::apply`] (one fill of a device scalar: a step
+    /// captured in a CUDA graph reads the new value at its next replay).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let _ = self.lr.f_fill_(lr)?;
+        Ok(())
+    }
+
+    /// One update with the learning rate last set ([`AdamW::step`] without setting it): only
+    /// device work, so that it can be captured.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub fn apply(&mut self, skip: Option<&Tensor>) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             let _ = self.step.f_add_scalar_(1.0)?;
             if let Some(skip) = skip {
@@ -286,7 +311,7 @@ impl AdamW {
         for ((decay, _), group) in &groups {
             let weight_decay = if *decay { c.weight_decay } else { 0.0 };
             let coefficients = AdamWCoefficients { beta1: c.beta1, beta2: c.beta2, weight_decay, eps: c.eps };
-            group.step(&self.step, lr, coefficients, skip)?;
+            group.step(&self.step, &self.lr, coefficients, skip)?;
         }
         Ok(())
     }

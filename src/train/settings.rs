@@ -283,6 +283,17 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "cuda-graph",
+        section: Section::Training,
+        help: "Capture the training step in a CUDA graph after 3 eager steps and replay it (CUDA; dense, AltUp and dropless MoE on the grouped kernel).",
+        value: None,
+        show: |_| String::new(),
+        set: |w, _s| {
+            w.train.cuda_graph = true;
+            Ok(())
+        },
+    },
+    Setting {
         name: "eval-batches",
         section: Section::Training,
         help: "Validation batches per evaluation.",

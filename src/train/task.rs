@@ -5,6 +5,7 @@
 use crate::data::{Batch, Seq2SeqBatch, SpanCorruption, TokenDataset};
 use crate::error::{ensure_config, Result};
 use crate::model::{ForwardOptions, LanguageModel, ModelAux, Seq2SeqModel, Trainable};
+use crate::moe::{ExpertBackend, RouterKind};
 use crate::parallel::ProcessGroup;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -86,6 +87,24 @@ pub trait Task {
     /// # Errors
     /// Errors of the model's forward pass.
     fn loss(&self, batch: &Self::Batch, options: ForwardOptions) -> Result<TaskLoss>;
+
+    /// Why a training step of this task cannot be captured in a CUDA graph
+    /// ([`crate::train::TrainConfig::cuda_graph`]), one reason each; empty when it can. By
+    /// default a task cannot (its batches may change shape).
+    fn graph_blockers(&self) -> Vec<String> {
+        vec!["this task's batches are not known to keep their shapes from step to step".into()]
+    }
+
+    /// Copies the values of batch `from` into batch `into` (same shapes), in place: how each
+    /// step's batch reaches the input buffers of a captured step.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for a task that cannot be captured (the default);
+    /// [`crate::Error::Shape`] when the shapes differ.
+    fn copy_batch(&self, into: &Self::Batch, from: &Self::Batch) -> Result<()> {
+        let _ = (into, from);
+        Err(crate::Error::Config("this task's steps cannot be captured in a CUDA graph".into()))
+    }
 }
 
 /// Mean cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]`.
@@ -151,6 +170,43 @@ impl Task for LanguageModel {
 
     fn shard_batch(&self, batch: Batch, group: &ProcessGroup) -> Result<Batch> {
         Ok(Batch { inputs: group.shard_rows(&batch.inputs)?, targets: group.shard_rows(&batch.targets)? })
+    }
+
+    fn graph_blockers(&self) -> Vec<String> {
+        let config = self.config();
+        let mut blockers = Vec::new();
+        if self.group().world_size() > 1 {
+            blockers.push("expert parallelism exchanges rows through the host".into());
+        }
+        if let Some(moe) = config.moe.as_ref().filter(|_| (0..config.num_layers).any(|l| config.is_moe_layer(l))) {
+            if moe.capacity_factor.is_some() {
+                blockers.push(format!(
+                    "MoE layers with a training capacity factor ({}) read their group sizes (use dropless MoE)",
+                    moe.capacity_factor.unwrap_or_default()
+                ));
+            }
+            if moe.backend == ExpertBackend::Loop {
+                blockers.push("the per-expert loop reads its group sizes (use backend grouped-mm or auto)".into());
+            }
+            if moe.router == RouterKind::ExpertChoice {
+                blockers.push("expert-choice routing reads its row counts".into());
+            }
+        }
+        blockers
+    }
+
+    fn copy_batch(&self, into: &Batch, from: &Batch) -> Result<()> {
+        for (name, a, b) in [("inputs", &into.inputs, &from.inputs), ("targets", &into.targets, &from.targets)] {
+            if a.size() != b.size() {
+                return Err(crate::Error::Shape(format!(
+                    "a captured step's {name} have shape {:?}, the batch has {:?}",
+                    a.size(),
+                    b.size()
+                )));
+            }
+            let _ = a.shallow_clone().f_copy_(b)?;
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! `readback.rs`'s, the bias-update counts `expert_counts.rs`'s, saving and restoring
 //! `checkpointing.rs`'s.
 
+mod captured;
 mod checkpointing;
 mod expert_counts;
 mod readback;
@@ -22,9 +23,10 @@ use crate::train::optim::AdamW;
 use crate::train::schedule::LrSchedule;
 use crate::train::stats::{EvalStats, StepStats};
 use crate::train::task::Task;
+use captured::{StepBody, StepGraph};
 use expert_counts::ExpertCounts;
 use rand::SeedableRng;
-use readback::{PendingSteps, StepRecord};
+use readback::{PendingSteps, StepRecord, StepRow};
 use std::path::Path;
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -57,6 +59,8 @@ pub struct Trainer<'a, T: Task = LanguageModel> {
     /// The device-side guard: 1 once a step saw a non-finite value, after which every update is
     /// skipped until the figures are read (scalar f32).
     halted: Tensor,
+    /// The captured step ([`TrainConfig::cuda_graph`]).
+    graph: Option<StepGraph<T::Batch>>,
 }
 
 impl<T: Task> std::fmt::Debug for Trainer<'_, T> {
@@ -103,6 +107,7 @@ impl<'a, T: Task> Trainer<'a, T> {
             .map(|b| task.shard_batch(b, group))
             .collect::<Result<Vec<_>>>()?;
         task.eval_batches(train, 1, config.seq_len, 1, device)?; // fails early if the training split is too short
+        let graph = if config.cuda_graph { Some(Self::step_graph(task, device)?) } else { None };
         Ok(Self {
             vs,
             task,
@@ -117,7 +122,27 @@ impl<'a, T: Task> Trainer<'a, T> {
             step: 0,
             pending: PendingSteps::default(),
             halted: Tensor::f_zeros([], (tch::Kind::Float, device))?,
+            graph,
         })
+    }
+
+    /// The graph of a captured step of `task` on `device`, or why there cannot be one.
+    fn step_graph(task: &T, device: Device) -> Result<StepGraph<T::Batch>> {
+        let mut blockers = Vec::new();
+        let Device::Cuda(index) = device else {
+            return Err(Error::Config(format!("cuda_graph needs a CUDA device; the model is on {device:?}")));
+        };
+        if !crate::runtime::has_cuda_graphs() {
+            blockers.push("this build of altup-moe has no CUDA support".to_string());
+        }
+        blockers.extend(task.graph_blockers());
+        if !blockers.is_empty() {
+            return Err(Error::Config(format!(
+                "the training step cannot be captured in a CUDA graph: {}",
+                blockers.join("; ")
+            )));
+        }
+        StepGraph::new(index)
     }
 
     /// Starts training from the parameters in `source` (the whole model, e.g. a loaded dense
@@ -214,25 +239,21 @@ impl<'a, T: Task> Trainer<'a, T> {
     pub fn advance(&mut self) -> Result<()> {
         let step = self.step + 1;
         let seed = self.step_seed(step);
-        tch::manual_seed((seed >> 1) as i64);
-        let (accum, group) = (self.config.grad_accum, self.task.model().group());
-        self.optimizer.zero_grad()?;
-        let (mut record, mut counts, mut tokens) = (StepRecord::default(), ExpertCounts::default(), 0);
-        for micro in 0..accum {
-            let batch = self.sample(seed, micro)?;
-            let out = self.task.loss(&batch, ForwardOptions::train())?;
-            group.backward(&self.objective.total(&out, 1.0 / accum as f64, group.world_size())?)?;
-            record.add(&out)?;
-            counts.add(&out.aux)?;
-            tokens += out.tokens * group.world_size();
-        }
-        let grad_norm = self.optimizer.clip_grad_norm(group, self.config.grad_clip)?;
-        let packed = record.pack(&grad_norm)?;
-        self.halted = group.any_rank(&self.halted.f_maximum(&packed.non_finite)?)?;
+        let batches = (0..self.config.grad_accum).map(|micro| self.sample(seed, micro)).collect::<Result<Vec<_>>>()?;
         let lr = self.schedule.lr_at(step);
-        self.optimizer.step(lr, Some(&self.halted))?;
-        counts.update_biases(self.task.model(), &self.halted)?;
-        self.pending.push(step, lr, tokens, packed, &self.halted)?;
+        self.optimizer.set_lr(lr)?;
+        let (row, tokens) = match self.graph.take() {
+            Some(mut graph) => {
+                let result = graph.step(batches, self);
+                self.graph = Some(graph);
+                result?
+            }
+            None => {
+                tch::manual_seed((seed >> 1) as i64);
+                self.body(&batches)?
+            }
+        };
+        self.pending.push(step, lr, tokens, row);
         self.step = step;
         Ok(())
     }
@@ -326,5 +347,52 @@ impl<'a, T: Task> Trainer<'a, T> {
             // the text's bytes per token.
             Ok(EvalStats { loss, bits_per_byte: loss / LN_2 / self.val_bytes_per_token })
         })
+    }
+}
+
+/// A step's device work: what the eager path runs and a CUDA graph captures.
+impl<T: Task> StepBody<T::Batch> for Trainer<'_, T> {
+    /// Zero → for each micro-batch: loss → objective → backward → clip → pack → guard → update →
+    /// bias updates; no host read, no host value that changes between steps.
+    fn body(&mut self, batches: &[T::Batch]) -> Result<(StepRow, usize)> {
+        let group = self.task.model().group();
+        let accum = batches.len();
+        self.optimizer.zero_grad()?;
+        let (mut record, mut counts, mut tokens) = (StepRecord::default(), ExpertCounts::default(), 0);
+        for batch in batches {
+            let out = self.task.loss(batch, ForwardOptions::train())?;
+            group.backward(&self.objective.total(&out, 1.0 / accum as f64, group.world_size())?)?;
+            record.add(&out)?;
+            counts.add(&out.aux)?;
+            tokens += out.tokens * group.world_size();
+        }
+        let grad_norm = self.optimizer.clip_grad_norm(group, self.config.grad_clip)?;
+        let packed = record.pack(&grad_norm)?;
+        // In place: a captured step must update the flag the next replay reads.
+        let halted = group.any_rank(&self.halted.f_maximum(&packed.non_finite)?)?;
+        let _ = self.halted.f_copy_(&halted)?;
+        self.optimizer.apply(Some(&self.halted))?;
+        counts.update_biases(self.task.model(), &self.halted)?;
+        Ok((packed.finish(&self.halted)?, tokens))
+    }
+
+    fn copy_batch(&self, into: &T::Batch, from: &T::Batch) -> Result<()> {
+        self.task.copy_batch(into, from)
+    }
+
+    fn check_capturable(&self) -> Result<()> {
+        let looped: Vec<String> = crate::moe::kernel::choices()
+            .into_iter()
+            .filter(|(key, backend)| key.device == self.device && *backend == crate::moe::ExpertBackend::Loop)
+            .map(|(key, _)| format!("{:?} experts of {:?}", key.shape, key.kind))
+            .collect();
+        if looped.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "the training step cannot be captured in a CUDA graph: expert backend auto chose the per-expert loop \
+             (which reads its group sizes) for {}; set backend grouped-mm",
+            looped.join(", ")
+        )))
     }
 }

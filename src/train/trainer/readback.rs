@@ -132,13 +132,41 @@ pub(super) struct PackedStep {
     pub(super) non_finite: Tensor,
 }
 
+impl PackedStep {
+    /// The row with `skipped` (scalar f32: whether the guard skipped the update) appended.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub(super) fn finish(self, skipped: &Tensor) -> Result<StepRow> {
+        let row = Tensor::f_cat(&[self.row, skipped.cast(Kind::Double)?.f_reshape([1])?], 0)?;
+        Ok(StepRow { row, layout: self.layout })
+    }
+}
+
+/// A step's figures on the device, in one f64 row.
+pub(super) struct StepRow {
+    row: Tensor,
+    layout: Layout,
+}
+
+impl StepRow {
+    /// A copy in fresh memory (a captured step's row is overwritten by the next replay).
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] on libtorch failure.
+    pub(super) fn copy(&self) -> Result<Self> {
+        let mut row = self.row.f_empty_like()?;
+        row.f_copy_(&self.row)?;
+        Ok(Self { row, layout: self.layout.clone() })
+    }
+}
+
 /// A step done on the device, waiting to be read.
 struct Pending {
     step: u64,
     lr: f64,
     tokens: usize,
-    row: Tensor,
-    layout: Layout,
+    row: StepRow,
 }
 
 /// The steps since the last read.
@@ -146,21 +174,9 @@ struct Pending {
 pub(super) struct PendingSteps(Vec<Pending>);
 
 impl PendingSteps {
-    /// Keeps step `step`'s row with `skipped` (scalar f32: whether the guard skipped the update).
-    ///
-    /// # Errors
-    /// [`crate::Error::Torch`] on libtorch failure.
-    pub(super) fn push(
-        &mut self,
-        step: u64,
-        lr: f64,
-        tokens: usize,
-        packed: PackedStep,
-        skipped: &Tensor,
-    ) -> Result<()> {
-        let row = Tensor::f_cat(&[packed.row, skipped.cast(Kind::Double)?.f_reshape([1])?], 0)?;
-        self.0.push(Pending { step, lr, tokens, row, layout: packed.layout });
-        Ok(())
+    /// Keeps step `step`'s row.
+    pub(super) fn push(&mut self, step: u64, lr: f64, tokens: usize, row: StepRow) {
+        self.0.push(Pending { step, lr, tokens, row });
     }
 
     /// Number of steps waiting.
@@ -182,15 +198,15 @@ impl PendingSteps {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<&Tensor> = pending.iter().map(|p| &p.row).collect();
+        let rows: Vec<&Tensor> = pending.iter().map(|p| &p.row.row).collect();
         let values = host::f64s(&Tensor::f_cat(&rows, 0)?)?;
         let mut rest = values.as_slice();
         Ok(pending
             .into_iter()
             .map(|p| {
-                let (row, after) = rest.split_at(p.layout.width());
+                let (row, after) = rest.split_at(p.row.layout.width());
                 rest = after;
-                StepValues::unpack(p.step, p.lr, p.tokens, &p.layout, row)
+                StepValues::unpack(p.step, p.lr, p.tokens, &p.row.layout, row)
             })
             .collect())
     }
