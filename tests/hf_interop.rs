@@ -25,7 +25,7 @@ const BROKEN: f64 = 1e-2;
 
 /// Runs `tests/python/hf_models.py` with `args`; returns its standard output.
 fn hf_models(args: &[&Path]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hf_models.py");
+    let script = common::source_file("tests/python/hf_models.py");
     let output = std::process::Command::new(python()).arg(&script).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));

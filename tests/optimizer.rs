@@ -133,7 +133,7 @@ fn torch_adamw(vs: &VarStore, grads: &BTreeMap<String, Tensor>) -> BTreeMap<Stri
         "lr": (0..STEPS).map(lr_at).collect::<Vec<_>>(),
         "beta1": c.beta1, "beta2": c.beta2, "eps": c.eps, "weight_decay": c.weight_decay,
     });
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/adamw_reference.py");
+    let script = common::source_file("tests/python/adamw_reference.py");
     let run = std::process::Command::new(common::python())
         .arg(&script)
         .arg(&input)

@@ -360,7 +360,7 @@ fn checkpoints_load_in_python() {
     train(out.path(), Some(2), false);
     let ckpt = CheckpointMeta::read(out.path()).unwrap();
     let python = common::python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/load_checkpoint.py");
+    let script = common::source_file("tests/python/load_checkpoint.py");
     let output = std::process::Command::new(&python).arg(&script).arg(&ckpt.dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));

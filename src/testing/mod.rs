@@ -23,6 +23,31 @@ use crate::{Error, Result};
 /// The environment variable that [`device()`] reads.
 pub const DEVICE_VAR: &str = "ALTUP_MOE_TEST_DEVICE";
 
+/// The environment variable that [`source_dir()`] reads.
+pub const SOURCE_DIR_VAR: &str = "ALTUP_MOE_SOURCE_DIR";
+
+/// The environment variable that [`python()`] reads first.
+pub const PYTHON_VAR: &str = "ALTUP_MOE_PYTHON";
+
+/// The project's folder, where tests and examples find their scripts and fixtures
+/// (`tests/python/…`, `benches/…`): `ALTUP_MOE_SOURCE_DIR` when set — a GPU bundle unpacks them
+/// elsewhere (see docs/gpu-check.md) — else the folder the crate was built from.
+pub fn source_dir() -> std::path::PathBuf {
+    std::env::var_os(SOURCE_DIR_VAR).map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
+/// The Python with PyTorch that tests and examples compare against: `ALTUP_MOE_PYTHON`, else
+/// `$VIRTUAL_ENV/bin/python`, else the project's `.venv/bin/python`.
+pub fn python() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os(PYTHON_VAR) {
+        return python.into();
+    }
+    match std::env::var_os("VIRTUAL_ENV") {
+        Some(venv) => std::path::Path::new(&venv).join("bin/python"),
+        None => source_dir().join(".venv/bin/python"),
+    }
+}
+
 /// The device to run tests, doctests and examples on, chosen by the environment variable
 /// `ALTUP_MOE_TEST_DEVICE`.
 ///

@@ -78,16 +78,22 @@ pub fn short_schedule() -> TrainConfig {
     }
 }
 
-/// The venv's Python (`$VIRTUAL_ENV/bin/python`, else the project's `.venv`), for reference
-/// computations with PyTorch and transformers.
+/// The Python with PyTorch the tests compare against ([`altup_moe::testing::python`]).
 ///
 /// # Panics
 /// When there is none (`make venv` makes it).
 pub fn python() -> std::path::PathBuf {
-    use std::path::Path;
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(|v| Path::new(&v).join("bin/python"))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(python.exists(), "no Python at {} (run `make venv`)", python.display());
+    let python = altup_moe::testing::python();
+    assert!(
+        python.components().count() == 1 || python.exists(),
+        "no Python at {} (run `make venv`, or set {})",
+        python.display(),
+        altup_moe::testing::PYTHON_VAR
+    );
     python
+}
+
+/// A file of the project, e.g. `tests/python/load_checkpoint.py` ([`altup_moe::testing::source_dir`]).
+pub fn source_file(relative: &str) -> std::path::PathBuf {
+    altup_moe::testing::source_dir().join(relative)
 }
