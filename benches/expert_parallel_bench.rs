@@ -181,7 +181,7 @@ fn train_config() -> TrainConfig {
 }
 
 fn data() -> Result<(TokenDataset, TokenDataset)> {
-    let bytes = run_data(None, &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
+    let bytes = run_data(None, &Default::default(), &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
     Ok((bytes.train, bytes.val))
 }
 

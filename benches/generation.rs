@@ -5,7 +5,7 @@
 
 mod common;
 
-use altup_moe::model::Sampling;
+use altup_moe::model::{Generation, Sampling};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use common::{measuring, ratio};
 use criterion::Criterion;
@@ -27,13 +27,13 @@ fn bench(c: &mut Criterion) {
         let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
         group.bench_function(format!("cached_{arch}"), |b| {
             b.iter(|| {
-                model.generate(&prompt, 256, greedy, &mut rand::rngs::StdRng::seed_from_u64(0)).expect("generate")
+                model.generate(&prompt, &Generation::new(256, greedy), &mut rand::rngs::StdRng::seed_from_u64(0)).expect("generate")
             })
         });
         group.bench_function(format!("uncached_{arch}"), |b| {
             b.iter(|| {
                 model
-                    .generate_uncached(&prompt, 256, greedy, &mut rand::rngs::StdRng::seed_from_u64(0))
+                    .generate_uncached(&prompt, &Generation::new(256, greedy), &mut rand::rngs::StdRng::seed_from_u64(0))
                     .expect("generate")
             })
         });

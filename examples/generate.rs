@@ -1,4 +1,5 @@
-//! Sample text from a trained byte-level language model.
+//! Sample text from a trained language model, streamed as it is drawn; a sample ends at the
+//! tokenizer's end-of-text ids (the ETX byte for byte-level models) or after `--tokens`.
 //!
 //! ```text
 //! cargo run --example generate -- --model runs/latest --prompt "ROMEO:" --tokens 300
@@ -9,8 +10,9 @@
 
 mod common;
 
+use altup_moe::data::TextStream;
 use altup_moe::io::load_model;
-use altup_moe::model::Sampling;
+use altup_moe::model::{Generation, Sampling};
 use altup_moe::Error;
 use clap::Parser;
 use common::{device_name, parse_device};
@@ -20,7 +22,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::Device;
 
-/// Sample from a trained byte-level language model (temperature, top-k, top-p).
+/// Sample from a trained language model (temperature, top-k, top-p), printing text as it is
+/// drawn. The prompt is encoded with the tokenizer's template (a BOS where the tokenizer adds
+/// one); a sample ends at an end-of-sequence id of the tokenizer (its end-of-text token; the ETX
+/// byte 0x03 for byte-level models; a Hugging Face folder's eos_token_id list) or a --stop token.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -31,16 +36,22 @@ struct Args {
     /// The text to continue (encoded with the model's tokenizer: its bytes by default).
     #[arg(long, default_value = "\n")]
     prompt: String,
-    /// Tokens to generate per sample (bytes with the byte tokenizer).
+    /// Most tokens to generate per sample (bytes with the byte tokenizer).
     #[arg(long, default_value_t = 300)]
     tokens: usize,
+    /// Also stop at this token, given as its text (repeatable; e.g. --stop $'\n').
+    #[arg(long, value_name = "TOKEN")]
+    stop: Vec<String>,
+    /// Do not stop at the tokenizer's end-of-sequence ids (always generate --tokens).
+    #[arg(long)]
+    no_stop: bool,
     /// Softmax temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f64,
     /// Sample among the k most likely tokens only (0 = no cut).
     #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     top_k: usize,
-    /// Nucleus sampling: the smallest set of likely bytes whose probability reaches p, in (0, 1].
+    /// Nucleus sampling: the smallest set of likely tokens whose probability reaches p, in (0, 1].
     #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
     /// Independent samples to draw.
@@ -68,7 +79,24 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
         )));
     }
     let loaded = load_model(&args.model, args.device)?.into_decoder()?;
-    let prompt: Vec<i64> = loaded.tokenizer.encode(&args.prompt)?.into_iter().map(i64::from).collect();
+    let tokenizer = &loaded.tokenizer;
+    let prompt = tokenizer.encode_prompt(&args.prompt)?;
+    let mut stop_ids: Vec<i64> = match args.no_stop {
+        true => Vec::new(),
+        false => tokenizer.special_tokens().eos.into_iter().map(i64::from).collect(),
+    };
+    for text in &args.stop {
+        match tokenizer.encode(text)?.as_slice() {
+            [id] => stop_ids.push(i64::from(*id)),
+            ids => {
+                return Err(Error::Input(format!(
+                    "--stop {text:?} is {} tokens of the model's tokenizer; give the text of one token",
+                    ids.len()
+                )))
+            }
+        }
+    }
+    let generation = Generation::new(args.tokens, sampling).stop_at(stop_ids.iter().copied());
     eprintln!(
         "{} | {} parameters | device {}",
         loaded.weights.display(),
@@ -77,12 +105,32 @@ fn generate_main(args: &Args) -> altup_moe::Result<()> {
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut out = std::io::stdout().lock();
+    let mut unknown = 0;
     for i in 0..args.samples {
-        let tokens = loaded.model.generate(&prompt, args.tokens, sampling, &mut rng)?;
         if args.samples > 1 {
             let _ = writeln!(out, "--- sample {} ---", i + 1);
         }
-        let _ = writeln!(out, "{}", loaded.tokenizer.decode(&tokens)?);
+        let mut stream = TextStream::new(tokenizer);
+        let _ = write!(out, "{}", stream.push_all(&prompt)?);
+        let mut on_token = |id: i64| -> altup_moe::Result<()> {
+            let _ = write!(out, "{}", stream.push(id)?);
+            let _ = out.flush();
+            Ok(())
+        };
+        let tokens = loaded.model.generate_streaming(&prompt, &generation, &mut rng, &mut on_token)?;
+        let _ = writeln!(out, "{}", stream.finish()?);
+        let new = &tokens[prompt.len()..];
+        unknown += tokenizer.unknown_ids(new);
+        if new.last().is_some_and(|t| stop_ids.contains(t)) {
+            eprintln!("(sample {} ended at a stop id after {} tokens)", i + 1, new.len());
+        }
+    }
+    if unknown > 0 {
+        eprintln!(
+            "note: {unknown} generated ids are outside the tokenizer's {} ids (the model's vocabulary is padded \
+             past it) and were left out of the text",
+            tokenizer.vocab_size()
+        );
     }
     Ok(())
 }

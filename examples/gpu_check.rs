@@ -15,7 +15,7 @@ mod common;
 use altup_moe::data::{RunTokenizer, TokenizerSpec};
 use altup_moe::data::{SpanCorruption, TokenDataset};
 use altup_moe::host::host_reads;
-use altup_moe::model::{Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
+use altup_moe::model::{Generation, Precision, Sampling, Seq2SeqConfig, Seq2SeqModel};
 use altup_moe::moe::kernel;
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::{ProcessGroup, ThreadGroup};
@@ -161,8 +161,8 @@ fn generation(report: &mut Report, device: Device) -> Result<()> {
         Ok((f()?, start.elapsed().as_secs_f64()))
     };
     let mut rng2: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(0);
-    let (cached, cached_s) = timed(&mut || model.generate(&prompt, 64, greedy, &mut rng))?;
-    let (full, full_s) = timed(&mut || model.generate_uncached(&prompt, 64, greedy, &mut rng2))?;
+    let (cached, cached_s) = timed(&mut || model.generate(&prompt, &Generation::new(64, greedy), &mut rng))?;
+    let (full, full_s) = timed(&mut || model.generate_uncached(&prompt, &Generation::new(64, greedy), &mut rng2))?;
     let _ = writeln!(
         report.text,
         "\n## Generation\n\n64 greedy tokens after a 7-byte prompt (AltUp + MoE, untrained): with the key/value cache \
@@ -326,7 +326,7 @@ fn run(args: &Args) -> Result<Report> {
             )));
         }
     }
-    let bytes = run_data(args.data.as_deref(), &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
+    let bytes = run_data(args.data.as_deref(), &Default::default(), &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
     let data = (bytes.train, bytes.val);
     let mut report = Report {
         text: format!(

@@ -31,6 +31,8 @@ struct Args {
     /// Shakespeare's plays, as in training].
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    files: common::FileFlags,
     /// Validation windows of 128 tokens to route (in batches of 16).
     #[arg(long, default_value_t = 64)]
     windows: usize,
@@ -73,7 +75,7 @@ fn utilisation(
         report!(out, "\n## Experts\n\nNo MoE layers.");
         return Ok(());
     };
-    let data = run_data(args.data.as_deref(), &RunTokenizer::Existing(tokenizer.clone()), &|_| {})?;
+    let data = run_data(args.data.as_deref(), &args.files, &RunTokenizer::Existing(tokenizer.clone()), &|_| {})?;
     let val = data.val;
     let seq_len = 128.min(config.max_seq_len);
     let batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;

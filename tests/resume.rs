@@ -402,7 +402,7 @@ fn a_changed_corpus_stops_a_resume_unless_allowed() {
     let text = tmp.path().join("corpus.txt");
     std::fs::write(&text, "Now is the winter of our discontent made glorious summer by this sun of York.\n".repeat(40))
         .unwrap();
-    let hash = Corpus::from_path(&text, None).unwrap().content_hash();
+    let hash = Corpus::from_path(&text, &Default::default()).unwrap().content_hash();
     assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64, "{hash}");
     // One step of a run that records the corpus's hash.
     let (train, val) = data();
@@ -419,7 +419,7 @@ fn a_changed_corpus_stops_a_resume_unless_allowed() {
     // One changed byte is an error naming both hashes...
     std::fs::write(&text, "Now is the winter of our discontent made glorious summer by this sun of Yorc.\n".repeat(40))
         .unwrap();
-    let changed = Corpus::from_path(&text, None).unwrap().content_hash();
+    let changed = Corpus::from_path(&text, &Default::default()).unwrap().content_hash();
     assert_ne!(changed, hash);
     let err = folder.resumed_train_config(None, "d", &changed, false).unwrap_err().to_string();
     assert!(err.contains("the corpus changed") && err.contains(&hash) && err.contains(&changed), "{err}");

@@ -80,7 +80,7 @@ fn write_corpus(dir: &Path, files: usize, docs: usize) -> Vec<PathBuf> {
         let text: String = (0..docs).map(|d| format!("doc-{f}-{d}: the sun rises over York.\n\n")).collect();
         std::fs::write(dir.join(format!("part-{f}.txt")), text).unwrap();
     }
-    input_files(dir, None).unwrap()
+    input_files(dir, &Default::default()).unwrap().files
 }
 
 fn text_of(data: &TokenDataset) -> String {
@@ -103,8 +103,10 @@ fn prepare_puts_every_document_in_one_split_and_counts_bytes() {
             assert_eq!(train.contains(&marker) as u8 + val.contains(&marker) as u8, 1, "{marker}");
         }
     }
-    assert_eq!(prepared.val.text_bytes(), val.len());
-    assert_eq!(prepared.val.bytes_per_token(), 1.0);
+    // Every file ends with the end-of-text byte, which is not text.
+    let separators = val.bytes().filter(|&b| b == altup_moe::data::END_OF_TEXT_BYTE).count();
+    assert_eq!(prepared.val.text_bytes(), val.len() - separators);
+    assert_eq!(text_of(&prepared.train).bytes().filter(|&b| b == 3).count() + separators, 3);
     // The same input gives the same folder (deterministic split and hash).
     let again =
         prepare_corpus(&files, &tmp.path().join("again"), &TextTokenizer::Bytes, "bytes", 0.1, 1_000_000, &|_| {})
@@ -120,7 +122,7 @@ fn bad_inputs_and_damaged_folders_are_named() {
     let err = prepare_corpus(&[jsonl.clone()], &tmp.path().join("o"), &TextTokenizer::Bytes, "bytes", 0.1, 10, &|_| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("docs.jsonl line 2 has no string field \"text\""), "{err}");
+    assert!(err.contains("docs.jsonl line 2: expected a string field \"text\", found fields [\"body\"]"), "{err}");
     std::fs::write(&jsonl, "{\"text\": \"one\"}\nnot json\n").unwrap();
     let err = altup_moe::data::read_documents(&jsonl).unwrap_err().to_string();
     assert!(err.contains("docs.jsonl line 2 is not JSON"), "{err}");

@@ -40,7 +40,7 @@ fn bpe_is_trained_on_the_training_split_only() {
     let text = format!("{}{}", english(200), "qzxv qzxv qzxv qzxv qzxv qzxv\n".repeat(40));
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("corpus.txt"), &text).unwrap();
-    let corpus = Corpus::from_path(&tmp.path().join("corpus.txt"), None).unwrap();
+    let corpus = Corpus::from_path(&tmp.path().join("corpus.txt"), &Default::default()).unwrap();
     let (train, val) = corpus.split_text(0.1).unwrap();
     assert!(!String::from_utf8_lossy(train).contains("qzxv") && String::from_utf8_lossy(val).contains("qzxv"));
     let tokenizer = TextTokenizer::from_spec(&TokenizerSpec::Bpe(300), &String::from_utf8_lossy(train)).unwrap();
@@ -59,7 +59,7 @@ fn the_end_of_text_marker_is_one_id_and_its_pieces_never_merge() {
     let tokenizer = TextTokenizer::train_bpe(&text, 320).unwrap();
     let ids = tokenizer.encode(END_OF_TEXT).unwrap();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let TextTokenizer::Hf(hf) = &tokenizer else { panic!("a BPE") };
+    let hf = tokenizer.hf().expect("a BPE");
     let vocab = hf.get_vocab(true);
     assert_eq!(vocab.get(END_OF_TEXT), Some(&ids[0]));
     for piece in ["<|", "|>", "endof", "oftext"] {
@@ -134,8 +134,9 @@ fn bad_tokenizer_inputs_are_named() {
     std::fs::write(&garbage, "{ not a tokenizer").unwrap();
     let err = TextTokenizer::from_file(&garbage).unwrap_err().to_string();
     assert!(err.contains("cannot read tokenizer") && err.contains(&*garbage.to_string_lossy()), "{err}");
-    let err = TextTokenizer::Bytes.decode(&[65, 300]).unwrap_err().to_string();
-    assert!(err.contains("token id 300 is outside the tokenizer's 256 ids"), "{err}");
+    // Ids past the tokenizer (a padded model vocabulary) are left out of the text and counted.
+    assert_eq!(TextTokenizer::Bytes.decode(&[65, 300, 66, -1]).unwrap(), "AB");
+    assert_eq!(TextTokenizer::Bytes.unknown_ids(&[65, 300, 66, -1]), 2);
     let err = TokenDataset::from_ids(vec![1, 2, 500], 400, 3).unwrap_err().to_string();
     assert!(err.contains("token id 500 at position 2 is outside the vocabulary of 400 ids"), "{err}");
 
@@ -152,4 +153,156 @@ fn bad_tokenizer_inputs_are_named() {
     let (vs, model) = tiny_model(300);
     let err = Trainer::new(&vs, &model, &train, &short, tiny_train_config()).unwrap_err().to_string();
     assert!(err.contains("the validation split holds") && err.contains("fewer than seq_len + 1 = 17"), "{err}");
+}
+
+fn hub_expected() -> serde_json::Value {
+    let path = fixtures().join("hub/expected.json");
+    assert!(path.is_file(), "missing fixture {}: run `make fixtures`", path.display());
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn id_list(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+/// A SentencePiece-style Hub tokenizer saved with truncation (16) and padding: every encode is
+/// Python's with both off, documents are encoded whole (no "▁" added at each paragraph), the
+/// prompt gets its BOS, the special tokens come from tokenizer_config.json, decoding is lossless.
+#[test]
+fn hub_tokenizers_are_used_as_transformers_uses_them() {
+    let expected = hub_expected();
+    let tokenizer = TextTokenizer::from_file(&fixtures().join("hub/tokenizer.json")).unwrap();
+    let document = expected["document"].as_str().unwrap();
+    let ids = id_list(&expected["ids"]);
+    assert!(ids.len() > 16, "the fixture must be longer than its truncation");
+    assert_eq!(tokenizer.encode(document).unwrap(), ids);
+    let special = tokenizer.special_tokens();
+    assert_eq!(special.bos, Some(expected["bos"].as_u64().unwrap() as u32));
+    assert_eq!(special.eos, vec![expected["eos"].as_u64().unwrap() as u32]);
+    assert_eq!(tokenizer.vocab_size(), expected["vocab_size"].as_u64().unwrap() as usize);
+    // Training data: the whole document's ids and the end-of-text id.
+    let data = tokenizer.dataset(format!("{document}\u{3}").as_bytes()).unwrap();
+    let mut with_eos: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    with_eos.push(i64::from(special.eos[0]));
+    assert_eq!(data.window(0, data.len()).unwrap(), with_eos);
+    assert_eq!(data.text_bytes(), document.len());
+    // Paragraph by paragraph the ids would differ (a "▁" at every paragraph): the test can fail.
+    let by_paragraph: Vec<u32> =
+        document.split_inclusive("\n\n").flat_map(|p| tokenizer.encode(p).unwrap()).collect();
+    assert_ne!(by_paragraph, ids);
+    // The prompt is encoded with the template: BOS first, as transformers' tokenizer(prompt).
+    let prompt: Vec<i64> = id_list(&expected["prompt_ids"]).into_iter().map(i64::from).collect();
+    assert_eq!(tokenizer.encode_prompt(expected["prompt"].as_str().unwrap()).unwrap(), prompt);
+    assert_eq!(prompt[0], i64::from(special.bos.unwrap()));
+    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    assert_eq!(tokenizer.decode(&ids).unwrap(), expected["decoded"].as_str().unwrap());
+    assert_eq!(tokenizer.decode(&ids).unwrap(), document);
+    // Its pieces cut at paragraphs concatenate to the whole document's ids.
+    let pieces = tokenizer.encode_paragraphs(document).unwrap();
+    // Three copies of three paragraphs, the third running into the next copy's first.
+    assert_eq!(pieces.len(), 7);
+    assert_eq!(pieces.iter().flat_map(|(_, i)| i.iter().map(|&x| i64::from(x))).collect::<Vec<_>>(), ids);
+    assert_eq!(pieces.iter().map(|(t, _)| *t).collect::<String>(), document);
+}
+
+/// A tokenizer.json written by hand: a word-level vocabulary with holes, its special token far
+/// past the rest (5 entries, ids up to 70,000: `get_vocab_size` says 5).
+fn holey_tokenizer(dir: &std::path::Path, extra: &[(&str, &str)]) -> std::path::PathBuf {
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0},
+        "padding": null,
+        "added_tokens": [
+            {"id": 70000, "content": "<|end_of_text|>", "single_word": false, "lstrip": false, "rstrip": false,
+             "normalized": false, "special": true}
+        ],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {
+            "type": "WordLevel",
+            "vocab": {"[UNK]": 0, "the": 1, "sun": 5, "rises": 9, "<|end_of_text|>": 70000},
+            "unk_token": "[UNK]"
+        }
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    for (name, text) in extra {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    path
+}
+
+#[test]
+fn the_id_space_is_the_largest_id_plus_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokenizer = TextTokenizer::from_file(&holey_tokenizer(tmp.path(), &[])).unwrap();
+    assert_eq!(tokenizer.hf().unwrap().get_vocab_size(true), 5);
+    assert_eq!(tokenizer.vocab_size(), 70_001);
+    assert_eq!(altup_moe::data::ShardDtype::for_vocab(tokenizer.vocab_size()), altup_moe::data::ShardDtype::U32);
+    // Truncation to 2 is off; the well-known end-of-text token is found.
+    assert_eq!(tokenizer.encode("the sun rises").unwrap(), vec![1, 5, 9]);
+    assert_eq!(tokenizer.end_of_text(), Some(70_000));
+    let data = tokenizer.dataset("the sun rises the sun\u{3}".repeat(40).as_bytes()).unwrap();
+    assert_eq!(data.vocab_size(), 70_001);
+    // A model too small for the tokenizer is refused, naming both sizes.
+    let (vs, model) = tiny_model(300);
+    let err = Trainer::new(&vs, &model, &data, &data, tiny_train_config()).unwrap_err().to_string();
+    assert!(err.contains("vocab_size (300) must be at least the data's 70001 token ids"), "{err}");
+}
+
+#[test]
+fn special_tokens_are_read_from_the_files_beside_the_tokenizer() {
+    let read = |extra: &[(&str, &str)]| {
+        let tmp = tempfile::tempdir().unwrap();
+        TextTokenizer::from_file(&holey_tokenizer(tmp.path(), extra)).map(|t| t.special_tokens())
+    };
+    // generation_config.json's list, then config.json's ids (a number or a list).
+    let special = read(&[
+        ("generation_config.json", "{\"eos_token_id\": [9, 70000], \"bos_token_id\": 1}"),
+        ("config.json", "{\"eos_token_id\": 5, \"pad_token_id\": 0}"),
+    ])
+    .unwrap();
+    assert_eq!((special.bos, special.eos, special.pad), (Some(1), vec![9, 70_000, 5], Some(0)));
+    // tokenizer_config.json comes first (a string or {"content": ...}).
+    let special =
+        read(&[("tokenizer_config.json", "{\"eos_token\": {\"content\": \"sun\"}, \"bos_token\": \"the\"}")]).unwrap();
+    assert_eq!((special.bos, special.eos), (Some(1), vec![5]));
+    let err = read(&[("tokenizer_config.json", "{\"eos_token\": \"</s>\"}")]).unwrap_err().to_string();
+    assert!(err.contains("tokenizer_config.json names eos_token \"</s>\", which the tokenizer's vocabulary"), "{err}");
+    // Saved into a run folder and read back, the special tokens survive.
+    let tmp = tempfile::tempdir().unwrap();
+    let path =
+        holey_tokenizer(tmp.path(), &[("tokenizer_config.json", "{\"eos_token\": \"rises\", \"bos_token\": \"the\"}")]);
+    let tokenizer = TextTokenizer::from_file(&path).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    tokenizer.save_to_folder(run.path()).unwrap();
+    let back = TextTokenizer::from_folder(run.path()).unwrap();
+    assert_eq!(back.special_tokens(), tokenizer.special_tokens());
+    assert_eq!(back.end_of_text(), Some(9));
+}
+
+#[test]
+fn decoding_is_lossless_and_streams_whole_characters() {
+    let tokenizer = TextTokenizer::train_bpe(&english(40), 300).unwrap();
+    for text in ["naïve café", "déjà vu — ½ ∑ 東京 🙂", "Ünïcödé\n\nzwei Absätze", "e\u{301} combining"] {
+        let ids: Vec<i64> = tokenizer.encode(text).unwrap().into_iter().map(i64::from).collect();
+        assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        for t in [&tokenizer, &TextTokenizer::Bytes] {
+            let ids: Vec<i64> = t.encode(text).unwrap().into_iter().map(i64::from).collect();
+            let mut stream = altup_moe::data::TextStream::new(t);
+            let mut pieces = Vec::new();
+            for &id in &ids {
+                pieces.push(stream.push(id).unwrap());
+            }
+            pieces.push(stream.finish().unwrap());
+            assert!(pieces.iter().all(|p| !p.contains('\u{fffd}')), "{text}: {pieces:?}");
+            assert_eq!(pieces.concat(), text);
+        }
+    }
+    // A stream cut inside a character shows it as U+FFFD only at the end.
+    let mut stream = altup_moe::data::TextStream::new(&TextTokenizer::Bytes);
+    assert_eq!(stream.push(0xC3).unwrap(), "");
+    assert_eq!(stream.finish().unwrap(), "\u{fffd}");
 }

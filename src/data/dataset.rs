@@ -78,6 +78,12 @@ impl TokenDataset {
         Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes }
     }
 
+    /// Bytes as tokens standing for `text_bytes` bytes of text (the rest are document
+    /// separators, [`crate::data::END_OF_TEXT_BYTE`]).
+    pub fn from_bytes(bytes: Vec<u8>, text_bytes: usize) -> Self {
+        Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes }
+    }
+
     /// Ids of a tokenizer with `vocab_size` ids, tokenized from `text_bytes` bytes of text.
     ///
     /// # Errors

@@ -1,4 +1,4 @@
-//! Text data: corpora (a UTF-8 file or a folder of them), tokenizers (bytes, byte-level BPE, a
+//! Text data: input files read into documents (text, JSON lines, Parquet, gzip), corpora, tokenizers (bytes, byte-level BPE, a
 //! Hugging Face `tokenizer.json`), corpora prepared into memory-mapped token shards, the token
 //! ids of a split with its batches of `[B, T]` windows, and T5 span corruption.
 //!
@@ -7,17 +7,22 @@
 
 pub(crate) mod corpus;
 pub(crate) mod dataset;
+pub mod documents;
+pub(crate) mod parquet;
 pub(crate) mod run_data;
 pub(crate) mod shards;
 pub(crate) mod span_corruption;
+pub(crate) mod text_stream;
 pub(crate) mod tokenizer;
 
 pub use corpus::Corpus;
 pub use dataset::{Batch, ShardDtype, TokenDataset};
 pub use run_data::{RunData, RunTokenizer};
+pub use documents::{input_files, read_documents, FileFilter, InputFiles};
 pub use shards::{
-    input_files, prepare_corpus, read_documents, tokenizer_hash, train_bpe_on_training_split, PreparedCorpus,
-    ShardFile, ShardsMeta, SplitMeta, SHARDS_FORMAT,
+    prepare_corpus, tokenizer_hash, train_bpe_on_training_split, PreparedCorpus, ShardFile, ShardsMeta, SplitMeta,
+    SHARDS_FORMAT,
 };
 pub use span_corruption::{Seq2SeqBatch, SpanCorruption};
-pub use tokenizer::{TextTokenizer, TokenizerSpec, END_OF_TEXT};
+pub use text_stream::TextStream;
+pub use tokenizer::{HfTokenizer, SpecialTokens, TextTokenizer, TokenizerSpec, END_OF_TEXT, END_OF_TEXT_BYTE};

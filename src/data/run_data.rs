@@ -5,8 +5,9 @@
 
 use crate::data::corpus::Corpus;
 use crate::data::dataset::TokenDataset;
+use crate::data::documents::{names, FileFilter};
 use crate::data::shards::{tokenizer_hash, PreparedCorpus};
-use crate::data::tokenizer::{TextTokenizer, TokenizerSpec};
+use crate::data::tokenizer::{TextTokenizer, TokenizerSpec, END_OF_TEXT_BYTE};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -42,24 +43,29 @@ pub struct RunData {
 
 impl RunData {
     /// Reads `path`: a prepared folder (its `meta.json`) is memory-mapped and must have been made
-    /// with the run's tokenizer; raw text (only files with one of `extensions` in a folder, when
-    /// given) is split 90/10 and tokenized with the run's tokenizer. `say` prints progress.
+    /// with the run's tokenizer; raw text (the files of a folder that `filter` lets through, see
+    /// [`crate::data::documents`]) is split 90/10 and tokenized with the run's tokenizer. `say`
+    /// prints progress (and the metadata files a folder's reading skipped).
     ///
     /// # Errors
     /// Data and tokenizer errors naming the value; [`Error::Config`] when prepared shards were
     /// made with another tokenizer than the run's.
     pub fn open(
         path: &Path,
-        extensions: Option<&[&str]>,
+        filter: &FileFilter,
         tokenizer: &RunTokenizer,
         say: &dyn Fn(String),
     ) -> Result<Self> {
         if PreparedCorpus::is_prepared(path) {
             return Self::prepared(path, tokenizer);
         }
-        let corpus = Corpus::from_path(path, extensions)?;
+        let corpus = Corpus::from_path(path, filter)?;
+        if !corpus.skipped.is_empty() {
+            say(format!("skipped metadata files: {}", names(&corpus.skipped)));
+        }
         let (train_text, val_text) = corpus.split_text(0.1)?;
-        let train_string = String::from_utf8_lossy(train_text);
+        // The BPE trainer sees documents, not their separators.
+        let train_string = String::from_utf8_lossy(train_text).replace(char::from(END_OF_TEXT_BYTE), "\n\n");
         let (tokenizer, spec) = match tokenizer {
             RunTokenizer::Existing(t) => (t.clone(), spec_of(t)),
             RunTokenizer::FromSpec(spec) => {
@@ -70,7 +76,13 @@ impl RunData {
             }
         };
         Ok(Self {
-            description: format!("{} ({} files, {} bytes)", path.display(), corpus.files.len(), corpus.bytes.len()),
+            description: format!(
+                "{} ({} files, {} documents, {} bytes)",
+                path.display(),
+                corpus.files.len(),
+                corpus.documents,
+                corpus.text_bytes()
+            ),
             hash: corpus.content_hash(),
             train: tokenizer.dataset(train_text)?,
             val: tokenizer.dataset(val_text)?,
@@ -127,7 +139,9 @@ impl RunData {
     pub fn prompt(&self) -> Result<Vec<i64>> {
         let Some(text) = &self.val_text else { return self.val.window(0, 24.min(self.val.len())) };
         let from = text.find('\n').map_or(0, |i| i + 1).min(text.len().saturating_sub(1));
-        let end = (from..=(from + 64).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(from);
+        // Up to 64 bytes, within one document.
+        let limit = text[from..].find(char::from(END_OF_TEXT_BYTE)).map_or(text.len(), |i| from + i).min(from + 64);
+        let end = (from..=limit).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(from);
         Ok(self.tokenizer.encode(&text[from..end])?.into_iter().map(i64::from).collect())
     }
 }

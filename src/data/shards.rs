@@ -3,23 +3,26 @@
 //! memory-mapped for training ([`PreparedCorpus::open`]), so that peak memory does not depend on
 //! the corpus size.
 //!
-//! Documents are plain-text paragraphs (a file split after every blank line) or the `text` field
-//! of JSON lines. Each document goes wholly to the training or the validation split, decided by a
-//! hash of its text (so the splits never share a document, duplicates included). A document is
-//! tokenized with `"\n\n"` appended, so plain text keeps its paragraph breaks.
+//! Input files are read into documents as raw text is ([`crate::data::documents`]). Each
+//! document is tokenized whole and followed by the tokenizer's end-of-text id (the ids of a blank
+//! line for a tokenizer without one). The unit of the train/validation split is a JSON-lines or
+//! Parquet document, or a paragraph of a text file (cut after every blank line, its ids a slice
+//! of the whole file's ids, see [`TextTokenizer::encode_paragraphs`]): each unit goes wholly to
+//! one split, decided by a hash of its text (so the splits never share one, duplicates included).
 
 use crate::data::dataset::{ShardDtype, TokenDataset};
-use crate::data::tokenizer::TextTokenizer;
+use crate::data::documents::{file_format, read_documents, FileFormat};
+use crate::data::tokenizer::{paragraphs, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::fs::save_json;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Version of the folder layout written to `meta.json`.
-pub const SHARDS_FORMAT: u32 = 1;
+/// Version of the folder layout written to `meta.json` (2: documents end with the end-of-text id).
+pub const SHARDS_FORMAT: u32 = 2;
 
 /// One shard file of a split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,7 +38,7 @@ pub struct ShardFile {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitMeta {
-    /// Documents in the split.
+    /// Split units in the split: JSON-lines / Parquet documents and paragraphs of text files.
     pub documents: u64,
     /// Bytes of text the split's ids stand for (for bits per byte).
     pub text_bytes: u64,
@@ -81,7 +84,7 @@ pub fn tokenizer_hash(tokenizer: &TextTokenizer) -> Result<String> {
     match tokenizer {
         TextTokenizer::Bytes => Ok("bytes".into()),
         TextTokenizer::Hf(t) => {
-            let json = t.to_string(false).map_err(|e| Error::Data(format!("cannot serialise the tokenizer: {e}")))?;
+            let json = t.tokenizer.to_string(false).map_err(|e| Error::Data(format!("cannot serialise the tokenizer: {e}")))?;
             Ok(format!("sha256:{}", sha256_hex(json.as_bytes())))
         }
     }
@@ -94,61 +97,17 @@ fn is_validation(text: &str, val_fraction: f64) -> bool {
     (x as f64 / u64::MAX as f64) < val_fraction
 }
 
-/// The documents of one input file: JSON lines (`.jsonl`: the `text` field of each line) or
-/// plain UTF-8 text cut after every blank line.
-///
-/// # Errors
-/// [`Error::Data`] naming the file and line for a line that is not JSON or has no string `text`,
-/// or a file that is not UTF-8; [`Error::Io`] on read errors.
-pub fn read_documents(path: &Path) -> Result<Vec<String>> {
-    if path.extension().is_some_and(|e| e == "jsonl") {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut docs = Vec::new();
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| Error::Data(format!("{} line {}: {e}", path.display(), i + 1)))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| Error::Data(format!("{} line {} is not JSON: {e}", path.display(), i + 1)))?;
-            match value.get("text").and_then(|t| t.as_str()) {
-                Some(text) => docs.push(text.to_string()),
-                None => {
-                    return Err(Error::Data(format!("{} line {} has no string field \"text\"", path.display(), i + 1)))
-                }
-            }
-        }
-        return Ok(docs);
+/// The split units of a document of `path` (see the module docs): paragraphs of a text file,
+/// else the whole document.
+fn units<'d>(path: &Path, document: &'d str) -> Vec<&'d str> {
+    match file_format(path).0 {
+        FileFormat::Text => paragraphs(document).collect(),
+        _ => vec![document],
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::Data(format!("{} is not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))
-    })?;
-    Ok(text.split("\n\n").map(str::trim_end).filter(|p| !p.trim().is_empty()).map(String::from).collect())
 }
 
-/// The input files of `path`: itself, or every file under a folder (recursively, sorted, hidden
-/// entries skipped; with `extensions`, only files with one of them).
-///
-/// # Errors
-/// [`Error::Data`] when the path does not exist or the folder holds no file.
-pub fn input_files(path: &Path, extensions: Option<&[&str]>) -> Result<Vec<PathBuf>> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| Error::Data(format!("cannot read input {}: {e}", path.display())))?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    crate::data::corpus::collect_files(path, extensions, &mut files)?;
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::Data(format!("folder {} holds no files", path.display())));
-    }
-    Ok(files)
-}
-
-/// A byte-level BPE of `vocab_size` ids trained on the *training* documents of `inputs` only
-/// (the documents [`prepare_corpus`] puts in the training split), streamed file by file.
+/// A byte-level BPE of `vocab_size` ids trained on the *training* units of `inputs` only (the
+/// documents and paragraphs [`prepare_corpus`] puts in the training split), streamed file by file.
 ///
 /// # Errors
 /// As [`read_documents`] and [`TextTokenizer::train_bpe`].
@@ -156,8 +115,13 @@ pub fn train_bpe_on_training_split(inputs: &[PathBuf], val_fraction: f64, vocab_
     // Files are read once, as the trainer pulls documents; the first read error is kept and
     // returned after training (the trainer's stream itself cannot fail).
     let first_error: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
-    let docs = inputs.iter().flat_map(|p| match read_documents(p) {
-        Ok(docs) => docs,
+    let pieces = inputs.iter().flat_map(|p| match read_documents(p) {
+        Ok(docs) => docs
+            .iter()
+            .flat_map(|d| units(p, d))
+            .filter(|u| !is_validation(u.trim(), val_fraction))
+            .map(str::to_string)
+            .collect(),
         Err(e) => {
             if let Ok(mut slot) = first_error.lock() {
                 slot.get_or_insert(e);
@@ -165,8 +129,7 @@ pub fn train_bpe_on_training_split(inputs: &[PathBuf], val_fraction: f64, vocab_
             Vec::new()
         }
     });
-    let tokenizer =
-        TextTokenizer::train_bpe_on(docs.filter(|d| !is_validation(d, val_fraction)).map(|d| d + "\n\n"), vocab_size);
+    let tokenizer = TextTokenizer::train_bpe_on(pieces, vocab_size);
     match first_error.into_inner().ok().flatten() {
         Some(e) => Err(e),
         None => tokenizer,
@@ -230,7 +193,7 @@ impl ShardWriter {
     }
 }
 
-/// Tokenizes the files `inputs` (in order; see [`read_documents`]) into shards under `out`, each
+/// Tokenizes the files `inputs` (in order; see [`read_documents`] and the module docs) into shards under `out`, each
 /// of at most `max_shard_tokens` ids, and writes `meta.json` last (atomically), so a folder with
 /// a `meta.json` is complete. Files are read and tokenized in parallel, a batch of files at a
 /// time, so memory holds one batch, not the corpus. `on_file` is called after each file with its
@@ -267,29 +230,42 @@ pub fn prepare_corpus(
     };
     let (mut train, mut val) = (writer("train"), writer("val"));
     let mut content = Sha256::new();
+    let separator = match tokenizer.end_of_text() {
+        Some(id) => vec![id],
+        None => tokenizer.encode("\n\n")?,
+    };
     let threads = rayon::current_num_threads().max(1);
     for batch in inputs.chunks(threads * 2) {
-        // Per file: (documents' texts, (is validation, ids, text bytes) per document).
+        // Per file: (documents' texts, (is validation, ids, text bytes) per split unit).
         type Encoded = Vec<(bool, Vec<u32>, u64)>;
         let files: Vec<(Vec<String>, Encoded)> = batch
             .par_iter()
             .map(|path| -> Result<(Vec<String>, Encoded)> {
                 let docs = read_documents(path)?;
-                let encoded = docs
-                    .iter()
-                    .map(|d| {
-                        let text = format!("{d}\n\n");
-                        Ok((is_validation(d, val_fraction), tokenizer.encode(&text)?, text.len() as u64))
-                    })
-                    .collect::<Result<_>>()?;
+                let mut encoded = Vec::new();
+                for doc in &docs {
+                    let pieces = match file_format(path).0 {
+                        FileFormat::Text => tokenizer.encode_paragraphs(doc)?,
+                        _ => vec![(doc.as_str(), tokenizer.encode(doc)?)],
+                    };
+                    let last = pieces.len().saturating_sub(1);
+                    for (i, (text, mut ids)) in pieces.into_iter().enumerate() {
+                        if i == last {
+                            ids.extend_from_slice(&separator);
+                        }
+                        encoded.push((is_validation(text.trim(), val_fraction), ids, text.len() as u64));
+                    }
+                }
                 on_file(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
                 Ok((docs, encoded))
             })
             .collect::<Result<_>>()?;
         for (docs, encoded) in files {
-            for (doc, (is_val, ids, bytes)) in docs.iter().zip(encoded) {
+            for doc in &docs {
                 content.update(doc.as_bytes());
                 content.update(b"\0");
+            }
+            for (is_val, ids, bytes) in encoded {
                 let split = if is_val { &mut val } else { &mut train };
                 split.push(&ids)?;
                 split.meta.documents += 1;
@@ -339,9 +315,14 @@ pub struct PreparedCorpus {
 }
 
 impl PreparedCorpus {
-    /// Whether `dir` holds a prepared corpus (`meta.json`).
+    /// Whether `dir` holds a prepared corpus: a `meta.json` with the `format` and
+    /// `tokenizer_hash` fields [`prepare_corpus`] writes (a dataset's own `meta.json` in a folder
+    /// of text is not taken for one).
     pub fn is_prepared(dir: &Path) -> bool {
-        dir.join("meta.json").is_file()
+        std::fs::read_to_string(dir.join("meta.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|json| json.get("format").is_some() && json.get("tokenizer_hash").is_some())
     }
 
     /// Opens the folder written by [`prepare_corpus`].
@@ -358,7 +339,7 @@ impl PreparedCorpus {
             .map_err(|source| Error::Json { context: meta_path.display().to_string(), source })?;
         if meta.format != SHARDS_FORMAT {
             return Err(Error::Data(format!(
-                "{} has format {} but this version reads format {SHARDS_FORMAT}",
+                "{} has format {} but this version reads format {SHARDS_FORMAT}; prepare the corpus again",
                 meta_path.display(),
                 meta.format
             )));

@@ -191,6 +191,32 @@ impl ModelConfig {
         self.moe.is_some() && self.moe_layers.contains(layer)
     }
 
+    /// Why cached decoding ([`crate::model::LanguageModel::forward_cached`]) of this model can
+    /// give other logits than a full forward pass over the same tokens — empty when it cannot.
+    /// [`crate::model::LanguageModel::generate`] recomputes instead of caching when this is not
+    /// empty. The reasons: Sequence-AltUp (its strided streams need the whole sequence),
+    /// expert-choice routing (an expert picks among every token of the window), and an
+    /// evaluation capacity factor (the capacity grows with the tokens routed together, so a
+    /// token routed alone may keep an expert the full pass drops it from).
+    pub fn cache_blockers(&self) -> Vec<String> {
+        let mut blockers = Vec::new();
+        if self.sequence_altup.is_some() {
+            blockers.push("Sequence-AltUp (its strided streams need the whole sequence)".to_string());
+        }
+        let moe = self.moe.as_ref().filter(|_| (0..self.num_layers).any(|l| self.moe_layers.contains(l)));
+        if let Some(moe) = moe {
+            if moe.router == crate::moe::RouterKind::ExpertChoice {
+                blockers.push("expert-choice routing (an expert picks among every token of the window)".to_string());
+            } else if let Some(cf) = moe.eval_capacity_factor {
+                blockers.push(format!(
+                    "an evaluation capacity limit (eval_capacity_factor {cf}: a token's expert depends on how many \
+                     tokens are routed with it)"
+                ));
+            }
+        }
+        blockers
+    }
+
     /// The configuration of block `layer`.
     pub fn block_config(&self, layer: usize) -> BlockConfig {
         let ffn = match &self.moe {

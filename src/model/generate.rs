@@ -46,37 +46,77 @@ impl Default for Sampling {
     }
 }
 
-/// The checks both generation paths make before decoding.
-fn check_request(prompt: &[i64], sampling: Sampling) -> Result<()> {
-    if prompt.is_empty() {
-        return Err(Error::Input("the prompt must hold at least one token".into()));
+/// What to generate: how many new tokens at most, how each is drawn, and which ids end it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// New tokens to generate at most.
+    pub max_new_tokens: usize,
+    /// How each token is drawn.
+    pub sampling: Sampling,
+    /// Ids that end generation once drawn (kept as the last token, as transformers does): the
+    /// tokenizer's end-of-sequence ids ([`crate::data::TextTokenizer::special_tokens`]) and any
+    /// the user adds. Empty: always `max_new_tokens`.
+    pub stop_ids: Vec<i64>,
+}
+
+impl Generation {
+    /// `max_new_tokens` tokens drawn with `sampling`, no stop ids.
+    pub fn new(max_new_tokens: usize, sampling: Sampling) -> Self {
+        Self { max_new_tokens, sampling, stop_ids: Vec::new() }
     }
-    sampling.validate()
+
+    /// The same request, ending at any of `stop_ids`.
+    pub fn stop_at(mut self, stop_ids: impl IntoIterator<Item = i64>) -> Self {
+        self.stop_ids.extend(stop_ids);
+        self
+    }
+
+    /// The checks every generation path makes before decoding.
+    fn check(&self, prompt: &[i64]) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(Error::Input("the prompt must hold at least one token".into()));
+        }
+        self.sampling.validate()
+    }
 }
 
 impl LanguageModel {
-    /// Extends `prompt` by `max_new_tokens` sampled tokens, in evaluation mode under `no_grad`;
-    /// the random draws come from `rng`, so a seeded `rng` gives a reproducible sample.
+    /// Extends `prompt` by up to `generation.max_new_tokens` sampled tokens, stopping after a
+    /// stop id, in evaluation mode under `no_grad`; the random draws come from `rng`, so a
+    /// seeded `rng` gives a reproducible sample. Returns the prompt and the new tokens.
     ///
-    /// While the sequence fits in `max_seq_len`, decoding is incremental with a key/value cache
-    /// ([`LanguageModel::forward_cached`]); past that (or for Sequence-AltUp models) each token is
-    /// predicted from the last `max_seq_len` tokens, recomputed.
+    /// Decoding is incremental with a key/value cache ([`LanguageModel::forward_cached`]) while
+    /// the sequence fits in `max_seq_len` and the cache gives the full pass's logits; for the
+    /// models [`ModelConfig::cache_blockers`](crate::model::ModelConfig::cache_blockers) lists
+    /// (Sequence-AltUp, expert-choice routing, an evaluation capacity limit), and past
+    /// `max_seq_len`, each token is predicted from the last `max_seq_len` tokens, recomputed — so
+    /// the result always equals [`LanguageModel::generate_uncached`]'s.
     ///
     /// # Errors
     /// [`Error::Input`] for an empty prompt, an id outside the vocabulary, a negative or
-    /// non-finite temperature, `top_k = 0`, or `top_p` outside `(0, 1]`.
-    pub fn generate(
+    /// non-finite temperature, `top_k = 0`, `top_p` outside `(0, 1]`, or logits that are not
+    /// finite (a model with NaN weights).
+    pub fn generate(&self, prompt: &[i64], generation: &Generation, rng: &mut impl Rng) -> Result<Vec<i64>> {
+        self.generate_streaming(prompt, generation, rng, &mut |_| Ok(()))
+    }
+
+    /// [`LanguageModel::generate`], calling `on_token` with each new token as soon as it is
+    /// drawn (for streaming output); an error from `on_token` stops generation and is returned.
+    ///
+    /// # Errors
+    /// As [`LanguageModel::generate`], and `on_token`'s errors.
+    pub fn generate_streaming(
         &self,
         prompt: &[i64],
-        max_new_tokens: usize,
-        sampling: Sampling,
+        generation: &Generation,
         rng: &mut impl Rng,
+        on_token: &mut dyn FnMut(i64) -> Result<()>,
     ) -> Result<Vec<i64>> {
-        check_request(prompt, sampling)?;
+        generation.check(prompt)?;
         let device = self.device();
         let max_len = self.config().max_seq_len;
         let mut tokens = prompt.to_vec();
-        let cached = self.config().sequence_altup.is_none() && prompt.len() < max_len;
+        let cached = self.config().cache_blockers().is_empty() && prompt.len() < max_len;
         let mut cache = self.new_cache();
         let last_logits = |t: ModelOutput| -> Result<Tensor> { Ok(t.logits.f_select(1, -1)?.f_squeeze_dim(0)?) };
         tch::no_grad(|| -> Result<()> {
@@ -86,7 +126,7 @@ impl LanguageModel {
             } else {
                 None
             };
-            for _ in 0..max_new_tokens {
+            for _ in 0..generation.max_new_tokens {
                 let logits = match next.take() {
                     Some(l) => l,
                     None => {
@@ -95,8 +135,12 @@ impl LanguageModel {
                         last_logits(self.forward_t(&input, false)?)?
                     }
                 };
-                let token = sample(&logits, sampling, rng)?;
+                let token = sample(&logits, generation.sampling, rng)?;
                 tokens.push(token);
+                on_token(token)?;
+                if generation.stop_ids.contains(&token) {
+                    break;
+                }
                 if cached && (cache.len as usize) < max_len {
                     let input = Tensor::from_slice(&[token]).f_view([1, 1])?.f_to_device(device)?;
                     next = Some(last_logits(self.forward_cached(&input, &mut cache)?)?);
@@ -106,31 +150,27 @@ impl LanguageModel {
         })?;
         Ok(tokens)
     }
-}
 
-impl LanguageModel {
     /// [`LanguageModel::generate`] without the key/value cache: every new token recomputes the
     /// whole (windowed) context. The reference for tests and benchmarks of the cached path.
     ///
     /// # Errors
     /// As [`LanguageModel::generate`].
-    pub fn generate_uncached(
-        &self,
-        prompt: &[i64],
-        max_new_tokens: usize,
-        sampling: Sampling,
-        rng: &mut impl Rng,
-    ) -> Result<Vec<i64>> {
-        check_request(prompt, sampling)?;
+    pub fn generate_uncached(&self, prompt: &[i64], generation: &Generation, rng: &mut impl Rng) -> Result<Vec<i64>> {
+        generation.check(prompt)?;
         let device = self.device();
         let max_len = self.config().max_seq_len;
         let mut tokens = prompt.to_vec();
         tch::no_grad(|| -> Result<()> {
-            for _ in 0..max_new_tokens {
+            for _ in 0..generation.max_new_tokens {
                 let context = &tokens[tokens.len().saturating_sub(max_len)..];
                 let input = Tensor::from_slice(context).f_view([1, -1])?.f_to_device(device)?;
                 let logits = self.forward_t(&input, false)?.logits.f_select(1, -1)?.f_squeeze_dim(0)?;
-                tokens.push(sample(&logits, sampling, rng)?);
+                let token = sample(&logits, generation.sampling, rng)?;
+                tokens.push(token);
+                if generation.stop_ids.contains(&token) {
+                    break;
+                }
             }
             Ok(())
         })?;
@@ -138,16 +178,39 @@ impl LanguageModel {
     }
 }
 
-/// Draws one token from next-token logits `[V]` (greedy at temperature 0).
+/// Draws one token from next-token logits `[V]`.
+///
+/// Rules (as transformers' `generate`): at temperature 0 the first of equal maxima (the lowest
+/// id, as `argmax`); otherwise top-k keeps every token whose logit is at least the k-th largest
+/// (ties at the boundary all kept), the kept logits are divided by the temperature and
+/// softmaxed, and top-p keeps, in order of probability (ties in id order), the tokens up to and
+/// including the one whose cumulative probability reaches `top_p`.
+///
+/// # Errors
+/// [`Error::Input`] when a logit is NaN or every logit is −∞.
 pub(crate) fn sample(logits: &Tensor, sampling: Sampling, rng: &mut impl Rng) -> Result<i64> {
     let logits = host::f64s(logits)?;
+    if logits.iter().any(|x| x.is_nan()) || logits.iter().all(|&x| x == f64::NEG_INFINITY) {
+        return Err(Error::Input(
+            "the model's next-token logits are not finite (NaN weights?): nothing to sample from".into(),
+        ));
+    }
     if sampling.temperature == 0.0 {
-        let best = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+        let mut best = 0;
+        for (i, &x) in logits.iter().enumerate() {
+            if x > logits[best] {
+                best = i;
+            }
+        }
         return Ok(best as i64);
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    order.truncate(sampling.top_k.unwrap_or(logits.len()).min(logits.len()));
+    if let Some(k) = sampling.top_k.filter(|&k| k < logits.len()) {
+        let kth = logits[order[k - 1]];
+        let keep = order.iter().position(|&i| logits[i] < kth).unwrap_or(order.len());
+        order.truncate(keep);
+    }
     let max = logits[order[0]];
     let mut weights: Vec<f64> = order.iter().map(|&i| ((logits[i] - max) / sampling.temperature).exp()).collect();
     if let Some(p) = sampling.top_p {
@@ -201,6 +264,26 @@ mod tests {
         assert_eq!(&draws(&probs, at(Some(3), Some(1.0)), 2000)[3..], &[0]);
         // Without a cut every token appears.
         assert!(draws(&probs, at(None, None), 4000).iter().all(|&n| n > 0));
+    }
+
+    #[test]
+    fn ties_follow_transformers() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // Greedy: the first of equal maxima (torch.argmax), wherever the maxima are.
+        for (logits, best) in [(vec![1.0, 3.0, 3.0, 0.0], 1), (vec![5.0, 5.0], 0), (vec![0.0, -1.0, 2.0, 2.0, 2.0], 2)] {
+            let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
+            assert_eq!(sample(&Tensor::from_slice(&logits), greedy, &mut rng).unwrap(), best, "{logits:?}");
+        }
+        // Top-k keeps every token tied with the k-th largest logit.
+        let tied = [0.4, 0.2, 0.2, 0.2];
+        let counts = draws(&tied, Sampling { temperature: 1.0, top_k: Some(2), top_p: None }, 3000);
+        assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+        let counts = draws(&[0.4, 0.3, 0.2, 0.1], Sampling { temperature: 1.0, top_k: Some(2), top_p: None }, 3000);
+        assert_eq!(&counts[2..], &[0, 0]);
+        // Non-finite logits are an error, not a token.
+        let nan = Tensor::from_slice(&[0.0, f64::NAN]);
+        let err = sample(&nan, Sampling::default(), &mut rng).unwrap_err().to_string();
+        assert!(err.contains("logits are not finite"), "{err}");
     }
 
     #[test]

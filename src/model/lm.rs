@@ -159,9 +159,10 @@ impl LanguageModel {
 
     /// Incremental decoding (evaluation mode): `tokens` continue the sequence held by `cache`,
     /// whose keys and values are reused instead of recomputing the prefix. The logits equal
-    /// those of a full forward pass over the whole sequence (exactly so for token-choice MoE
-    /// without an evaluation capacity limit; expert-choice routing depends on the whole batch
-    /// window and is not equivalent).
+    /// those of a full forward pass over the whole sequence, except for the models
+    /// [`ModelConfig::cache_blockers`] lists (expert-choice routing, an evaluation capacity
+    /// limit), whose routing depends on the tokens routed together; `generate` does not cache
+    /// those.
     ///
     /// # Shapes
     /// `tokens`: `[B, T]` with `cache.len + T ≤ max_seq_len` → logits `[B, T, V]`.

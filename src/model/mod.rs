@@ -19,7 +19,7 @@ pub(crate) mod upcycle;
 pub use block::{residual_add, Block, BlockCache, BlockConfig, BlockContext, Ffn, FfnConfig};
 pub use config::{ModelConfig, MoeLayers};
 pub use forward::{ForwardOptions, Memory};
-pub use generate::Sampling;
+pub use generate::{Generation, Sampling};
 pub use head::OutputHead;
 pub use lm::LanguageModel;
 pub use output::{LayerAux, ModelAux, ModelOutput, StackKind};

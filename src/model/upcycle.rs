@@ -10,8 +10,9 @@
 //!   gradient) the router starts at zero — every token's `k` gates are exactly `1/E` — and each
 //!   expert's output projection is scaled by `E/k`, the inverse of the gates' sum: the output is
 //!   again the dense one (bitwise when `E/k` is a power of two). A zero router ties every
-//!   token onto the same experts at step 0, so this case needs dropless routing (no capacity
-//!   factor); the first steps break the tie.
+//!   token onto the same experts at step 0; the first steps break the tie. Either way routing
+//!   must be dropless in training and evaluation (no capacity factor): a capacity limit drops
+//!   assignments the dense FFN computes.
 //! * **AltUp** (Baykal et al. 2023, arXiv 2301.13310, §3; the predictor starts at the identity
 //!   and the corrector gains at 1). A wide embedding's `K` blocks are copies of the dense
 //!   embedding (Recycled-AltUp replicates it anyway). Equal blocks stay equal through every layer —
@@ -40,8 +41,8 @@ use tch::Tensor;
 /// [`Error::Config`] listing *every* reason the target cannot reproduce the dense model: a
 /// source that already has MoE or AltUp, other fields that differ (named), Sequence-AltUp,
 /// expert-choice routing, shared experts, experts of another width or activation than the
-/// dense FFN, projected widening (its learned projections do not start as copies), and
-/// un-normalised gates with a capacity factor; [`Error::Shape`] naming a parameter of `dense`
+/// dense FFN, projected widening (its learned projections do not start as copies), and a
+/// capacity factor in training or evaluation (it drops assignments); [`Error::Shape`] naming a parameter of `dense`
 /// whose shape does not match `dense_config`; errors of [`LanguageModel::new`].
 pub fn upcycle(
     dense: &VarStore,
@@ -191,14 +192,15 @@ pub fn check_upcycle(dense: &ModelConfig, target: &ModelConfig) -> Result<()> {
                 moe.activation, dense.ffn.activation
             ));
         }
-        if !(moe.normalize_gates && moe.top_k >= 2) && moe.capacity_factor.is_some() {
-            problems.push(format!(
-                "un-normalised gates start from a zero router, which ties every token onto the same {} expert(s); \
-                 with capacity_factor {:?} most tokens would be dropped: use dropless routing (capacity_factor \
-                 null, --capacity-factor none) or top_k >= 2 with normalize_gates",
-                moe.top_k,
-                moe.capacity_factor.unwrap_or_default()
-            ));
+        for (name, factor) in [("capacity_factor", moe.capacity_factor), ("eval_capacity_factor", moe.eval_capacity_factor)]
+        {
+            if let Some(factor) = factor {
+                problems.push(format!(
+                    "{name} {factor}: a capacity limit drops expert assignments the dense FFN computes for every \
+                     token (a zero router ties every token onto the same experts; a random one overfills some), \
+                     so the logits differ at step 0: use dropless routing ({name} null, --capacity-factor none)"
+                ));
+            }
         }
     }
     if let Some(altup) = &target.altup {

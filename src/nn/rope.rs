@@ -2,17 +2,22 @@
 //!
 //! Uses the "rotate half" pairing of Hugging Face's Llama (`apply_rotary_pos_emb`): channel `i` of
 //! the first half is rotated together with channel `i + head_dim/2`, with frequency
-//! `θ^(-2i/head_dim)`.
+//! `1 / θ^(2i/head_dim)` computed as transformers' `_compute_default_rope_parameters` does — in
+//! f32 (f64 for an f64 model) on the CPU, then moved to the activations' device once — so the
+//! angles equal transformers' to the bit at every position.
 
 use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{Error, Result};
 use tch::Tensor;
 
 /// Rotary position embedding for one head width.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rope {
     head_dim: i64,
     theta: f64,
+    /// The inverse frequencies `[head_dim / 2]` per (device, dtype), made on first use (before a
+    /// CUDA graph is captured: the capture then only reads them).
+    inv_freq: std::sync::Arc<std::sync::Mutex<Vec<(tch::Device, tch::Kind, Tensor)>>>,
 }
 
 impl Rope {
@@ -25,7 +30,22 @@ impl Rope {
         crate::error::ensure_config(theta > 1.0 && theta.is_finite(), || {
             format!("rope_theta ({theta}) must be finite and > 1")
         })?;
-        Ok(Self { head_dim, theta })
+        Ok(Self { head_dim, theta, inv_freq: Default::default() })
+    }
+
+    /// `1 / θ^(arange(0, head_dim, 2) / head_dim)` in `kind`, computed on the CPU (as
+    /// transformers' Llama does at initialisation) and kept on `device`.
+    fn inverse_frequencies(&self, kind: tch::Kind, device: tch::Device) -> Result<Tensor> {
+        let mut cache = self.inv_freq.lock().map_err(|_| Error::Config("rotary cache poisoned".into()))?;
+        if let Some((_, _, t)) = cache.iter().find(|(d, k, _)| *d == device && *k == kind) {
+            return Ok(t.shallow_clone());
+        }
+        let exponents = Tensor::f_arange_start_step(0, self.head_dim, 2, (tch::Kind::Int64, tch::Device::Cpu))?
+            .f_to_kind(kind)?
+            .f_div_scalar(self.head_dim as f64)?;
+        let inv_freq = Tensor::f_pow_scalar(self.theta, &exponents)?.f_reciprocal()?.f_to_device(device)?;
+        cache.push((device, kind, inv_freq.shallow_clone()));
+        Ok(inv_freq)
     }
 
     /// Rotates queries or keys by their absolute positions: `positions` (`[T]`, integer or
@@ -49,8 +69,7 @@ impl Rope {
         let acc = accumulate_kind(x);
         let half = self.head_dim / 2;
         let opts = (acc, x.device());
-        let exponents = Tensor::f_arange(half, opts)?.f_mul_scalar(-2.0 / self.head_dim as f64)?;
-        let inv_freq = Tensor::f_full([half], self.theta, opts)?.f_pow(&exponents)?;
+        let inv_freq = self.inverse_frequencies(acc, x.device())?;
         let positions = match positions {
             Some(p) if p.size() == [t] => p.cast(acc)?.f_to_device(x.device())?,
             Some(p) => return Err(Error::Shape(format!("rotary positions must have shape [{t}], got {:?}", p.size()))),

@@ -60,7 +60,7 @@ pub fn text_splits(text: &str, times: usize) -> (TokenDataset, TokenDataset) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("text.txt");
     std::fs::write(&path, text.repeat(times)).unwrap();
-    Corpus::from_path(&path, None).unwrap().split(0.1).unwrap()
+    Corpus::from_path(&path, &Default::default()).unwrap().split(0.1).unwrap()
 }
 
 /// A short training schedule for tests that check learning: 25 steps of 8 windows of 32 tokens

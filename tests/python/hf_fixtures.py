@@ -3,7 +3,11 @@
 Usage: python tests/python/hf_fixtures.py OUT_DIR
 
 Writes OUT_DIR/{switch, mixtral, gemma3n_altup_active0, gemma3n_altup_active2}.safetensors, and
-OUT_DIR/tokenizer.json with OUT_DIR/tokenizer_ids.json (a BPE made by the Python `tokenizers`).
+OUT_DIR/tokenizer.json with OUT_DIR/tokenizer_ids.json (a BPE made by the Python `tokenizers`),
+and OUT_DIR/hub/ (a SentencePiece-style tokenizer as Hub models ship it: Metaspace with a "▁"
+prefix, a BOS template, truncation and padding switched on, its tokenizer_config.json) with
+hub/expected.json (Python's ids of a multi-paragraph document encoded whole, with truncation and
+padding off, its prompt ids with the template, and the decoded text).
 Weights are stored in altup-moe's layout (router [E, D], experts w_in/w_gate [E, D, F], w_out
 [E, F, D]; AltUp router [K, D], prediction_coefs [K², K], correction_coefs [K, K]) next to the
 inputs and the Hugging Face outputs; tests/hf_parity.rs loads them into our layers and compares.
@@ -145,6 +149,65 @@ def tokenizer_fixture(out):
         json.dump({"text": TOKENIZER_SAMPLE, "ids": ids, "decoded": tokenizer.decode(ids)}, f)
 
 
+HUB_DOCUMENT = ("First paragraph: naïve café, ½ ∑ 東京 🙂.\n\nSecond paragraph follows a blank line.\n\n"
+                "Third one, déjà vu — the end.\n") * 3
+
+
+def hub_tokenizer_fixture(out):
+    """A SentencePiece-style (Metaspace) BPE with byte fallback off, a template that puts <s>
+    first, and the truncation/padding settings some Hub tokenizer.json files carry."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    hub = os.path.join(out, "hub")
+    os.makedirs(hub, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tokenizer.train_from_iterator([HUB_DOCUMENT * 20], trainer=trainer)
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tokenizer.enable_truncation(max_length=16)
+    tokenizer.enable_padding(length=16, pad_id=0, pad_token="<unk>")
+    tokenizer.save(os.path.join(hub, "tokenizer.json"))
+    with open(os.path.join(hub, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}, "pad_token": None}, f)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    ids = tokenizer.encode(HUB_DOCUMENT, add_special_tokens=False).ids
+    expected = {
+        "document": HUB_DOCUMENT,
+        "ids": ids,
+        "prompt": "Second paragraph",
+        "prompt_ids": tokenizer.encode("Second paragraph").ids,
+        "decoded": tokenizer.decode(ids),
+        "bos": bos,
+        "eos": tokenizer.token_to_id("</s>"),
+        "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
+    }
+    with open(os.path.join(hub, "expected.json"), "w") as f:
+        json.dump(expected, f, ensure_ascii=False)
+
+
+ROPE_POSITIONS = [0, 1, 2, 100, 4095, 32767, 131071]
+
+
+def rope_fixture():
+    """cos / sin of transformers' LlamaRotaryEmbedding (head_dim 64, rope_theta 500000, f32) at
+    long positions: rope.safetensors holds `positions` [P] and `cos`, `sin` [P, 64]."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=512, num_attention_heads=8, rope_theta=500000.0, max_position_embeddings=131072)
+    rotary = LlamaRotaryEmbedding(config)
+    positions = torch.tensor([ROPE_POSITIONS])
+    x = torch.zeros(1, 1, len(ROPE_POSITIONS), 64)
+    cos, sin = rotary(x, positions)
+    return {"positions": positions[0], "cos": cos[0].float(), "sin": sin[0].float()}
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/hf-fixtures"
     os.makedirs(out, exist_ok=True)
@@ -154,11 +217,13 @@ def main():
         ("mixtral", mixtral_fixture),
         ("gemma3n_altup_active0", lambda: gemma3n_fixture(0)),
         ("gemma3n_altup_active2", lambda: gemma3n_fixture(2)),
+        ("rope", rope_fixture),
     ]
     for name, make in makers:
         tensors = {k: v.contiguous() for k, v in make().items()}
         save_file(tensors, os.path.join(out, f"{name}.safetensors"))
     tokenizer_fixture(out)
+    hub_tokenizer_fixture(out)
     print(f"wrote Hugging Face fixtures to {out}")
 
 

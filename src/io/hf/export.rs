@@ -56,10 +56,8 @@ pub fn export_hf(
             config.vocab_size
         )));
     }
-    if let TextTokenizer::Hf(t) = tokenizer {
-        if let Some(id) = t.token_to_id(END_OF_TEXT) {
-            hf_config["eos_token_id"] = serde_json::json!(id);
-        }
+    if let Some(id) = tokenizer.hf().and_then(|t| t.token_to_id(END_OF_TEXT)) {
+        hf_config["eos_token_id"] = serde_json::json!(id);
     }
     let ours = named_variables(vs)?.into_iter().map(|(n, t)| Ok((n, host::to_cpu(&t)?))).collect::<Result<_>>()?;
     let tensors = to_hf_tensors(config, format, &ours)?;
