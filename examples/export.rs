@@ -6,9 +6,11 @@
 //! ```
 //!
 //! `--model` takes what `train` writes: its output folder, a `step-*` checkpoint, or a
-//! `model.safetensors` with its `config.json` beside it. The output folder gets `config.json`,
-//! `model.safetensors` (f32, Hugging Face names and layouts) and the run's `tokenizer.json` when
-//! it has one (byte-level models need none: their vocabulary is the 256 bytes). A model the
+//! `model.safetensors` with its `config.json` beside it. The output folder gets `config.json`
+//! (read alike by transformers 5 and 4.x), `model.safetensors` (f32, Hugging Face names and
+//! layouts, `{"format": "pt"}` metadata), `generation_config.json` and, for a subword model, the
+//! run's `tokenizer.json` with a `tokenizer_config.json` for `AutoTokenizer` (byte-level models
+//! need neither: their vocabulary is the 256 bytes). A model the
 //! format cannot express (AltUp, expert choice, shared experts, capacity limits,
 //! Sequence-AltUp, GELU FFNs or experts, ...) is refused with the list of everything that
 //! prevents the export; train with `--arch`/flags that match Llama (dense, SwiGLU) or Mixtral
@@ -38,7 +40,8 @@ struct Args {
     /// The folder to write (created; must be empty unless --overwrite).
     #[arg(long)]
     out: PathBuf,
-    /// Replace config.json, model.safetensors and tokenizer.json in a non-empty --out.
+    /// Replace the model files (config.json, model.safetensors, generation_config.json,
+    /// tokenizer.json, tokenizer_config.json) in a non-empty --out.
     #[arg(long)]
     overwrite: bool,
 }

@@ -1,10 +1,13 @@
-//! Hugging Face interoperability against transformers itself (the venv's pinned version):
-//! tiny random `LlamaForCausalLM` / `MixtralForCausalLM` checkpoints made by
-//! `tests/python/hf_models.py` at test time are imported and must give transformers' logits
-//! (within 1e-4, f32) and its 32 greedy tokens; our models exported with `export_hf` must give
-//! ours when transformers loads them. Each failure class the test models are built to show
-//! (rotary row pairing, the order key/value heads are repeated in, RMSNorm epsilon, Mixtral's
-//! renormalised gates, the untied head) is checked to move the logits far beyond the tolerance.
+//! Hugging Face interoperability against transformers itself (the venv's pinned 5.24, and the
+//! last 4.x release that `make transformers4` installs beside it): tiny random
+//! `LlamaForCausalLM` / `MixtralForCausalLM` checkpoints made by `tests/python/hf_models.py` at
+//! test time (Mixtral in both expert layouts transformers 5 writes) are imported and must give
+//! transformers' logits (within 1e-4, f32) and its 32 greedy tokens; our models exported with
+//! `export_hf` must give ours when transformers 5.24 and 4.57 load them, and a subword export
+//! must load with `AutoTokenizer` and `pipeline("text-generation")`. Each failure class the test
+//! models are built to show (rotary row pairing, the order key/value heads are repeated in,
+//! RMSNorm epsilon, Mixtral's renormalised gates, the untied head) is checked to move the logits
+//! far beyond the tolerance.
 
 mod common;
 
@@ -23,12 +26,63 @@ const TOLERANCE: f64 = 1e-4;
 /// A wrong port must miss the reference by at least this much.
 const BROKEN: f64 = 1e-2;
 
-/// Runs `tests/python/hf_models.py` with `args`; returns its standard output.
+/// Runs `tests/python/hf_models.py` with `args` under the venv's transformers; returns its
+/// standard output.
 fn hf_models(args: &[&Path]) -> String {
+    hf_models_under(Reader::Transformers5, args)
+}
+
+/// The transformers release a script runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The venv's (the pinned 5.24).
+    Transformers5,
+    /// The 4.x release `make transformers4` installs beside the venv's packages.
+    Transformers4,
+}
+
+impl Reader {
+    /// The version prefix the script must report.
+    fn version(self) -> &'static str {
+        match self {
+            Reader::Transformers5 => "5.24.",
+            Reader::Transformers4 => "4.57.",
+        }
+    }
+}
+
+/// The folder `make transformers4` installs transformers 4.x into: `transformers4` inside the
+/// venv of the tests' Python.
+///
+/// # Panics
+/// When it is missing, saying how to install it (the check is never skipped).
+fn transformers4_dir() -> std::path::PathBuf {
+    let python = python();
+    let venv = match python.parent().and_then(Path::parent) {
+        Some(venv) if python.components().count() > 2 => venv.to_path_buf(),
+        _ => common::source_file(".venv"),
+    };
+    let dir = venv.join("transformers4");
+    assert!(
+        dir.join(".installed").is_file(),
+        "transformers 4.x is not installed at {}: run `make transformers4` (`make test` does) to install the pinned \
+         release the export checks need",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `tests/python/hf_models.py` with `args` under `reader`; returns its standard output.
+fn hf_models_under(reader: Reader, args: &[&Path]) -> String {
     let script = common::source_file("tests/python/hf_models.py");
-    let output = std::process::Command::new(python()).arg(&script).args(args).output().unwrap();
+    let mut command = std::process::Command::new(python());
+    command.arg(&script).args(args);
+    if reader == Reader::Transformers4 {
+        command.env("PYTHONPATH", transformers4_dir());
+    }
+    let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{reader:?}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     stdout
 }
 
@@ -69,7 +123,7 @@ fn greedy(model: &LanguageModel, prompt: &Tensor, new_tokens: usize) -> Vec<i64>
 /// The same weights in a model built from `config` (a changed copy of `loaded`'s).
 fn rebuilt(loaded: &Loaded<LanguageModel>, config: &ModelConfig) -> (VarStore, LanguageModel) {
     let vs = VarStore::new(device());
-    let model = LanguageModel::new(&vs.root(), config).unwrap();
+    let model = LanguageModel::new(vs.root(), config).unwrap();
     let ours = named_variables(&loaded.vs).unwrap();
     tch::no_grad(|| {
         for (name, mut var) in named_variables(&vs).unwrap() {
@@ -178,6 +232,13 @@ fn imported_mixtral_gives_the_logits_and_greedy_tokens_of_transformers() {
     check_import("mixtral");
 }
 
+/// The same Mixtral saved by transformers 5.24 in its fused layout
+/// (`mlp.experts.gate_up_proj` / `down_proj`, `save_original_format=False`).
+#[test]
+fn imported_fused_mixtral_gives_the_logits_and_greedy_tokens_of_transformers() {
+    check_import("mixtral_fused");
+}
+
 /// A small model of `format` with the test models' shapes, non-default θ and ε, weights drawn
 /// large enough that every sublayer matters.
 fn small(format: HfFormat) -> ModelConfig {
@@ -205,29 +266,48 @@ fn check_export(format: HfFormat) {
     tch::manual_seed(11);
     let config = small(format);
     let vs = VarStore::new(device());
-    let model = LanguageModel::new(&vs.root(), &config).unwrap();
+    let model = LanguageModel::new(vs.root(), &config).unwrap();
     let out = tempfile::tempdir().unwrap();
     let folder = out.path().join("model");
     export_hf(&model, &vs, &TextTokenizer::Bytes, format, &folder).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap()).unwrap();
+    let json = read_json(&folder.join("config.json"));
     assert_eq!(json["vocab_size"], 256);
     assert_eq!(json["num_key_value_heads"], 2);
+    // What transformers 4.x reads (it ignores rope_parameters) and 5 reads.
+    assert_eq!(
+        (json["rope_theta"].as_f64(), json["rope_parameters"]["rope_theta"].as_f64()),
+        (Some(500.0), Some(500.0))
+    );
+    assert_eq!((&json["torch_dtype"], &json["dtype"]), (&serde_json::json!("float32"), &serde_json::json!("float32")));
+    assert!(json["rope_scaling"].is_null() && json.get("rope_scaling").is_some());
+    // Byte-level documents end with the ETX byte 3: transformers stops there as we do.
+    assert_eq!(json["eos_token_id"], 3, "bytes end documents with ETX");
+    let generation = read_json(&folder.join("generation_config.json"));
+    assert_eq!(generation["do_sample"], false);
+    assert_eq!((&generation["eos_token_id"], &generation["pad_token_id"]), (&3.into(), &3.into()));
+    assert!(generation["bos_token_id"].is_null(), "{generation}");
     assert!(!folder.join("tokenizer.json").exists(), "bytes need no tokenizer.json");
+    assert!(!folder.join("tokenizer_config.json").exists(), "bytes need no tokenizer_config.json");
 
     let tokens = Tensor::randint(256, [2, 24], (Kind::Int64, tch::Device::Cpu));
     let prompt = Tensor::randint(256, [1, 8], (Kind::Int64, tch::Device::Cpu));
     let inputs = out.path().join("inputs.safetensors");
     Tensor::write_safetensors(&[("tokens", &tokens), ("prompt", &prompt)], &inputs).unwrap();
-    let outputs = out.path().join("outputs.safetensors");
-    let stdout = hf_models(&[Path::new("check"), &folder, &inputs, &outputs]);
-    assert!(stdout.contains(format.architecture()), "transformers built {stdout}");
-    let theirs = read(&outputs);
-    let diff = max_diff(&logits(&model, &tokens), &theirs["logits"]);
-    let scale = theirs["logits"].abs().max().double_value(&[]);
-    println!("{format} export: max |logit difference| {diff:.3e} (logits up to {scale:.2})");
-    assert!(diff <= TOLERANCE, "{format}: transformers' logits differ from ours by {diff}");
-    assert_eq!(greedy(&model, &prompt, 32), Vec::<i64>::try_from(theirs["generated"].view([-1])).unwrap());
+    let ours = logits(&model, &tokens);
+    let our_tokens = greedy(&model, &prompt, 32);
+    for reader in [Reader::Transformers5, Reader::Transformers4] {
+        let outputs = out.path().join(format!("outputs_{reader:?}.safetensors"));
+        let stdout = hf_models_under(reader, &[Path::new("check"), &folder, &inputs, &outputs]);
+        let expected = format!("class {} transformers {}", format.architecture(), reader.version());
+        assert!(stdout.contains(&expected), "{reader:?} should report '{expected}': {stdout}");
+        assert!(stdout.contains(r#"metadata {"format": "pt"}"#), "{reader:?}: {stdout}");
+        let theirs = read(&outputs);
+        let diff = max_diff(&ours, &theirs["logits"]);
+        let scale = theirs["logits"].abs().max().double_value(&[]);
+        println!("{format} export read by {reader:?}: max |logit difference| {diff:.3e} (logits up to {scale:.2})");
+        assert!(diff <= TOLERANCE, "{format}, {reader:?}: transformers' logits differ from ours by {diff}");
+        assert_eq!(our_tokens, Vec::<i64>::try_from(theirs["generated"].view([-1])).unwrap(), "{reader:?}");
+    }
 
     // Importing the export gives back the same model.
     let back = LanguageModel::from_hf(&folder, device()).unwrap();
@@ -305,9 +385,10 @@ fn import_names_every_unsupported_field() {
     for field in [
         "sliding_window (4096)",
         "hidden_act (\"gelu\")",
-        "rope_scaling",
-        "rope_parameters.rope_type (\"yarn\")",
-        "quantization_config",
+        "rope_scaling ({\"factor\":2.0,\"rope_type\":\"linear\"}) is not supported: rope_type \"linear\" is position \
+         interpolation",
+        "rope_parameters ({\"rope_theta\":1000000.0,\"rope_type\":\"yarn\"}) is not supported: rope_type \"yarn\" is YaRN",
+        "quantization_config ({}) is not a field altup-moe can reproduce for mixtral",
     ] {
         assert!(err.contains(field), "missing '{field}' in: {err}");
     }
@@ -333,7 +414,14 @@ fn llama_json() -> serde_json::Value {
     to_hf_config(&ModelConfig::llama(), HfFormat::Llama).unwrap()
 }
 
-/// A subword model exports its tokenizer.json, with the end-of-text id as `eos_token_id`.
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A subword model exports its tokenizer.json and a tokenizer_config.json that make
+/// `AutoTokenizer` encode exactly as we do (no beginning-of-sequence id, none past the
+/// vocabulary), with the end-of-text id as `eos_token_id` everywhere; `pipeline("text-generation")`
+/// (transformers 5.24 and 4.57) generates our greedy continuation and stops at end-of-text.
 #[test]
 fn subword_models_export_their_tokenizer() {
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
@@ -341,14 +429,45 @@ fn subword_models_export_their_tokenizer() {
     let mut config = small(HfFormat::Llama);
     config.vocab_size = tokenizer.vocab_size();
     let vs = VarStore::new(device());
-    let model = LanguageModel::new(&vs.root(), &config).unwrap();
+    let model = LanguageModel::new(vs.root(), &config).unwrap();
     let out = tempfile::tempdir().unwrap();
     export_hf(&model, &vs, &tokenizer, HfFormat::Llama, out.path()).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
-    assert_eq!(json["vocab_size"], config.vocab_size);
     let t = tokenizer.hf().expect("a BPE");
-    assert_eq!(json["eos_token_id"], t.token_to_id(altup_moe::data::END_OF_TEXT).unwrap());
+    let eos = t.token_to_id(altup_moe::data::END_OF_TEXT).unwrap();
+    let json = read_json(&out.path().join("config.json"));
+    assert_eq!(json["vocab_size"], config.vocab_size);
+    assert_eq!(json["eos_token_id"], eos);
+    assert_eq!(json["bos_token_id"], serde_json::Value::Null);
+    let generation = read_json(&out.path().join("generation_config.json"));
+    assert_eq!((&generation["eos_token_id"], &generation["pad_token_id"]), (&eos.into(), &eos.into()));
+    assert_eq!(generation["bos_token_id"], serde_json::Value::Null);
+    let tokenizer_config = read_json(&out.path().join("tokenizer_config.json"));
+    assert_eq!(tokenizer_config["model_max_length"], config.max_seq_len);
     let back = LanguageModel::from_hf(out.path(), device()).unwrap();
     assert_eq!(back.tokenizer.encode("the fox").unwrap(), tokenizer.encode("the fox").unwrap());
+
+    let prompt_text = "the lazy dog jumps";
+    let ids: Vec<i64> = tokenizer.encode(prompt_text).unwrap().into_iter().map(i64::from).collect();
+    let new_tokens = 12;
+    let ours = greedy(&model, &Tensor::from_slice(&ids).view([1, -1]), new_tokens);
+    // Generation stops after the first end-of-text among the new tokens.
+    let stop = ours[ids.len()..].iter().position(|&i| i == i64::from(eos)).map_or(ours.len(), |p| ids.len() + p + 1);
+    let expected = &ours[..stop];
+    for reader in [Reader::Transformers5, Reader::Transformers4] {
+        let report = out.path().join(format!("pipeline_{reader:?}.json"));
+        let count = new_tokens.to_string();
+        hf_models_under(
+            reader,
+            &[Path::new("pipeline"), out.path(), Path::new(prompt_text), Path::new(&count), &report],
+        );
+        let report = read_json(&report);
+        println!("{reader:?} pipeline: {report}");
+        assert!(report["transformers"].as_str().unwrap().starts_with(reader.version()), "{report}");
+        assert_eq!(report["ids"], serde_json::json!(ids), "{reader:?}: AutoTokenizer's ids (no BOS) differ from ours");
+        assert_eq!(report["bos_token_id"], serde_json::Value::Null, "{reader:?}");
+        assert_eq!((&report["eos_token_id"], &report["generation_eos_token_id"]), (&eos.into(), &eos.into()));
+        assert_eq!(report["vocab"], tokenizer.vocab_size(), "{reader:?}: the tokenizer added ids past the vocabulary");
+        assert_eq!(report["generated_ids"], serde_json::json!(expected), "{reader:?}: the pipeline's greedy tokens");
+        assert_eq!(report["generated_text"], tokenizer.decode(expected).unwrap(), "{reader:?}: the pipeline's text");
+    }
 }

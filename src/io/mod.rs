@@ -11,9 +11,12 @@ pub(crate) mod tensors;
 
 pub use crate::fs::{save_json, write_atomic};
 pub use checkpoint::{checkpoint_name, find_checkpoint, list_checkpoints, write_checkpoint_dir, FileWriter};
-pub use hf::{export_blockers, export_hf, from_hf_config, to_hf_config, HfFormat};
+pub use hf::{
+    export_blockers, export_hf, from_hf_config, to_hf_config, HarmlessKey, HfFormat, HARMLESS_KEYS,
+    TRANSFORMERS_VERSION,
+};
 pub use load::{load_model, model_files, AnyModel, Loaded};
 pub use tensors::{
     load_named_weights, load_weights, named_variables, read_tensors, save_weights, save_weights_gathered,
-    weight_tensors, write_tensors,
+    weight_tensors, write_tensors, write_tensors_with_metadata,
 };

@@ -21,6 +21,84 @@ pub fn write_tensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     Ok(Tensor::write_safetensors(&refs, path)?)
 }
 
+/// [`write_tensors`] with string pairs in the header's `__metadata__` (none written when
+/// `metadata` is empty). Hugging Face checkpoints carry `{"format": "pt"}` there: transformers
+/// 4.x refuses a `model.safetensors` without it. The tensors are written as they are (any dtype
+/// safetensors has); they must be dense, contiguous and on the CPU (each is copied into the
+/// file while it is written, one at a time).
+///
+/// # Errors
+/// [`Error::Torch`] for a sparse, non-contiguous or non-CPU tensor, a dtype safetensors lacks,
+/// or a write error (naming the file).
+pub fn write_tensors_with_metadata(
+    path: &Path,
+    named: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let views = named
+        .iter()
+        .map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
+    safetensors::tensor::serialize_to_file(views, &metadata, path)
+        .map_err(|err| Error::Torch(tch::TchError::SafeTensorError { path: path.display().to_string(), err }))
+}
+
+/// One tensor as the safetensors writer sees it: its bytes (read once, through the counting
+/// helper), shape and dtype.
+struct TensorBytes {
+    data: Vec<u8>,
+    shape: Vec<usize>,
+    dtype: safetensors::Dtype,
+}
+
+impl TensorBytes {
+    fn new(tensor: &Tensor) -> Result<Self> {
+        use safetensors::Dtype;
+        use tch::{Kind, TchError};
+        if tensor.is_sparse() || !tensor.is_contiguous() || tensor.device() != tch::Device::Cpu {
+            return Err(Error::Torch(TchError::Convert(format!(
+                "only dense, contiguous CPU tensors are written here (got one of shape {:?} on {:?})",
+                tensor.size(),
+                tensor.device()
+            ))));
+        }
+        let dtype = match tensor.kind() {
+            Kind::Bool => Dtype::BOOL,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Int8 => Dtype::I8,
+            Kind::Int16 => Dtype::I16,
+            Kind::Int => Dtype::I32,
+            Kind::Int64 => Dtype::I64,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Float => Dtype::F32,
+            Kind::Double => Dtype::F64,
+            kind => return Err(Error::Torch(TchError::Convert(format!("safetensors has no dtype for {kind:?}")))),
+        };
+        let shape = tensor.size().iter().map(|&x| x as usize).collect();
+        Ok(Self { data: crate::host::bytes(tensor)?, shape, dtype })
+    }
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
 /// Reads a safetensors file into a name → tensor map.
 ///
 /// # Errors
@@ -172,6 +250,33 @@ mod tests {
         let _ = (vs4.root() / "b").f_zeros("weight", &[3, 2]).unwrap();
         let err = load_weights(&vs4, &path).unwrap_err().to_string();
         assert!(err.contains("missing [\"b.weight\"], unexpected [\"a.weight\"]"), "{err}");
+    }
+
+    /// The header's `__metadata__` holds exactly the pairs given (none when empty), and the
+    /// tensors read back bit for bit whatever their dtype.
+    #[test]
+    fn metadata_is_written_into_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Tensor::randn([3, 2], (Kind::Float, Device::Cpu));
+        let b = Tensor::arange(5, (Kind::Int64, Device::Cpu));
+        let named = vec![("b".to_string(), b.shallow_clone()), ("a".to_string(), a.shallow_clone())];
+        let header = |path: &Path| {
+            let bytes = std::fs::read(path).unwrap();
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+            meta.metadata().clone()
+        };
+        let with = dir.path().join("with.safetensors");
+        let pairs = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_tensors_with_metadata(&with, &named, &pairs).unwrap();
+        assert_eq!(header(&with), Some(pairs.into_iter().collect()));
+        let back = read_tensors(&with).unwrap();
+        assert!(back["a"].equal(&a) && back["b"].equal(&b));
+        let without = dir.path().join("without.safetensors");
+        write_tensors_with_metadata(&without, &named, &BTreeMap::new()).unwrap();
+        assert_eq!(header(&without), None);
+        let strided = vec![("t".to_string(), a.transpose(0, 1))];
+        let err = write_tensors_with_metadata(&without, &strided, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("contiguous CPU tensors"), "{err}");
     }
 
     #[test]

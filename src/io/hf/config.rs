@@ -168,7 +168,22 @@ fn mixtral_moe_blockers(moe: &MoeConfig) -> Vec<String> {
     why
 }
 
-/// The `config.json` of `config` exported as `format` (float32 weights).
+/// The transformers release whose file layout [`to_hf_config`] and [`crate::io::export_hf`]
+/// follow (their `transformers_version`), the one the tests load the exports with.
+pub const TRANSFORMERS_VERSION: &str = "5.24.0";
+
+/// The `config.json` of `config` exported as `format` (float32 weights), readable by
+/// transformers 5 and 4.x alike.
+///
+/// Both spellings of the rotary embedding are written: `rope_parameters` (`{"rope_type":
+/// "default", "rope_theta": θ}`, transformers 5) and the top-level `rope_theta` with
+/// `rope_scaling: null` (transformers 4.x, which ignores `rope_parameters` and would otherwise
+/// fall back to its default θ); the weights' dtype as `dtype` (transformers 5) and
+/// `torch_dtype` (4.x), both `"float32"`. Everything a reader might otherwise default is
+/// explicit: `head_dim`, `tie_word_embeddings`, `attention_dropout` 0, Llama's
+/// `attention_bias` / `mlp_bias` false and `pretraining_tp` 1, Mixtral's `sliding_window` null
+/// and `router_jitter_noise` 0. `bos_token_id`, `eos_token_id` and `pad_token_id` are null here;
+/// [`crate::io::export_hf`] sets `eos_token_id` to a subword tokenizer's end-of-text id.
 ///
 /// # Errors
 /// [`Error::Config`] listing every entry of [`export_blockers`] when there is any, and
@@ -198,12 +213,16 @@ pub fn to_hf_config(config: &ModelConfig, format: HfFormat) -> Result<Value> {
         "rms_norm_eps": config.norm_eps,
         "tie_word_embeddings": config.tie_embeddings,
         "rope_parameters": {"rope_type": "default", "rope_theta": a.rope_theta},
+        "rope_theta": a.rope_theta,
+        "rope_scaling": null,
         "attention_dropout": 0.0,
         "bos_token_id": null,
         "eos_token_id": null,
         "pad_token_id": null,
         "use_cache": true,
         "dtype": "float32",
+        "torch_dtype": "float32",
+        "transformers_version": TRANSFORMERS_VERSION,
     });
     let fields = out.as_object_mut().ok_or_else(|| Error::Config("config.json is not an object".into()))?;
     match (format, &config.moe) {
@@ -219,6 +238,7 @@ pub fn to_hf_config(config: &ModelConfig, format: HfFormat) -> Result<Value> {
             fields.insert("intermediate_size".into(), json!(config.ffn.d_ff));
             fields.insert("attention_bias".into(), json!(false));
             fields.insert("mlp_bias".into(), json!(false));
+            fields.insert("pretraining_tp".into(), json!(1));
         }
     }
     Ok(out)
@@ -251,31 +271,134 @@ const READ: &[&str] = &[
     "router_jitter_noise",
 ];
 
-/// Fields that do not change the model's computation (bookkeeping, generation defaults,
-/// output switches, the trainer's loss coefficient, Llama's `pretraining_tp` — a slicing of the
-/// same matmuls).
-const IGNORED: &[&str] = &[
-    "architectures",
-    "transformers_version",
-    "dtype",
-    "torch_dtype",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "use_cache",
-    "_name_or_path",
-    "output_hidden_states",
-    "output_attentions",
-    "return_dict",
-    "chunk_size_feed_forward",
-    "is_encoder_decoder",
-    "id2label",
-    "label2id",
-    "problem_type",
-    "pretraining_tp",
-    "output_router_logits",
-    "router_aux_loss_coef",
+/// A `config.json` key that does not change a Llama's or Mixtral's computation, which
+/// [`from_hf_config`] therefore accepts (see [`HARMLESS_KEYS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HarmlessKey {
+    /// The key.
+    pub key: &'static str,
+    /// The one value (JSON) the key may hold besides null, when other values would change the
+    /// computation; `None` when every value is harmless.
+    pub only: Option<&'static str>,
+    /// Why the key (at that value) does not change the computation.
+    pub why: &'static str,
+}
+
+const fn any(key: &'static str, why: &'static str) -> HarmlessKey {
+    HarmlessKey { key, only: None, why }
+}
+
+const fn only(key: &'static str, value: &'static str, why: &'static str) -> HarmlessKey {
+    HarmlessKey { key, only: Some(value), why }
+}
+
+const BOOKKEEPING: &str = "bookkeeping of the writer (names, versions, where it was loaded from)";
+const DTYPE: &str = "the stored weights' dtype: import makes f32 masters whatever the files hold";
+const TOKENS: &str = "special token ids of the tokenizer and of generation, not of the network";
+const OUTPUTS: &str = "output and framework switches (what a forward returns, caching, TorchScript, TensorFlow)";
+const TASKS: &str = "labels and task metadata of other heads (sequence classification, fine-tuning tasks)";
+const GENERATION: &str =
+    "a generation default that transformers 4.x wrote into config.json: it picks tokens from the logits, it does \
+     not change them";
+const NO_ENCODER: &str = "encoder-decoder settings that a decoder-only Llama / Mixtral does not read";
+
+/// Keys of public Llama / Mixtral `config.json` files that do not change the computation, with
+/// the value each must hold when other values would (for example `rope_interleaved`, which
+/// nanotron writes: `false` is the rotate-half pairing transformers' Llama and ours use, `true`
+/// means the weights were stored for interleaved pairs). [`from_hf_config`] accepts these
+/// (checking the value where one is given) besides the fields it reads; every other key is an
+/// error naming it, since it may change the model.
+pub const HARMLESS_KEYS: &[HarmlessKey] = &[
+    any("architectures", BOOKKEEPING),
+    any("_name_or_path", BOOKKEEPING),
+    any("transformers_version", BOOKKEEPING),
+    any("_commit_hash", BOOKKEEPING),
+    any("is_llama_config", "a marker nanotron writes into the Llama configs it exports (SmolLM, SmolLM2)"),
+    only(
+        "rope_interleaved",
+        "false",
+        "nanotron's rotary pairing: false is the rotate-half pairing (i, i + head_dim / 2) of transformers' Llama \
+         and of ours; true means weights stored for interleaved pairs (2i, 2i + 1), which transformers' Llama would \
+         silently compute wrongly",
+    ),
+    any(
+        "pretraining_tp",
+        "the tensor-parallel degree of pretraining: early transformers 4.x releases split the same matmuls into \
+         that many slices (equal up to rounding), 4.57 and 5.24 do not read it",
+    ),
+    any(
+        "max_sequence_length",
+        "an old duplicate of max_position_embeddings in LLaMA-1 conversions, read by no transformers release",
+    ),
+    any("dtype", DTYPE),
+    any("torch_dtype", DTYPE),
+    any("bos_token_id", TOKENS),
+    any("eos_token_id", TOKENS),
+    any("pad_token_id", TOKENS),
+    any("sep_token_id", TOKENS),
+    any("decoder_start_token_id", TOKENS),
+    any("tokenizer_class", "the tokenizer's class, not the network's"),
+    any("use_cache", OUTPUTS),
+    any("output_hidden_states", OUTPUTS),
+    any("output_attentions", OUTPUTS),
+    any("output_router_logits", OUTPUTS),
+    any("return_dict", OUTPUTS),
+    any("torchscript", OUTPUTS),
+    any("use_bfloat16", OUTPUTS),
+    any("tf_legacy_loss", OUTPUTS),
+    any("_attn_implementation_autoset", "which attention kernel transformers picks: the same mathematics"),
+    any(
+        "chunk_size_feed_forward",
+        "feed-forward chunking, which Llama and Mixtral do not apply (and which would not change the result)",
+    ),
+    any("router_aux_loss_coef", "the load-balancing loss coefficient of training: the trainer sets its own"),
+    any("id2label", TASKS),
+    any("label2id", TASKS),
+    any("problem_type", TASKS),
+    any("finetuning_task", TASKS),
+    any("prefix", TASKS),
+    any("task_specific_params", TASKS),
+    only("is_encoder_decoder", "false", NO_ENCODER),
+    only("add_cross_attention", "false", NO_ENCODER),
+    any("is_decoder", NO_ENCODER),
+    any("cross_attention_hidden_size", NO_ENCODER),
+    any("tie_encoder_decoder", NO_ENCODER),
+    only("pruned_heads", "{}", "attention heads removed after training: none may be"),
+    any("max_length", GENERATION),
+    any("min_length", GENERATION),
+    any("do_sample", GENERATION),
+    any("early_stopping", GENERATION),
+    any("num_beams", GENERATION),
+    any("num_beam_groups", GENERATION),
+    any("diversity_penalty", GENERATION),
+    any("temperature", GENERATION),
+    any("top_k", GENERATION),
+    any("top_p", GENERATION),
+    any("typical_p", GENERATION),
+    any("repetition_penalty", GENERATION),
+    any("length_penalty", GENERATION),
+    any("no_repeat_ngram_size", GENERATION),
+    any("encoder_no_repeat_ngram_size", GENERATION),
+    any("bad_words_ids", GENERATION),
+    any("num_return_sequences", GENERATION),
+    any("output_scores", GENERATION),
+    any("return_dict_in_generate", GENERATION),
+    any("forced_bos_token_id", GENERATION),
+    any("forced_eos_token_id", GENERATION),
+    any("remove_invalid_values", GENERATION),
+    any("exponential_decay_length_penalty", GENERATION),
+    any("suppress_tokens", GENERATION),
+    any("begin_suppress_tokens", GENERATION),
 ];
+
+/// Up to 80 characters of a JSON value, for messages.
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
 
 /// Reads a Hugging Face config's fields, collecting every problem.
 struct Fields<'a> {
@@ -340,27 +463,85 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The rotary θ of a Hugging Face config: `rope_parameters.rope_theta` (transformers 5), else
-/// the top-level `rope_theta` (transformers 4), else the format's default.
-fn rope_theta(f: &mut Fields, default: f64) -> f64 {
-    let top = f.f64_or("rope_theta", default);
-    let Some(params) = f.get("rope_parameters").cloned() else { return top };
-    let Some(params) = params.as_object() else {
-        f.problems.push(format!("rope_parameters ({params}) must be an object"));
-        return top;
+/// What a rotary `rope_type` other than `"default"` does, for messages.
+fn rope_type_meaning(t: &str) -> &'static str {
+    match t {
+        "llama3" => "Llama 3's frequency-dependent scaling of the rotary frequencies",
+        "linear" => "position interpolation (positions divided by a factor)",
+        "dynamic" => "dynamic NTK scaling of the rotary base",
+        "yarn" => "YaRN scaling of the rotary frequencies",
+        "longrope" => "LongRoPE's per-frequency scaling",
+        _ => "a scaled rotary embedding",
+    }
+}
+
+/// Checks the rotary-parameter object under `key` (`rope_parameters`, transformers 5, or the
+/// older `rope_scaling`, which transformers 5 reads the same way): only the default rotary
+/// embedding is reproduced. Returns its `rope_theta`, when it has one.
+fn rope_object(f: &mut Fields, key: &str) -> Option<f64> {
+    let value = f.get(key)?.clone();
+    let Some(params) = value.as_object() else {
+        f.problems.push(format!("{key} ({}) must be an object", short(&value)));
+        return None;
     };
-    let mut theta = top;
-    for (key, value) in params {
-        match (key.as_str(), value) {
-            ("rope_type", Value::String(t)) if t == "default" => {}
-            ("rope_theta", v) if v.is_number() => theta = v.as_f64().unwrap_or(top),
+    match params.get("rope_type").or_else(|| params.get("type")) {
+        None => {}
+        Some(Value::String(t)) if t == "default" => {}
+        Some(Value::String(t)) => {
+            f.problems.push(format!(
+                "{key} ({}) is not supported: rope_type \"{t}\" is {}; only the default rotary embedding \
+                 (rope_type \"default\") is reproduced",
+                short(&value),
+                rope_type_meaning(t)
+            ));
+            return None;
+        }
+        Some(other) => {
+            f.problems.push(format!("{key}.rope_type ({other}) must be a string"));
+            return None;
+        }
+    }
+    let mut theta = None;
+    for (field, v) in params {
+        match (field.as_str(), v.as_f64()) {
+            ("rope_type" | "type", _) => {}
+            ("rope_theta", Some(t)) => theta = Some(t),
             _ => f.problems.push(format!(
-                "rope_parameters.{key} ({value}) is not supported: only the default rotary embedding (rope_type \
-                 \"default\" with a rope_theta) is"
+                "{key}.{field} ({}) is not supported: only the default rotary embedding (rope_type \"default\" with a \
+                 rope_theta) is",
+                short(v)
             )),
         }
     }
     theta
+}
+
+/// The rotary θ of a Hugging Face config: `rope_parameters.rope_theta` (transformers 5), else
+/// `rope_scaling.rope_theta`, else the top-level `rope_theta` (transformers 4.x), else the
+/// format's default. A top-level θ that differs from the one in `rope_parameters` is a problem:
+/// transformers 4.x and 5 would read different values.
+fn rope_theta(f: &mut Fields, default: f64) -> f64 {
+    let top = f.get("rope_theta").cloned();
+    let top = top.and_then(|v| {
+        let t = v.as_f64();
+        if t.is_none() {
+            f.problems.push(format!("rope_theta ({}) must be a number", short(&v)));
+        }
+        t
+    });
+    let nested = rope_object(f, "rope_parameters");
+    let scaling = rope_object(f, "rope_scaling");
+    for (key, inner) in [("rope_parameters", nested), ("rope_scaling", scaling)] {
+        if let (Some(t), Some(inner)) = (top, inner) {
+            if t != inner {
+                f.problems.push(format!(
+                    "rope_theta ({t}) and {key}.rope_theta ({inner}) differ: transformers 4.x would use the first, \
+                     transformers 5 the second"
+                ));
+            }
+        }
+    }
+    nested.or(scaling).or(top).unwrap_or(default)
 }
 
 /// The [`ModelConfig`] of a Hugging Face Llama or Mixtral `config.json` (parsed), and its
@@ -372,12 +553,17 @@ fn rope_theta(f: &mut Fields, default: f64) -> f64 {
 /// token-choice top-k, renormalised gates, SwiGLU experts and no capacity limit.
 ///
 /// # Errors
-/// [`Error::Config`] naming every problem at once: a `model_type` other than `llama` or
+/// [`Error::Config`] naming every problem at once, numbered `(1) …; (2) …`: a `model_type` other than `llama` or
 /// `mixtral`; fields whose value we do not reproduce — `hidden_act` other than `silu`,
 /// `attention_bias` / `mlp_bias` true, `rope_scaling` or a non-default `rope_parameters`,
 /// `sliding_window`, `attention_dropout` or `router_jitter_noise` not 0, a `head_dim` other than
-/// `hidden_size / num_attention_heads`, `num_experts_per_tok` 1; unknown fields; missing or
-/// mistyped sizes; then anything [`ModelConfig::validate`] rejects.
+/// `hidden_size / num_attention_heads`, `num_experts_per_tok` 1, a top-level `rope_theta` that
+/// differs from `rope_parameters.rope_theta`; a [`HARMLESS_KEYS`] key at a value that matters
+/// (`rope_interleaved` true, non-empty `pruned_heads`, ...); any other key, which may change the
+/// computation (`quantization_config`, `partial_rotary_factor`, ...); missing or mistyped sizes;
+/// then anything [`ModelConfig::validate`] rejects. Keys of [`HARMLESS_KEYS`] (bookkeeping,
+/// token ids, dtypes, generation defaults, output switches, ...) are accepted whatever their
+/// value, or at their one harmless value.
 pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
     let map =
         json.as_object().ok_or_else(|| Error::Config("a Hugging Face config.json must be a JSON object".into()))?;
@@ -395,14 +581,31 @@ pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
         }
     };
     let mut f = Fields { map, problems: Vec::new() };
-    for key in map.keys() {
-        let format_only = match format {
+    for (key, value) in map {
+        let other_format = match format {
             HfFormat::Llama => ["sliding_window", "num_local_experts", "num_experts_per_tok", "router_jitter_noise"]
                 .contains(&key.as_str()),
             HfFormat::Mixtral => ["attention_bias", "mlp_bias"].contains(&key.as_str()),
         };
-        if format_only || !(READ.contains(&key.as_str()) || IGNORED.contains(&key.as_str())) {
-            f.problems.push(format!("{key} is not a field altup-moe can reproduce for {}", format.model_type()));
+        if READ.contains(&key.as_str()) && !other_format {
+            continue;
+        }
+        match HARMLESS_KEYS.iter().find(|h| h.key == key) {
+            Some(HarmlessKey { only: None, .. }) => {}
+            Some(HarmlessKey { only: Some(expected), why, .. }) => {
+                let expected: Value = serde_json::from_str(expected).unwrap_or(Value::Null);
+                if !value.is_null() && *value != expected {
+                    f.problems.push(format!(
+                        "{key} ({}) is not supported: only {expected} (or null) is ({why})",
+                        short(value)
+                    ));
+                }
+            }
+            None => f.problems.push(format!(
+                "{key} ({}) is not a field altup-moe can reproduce for {} (it may change the computation)",
+                short(value),
+                format.model_type()
+            )),
         }
     }
     let mixtral = format == HfFormat::Mixtral;
@@ -431,9 +634,6 @@ pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
         Some(other) => {
             f.problems.push(format!("hidden_act ({other}) is not supported: only SwiGLU with silu (\"silu\") is"))
         }
-    }
-    if let Some(scaling) = f.get("rope_scaling").cloned() {
-        f.problems.push(format!("rope_scaling ({scaling}) is not supported: only the default rotary embedding is"));
     }
     if let Some(window) = f.get("sliding_window").cloned() {
         f.problems.push(format!("sliding_window ({window}) is not supported: attention is over the whole context"));
@@ -464,7 +664,7 @@ pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
         return Err(Error::Config(format!(
             "the Hugging Face {} config cannot be imported: {}",
             format.model_type(),
-            f.problems.join("; ")
+            f.problems.iter().enumerate().map(|(i, p)| format!("({}) {p}", i + 1)).collect::<Vec<_>>().join("; ")
         )));
     }
     let config = ModelConfig {
@@ -498,6 +698,21 @@ pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
 mod tests {
     use super::*;
 
+    /// Every allow-listed key is listed once, is not also a field we read, and its one harmless
+    /// value (where it has one) is JSON.
+    #[test]
+    fn harmless_keys_are_well_formed() {
+        let mut seen = std::collections::BTreeSet::new();
+        for h in HARMLESS_KEYS {
+            assert!(seen.insert(h.key), "{} listed twice", h.key);
+            assert!(!READ.contains(&h.key), "{} is read, not ignored", h.key);
+            assert!(!h.why.is_empty());
+            if let Some(value) = h.only {
+                assert!(serde_json::from_str::<Value>(value).is_ok(), "{}: {value}", h.key);
+            }
+        }
+    }
+
     #[test]
     fn presets_export_and_come_back() {
         for (config, format) in [(ModelConfig::llama(), HfFormat::Llama), (ModelConfig::mixtral(), HfFormat::Mixtral)] {
@@ -508,6 +723,10 @@ mod tests {
             assert_eq!(back, config);
         }
         assert_eq!("hf-mixtral".parse::<HfFormat>().unwrap(), HfFormat::Mixtral);
+        // The export reads back whatever transformers 4.x keys it adds.
+        let json = to_hf_config(&ModelConfig::llama(), HfFormat::Llama).unwrap();
+        assert_eq!((json["rope_theta"].as_f64(), &json["rope_scaling"]), (Some(1e4), &Value::Null));
+        assert_eq!((&json["torch_dtype"], &json["dtype"]), (&json!("float32"), &json!("float32")));
         assert!("llama".parse::<HfFormat>().unwrap_err().to_string().contains("'llama'"));
     }
 }

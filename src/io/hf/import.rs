@@ -75,13 +75,18 @@ fn read_hf_weights(dir: &Path) -> Result<(BTreeMap<String, Tensor>, PathBuf)> {
 impl LanguageModel {
     /// Reads a Hugging Face `LlamaForCausalLM` or `MixtralForCausalLM` folder (what
     /// `save_pretrained` writes: `config.json` and `model.safetensors`, or shards listed by
-    /// `model.safetensors.index.json`) onto `device`, for inference or further training. The
-    /// weights become f32 masters whatever their dtype in the files; the folder's
+    /// `model.safetensors.index.json`) onto `device`, for inference or further training.
+    /// Mixtral's experts may be stored one tensor per expert (`block_sparse_moe.experts.{e}.w1`,
+    /// what `save_pretrained` writes by default) or fused as transformers 5 holds them
+    /// (`mlp.experts.gate_up_proj` / `down_proj`, see the `io::hf` module docs); a published
+    /// `config.json` is read as it is (see [`crate::io::from_hf_config`] for the keys accepted).
+    /// The weights become f32 masters whatever their dtype in the files; the folder's
     /// `tokenizer.json`, when there is one, becomes [`Loaded::tokenizer`] (bytes otherwise).
     ///
     /// Logits equal transformers' within float rounding (tests/hf_interop.rs checks 1e-4 in
     /// f32 on models with grouped-query attention, a non-default rotary θ and RMSNorm ε, an
-    /// untied head and, for Mixtral, top-2 renormalised routing). Source: transformers 5.24
+    /// untied head and, for Mixtral, top-2 renormalised routing in both expert layouts;
+    /// tests/hf_configs.rs on small random models of public configs). Source: transformers 5.24
     /// `models/llama/modeling_llama.py`, `models/mixtral/modeling_mixtral.py`.
     ///
     /// ```no_run

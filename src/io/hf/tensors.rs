@@ -14,6 +14,21 @@
 //! | `final_norm.weight` | `model.norm.weight` |
 //! | `head.weight` `[V, D]` | `lm_head.weight` (absent when the embeddings are tied) |
 //!
+//! Mixtral files in transformers 5's in-memory layout (`save_pretrained(...,
+//! save_original_format=False)`, and checkpoints converted by tools that follow it) hold each
+//! layer's experts fused, and are read as well (export writes the per-expert layout above,
+//! which every transformers release reads):
+//!
+//! | transformers 5 fused (`model.layers.{l}.mlp.…`) | per-expert equivalent |
+//! |---|---|
+//! | `mlp.gate.weight` `[E, D]` | `block_sparse_moe.gate.weight` |
+//! | `mlp.experts.gate_up_proj` `[E, 2F, D]`: rows `0..F` gate, `F..2F` up | `experts.{e}.w1.weight`, `experts.{e}.w3.weight` `[F, D]` |
+//! | `mlp.experts.down_proj` `[E, D, F]` | `experts.{e}.w2.weight` `[D, F]` |
+//!
+//! (transformers 5.24 `models/mixtral/modeling_mixtral.py`: `MixtralExperts` computes
+//! `gate, up = linear(x, gate_up_proj[e]).chunk(2, dim=-1)`; `conversion_mapping.py` builds
+//! `gate_up_proj` by concatenating the stacked `w1` and `w3` along dimension 1.)
+//!
 //! No row permutation is needed for the rotary embedding: Hugging Face's Llama checkpoints are
 //! stored for the rotate-half pairing (`rotate_half` in `modeling_llama.py`; Meta's original
 //! interleaved-pair weights are permuted by `convert_llama_weights_to_hf.py`), which is the one
@@ -123,6 +138,59 @@ fn entries(config: &ModelConfig, format: HfFormat) -> Vec<Entry> {
     out
 }
 
+/// Rewrites a Mixtral checkpoint's fused expert tensors (transformers 5's in-memory layout, see
+/// the module docs) into the per-expert names `save_pretrained` writes by default; tensors of
+/// the per-expert layout pass unchanged. Returns whether any fused tensor was found.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming a fused tensor whose shape is not `[E, 2F, D]` (`gate_up_proj`)
+/// or `[E, D, F]` (`down_proj`) for the config's E, F and D.
+fn unfuse_mixtral_experts(config: &ModelConfig, hf: &mut BTreeMap<String, Tensor>, origin: &str) -> Result<bool> {
+    let Some(moe) = &config.moe else { return Ok(false) };
+    let (e, f, d) = (moe.num_experts as i64, moe.d_ff as i64, config.d_model as i64);
+    let mut fused = false;
+    for l in 0..config.num_layers {
+        let p = format!("model.layers.{l}");
+        if let Some(router) = hf.remove(&format!("{p}.mlp.gate.weight")) {
+            fused = true;
+            hf.insert(format!("{p}.block_sparse_moe.gate.weight"), router);
+        }
+        let check = |name: &str, t: &Tensor, want: [i64; 3]| -> Result<()> {
+            if t.size() != want {
+                return Err(Error::Checkpoint(format!(
+                    "{origin}: '{name}' has shape {:?}, the config needs [num_local_experts, {}] = {want:?}",
+                    t.size(),
+                    if name.ends_with("gate_up_proj") {
+                        "2 · intermediate_size, hidden_size"
+                    } else {
+                        "hidden_size, intermediate_size"
+                    }
+                )));
+            }
+            Ok(())
+        };
+        let gate_up_name = format!("{p}.mlp.experts.gate_up_proj");
+        if let Some(gate_up) = hf.remove(&gate_up_name) {
+            fused = true;
+            check(&gate_up_name, &gate_up, [e, 2 * f, d])?;
+            for x in 0..e {
+                let expert = gate_up.f_select(0, x)?;
+                hf.insert(format!("{p}.block_sparse_moe.experts.{x}.w1.weight"), expert.f_narrow(0, 0, f)?);
+                hf.insert(format!("{p}.block_sparse_moe.experts.{x}.w3.weight"), expert.f_narrow(0, f, f)?);
+            }
+        }
+        let down_name = format!("{p}.mlp.experts.down_proj");
+        if let Some(down) = hf.remove(&down_name) {
+            fused = true;
+            check(&down_name, &down, [e, d, f])?;
+            for x in 0..e {
+                hf.insert(format!("{p}.block_sparse_moe.experts.{x}.w2.weight"), down.f_select(0, x)?);
+            }
+        }
+    }
+    Ok(fused)
+}
+
 /// Up to five names, then how many more.
 fn some_names<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
     let names: Vec<&String> = names.into_iter().collect();
@@ -134,8 +202,9 @@ fn some_names<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
 }
 
 /// Converts a Hugging Face checkpoint's tensors (any float dtype) into our parameters (f32,
-/// our names and layouts). Rotary `inv_freq` buffers that old checkpoints hold are skipped; with
-/// tied embeddings an `lm_head.weight` is ignored (transformers ties it to the embedding too).
+/// our names and layouts). Mixtral's experts may be stored per expert or fused (see the module
+/// docs). Rotary `inv_freq` buffers that old checkpoints hold are skipped; with tied embeddings
+/// an `lm_head.weight` is ignored (transformers ties it to the embedding too).
 ///
 /// # Errors
 /// [`Error::Checkpoint`] listing missing and unexpected Hugging Face names, or naming the first
@@ -150,13 +219,15 @@ pub(crate) fn from_hf_tensors(
     if config.tie_embeddings {
         hf.remove("lm_head.weight");
     }
+    let fused = format == HfFormat::Mixtral && unfuse_mixtral_experts(config, &mut hf, origin)?;
     let shapes = hf_shapes(config, format);
     let missing: Vec<&String> = shapes.keys().filter(|k| !hf.contains_key(*k)).collect();
     let unexpected: Vec<&String> = hf.keys().filter(|k| !shapes.contains_key(*k)).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
         return Err(Error::Checkpoint(format!(
-            "{origin} does not hold the tensors of its config.json ({}): missing {}, unexpected {}",
+            "{origin} does not hold the tensors of its config.json ({}{}): missing {}, unexpected {}",
             format.model_type(),
+            if fused { ", fused experts read as their per-expert names" } else { "" },
             some_names(missing),
             some_names(unexpected)
         )));
@@ -271,7 +342,7 @@ mod tests {
         small.moe.as_mut().unwrap().num_experts = 3;
         for (config, format) in [(ModelConfig::llama(), HfFormat::Llama), (small, HfFormat::Mixtral)] {
             let vs = VarStore::new(Device::Cpu);
-            let _model = LanguageModel::new(&vs.root(), &config).unwrap();
+            let _model = LanguageModel::new(vs.root(), &config).unwrap();
             let ours = named_variables(&vs).unwrap();
             let hf: BTreeMap<String, Tensor> = to_hf_tensors(&config, format, &ours).unwrap().into_iter().collect();
             assert!(hf.contains_key("model.layers.1.self_attn.k_proj.weight"));
@@ -288,11 +359,64 @@ mod tests {
         }
     }
 
+    /// The fused layout of transformers 5 (`mlp.experts.gate_up_proj` with the gate rows first,
+    /// `mlp.experts.down_proj`, `mlp.gate`) reads as the per-expert one; a wrong fused shape is
+    /// named.
+    #[test]
+    fn fused_mixtral_experts_read_like_per_expert_ones() {
+        let mut config = ModelConfig::mixtral();
+        config.d_model = 32;
+        config.num_layers = 2;
+        config.moe.as_mut().unwrap().num_experts = 3;
+        let (e, f) = (3, config.moe.as_ref().unwrap().d_ff as i64);
+        let vs = VarStore::new(Device::Cpu);
+        let _model = LanguageModel::new(vs.root(), &config).unwrap();
+        let ours = named_variables(&vs).unwrap();
+        let per_expert: BTreeMap<String, Tensor> =
+            to_hf_tensors(&config, HfFormat::Mixtral, &ours).unwrap().into_iter().collect();
+        let mut fused = BTreeMap::new();
+        for (name, t) in &per_expert {
+            if !name.contains("block_sparse_moe") {
+                fused.insert(name.clone(), t.shallow_clone());
+            }
+        }
+        for l in 0..2 {
+            let p = format!("model.layers.{l}");
+            let expert = |x: i64, w: &str| per_expert[&format!("{p}.block_sparse_moe.experts.{x}.{w}.weight")].copy();
+            let gate_up = Tensor::stack(
+                &(0..e).map(|x| Tensor::cat(&[expert(x, "w1"), expert(x, "w3")], 0)).collect::<Vec<_>>(),
+                0,
+            );
+            assert_eq!(gate_up.size(), vec![e, 2 * f, 32]);
+            fused.insert(format!("{p}.mlp.experts.gate_up_proj"), gate_up);
+            fused.insert(
+                format!("{p}.mlp.experts.down_proj"),
+                Tensor::stack(&(0..e).map(|x| expert(x, "w2")).collect::<Vec<_>>(), 0),
+            );
+            fused.insert(
+                format!("{p}.mlp.gate.weight"),
+                per_expert[&format!("{p}.block_sparse_moe.gate.weight")].copy(),
+            );
+        }
+        let misshapen = fused.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<BTreeMap<_, _>>();
+        let back = from_hf_tensors(&config, HfFormat::Mixtral, fused, "test").unwrap();
+        assert_eq!(back.len(), ours.len());
+        for (name, t) in &ours {
+            assert!(back[name].equal(t), "{name}");
+        }
+        let mut misshapen = misshapen;
+        let name = "model.layers.1.mlp.experts.gate_up_proj".to_string();
+        let swapped = misshapen[&name].transpose(1, 2).contiguous();
+        misshapen.insert(name, swapped);
+        let err = from_hf_tensors(&config, HfFormat::Mixtral, misshapen, "dir").unwrap_err().to_string();
+        assert!(err.contains("'model.layers.1.mlp.experts.gate_up_proj' has shape [3, 32, 704]"), "{err}");
+    }
+
     #[test]
     fn missing_unexpected_and_misshapen_tensors_are_named() {
         let config = ModelConfig::llama();
         let vs = VarStore::new(Device::Cpu);
-        let _model = LanguageModel::new(&vs.root(), &config).unwrap();
+        let _model = LanguageModel::new(vs.root(), &config).unwrap();
         let hf: BTreeMap<String, Tensor> =
             to_hf_tensors(&config, HfFormat::Llama, &named_variables(&vs).unwrap()).unwrap().into_iter().collect();
         let mut broken = hf.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<BTreeMap<_, _>>();
