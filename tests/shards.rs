@@ -22,15 +22,15 @@ fn ids_fit_u16_up_to_65536_ids_and_u32_beyond() {
     let tmp = tempfile::tempdir().unwrap();
     let u16s: Vec<u8> = [0u16, 65_535, 7].iter().flat_map(|i| i.to_le_bytes()).collect();
     let data =
-        TokenDataset::from_shards(vec![map(&tmp.path().join("a.bin"), &u16s)], ShardDtype::U16, 65_536, 3).unwrap();
+        TokenDataset::from_shards(vec![map(&tmp.path().join("a.bin"), &u16s)], None, ShardDtype::U16, 65_536, 3).unwrap();
     assert_eq!(data.window(0, 3).unwrap(), vec![0, 65_535, 7]);
     let u32s: Vec<u8> = [65_536u32, 1].iter().flat_map(|i| i.to_le_bytes()).collect();
     let data =
-        TokenDataset::from_shards(vec![map(&tmp.path().join("b.bin"), &u32s)], ShardDtype::U32, 65_537, 2).unwrap();
+        TokenDataset::from_shards(vec![map(&tmp.path().join("b.bin"), &u32s)], None, ShardDtype::U32, 65_537, 2).unwrap();
     assert_eq!(data.window(0, 2).unwrap(), vec![65_536, 1]);
     // An id outside the vocabulary is named with its shard and position.
     let data =
-        TokenDataset::from_shards(vec![map(&tmp.path().join("c.bin"), &u16s)], ShardDtype::U16, 1000, 3).unwrap();
+        TokenDataset::from_shards(vec![map(&tmp.path().join("c.bin"), &u16s)], None, ShardDtype::U16, 1000, 3).unwrap();
     let err = data.window(0, 3).unwrap_err().to_string();
     assert!(err.contains("c.bin holds id 65535 at position 1 outside the vocabulary of 1000 ids"), "{err}");
 }
@@ -46,6 +46,7 @@ fn windows_come_from_one_shard() {
     };
     let data = TokenDataset::from_shards(
         vec![shard("a.bin", b'a'), shard("b.bin", b'b'), shard("c.bin", b'c')],
+        None,
         ShardDtype::U16,
         256,
         150,

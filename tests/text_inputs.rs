@@ -232,6 +232,17 @@ fn documents_end_with_the_end_of_text_id_in_raw_and_prepared_data() {
     assert_eq!(count(&prepared.train), meta.train.documents);
     assert_eq!(count(&prepared.val), meta.val.documents);
     assert_eq!(meta.train.documents + meta.val.documents, 40);
+    // Byte counts per token beside the ids: the splits' bytes are the documents' bytes.
+    assert!(out.join("train-00000.bytes").is_file() && meta.val.shards[0].bytes_file.is_some());
+    assert_eq!(prepared.train.text_bytes() + prepared.val.text_bytes(), corpus.text_bytes());
+    // One window over the whole split scores every token but the first (a word of at most 9 bytes).
+    let scored = prepared.val.eval_target_bytes(1, prepared.val.len() - 1, 1).unwrap();
+    let all = meta.val.text_bytes as f64;
+    assert!(scored <= all && scored >= all - 9.0, "{scored} vs {all}");
+    // A damaged byte-count file is named.
+    std::fs::write(out.join(meta.val.shards[0].bytes_file.as_ref().unwrap()), b"\x01").unwrap();
+    let e = PreparedCorpus::open(&out).unwrap_err().to_string();
+    assert!(e.contains("the byte counts of shard") && e.contains("not 2 per id"), "{e}");
     // Bytes: the ETX byte.
     let bytes = TextTokenizer::Bytes.dataset(&corpus.bytes).unwrap();
     let ids = bytes.window(0, bytes.len()).unwrap();

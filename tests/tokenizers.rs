@@ -111,17 +111,43 @@ fn tiny_train_config() -> TrainConfig {
     }
 }
 
+/// Bits per byte divide the summed loss by the bytes the scored targets stand for, not by the
+/// split's average: on validation text whose density varies (long merged words, then one byte
+/// per token) and windows that do not cover it all, the two differ.
 #[test]
-fn evaluation_reports_bits_per_byte_of_the_validation_text() {
-    let tokenizer = TextTokenizer::train_bpe(&english(40), 300).unwrap();
-    let train = tokenizer.dataset(english(40).as_bytes()).unwrap();
-    let val = tokenizer.dataset(english(10).as_bytes()).unwrap();
-    assert!(val.bytes_per_token() > 1.5, "{}", val.bytes_per_token());
+fn bits_per_byte_count_the_bytes_actually_scored() {
+    let dense = english(40);
+    let tokenizer = TextTokenizer::train_bpe(&dense, 300).unwrap();
+    let train = tokenizer.dataset(dense.as_bytes()).unwrap();
+    // Dense English, then a long run of characters no merge covers (one token per byte).
+    let sparse: String = (0..3000).map(|i| char::from(b"zqxj#%&"[i % 7])).collect();
+    let val_text = format!("{}{sparse}", english(8));
+    let val = tokenizer.dataset(val_text.as_bytes()).unwrap();
+    assert_eq!(val.text_bytes(), val_text.len());
     let (vs, model) = tiny_model(tokenizer.vocab_size());
-    let trainer = Trainer::new(&vs, &model, &train, &val, tiny_train_config()).unwrap();
+    let config = TrainConfig { eval_batches: 3, ..tiny_train_config() };
+    let trainer = Trainer::new(&vs, &model, &train, &val, config.clone()).unwrap();
     let eval = trainer.evaluate().unwrap();
-    let expected = eval.loss / std::f64::consts::LN_2 / val.bytes_per_token();
-    assert!((eval.bits_per_byte - expected).abs() < 1e-12, "{} vs {expected}", eval.bits_per_byte);
+    // Independently: the summed cross-entropy of the same windows over the UTF-8 bytes of their
+    // decoded targets (ASCII text: decoding is exact per window).
+    let (mut loss, mut bytes, mut tokens) = (0.0, 0usize, 0usize);
+    for batch in val.eval_batches(config.batch_size, config.seq_len, config.eval_batches, device().unwrap()).unwrap() {
+        let logits = model.forward_t(&batch.inputs, false).unwrap().logits;
+        let v = logits.size()[2];
+        let ce = logits.view([-1, v]).cross_entropy_for_logits(&batch.targets.view([-1]));
+        let n = batch.targets.numel();
+        loss += ce.double_value(&[]) * n as f64;
+        tokens += n;
+        for row in Vec::<Vec<i64>>::try_from(batch.targets.to_device(tch::Device::Cpu)).unwrap() {
+            bytes += tokenizer.decode(&row).unwrap().len();
+        }
+    }
+    let expected = loss / std::f64::consts::LN_2 / bytes as f64;
+    assert!((eval.bits_per_byte - expected).abs() < 1e-9, "{} vs {expected}", eval.bits_per_byte);
+    assert!((eval.loss - loss / tokens as f64).abs() < 1e-9);
+    // The split's average bytes per token gives another figure here.
+    let by_average = eval.loss / std::f64::consts::LN_2 / val.bytes_per_token();
+    assert!((by_average - expected).abs() / expected > 0.05, "{by_average} vs {expected}");
 }
 
 #[test]
@@ -201,8 +227,11 @@ fn hub_tokenizers_are_used_as_transformers_uses_them() {
     let pieces = tokenizer.encode_paragraphs(document).unwrap();
     // Three copies of three paragraphs, the third running into the next copy's first.
     assert_eq!(pieces.len(), 7);
-    assert_eq!(pieces.iter().flat_map(|(_, i)| i.iter().map(|&x| i64::from(x))).collect::<Vec<_>>(), ids);
-    assert_eq!(pieces.iter().map(|(t, _)| *t).collect::<String>(), document);
+    assert_eq!(pieces.iter().flat_map(|p| p.ids.iter().map(|&x| i64::from(x))).collect::<Vec<_>>(), ids);
+    assert_eq!(pieces.iter().map(|p| p.text).collect::<String>(), document);
+    // The byte counts sum to the document's bytes (a token spanning a cut counts with the piece
+    // it starts in, as ".\n\nSeco…" does here).
+    assert_eq!(pieces.iter().flat_map(|p| &p.bytes).sum::<u32>() as usize, document.len());
 }
 
 /// A tokenizer.json written by hand: a word-level vocabulary with holes, its special token far

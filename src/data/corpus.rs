@@ -4,7 +4,7 @@
 
 use crate::data::dataset::TokenDataset;
 use crate::data::documents::{input_files, read_documents, FileFilter};
-use crate::data::tokenizer::END_OF_TEXT_BYTE;
+use crate::data::dataset::END_OF_TEXT_BYTE;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
+/// The end-of-text separator of byte-level data: ASCII ETX ("end of text"), a control byte that
+/// text files do not hold (reading a document that holds it is refused).
+pub const END_OF_TEXT_BYTE: u8 = 0x03;
+
 /// A batch of next-token prediction windows.
 #[derive(Debug)]
 pub struct Batch {
@@ -45,6 +49,15 @@ impl ShardDtype {
     }
 }
 
+fn check_ids(ids: &[u32], vocab_size: usize) -> Result<()> {
+    match ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab_size) {
+        Some((i, bad)) => {
+            Err(Error::Data(format!("token id {bad} at position {i} is outside the vocabulary of {vocab_size} ids")))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Token ids: bytes or wider ids in memory, or memory-mapped shard files (windows never cross
 /// from one shard into the next).
 #[derive(Debug, Clone)]
@@ -62,48 +75,81 @@ struct MappedShard {
     tokens: usize,
 }
 
+/// How many bytes of text each token stands for (bits per byte count the bytes of the windows
+/// actually scored).
+#[derive(Debug, Clone)]
+enum TokenBytes {
+    /// Byte ids: one byte each, none for the end-of-text byte.
+    Bytes,
+    /// A count per token, in memory.
+    Counts(std::sync::Arc<Vec<u32>>),
+    /// A count per token of each shard: little-endian u16 files beside the id files.
+    Shards(std::sync::Arc<Vec<memmap2::Mmap>>),
+    /// Not known per token: each token the dataset's average.
+    Average,
+}
+
 /// A token sequence to draw training or evaluation windows from, with the number of bytes of
-/// text it came from (so that losses convert to bits per byte whatever the tokenizer).
+/// text it came from and, per token, the bytes it stands for (so that losses convert to bits
+/// per byte of the text actually scored, whatever the tokenizer).
 #[derive(Debug, Clone)]
 pub struct TokenDataset {
     ids: TokenIds,
     vocab_size: usize,
     text_bytes: usize,
+    token_bytes: TokenBytes,
 }
 
 impl TokenDataset {
     /// Bytes as tokens: id = byte value, 256 ids, one byte per token.
     pub fn new(bytes: Vec<u8>) -> Self {
         let text_bytes = bytes.len();
-        Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes }
+        Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes, token_bytes: TokenBytes::Bytes }
     }
 
     /// Bytes as tokens standing for `text_bytes` bytes of text (the rest are document
-    /// separators, [`crate::data::END_OF_TEXT_BYTE`]).
+    /// separators, [`END_OF_TEXT_BYTE`]).
     pub fn from_bytes(bytes: Vec<u8>, text_bytes: usize) -> Self {
-        Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes }
+        Self { ids: TokenIds::U8(bytes), vocab_size: 256, text_bytes, token_bytes: TokenBytes::Bytes }
     }
 
-    /// Ids of a tokenizer with `vocab_size` ids, tokenized from `text_bytes` bytes of text.
+    /// Ids of a tokenizer with `vocab_size` ids, tokenized from `text_bytes` bytes of text
+    /// (each token counted as the average, `text_bytes / ids`, in bits per byte; see
+    /// [`TokenDataset::from_ids_with_bytes`]).
     ///
     /// # Errors
     /// [`Error::Data`] naming the first id outside `0..vocab_size`.
     pub fn from_ids(ids: Vec<u32>, vocab_size: usize, text_bytes: usize) -> Result<Self> {
-        if let Some((i, bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab_size) {
-            return Err(Error::Data(format!(
-                "token id {bad} at position {i} is outside the vocabulary of {vocab_size} ids"
-            )));
+        check_ids(&ids, vocab_size)?;
+        Ok(Self { ids: TokenIds::U32(ids), vocab_size, text_bytes, token_bytes: TokenBytes::Average })
+    }
+
+    /// Ids of a tokenizer with `vocab_size` ids and the bytes of text each stands for
+    /// (`bytes[i]` for `ids[i]`; 0 for separators).
+    ///
+    /// # Errors
+    /// [`Error::Data`] naming the first id outside `0..vocab_size`, or when the two lengths differ.
+    pub fn from_ids_with_bytes(ids: Vec<u32>, bytes: Vec<u32>, vocab_size: usize) -> Result<Self> {
+        check_ids(&ids, vocab_size)?;
+        if ids.len() != bytes.len() {
+            return Err(Error::Data(format!("{} ids but {} byte counts", ids.len(), bytes.len())));
         }
-        Ok(Self { ids: TokenIds::U32(ids), vocab_size, text_bytes })
+        let text_bytes = bytes.iter().map(|&b| b as usize).sum();
+        let token_bytes = TokenBytes::Counts(std::sync::Arc::new(bytes));
+        Ok(Self { ids: TokenIds::U32(ids), vocab_size, text_bytes, token_bytes })
     }
 
     /// Memory-mapped shard files (`(map, path)`, ids of width `dtype`, little-endian) of a
-    /// tokenizer with `vocab_size` ids, standing for `text_bytes` bytes of text.
+    /// tokenizer with `vocab_size` ids, standing for `text_bytes` bytes of text; `byte_counts`,
+    /// one map per shard of little-endian u16 bytes per token (`None`: byte ids, one byte per
+    /// token but the end-of-text byte).
     ///
     /// # Errors
-    /// [`Error::Data`] naming a shard whose size is not a whole number of ids.
+    /// [`Error::Data`] naming a shard whose size is not a whole number of ids, or whose byte
+    /// counts are not one u16 per id.
     pub fn from_shards(
         shards: Vec<(memmap2::Mmap, PathBuf)>,
+        byte_counts: Option<Vec<memmap2::Mmap>>,
         dtype: ShardDtype,
         vocab_size: usize,
         text_bytes: usize,
@@ -117,7 +163,50 @@ impl TokenDataset {
                 Ok(MappedShard { tokens: map.len() / dtype.width(), map, path })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { ids: TokenIds::Shards(std::sync::Arc::new(shards), dtype), vocab_size, text_bytes })
+        let token_bytes = match byte_counts {
+            None => TokenBytes::Bytes,
+            Some(counts) => {
+                for (map, shard) in counts.iter().zip(&shards) {
+                    if map.len() != 2 * shard.tokens {
+                        return Err(Error::Data(format!(
+                            "the byte counts of shard {} hold {} bytes, not 2 per id ({} ids)",
+                            shard.path.display(),
+                            map.len(),
+                            shard.tokens
+                        )));
+                    }
+                }
+                TokenBytes::Shards(std::sync::Arc::new(counts))
+            }
+        };
+        Ok(Self { ids: TokenIds::Shards(std::sync::Arc::new(shards), dtype), vocab_size, text_bytes, token_bytes })
+    }
+
+    /// Bytes of text tokens `start .. start + len` of segment `segment` stand for.
+    fn segment_bytes(&self, segment: usize, start: usize, len: usize) -> Result<f64> {
+        Ok(match &self.token_bytes {
+            TokenBytes::Bytes => {
+                let ids = self.segment_window(segment, start, len)?;
+                ids.iter().filter(|&&id| id != i64::from(END_OF_TEXT_BYTE)).count() as f64
+            }
+            TokenBytes::Counts(counts) => counts[start..start + len].iter().map(|&b| f64::from(b)).sum(),
+            TokenBytes::Shards(maps) => maps[segment][2 * start..2 * (start + len)]
+                .chunks_exact(2)
+                .map(|b| f64::from(u16::from_le_bytes([b[0], b[1]])))
+                .sum(),
+            TokenBytes::Average => len as f64 * self.bytes_per_token(),
+        })
+    }
+
+    /// Bytes of text the *targets* of [`TokenDataset::eval_batches`]' windows stand for (the
+    /// same windows): the denominator of bits per byte.
+    ///
+    /// # Errors
+    /// As [`TokenDataset::eval_batches`].
+    pub fn eval_target_bytes(&self, batch_size: usize, seq_len: usize, max_batches: usize) -> Result<f64> {
+        self.check_len(seq_len, "validation")?;
+        let starts = self.spread_starts(batch_size * max_batches, seq_len + 1, seq_len);
+        starts.iter().map(|&(segment, s)| self.segment_bytes(segment, s + 1, seq_len)).sum()
     }
 
     /// Lengths of the contiguous segments windows are drawn from (one for in-memory data, one per

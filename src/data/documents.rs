@@ -24,7 +24,7 @@
 //! every document followed by the tokenizer's end-of-text id (for bytes the ETX byte 0x03, which a
 //! document may therefore not contain).
 
-use crate::data::tokenizer::END_OF_TEXT_BYTE;
+use crate::data::dataset::END_OF_TEXT_BYTE;
 use crate::error::{Error, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use std::io::Read;

@@ -16,7 +16,7 @@ pub(crate) mod text_stream;
 pub(crate) mod tokenizer;
 
 pub use corpus::Corpus;
-pub use dataset::{Batch, ShardDtype, TokenDataset};
+pub use dataset::{Batch, ShardDtype, TokenDataset, END_OF_TEXT_BYTE};
 pub use run_data::{RunData, RunTokenizer};
 pub use documents::{input_files, read_documents, FileFilter, InputFiles};
 pub use shards::{
@@ -25,4 +25,4 @@ pub use shards::{
 };
 pub use span_corruption::{Seq2SeqBatch, SpanCorruption};
 pub use text_stream::TextStream;
-pub use tokenizer::{HfTokenizer, SpecialTokens, TextTokenizer, TokenizerSpec, END_OF_TEXT, END_OF_TEXT_BYTE};
+pub use tokenizer::{EncodedPiece, HfTokenizer, SpecialTokens, TextTokenizer, TokenizerSpec, END_OF_TEXT};

@@ -7,7 +7,8 @@ use crate::data::corpus::Corpus;
 use crate::data::dataset::TokenDataset;
 use crate::data::documents::{names, FileFilter};
 use crate::data::shards::{tokenizer_hash, PreparedCorpus};
-use crate::data::tokenizer::{TextTokenizer, TokenizerSpec, END_OF_TEXT_BYTE};
+use crate::data::dataset::END_OF_TEXT_BYTE;
+use crate::data::tokenizer::{TextTokenizer, TokenizerSpec};
 use crate::error::{Error, Result};
 use std::path::Path;
 

@@ -12,7 +12,7 @@
 
 use crate::data::dataset::{ShardDtype, TokenDataset};
 use crate::data::documents::{file_format, read_documents, FileFormat};
-use crate::data::tokenizer::{paragraphs, TextTokenizer};
+use crate::data::tokenizer::{paragraphs, EncodedPiece, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::fs::save_json;
 use rayon::prelude::*;
@@ -32,6 +32,10 @@ pub struct ShardFile {
     pub file: String,
     /// Ids in the file.
     pub tokens: u64,
+    /// The file of its byte counts (little-endian u16, the bytes of text each id stands for;
+    /// subword tokenizers only: a byte id stands for one byte, the end-of-text byte for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_file: Option<String>,
 }
 
 /// One split of a prepared corpus.
@@ -136,58 +140,87 @@ pub fn train_bpe_on_training_split(inputs: &[PathBuf], val_fraction: f64, vocab_
     }
 }
 
-/// Appends ids to numbered shard files of at most `max_tokens` ids each; a shard enters
-/// `meta.shards` when it is closed.
+/// Appends ids (and, for subword tokenizers, their byte counts) to numbered shard files of at
+/// most `max_tokens` ids each; a shard enters `meta.shards` when it is closed.
 struct ShardWriter {
     dir: PathBuf,
     split: &'static str,
     dtype: ShardDtype,
     max_tokens: u64,
+    with_bytes: bool,
     meta: SplitMeta,
-    open: Option<(std::io::BufWriter<std::fs::File>, ShardFile)>,
+    open: Option<OpenShard>,
+}
+
+/// The shard being written: its ids, its byte counts (subword tokenizers), its record.
+struct OpenShard {
+    ids: std::io::BufWriter<std::fs::File>,
+    bytes: Option<std::io::BufWriter<std::fs::File>>,
+    shard: ShardFile,
+}
+
+fn create(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    Ok(std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?))
+}
+
+fn finish(file: std::io::BufWriter<std::fs::File>, path: &Path) -> Result<()> {
+    file.into_inner().map_err(|e| Error::io(path, e.into_error()))?.sync_all().map_err(|e| Error::io(path, e))
 }
 
 impl ShardWriter {
-    fn push(&mut self, ids: &[u32]) -> Result<()> {
-        let mut rest = ids;
-        while !rest.is_empty() {
-            if self.open.as_ref().is_some_and(|(_, shard)| shard.tokens >= self.max_tokens) {
+    /// Appends `ids`, each standing for `bytes[i]` bytes of text.
+    fn push(&mut self, ids: &[u32], bytes: &[u32]) -> Result<()> {
+        let mut at = 0;
+        while at < ids.len() {
+            if self.open.as_ref().is_some_and(|o| o.shard.tokens >= self.max_tokens) {
                 self.close()?;
             }
-            let (file, shard) = match &mut self.open {
+            let open = match &mut self.open {
                 Some(open) => open,
                 None => {
                     let name = format!("{}-{:05}.bin", self.split, self.meta.shards.len());
-                    let path = self.dir.join(&name);
-                    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-                    self.open.insert((std::io::BufWriter::new(file), ShardFile { file: name, tokens: 0 }))
+                    let bytes_name = self.with_bytes.then(|| format!("{}-{:05}.bytes", self.split, self.meta.shards.len()));
+                    let bytes = match &bytes_name {
+                        Some(b) => Some(create(&self.dir.join(b))?),
+                        None => None,
+                    };
+                    let shard = ShardFile { file: name.clone(), tokens: 0, bytes_file: bytes_name };
+                    self.open.insert(OpenShard { ids: create(&self.dir.join(&name))?, bytes, shard })
                 }
             };
-            let n = ((self.max_tokens - shard.tokens) as usize).min(rest.len());
+            let n = ((self.max_tokens - open.shard.tokens) as usize).min(ids.len() - at);
             let mut buf = Vec::with_capacity(n * self.dtype.width());
-            for &id in &rest[..n] {
+            for &id in &ids[at..at + n] {
                 match self.dtype {
                     ShardDtype::U16 => buf.extend_from_slice(&(id as u16).to_le_bytes()),
                     ShardDtype::U32 => buf.extend_from_slice(&id.to_le_bytes()),
                 }
             }
-            file.write_all(&buf).map_err(|e| Error::io(self.dir.join(&shard.file), e))?;
-            shard.tokens += n as u64;
+            open.ids.write_all(&buf).map_err(|e| Error::io(self.dir.join(&open.shard.file), e))?;
+            if let (Some(file), Some(name)) = (&mut open.bytes, &open.shard.bytes_file) {
+                let mut counts = Vec::with_capacity(2 * n);
+                for &b in &bytes[at..at + n] {
+                    let b = u16::try_from(b).map_err(|_| {
+                        Error::Data(format!("a token stands for {b} bytes of text, more than a shard records (65,535)"))
+                    })?;
+                    counts.extend_from_slice(&b.to_le_bytes());
+                }
+                file.write_all(&counts).map_err(|e| Error::io(self.dir.join(name), e))?;
+            }
+            open.shard.tokens += n as u64;
             self.meta.tokens += n as u64;
-            rest = &rest[n..];
+            at += n;
         }
         Ok(())
     }
 
     fn close(&mut self) -> Result<()> {
-        if let Some((mut f, shard)) = self.open.take() {
-            let path = self.dir.join(&shard.file);
-            f.flush().map_err(|e| Error::io(&path, e))?;
-            f.into_inner()
-                .map_err(|e| Error::io(&path, e.into_error()))?
-                .sync_all()
-                .map_err(|e| Error::io(&path, e))?;
-            self.meta.shards.push(shard);
+        if let Some(open) = self.open.take() {
+            finish(open.ids, &self.dir.join(&open.shard.file))?;
+            if let (Some(file), Some(name)) = (open.bytes, &open.shard.bytes_file) {
+                finish(file, &self.dir.join(name))?;
+            }
+            self.meta.shards.push(open.shard);
         }
         Ok(())
     }
@@ -225,19 +258,17 @@ pub fn prepare_corpus(
         split,
         dtype,
         max_tokens: max_shard_tokens,
+        with_bytes: tokenizer.hf().is_some(),
         meta: SplitMeta::default(),
         open: None,
     };
     let (mut train, mut val) = (writer("train"), writer("val"));
     let mut content = Sha256::new();
-    let separator = match tokenizer.end_of_text() {
-        Some(id) => vec![id],
-        None => tokenizer.encode("\n\n")?,
-    };
+    let separator = tokenizer.separator()?;
     let threads = rayon::current_num_threads().max(1);
     for batch in inputs.chunks(threads * 2) {
-        // Per file: (documents' texts, (is validation, ids, text bytes) per split unit).
-        type Encoded = Vec<(bool, Vec<u32>, u64)>;
+        // Per file: (documents' texts, (is validation, ids, byte counts) per split unit).
+        type Encoded = Vec<(bool, Vec<u32>, Vec<u32>)>;
         let files: Vec<(Vec<String>, Encoded)> = batch
             .par_iter()
             .map(|path| -> Result<(Vec<String>, Encoded)> {
@@ -246,14 +277,18 @@ pub fn prepare_corpus(
                 for doc in &docs {
                     let pieces = match file_format(path).0 {
                         FileFormat::Text => tokenizer.encode_paragraphs(doc)?,
-                        _ => vec![(doc.as_str(), tokenizer.encode(doc)?)],
+                        _ => {
+                            let (ids, bytes) = tokenizer.encode_with_bytes(doc)?;
+                            vec![EncodedPiece { text: doc, ids, bytes }]
+                        }
                     };
                     let last = pieces.len().saturating_sub(1);
-                    for (i, (text, mut ids)) in pieces.into_iter().enumerate() {
+                    for (i, mut piece) in pieces.into_iter().enumerate() {
                         if i == last {
-                            ids.extend_from_slice(&separator);
+                            piece.ids.extend_from_slice(&separator);
+                            piece.bytes.extend(separator.iter().map(|_| 0));
                         }
-                        encoded.push((is_validation(text.trim(), val_fraction), ids, text.len() as u64));
+                        encoded.push((is_validation(piece.text.trim(), val_fraction), piece.ids, piece.bytes));
                     }
                 }
                 on_file(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
@@ -267,9 +302,9 @@ pub fn prepare_corpus(
             }
             for (is_val, ids, bytes) in encoded {
                 let split = if is_val { &mut val } else { &mut train };
-                split.push(&ids)?;
+                split.push(&ids, &bytes)?;
                 split.meta.documents += 1;
-                split.meta.text_bytes += bytes;
+                split.meta.text_bytes += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
             }
         }
     }
@@ -355,6 +390,7 @@ impl PreparedCorpus {
         }
         let open = |split: &SplitMeta| -> Result<TokenDataset> {
             let mut shards = Vec::with_capacity(split.shards.len());
+            let mut counts = Vec::new();
             for s in &split.shards {
                 let path = dir.join(&s.file);
                 let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -373,8 +409,31 @@ impl PreparedCorpus {
                 // folder must not be modified while a run reads it (documented in the guide).
                 let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
                 shards.push((map, path));
+                match (&s.bytes_file, tokenizer.hf().is_some()) {
+                    (Some(name), true) => {
+                        let path = dir.join(name);
+                        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+                        // SAFETY: as above.
+                        counts.push(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?);
+                    }
+                    (None, false) => {}
+                    (None, true) => {
+                        return Err(Error::Data(format!(
+                            "{} records no byte counts for shard {} of a subword corpus; prepare it again",
+                            meta_path.display(),
+                            s.file
+                        )))
+                    }
+                    (Some(name), false) => {
+                        return Err(Error::Data(format!(
+                            "{} records byte counts ({name}) for a byte-level corpus",
+                            meta_path.display()
+                        )))
+                    }
+                }
             }
-            TokenDataset::from_shards(shards, meta.dtype, meta.vocab_size, split.text_bytes as usize)
+            let counts = tokenizer.hf().is_some().then_some(counts);
+            TokenDataset::from_shards(shards, counts, meta.dtype, meta.vocab_size, split.text_bytes as usize)
         };
         Ok(Self { train: open(&meta.train)?, val: open(&meta.val)?, tokenizer, meta })
     }

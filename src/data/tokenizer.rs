@@ -17,7 +17,7 @@
 //! with `max_length` truncation would otherwise silently cut every document. Its id space is the
 //! largest id + 1 over the vocabulary and the added tokens (vocabularies may have holes).
 
-use crate::data::dataset::TokenDataset;
+use crate::data::dataset::{TokenDataset, END_OF_TEXT_BYTE};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -30,9 +30,6 @@ use tokenizers::{AddedToken, Tokenizer};
 /// feeds BPE merges (training splits the text at it).
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-/// The end-of-text separator of byte-level data: ASCII ETX ("end of text"), a control byte that
-/// text files do not hold (reading a document that holds it is refused).
-pub const END_OF_TEXT_BYTE: u8 = 0x03;
 
 /// End-of-text tokens looked for in a `tokenizer.json` whose folder names none.
 const WELL_KNOWN_END_OF_TEXT: [&str; 4] = [END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>"];
@@ -305,20 +302,31 @@ impl TextTokenizer {
         Ok(ids.into_iter().map(i64::from).collect())
     }
 
-    /// Ids of `text` with the byte offset in `text` where each id's piece starts (ascending).
-    fn encode_with_starts(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
-        match self {
-            Self::Bytes => Ok((text.bytes().map(u32::from).collect(), (0..text.len()).collect())),
+    /// Ids of `text` and the bytes of `text` each id stands for (from the tokenizer's offsets:
+    /// a token's bytes run from where its piece starts to where the next one starts, so the
+    /// counts sum to `text.len()`; a token sharing its piece's bytes with the one before, as byte
+    /// fallback does, counts 0).
+    ///
+    /// # Errors
+    /// [`Error::Data`] if the tokenizer fails.
+    pub fn encode_with_bytes(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (ids, mut starts) = match self {
+            Self::Bytes => (text.bytes().map(u32::from).collect::<Vec<_>>(), (0..text.len()).collect::<Vec<_>>()),
             Self::Hf(t) => {
                 let encoding = t.tokenizer.encode(text, false).map_err(|e| tok_err("tokenization failed", e))?;
-                let mut starts: Vec<usize> = encoding.get_offsets().iter().map(|o| o.0).collect();
-                // Offsets of pieces that share bytes (byte fallback) may step back: keep them monotone.
-                for i in 1..starts.len() {
-                    starts[i] = starts[i].max(starts[i - 1]);
-                }
-                Ok((encoding.get_ids().to_vec(), starts))
+                (encoding.get_ids().to_vec(), encoding.get_offsets().iter().map(|o| o.0).collect())
             }
+        };
+        if let Some(first) = starts.first_mut() {
+            *first = 0;
         }
+        for i in 1..starts.len() {
+            starts[i] = starts[i].max(starts[i - 1]).min(text.len());
+        }
+        let bytes = (0..starts.len())
+            .map(|i| (starts.get(i + 1).copied().unwrap_or(text.len()) - starts[i]) as u32)
+            .collect();
+        Ok((ids, bytes))
     }
 
     /// The text of `ids`. Special tokens (BOS, end of text, padding; for bytes the separator byte)
@@ -365,55 +373,85 @@ impl TextTokenizer {
             Self::Bytes => Ok(TokenDataset::from_bytes(text.to_vec(), text_bytes)),
             Self::Hf(_) => {
                 let text = std::str::from_utf8(text).map_err(|e| Error::Data(format!("text is not UTF-8: {e}")))?;
-                let separator = match self.end_of_text() {
-                    Some(id) => vec![id],
-                    None => self.encode("\n\n")?,
-                };
+                let separator = self.separator()?;
                 let documents: Vec<&str> = text.split_inclusive(char::from(END_OF_TEXT_BYTE)).collect();
-                let parts: Vec<Vec<u32>> = documents
+                let parts: Vec<(Vec<u32>, Vec<u32>)> = documents
                     .par_iter()
-                    .map(|d| -> Result<Vec<u32>> {
+                    .map(|d| -> Result<(Vec<u32>, Vec<u32>)> {
                         let (body, ended) = match d.strip_suffix(char::from(END_OF_TEXT_BYTE)) {
                             Some(body) => (body, true),
                             None => (*d, false),
                         };
-                        let mut ids = if body.is_empty() { Vec::new() } else { self.encode(body)? };
+                        let (mut ids, mut bytes) =
+                            if body.is_empty() { Default::default() } else { self.encode_with_bytes(body)? };
                         if ended {
                             ids.extend_from_slice(&separator);
+                            bytes.extend(separator.iter().map(|_| 0));
                         }
-                        Ok(ids)
+                        Ok((ids, bytes))
                     })
                     .collect::<Result<_>>()?;
-                TokenDataset::from_ids(parts.concat(), self.vocab_size(), text_bytes)
+                let (ids, bytes): (Vec<Vec<u32>>, Vec<Vec<u32>>) = parts.into_iter().unzip();
+                TokenDataset::from_ids_with_bytes(ids.concat(), bytes.concat(), self.vocab_size())
             }
         }
     }
 
-    /// The ids of one document cut into pieces at paragraph starts (after every blank line):
-    /// `(piece text, ids)` per paragraph, the ids being slices of the whole document's encoding
-    /// (a token that spans a cut goes with the paragraph it starts in), so the pieces' ids
-    /// concatenate to the document's ids. The end-of-text id is not added.
+    /// The ids that follow every document in training data: the end-of-text id, or the ids of
+    /// a blank line for a tokenizer without one (they stand for no bytes of the text).
     ///
     /// # Errors
     /// As [`TextTokenizer::encode`].
-    pub fn encode_paragraphs<'t>(&self, document: &'t str) -> Result<Vec<(&'t str, Vec<u32>)>> {
-        let (ids, starts) = self.encode_with_starts(document)?;
+    pub fn separator(&self) -> Result<Vec<u32>> {
+        match self.end_of_text() {
+            Some(id) => Ok(vec![id]),
+            None => self.encode("\n\n"),
+        }
+    }
+
+    /// The ids of one document cut into pieces at paragraph starts (after every blank line), the
+    /// ids and byte counts being slices of the whole document's
+    /// ([`TextTokenizer::encode_with_bytes`]; a token that spans a cut goes with the paragraph it
+    /// starts in), so the pieces' ids concatenate to the document's ids. The end-of-text id is not
+    /// added.
+    ///
+    /// # Errors
+    /// As [`TextTokenizer::encode`].
+    pub fn encode_paragraphs<'t>(&self, document: &'t str) -> Result<Vec<EncodedPiece<'t>>> {
+        let (ids, bytes) = self.encode_with_bytes(document)?;
         let mut pieces = Vec::new();
-        let mut offset = 0;
-        let mut next_id = 0;
+        let (mut offset, mut next_id, mut consumed) = (0, 0, 0usize);
         let texts: Vec<&str> = paragraphs(document).collect();
-        for (i, piece) in texts.iter().enumerate() {
-            let end = offset + piece.len();
+        for (i, text) in texts.iter().enumerate() {
+            let end = offset + text.len();
             let last = i + 1 == texts.len();
             let first_id = next_id;
-            while next_id < ids.len() && (last || starts[next_id] < end) {
+            // A token belongs to the paragraph its first byte lies in.
+            while next_id < ids.len() && (last || consumed < end) {
+                consumed += bytes[next_id] as usize;
                 next_id += 1;
             }
-            pieces.push((*piece, ids[first_id..next_id].to_vec()));
+            pieces.push(EncodedPiece {
+                text,
+                ids: ids[first_id..next_id].to_vec(),
+                bytes: bytes[first_id..next_id].to_vec(),
+            });
             offset = end;
         }
         Ok(pieces)
     }
+}
+
+/// A piece of a document with its ids and the bytes each stands for
+/// ([`TextTokenizer::encode_paragraphs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedPiece<'t> {
+    /// The piece's text.
+    pub text: &'t str,
+    /// Its ids.
+    pub ids: Vec<u32>,
+    /// Bytes of text per id.
+    pub bytes: Vec<u32>,
 }
 
 /// The file a run or model folder keeps a subword tokenizer's special tokens in.

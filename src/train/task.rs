@@ -40,12 +40,21 @@ pub trait Task {
     /// [`crate::Error::Config`] naming the limit.
     fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()>;
 
-    /// Bytes of text per predicted token of `val`, which turns the validation loss (nats per
-    /// token) into `val_bpb` = loss / ln 2 / this. The default is the data's own ratio (next-token
-    /// prediction predicts every token of the text: bits per byte of the original text, whatever
-    /// the tokenizer).
-    fn val_bytes_per_token(&self, val: &TokenDataset) -> f64 {
-        val.bytes_per_token()
+    /// The denominator of `val_bpb` (bits = summed loss / ln 2 over it): bytes of text the
+    /// targets of the validation windows ([`TokenDataset::eval_batches`] with these arguments)
+    /// stand for, so bits per byte count the bytes actually scored whatever the tokenizer; `None`
+    /// for the number of target tokens (bits per token).
+    ///
+    /// # Errors
+    /// As [`TokenDataset::eval_target_bytes`].
+    fn eval_bytes(
+        &self,
+        val: &TokenDataset,
+        batch_size: usize,
+        seq_len: usize,
+        max_batches: usize,
+    ) -> crate::Result<Option<f64>> {
+        val.eval_target_bytes(batch_size, seq_len, max_batches).map(Some)
     }
 
     /// A random training batch of `batch_size` windows of `seq_len` tokens.
@@ -230,10 +239,10 @@ impl Task for SpanCorruptionTask<'_> {
         self.model
     }
 
-    /// 1: span corruption's targets are sentinels and dropped spans, not the text, so its
+    /// `None`: span corruption's targets are sentinels and dropped spans, not the text, so its
     /// `val_bpb` is bits per *target token* (comparable between runs of one tokenizer only).
-    fn val_bytes_per_token(&self, _val: &TokenDataset) -> f64 {
-        1.0
+    fn eval_bytes(&self, _val: &TokenDataset, _batch: usize, _seq: usize, _max: usize) -> crate::Result<Option<f64>> {
+        Ok(None)
     }
 
     fn check_data(&self, seq_len: usize, data_vocab: usize) -> Result<()> {

@@ -50,7 +50,8 @@ pub struct Trainer<'a, T: Task = LanguageModel> {
     train: &'a TokenDataset,
     val_batches: Vec<T::Batch>,
     /// Bytes of validation text per validation token (1 for bytes).
-    val_bytes_per_token: f64,
+    /// Bytes of text the validation targets stand for (`None`: count target tokens).
+    val_bytes: Option<f64>,
     config: TrainConfig,
     device: Device,
     step: u64,
@@ -116,7 +117,7 @@ impl<'a, T: Task> Trainer<'a, T> {
             objective: Objective::for_model(model).with_overrides(config.load_balancing_coef, config.z_loss_coef),
             train,
             val_batches,
-            val_bytes_per_token: task.val_bytes_per_token(val),
+            val_bytes: task.eval_bytes(val, config.batch_size, config.seq_len, config.eval_batches)?,
             config,
             device,
             step: 0,
@@ -325,8 +326,9 @@ impl<'a, T: Task> Trainer<'a, T> {
         }
     }
 
-    /// LM loss per token and bits per byte of the validation text (loss / ln 2 / the validation
-    /// split's bytes per token) on the fixed validation windows (evaluation mode, no gradients).
+    /// LM loss per token and bits per byte of the validation text (the summed loss / ln 2 over
+    /// the bytes of text the scored targets stand for, [`Task::eval_bytes`]) on the fixed
+    /// validation windows (evaluation mode, no gradients).
     ///
     /// # Errors
     /// [`Error::Torch`] on libtorch failure.
@@ -342,10 +344,10 @@ impl<'a, T: Task> Trainer<'a, T> {
             let mut v = [sum, count];
             self.group().all_reduce_sum(&mut v)?;
             (sum, count) = (v[0], v[1]);
-            let loss = sum / count;
-            // Bits per byte of the validation text, whatever the tokenizer: the loss per token over
-            // the text's bytes per token.
-            Ok(EvalStats { loss, bits_per_byte: loss / LN_2 / self.val_bytes_per_token })
+            // Bits per byte of the text the windows score, whatever the tokenizer; every rank
+            // evaluates its rows of the same windows, so their bytes are the global total.
+            let bytes = self.val_bytes.unwrap_or(count);
+            Ok(EvalStats { loss: sum / count, bits_per_byte: sum / LN_2 / bytes })
         })
     }
 }
