@@ -5,8 +5,8 @@
 
 mod common;
 
-use altup_moe::model::{Generation, Sampling};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Generation, Sampling};
 use common::{measuring, ratio};
 use criterion::Criterion;
 use rand::SeedableRng;
@@ -27,13 +27,19 @@ fn bench(c: &mut Criterion) {
         let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
         group.bench_function(format!("cached_{arch}"), |b| {
             b.iter(|| {
-                model.generate(&prompt, &Generation::new(256, greedy), &mut rand::rngs::StdRng::seed_from_u64(0)).expect("generate")
+                model
+                    .generate(&prompt, &Generation::new(256, greedy), &mut rand::rngs::StdRng::seed_from_u64(0))
+                    .expect("generate")
             })
         });
         group.bench_function(format!("uncached_{arch}"), |b| {
             b.iter(|| {
                 model
-                    .generate_uncached(&prompt, &Generation::new(256, greedy), &mut rand::rngs::StdRng::seed_from_u64(0))
+                    .generate_uncached(
+                        &prompt,
+                        &Generation::new(256, greedy),
+                        &mut rand::rngs::StdRng::seed_from_u64(0),
+                    )
                     .expect("generate")
             })
         });

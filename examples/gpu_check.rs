@@ -326,7 +326,8 @@ fn run(args: &Args) -> Result<Report> {
             )));
         }
     }
-    let bytes = run_data(args.data.as_deref(), &Default::default(), &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
+    let bytes =
+        run_data(args.data.as_deref(), &Default::default(), &RunTokenizer::FromSpec(TokenizerSpec::Bytes), &|_| {})?;
     let data = (bytes.train, bytes.val);
     let mut report = Report {
         text: format!(

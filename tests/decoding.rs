@@ -3,8 +3,8 @@
 mod common;
 
 use altup_moe::altup::AltUpConfig;
-use altup_moe::model::{Generation, Sampling};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
+use altup_moe::model::{Generation, Sampling};
 use common::{device, tiny};
 use rand::SeedableRng;
 use tch::{nn::VarStore, Kind, Tensor};

@@ -203,7 +203,10 @@ fn check_shrunk(name: &str, overrides: Value) {
     assert!(diff <= TOLERANCE, "{name}: imported logits differ from transformers' by {diff}");
     let prompt = Vec::<i64>::try_from(reference["prompt"].view([-1])).unwrap();
     let sampling = Sampling { temperature: 0.0, top_k: None, top_p: None };
-    let generated = loaded.model.generate(&prompt, &Generation::new(32, sampling), &mut rand::rngs::StdRng::seed_from_u64(0)).unwrap();
+    let generated = loaded
+        .model
+        .generate(&prompt, &Generation::new(32, sampling), &mut rand::rngs::StdRng::seed_from_u64(0))
+        .unwrap();
     assert_eq!(generated, Vec::<i64>::try_from(reference["generated"].view([-1])).unwrap(), "{name}: greedy tokens");
 }
 

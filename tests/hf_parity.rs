@@ -146,7 +146,10 @@ fn rotary_angles_equal_transformers_at_long_positions() {
     let positions = &f["positions"];
     let rope = altup_moe::nn::Rope::new(64, 500_000.0).unwrap();
     let p = positions.size()[0];
-    let x = Tensor::cat(&[Tensor::ones([1, 1, p, 32], (Kind::Float, device())), Tensor::zeros([1, 1, p, 32], (Kind::Float, device()))], -1);
+    let x = Tensor::cat(
+        &[Tensor::ones([1, 1, p, 32], (Kind::Float, device())), Tensor::zeros([1, 1, p, 32], (Kind::Float, device()))],
+        -1,
+    );
     let y = rope.apply(&x, Some(&positions.to_device(device()))).unwrap().to_device(tch::Device::Cpu).squeeze();
     let (cos, sin) = (y.narrow(-1, 0, 32), y.narrow(-1, 32, 32));
     let cos_diff = (&cos - f["cos"].narrow(-1, 0, 32)).abs().max().double_value(&[]);

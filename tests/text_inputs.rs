@@ -95,7 +95,10 @@ fn bad_json_lines_name_the_file_the_line_and_what_was_expected() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
         ("{\"text\": \"ok\"}\n{\"text\": 5}\n", "line 2: field \"text\" is a number, expected a string"),
-        ("{\"text\": \"ok\"}\n\n{\"body\": \"x\", \"title\": \"y\"}\n", "line 3: expected a string field \"text\", found fields [\"body\", \"title\"]"),
+        (
+            "{\"text\": \"ok\"}\n\n{\"body\": \"x\", \"title\": \"y\"}\n",
+            "line 3: expected a string field \"text\", found fields [\"body\", \"title\"]",
+        ),
         ("{\"text\": \"ok\"}\n{\"text\": \"unterminated\n", "line 2 is not JSON"),
         ("[1, 2]\n", "element 1: expected a JSON object with a string field \"text\""),
         ("{\"text\": null}\n", "line 1: field \"text\" is null, expected a string"),

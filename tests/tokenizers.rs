@@ -213,8 +213,7 @@ fn hub_tokenizers_are_used_as_transformers_uses_them() {
     assert_eq!(data.window(0, data.len()).unwrap(), with_eos);
     assert_eq!(data.text_bytes(), document.len());
     // Paragraph by paragraph the ids would differ (a "▁" at every paragraph): the test can fail.
-    let by_paragraph: Vec<u32> =
-        document.split_inclusive("\n\n").flat_map(|p| tokenizer.encode(p).unwrap()).collect();
+    let by_paragraph: Vec<u32> = document.split_inclusive("\n\n").flat_map(|p| tokenizer.encode(p).unwrap()).collect();
     assert_ne!(by_paragraph, ids);
     // The prompt is encoded with the template: BOS first, as transformers' tokenizer(prompt).
     let prompt: Vec<i64> = id_list(&expected["prompt_ids"]).into_iter().map(i64::from).collect();
@@ -315,7 +314,8 @@ fn special_tokens_are_read_from_the_files_beside_the_tokenizer() {
 #[test]
 fn decoding_is_lossless_and_streams_whole_characters() {
     let tokenizer = TextTokenizer::train_bpe(&english(40), 300).unwrap();
-    for text in ["naïve café", "déjà vu — ½ ∑ 東京 🙂", "Ünïcödé\n\nzwei Absätze", "e\u{301} combining"] {
+    for text in ["naïve café", "déjà vu — ½ ∑ 東京 🙂", "Ünïcödé\n\nzwei Absätze", "e\u{301} combining"]
+    {
         let ids: Vec<i64> = tokenizer.encode(text).unwrap().into_iter().map(i64::from).collect();
         assert_eq!(tokenizer.decode(&ids).unwrap(), text);
         for t in [&tokenizer, &TextTokenizer::Bytes] {

@@ -227,7 +227,8 @@ fn configs_that_cannot_keep_the_function_are_refused_with_every_reason() {
 fn every_moe_option_is_refused_or_keeps_the_logits() {
     use altup_moe::moe::{Balancing, CapacityPriority};
     let (dense_vs, dense_config, dense_model) = dense();
-    let batches = [Tensor::randint(64, [3, 16], (Kind::Int64, device())), Tensor::randint(64, [1, 5], (Kind::Int64, device()))];
+    let batches =
+        [Tensor::randint(64, [3, 16], (Kind::Int64, device())), Tensor::randint(64, [1, 5], (Kind::Int64, device()))];
     let reference: Vec<(Tensor, Tensor)> = batches
         .iter()
         .map(|ids| (logits(&dense_model, ids), dense_model.forward_t(ids, true).unwrap().logits))

@@ -3,8 +3,8 @@
 //! byte, with their content hash and the fixed 90/10 train/validation split.
 
 use crate::data::dataset::TokenDataset;
-use crate::data::documents::{input_files, read_documents, FileFilter};
 use crate::data::dataset::END_OF_TEXT_BYTE;
+use crate::data::documents::{input_files, read_documents, FileFilter};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -66,9 +66,8 @@ impl Corpus {
     /// [`Error::Data`] if `val_fraction` is not in `(0, 1)`.
     pub fn split(&self, val_fraction: f64) -> Result<(TokenDataset, TokenDataset)> {
         let (train, val) = self.split_text(val_fraction)?;
-        let dataset = |b: &[u8]| {
-            TokenDataset::from_bytes(b.to_vec(), b.iter().filter(|&&x| x != END_OF_TEXT_BYTE).count())
-        };
+        let dataset =
+            |b: &[u8]| TokenDataset::from_bytes(b.to_vec(), b.iter().filter(|&&x| x != END_OF_TEXT_BYTE).count());
         Ok((dataset(train), dataset(val)))
     }
 

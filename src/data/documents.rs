@@ -141,8 +141,10 @@ pub fn input_files(path: &Path, filter: &FileFilter) -> Result<InputFiles> {
 
 /// File names of `paths`, comma-separated (for messages).
 pub fn names(paths: &[PathBuf]) -> String {
-    let names: Vec<String> =
-        paths.iter().map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
+        .collect();
     names.join(", ")
 }
 
@@ -328,7 +330,10 @@ fn json_documents(path: &Path, text: &str) -> Result<Vec<String>> {
             continue;
         }
         let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            Error::Data(format!("{} is not JSON ({e}); JSON-lines files hold one {{\"text\": ...}} object per line", at()))
+            Error::Data(format!(
+                "{} is not JSON ({e}); JSON-lines files hold one {{\"text\": ...}} object per line",
+                at()
+            ))
         })?;
         docs.push(json_text(&value, &at)?);
     }

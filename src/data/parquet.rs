@@ -13,7 +13,9 @@ use std::path::Path;
 /// message lists its columns), or a row whose `text` is not a string (naming the row, 1-based);
 /// [`Error::Io`] when the file cannot be opened.
 pub fn text_column(path: &Path) -> Result<Vec<String>> {
-    let bad = |e: parquet::errors::ParquetError| Error::Data(format!("{} is not a readable Parquet file: {e}", path.display()));
+    let bad = |e: parquet::errors::ParquetError| {
+        Error::Data(format!("{} is not a readable Parquet file: {e}", path.display()))
+    };
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(bad)?;
     let schema = reader.metadata().file_metadata().schema_descr();

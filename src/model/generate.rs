@@ -270,7 +270,8 @@ mod tests {
     fn ties_follow_transformers() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         // Greedy: the first of equal maxima (torch.argmax), wherever the maxima are.
-        for (logits, best) in [(vec![1.0, 3.0, 3.0, 0.0], 1), (vec![5.0, 5.0], 0), (vec![0.0, -1.0, 2.0, 2.0, 2.0], 2)] {
+        for (logits, best) in [(vec![1.0, 3.0, 3.0, 0.0], 1), (vec![5.0, 5.0], 0), (vec![0.0, -1.0, 2.0, 2.0, 2.0], 2)]
+        {
             let greedy = Sampling { temperature: 0.0, top_k: None, top_p: None };
             assert_eq!(sample(&Tensor::from_slice(&logits), greedy, &mut rng).unwrap(), best, "{logits:?}");
         }

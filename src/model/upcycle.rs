@@ -192,7 +192,8 @@ pub fn check_upcycle(dense: &ModelConfig, target: &ModelConfig) -> Result<()> {
                 moe.activation, dense.ffn.activation
             ));
         }
-        for (name, factor) in [("capacity_factor", moe.capacity_factor), ("eval_capacity_factor", moe.eval_capacity_factor)]
+        for (name, factor) in
+            [("capacity_factor", moe.capacity_factor), ("eval_capacity_factor", moe.eval_capacity_factor)]
         {
             if let Some(factor) = factor {
                 problems.push(format!(
