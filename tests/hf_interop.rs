@@ -421,9 +421,11 @@ fn read_json(path: &Path) -> serde_json::Value {
 /// A subword model exports its tokenizer.json and a tokenizer_config.json that make
 /// `AutoTokenizer` encode exactly as we do (no beginning-of-sequence id, none past the
 /// vocabulary), with the end-of-text id as `eos_token_id` everywhere; `pipeline("text-generation")`
-/// (transformers 5.24 and 4.57) generates our greedy continuation and stops at end-of-text.
+/// (transformers 5.24 and 4.57) generates our greedy continuation, and a model whose greedy
+/// choice is end-of-text stops there in every reader.
 #[test]
 fn subword_models_export_their_tokenizer() {
+    tch::manual_seed(13);
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(40);
     let tokenizer = TextTokenizer::train_bpe(&text, 300).unwrap();
     let mut config = small(HfFormat::Llama);
@@ -446,20 +448,40 @@ fn subword_models_export_their_tokenizer() {
     let back = LanguageModel::from_hf(out.path(), device()).unwrap();
     assert_eq!(back.tokenizer.encode("the fox").unwrap(), tokenizer.encode("the fox").unwrap());
 
+    pipeline_tokens(&model, &tokenizer, out.path(), eos);
+
+    // The same model made to put all its probability on end-of-text: every reader stops after one
+    // new token, where 12 were allowed.
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            if name.starts_with("blocks.") {
+                let _ = var.zero_();
+            } else if name == "embed.weight" || name == "head.weight" {
+                let _ = var.fill_(0.1);
+                let _ = var.get(i64::from(eos)).fill_(0.2);
+            }
+        }
+    });
+    export_hf(&model, &vs, &tokenizer, HfFormat::Llama, out.path()).unwrap();
+    assert_eq!(pipeline_tokens(&model, &tokenizer, out.path(), eos), Some(1));
+}
+
+/// Greedy continuations of a prompt by `model` and by `pipeline("text-generation")` on its
+/// export in `dir` (transformers 5.24 and 4.57), asserted equal up to and including the first
+/// end-of-text id, where both stop; also AutoTokenizer's ids and special tokens. Returns how many
+/// new tokens were generated when generation stopped at end-of-text (`None`: it did not).
+fn pipeline_tokens(model: &LanguageModel, tokenizer: &TextTokenizer, dir: &Path, eos: u32) -> Option<usize> {
     let prompt_text = "the lazy dog jumps";
     let ids: Vec<i64> = tokenizer.encode(prompt_text).unwrap().into_iter().map(i64::from).collect();
     let new_tokens = 12;
-    let ours = greedy(&model, &Tensor::from_slice(&ids).view([1, -1]), new_tokens);
+    let ours = greedy(model, &Tensor::from_slice(&ids).view([1, -1]), new_tokens);
     // Generation stops after the first end-of-text among the new tokens.
-    let stop = ours[ids.len()..].iter().position(|&i| i == i64::from(eos)).map_or(ours.len(), |p| ids.len() + p + 1);
-    let expected = &ours[..stop];
+    let stop_at = ours[ids.len()..].iter().position(|&i| i == i64::from(eos));
+    let expected = &ours[..stop_at.map_or(ours.len(), |p| ids.len() + p + 1)];
     for reader in [Reader::Transformers5, Reader::Transformers4] {
-        let report = out.path().join(format!("pipeline_{reader:?}.json"));
+        let report = dir.join(format!("pipeline_{reader:?}.json"));
         let count = new_tokens.to_string();
-        hf_models_under(
-            reader,
-            &[Path::new("pipeline"), out.path(), Path::new(prompt_text), Path::new(&count), &report],
-        );
+        hf_models_under(reader, &[Path::new("pipeline"), dir, Path::new(prompt_text), Path::new(&count), &report]);
         let report = read_json(&report);
         println!("{reader:?} pipeline: {report}");
         assert!(report["transformers"].as_str().unwrap().starts_with(reader.version()), "{report}");
@@ -470,4 +492,5 @@ fn subword_models_export_their_tokenizer() {
         assert_eq!(report["generated_ids"], serde_json::json!(expected), "{reader:?}: the pipeline's greedy tokens");
         assert_eq!(report["generated_text"], tokenizer.decode(expected).unwrap(), "{reader:?}: the pipeline's text");
     }
+    stop_at.map(|p| p + 1)
 }

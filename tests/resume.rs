@@ -453,3 +453,82 @@ fn a_legacy_precision_in_the_training_config_moves_into_the_model_config() {
     trainer.restore(&meta).unwrap();
     assert_eq!(trainer.step_count(), 2);
 }
+
+/// A stop the run has already passed (at or before the checkpoint's step), or at or past its
+/// last step, is refused before anything is written, resumed or fresh.
+#[test]
+fn a_stop_the_run_has_passed_is_refused() {
+    let _alone = alone();
+    let out = tempfile::tempdir().unwrap();
+    train(out.path(), Some(4), false);
+    let before = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let (train_data, val) = data();
+    let attempt = |stop: u64, resume: bool| -> Result<(), Error> {
+        let meta = CheckpointMeta::read(out.path())?;
+        let vs = VarStore::new(reproducible_device());
+        let model = LanguageModel::new(&vs.root(), &meta.model_config()?)?;
+        let mut trainer = Trainer::new(&vs, &model, &train_data, &val, meta.train_config.clone())?;
+        let resumed = if resume { Some(trainer.restore(&meta)?) } else { None };
+        let options = RunOptions { overwrite: true, ..options(out.path(), Some(stop)) };
+        run(&mut trainer, resumed, &options, &mut Silent)
+    };
+    for stop in [2, 4] {
+        let err = attempt(stop, true).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("stop after step {stop}: it must come after the run's current step (4)")),
+            "{err}"
+        );
+    }
+    let err = attempt(8, true).unwrap_err().to_string();
+    assert!(err.contains("and before its last step (8)"), "{err}");
+    let err = attempt(0, false).unwrap_err().to_string();
+    assert!(err.contains("stop after step 0: it must come after the run's current step (0)"), "{err}");
+    // Nothing was written or deleted.
+    assert_eq!(std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap(), before);
+    assert_eq!(CheckpointMeta::read(out.path()).unwrap().state.step, 4);
+    attempt(6, true).unwrap();
+    assert_eq!(CheckpointMeta::read(out.path()).unwrap().state.step, 6);
+}
+
+/// Model folders that cannot give a working model say why when they are opened: weights holding
+/// NaN, a config without weights, a subword run without its tokenizer.json.
+#[test]
+fn unusable_model_folders_are_named_when_opened() {
+    let _alone = alone();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    train(&out, None, false);
+    let final_dir = tmp.path().join("final");
+    std::fs::create_dir_all(&final_dir).unwrap();
+    let step = CheckpointMeta::read(&out).unwrap().dir;
+    for f in ["config.json", "train_config.json", "model.safetensors"] {
+        std::fs::copy(step.join(f), final_dir.join(f)).unwrap();
+    }
+    altup_moe::io::load_model(&final_dir, Device::Cpu).unwrap();
+    // NaN in one tensor.
+    let weights = final_dir.join("model.safetensors");
+    let mut named = altup_moe::io::read_tensors(&weights).unwrap();
+    let name = "blocks.0.attn.out.weight".to_string();
+    let poisoned = named[&name].copy();
+    let _ = poisoned.view([-1]).get(3).fill_(f64::NAN);
+    named.insert(name.clone(), poisoned);
+    let list: Vec<(String, Tensor)> = named.into_iter().collect();
+    Tensor::write_safetensors(&list, &weights).unwrap();
+    let err = altup_moe::io::load_model(&final_dir, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains(&format!("[\"{name}\"] hold non-finite values")), "{err}");
+    // A config without weights (and no checkpoints).
+    std::fs::remove_file(&weights).unwrap();
+    let err = altup_moe::io::load_model(&final_dir, Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("holds config.json but no model.safetensors and no checkpoint"), "{err}");
+    // A subword run whose tokenizer.json is gone: refused at load, not after generating.
+    std::fs::copy(step.join("model.safetensors"), &weights).unwrap();
+    let mut train_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(final_dir.join("train_config.json")).unwrap()).unwrap();
+    train_config["tokenizer"] = serde_json::json!({"bpe": 300});
+    std::fs::write(final_dir.join("train_config.json"), train_config.to_string()).unwrap();
+    let err = altup_moe::io::load_model(&final_dir, Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("was trained with tokenizer bpe:300 but") && err.contains("tokenizer.json is missing"),
+        "{err}"
+    );
+}

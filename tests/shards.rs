@@ -1,7 +1,10 @@
 //! Prepared corpora: shard dtypes at the u16 boundary, windows inside one shard, documents in one
 //! split only, bad folders named in their errors, and bitwise resume on memory-mapped shards.
 
-use altup_moe::data::{input_files, prepare_corpus, PreparedCorpus, ShardDtype, TextTokenizer, TokenDataset};
+use altup_moe::data::{
+    check_prepare_output, input_files, prepare_corpus, tokenizer_hash, FileFilter, PreparedCorpus, RunData,
+    RunTokenizer, ShardDtype, TextTokenizer, TokenDataset, TokenizerSpec,
+};
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::testing::device;
 use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, TrainConfig, Trainer};
@@ -21,12 +24,12 @@ fn ids_fit_u16_up_to_65536_ids_and_u32_beyond() {
     assert_eq!(ShardDtype::for_vocab(65_537), ShardDtype::U32);
     let tmp = tempfile::tempdir().unwrap();
     let u16s: Vec<u8> = [0u16, 65_535, 7].iter().flat_map(|i| i.to_le_bytes()).collect();
-    let data =
-        TokenDataset::from_shards(vec![map(&tmp.path().join("a.bin"), &u16s)], None, ShardDtype::U16, 65_536, 3).unwrap();
+    let data = TokenDataset::from_shards(vec![map(&tmp.path().join("a.bin"), &u16s)], None, ShardDtype::U16, 65_536, 3)
+        .unwrap();
     assert_eq!(data.window(0, 3).unwrap(), vec![0, 65_535, 7]);
     let u32s: Vec<u8> = [65_536u32, 1].iter().flat_map(|i| i.to_le_bytes()).collect();
-    let data =
-        TokenDataset::from_shards(vec![map(&tmp.path().join("b.bin"), &u32s)], None, ShardDtype::U32, 65_537, 2).unwrap();
+    let data = TokenDataset::from_shards(vec![map(&tmp.path().join("b.bin"), &u32s)], None, ShardDtype::U32, 65_537, 2)
+        .unwrap();
     assert_eq!(data.window(0, 2).unwrap(), vec![65_536, 1]);
     // An id outside the vocabulary is named with its shard and position.
     let data =
@@ -214,4 +217,71 @@ fn resume_on_shards_is_bitwise_exact() {
     for ((name, a), (_, b)) in straight.iter().zip(&resumed) {
         assert!(a.equal(b), "{name} differs after resume");
     }
+}
+
+/// A prepared corpus and the run that reads it meet by tokenizer content, not by spelling: the
+/// same tokenizer.json under another path (a run's copy, an --init-from model's) is accepted, a
+/// different one is refused with both hashes; a bpe:N of another size is refused by name.
+#[test]
+fn prepared_data_and_runs_compare_tokenizers_by_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = write_corpus(&tmp.path().join("in"), 2, 60);
+    let out = tmp.path().join("prepared");
+    let bpe = TextTokenizer::train_bpe(&"doc-1-2: the sun rises over York. ".repeat(40), 300).unwrap();
+    let meta = prepare_corpus(&files, &out, &bpe, "bpe:300", 0.2, 1_000_000, &|_| {}).unwrap();
+    // The tokenizer as a run folder holds it, under another path.
+    let run = tmp.path().join("run");
+    bpe.save_to_folder(&run).unwrap();
+    let copy = run.join(TextTokenizer::FILE);
+    let filter = FileFilter::default();
+    for tokenizer in [
+        RunTokenizer::Existing(TextTokenizer::from_file(&copy).unwrap()),
+        RunTokenizer::FromSpec(TokenizerSpec::File(copy.clone())),
+        RunTokenizer::FromSpec(TokenizerSpec::Bpe(300)),
+        RunTokenizer::FromSpec(TokenizerSpec::Bytes),
+    ] {
+        let data = RunData::open(&out, &filter, &tokenizer, &|_| {}).unwrap();
+        assert_eq!((data.hash.as_str(), data.tokenizer.vocab_size()), (meta.content_hash.as_str(), bpe.vocab_size()));
+    }
+    let other = TextTokenizer::train_bpe(&"completely different words here. ".repeat(40), 300).unwrap();
+    let other_hash = tokenizer_hash(&other).unwrap();
+    assert_ne!(other_hash, meta.tokenizer_hash);
+    let err = RunData::open(&out, &filter, &RunTokenizer::Existing(other), &|_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("prepared with tokenizer bpe:300 (hash {})", meta.tokenizer_hash))
+            && err.contains(&format!("the run's tokenizer has hash {other_hash}")),
+        "{err}"
+    );
+    let err = RunData::open(&out, &filter, &RunTokenizer::FromSpec(TokenizerSpec::Bpe(512)), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a new bpe:512 tokenizer was asked for") && err.contains("with tokenizer bpe:300"), "{err}");
+}
+
+/// `prepare` refuses an output that is its input, inside it, a file, or an existing corpus
+/// (unless overwriting), before reading anything.
+#[test]
+fn prepare_output_may_not_be_the_input_or_an_existing_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let files = write_corpus(&input, 2, 30);
+    for out in [input.clone(), input.join("shards"), input.join("deeper/still")] {
+        let err = check_prepare_output(&input, &out, true).unwrap_err().to_string();
+        assert!(err.contains("is inside the input") && err.contains(&out.display().to_string()), "{err}");
+    }
+    // Spelled with `..`, it is still inside.
+    let sneaky = input.join("../in/x");
+    assert!(check_prepare_output(&input, &sneaky, false).unwrap_err().to_string().contains("inside the input"));
+    let out = tmp.path().join("prepared");
+    check_prepare_output(&input, &out, false).unwrap();
+    prepare_corpus(&files, &out, &TextTokenizer::Bytes, "bytes", 0.2, 1_000_000, &|_| {}).unwrap();
+    let err = check_prepare_output(&input, &out, false).unwrap_err().to_string();
+    assert!(err.contains("already holds a prepared corpus"), "{err}");
+    check_prepare_output(&input, &out, true).unwrap();
+    // A single input file: an output folder beside it is fine, the file itself is not a folder.
+    check_prepare_output(&files[0], &tmp.path().join("beside"), false).unwrap();
+    let err = check_prepare_output(&input, &files[0], true).unwrap_err().to_string();
+    assert!(err.contains("is a file, not a folder"), "{err}");
+    let err = check_prepare_output(&tmp.path().join("missing"), &out, true).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
 }

@@ -90,6 +90,19 @@ pub struct FileFlags {
     pub exclude: Vec<String>,
 }
 
+impl FileFlags {
+    /// `--include` and `--exclude` as given settings (`None`: not given).
+    pub fn given(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        let given = |v: &Vec<String>| Some(v.clone()).filter(|v| !v.is_empty());
+        (given(&self.include), given(&self.exclude))
+    }
+
+    /// The file selection a run's settings hold.
+    pub fn of(settings: &altup_moe::train::RunSettings) -> Self {
+        Self { include: settings.include.clone(), exclude: settings.exclude.clone() }
+    }
+}
+
 /// The files of the default corpus (the plays are Markdown files).
 pub const DEFAULT_CORPUS_INCLUDE: &[&str] = &["*.md"];
 
@@ -150,16 +163,33 @@ pub fn human(n: usize) -> String {
 }
 
 /// Progress bar and evaluation lines; with `run_dir`, `curves.svg` redrawn there after every
-/// evaluation.
+/// evaluation. Off a terminal (the bar hidden) a progress line is printed at the first step read
+/// back and then at most every [`Progress::QUIET_SECONDS`].
 pub struct Progress<'a> {
     pub bar: &'a ProgressBar,
     pub run_dir: Option<&'a Path>,
+    last_line: Option<std::time::Instant>,
+}
+
+impl<'a> Progress<'a> {
+    /// Seconds between progress lines off a terminal.
+    pub const QUIET_SECONDS: u64 = 30;
+
+    pub fn new(bar: &'a ProgressBar, run_dir: Option<&'a Path>) -> Self {
+        Self { bar, run_dir, last_line: None }
+    }
 }
 
 impl Observer for Progress<'_> {
     fn on_step(&mut self, stats: &StepStats, seconds: f64) {
         self.bar.set_position(stats.step);
-        self.bar.set_message(format!("loss {:.3} | {:.0} tok/s", stats.loss, stats.tokens as f64 / seconds.max(1e-9)));
+        let message = format!("loss {:.3} | {:.0} tok/s", stats.loss, stats.tokens as f64 / seconds.max(1e-9));
+        let due = self.last_line.is_none_or(|t| t.elapsed().as_secs() >= Self::QUIET_SECONDS);
+        if self.bar.is_hidden() && due {
+            eprintln!("step {}/{} | {message}", stats.step, self.bar.length().unwrap_or(0));
+            self.last_line = Some(std::time::Instant::now());
+        }
+        self.bar.set_message(message);
     }
 
     fn on_eval(&mut self, record: &EvalRecord) {

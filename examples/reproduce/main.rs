@@ -180,7 +180,7 @@ fn train_one(
     let bar = progress_bar(tc.steps, 0);
     log(&bar, format!("{name:<30} seed {seed}: training {} steps in {}", tc.steps, out.display()));
     let started = std::time::Instant::now();
-    let result = run(&mut trainer, None, &options, &mut Progress { bar: &bar, run_dir: None });
+    let result = run(&mut trainer, None, &options, &mut Progress::new(&bar, None));
     bar.finish_and_clear();
     result?;
     let record = RunRecord::new(name, seed, &config, &tc, &read_metrics(&out)?);

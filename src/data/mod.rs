@@ -17,11 +17,11 @@ pub(crate) mod tokenizer;
 
 pub use corpus::Corpus;
 pub use dataset::{Batch, ShardDtype, TokenDataset, END_OF_TEXT_BYTE};
-pub use run_data::{RunData, RunTokenizer};
 pub use documents::{input_files, read_documents, FileFilter, InputFiles};
+pub use run_data::{RunData, RunTokenizer};
 pub use shards::{
-    prepare_corpus, tokenizer_hash, train_bpe_on_training_split, PreparedCorpus, ShardFile, ShardsMeta, SplitMeta,
-    SHARDS_FORMAT,
+    check_prepare_output, prepare_corpus, tokenizer_hash, train_bpe_on_training_split, PreparedCorpus, ShardFile,
+    ShardsMeta, SplitMeta, SHARDS_FORMAT,
 };
 pub use span_corruption::{Seq2SeqBatch, SpanCorruption};
 pub use text_stream::TextStream;

@@ -5,9 +5,9 @@
 
 use crate::data::corpus::Corpus;
 use crate::data::dataset::TokenDataset;
+use crate::data::dataset::END_OF_TEXT_BYTE;
 use crate::data::documents::{names, FileFilter};
 use crate::data::shards::{tokenizer_hash, PreparedCorpus};
-use crate::data::dataset::END_OF_TEXT_BYTE;
 use crate::data::tokenizer::{TextTokenizer, TokenizerSpec};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -51,12 +51,7 @@ impl RunData {
     /// # Errors
     /// Data and tokenizer errors naming the value; [`Error::Config`] when prepared shards were
     /// made with another tokenizer than the run's.
-    pub fn open(
-        path: &Path,
-        filter: &FileFilter,
-        tokenizer: &RunTokenizer,
-        say: &dyn Fn(String),
-    ) -> Result<Self> {
+    pub fn open(path: &Path, filter: &FileFilter, tokenizer: &RunTokenizer, say: &dyn Fn(String)) -> Result<Self> {
         if PreparedCorpus::is_prepared(path) {
             return Self::prepared(path, tokenizer);
         }
@@ -96,26 +91,35 @@ impl RunData {
     fn prepared(dir: &Path, tokenizer: &RunTokenizer) -> Result<Self> {
         let prepared = PreparedCorpus::open(dir)?;
         let meta = &prepared.meta;
-        match tokenizer {
-            RunTokenizer::Existing(t) => {
-                let hash = tokenizer_hash(t)?;
-                if hash != meta.tokenizer_hash {
-                    return Err(Error::Config(format!(
-                        "{} was prepared with tokenizer {} ({}) but the resumed run's tokenizer has hash {hash}",
-                        dir.display(),
-                        meta.tokenizer,
-                        meta.tokenizer_hash
-                    )));
-                }
+        // Tokenizers are compared by content (a hash of their serialisation), not by how their
+        // path or spec is spelled.
+        let given = match tokenizer {
+            RunTokenizer::Existing(t) => Some((t.clone(), "the run's tokenizer".to_string())),
+            RunTokenizer::FromSpec(TokenizerSpec::File(path)) => {
+                Some((TextTokenizer::from_file(path)?, format!("the tokenizer {}", path.display())))
             }
-            RunTokenizer::FromSpec(spec) if *spec != TokenizerSpec::Bytes && spec.to_string() != meta.tokenizer => {
+            RunTokenizer::FromSpec(spec @ TokenizerSpec::Bpe(_)) if spec.to_string() != meta.tokenizer => {
                 return Err(Error::Config(format!(
-                    "--tokenizer {spec} but {} was prepared with tokenizer {}; prepare it again or drop --tokenizer",
+                    "a new {spec} tokenizer was asked for but {} was prepared with tokenizer {}: prepare the data \
+                     again with {spec}, or train on the prepared corpus with its own tokenizer",
                     dir.display(),
                     meta.tokenizer
                 )))
             }
-            RunTokenizer::FromSpec(_) => {}
+            // Bytes (the default) or the same bpe:N: the prepared corpus's own tokenizer.
+            RunTokenizer::FromSpec(_) => None,
+        };
+        if let Some((given, what)) = given {
+            let hash = tokenizer_hash(&given)?;
+            if hash != meta.tokenizer_hash {
+                return Err(Error::Config(format!(
+                    "{} was prepared with tokenizer {} (hash {}) but {what} has hash {hash}: prepare the data again \
+                     with this tokenizer (prepare --tokenizer FILE, e.g. the run's tokenizer.json)",
+                    dir.display(),
+                    meta.tokenizer,
+                    meta.tokenizer_hash
+                )));
+            }
         }
         Ok(Self {
             description: format!(

@@ -88,7 +88,10 @@ pub fn tokenizer_hash(tokenizer: &TextTokenizer) -> Result<String> {
     match tokenizer {
         TextTokenizer::Bytes => Ok("bytes".into()),
         TextTokenizer::Hf(t) => {
-            let json = t.tokenizer.to_string(false).map_err(|e| Error::Data(format!("cannot serialise the tokenizer: {e}")))?;
+            let json = t
+                .tokenizer
+                .to_string(false)
+                .map_err(|e| Error::Data(format!("cannot serialise the tokenizer: {e}")))?;
             Ok(format!("sha256:{}", sha256_hex(json.as_bytes())))
         }
     }
@@ -179,7 +182,8 @@ impl ShardWriter {
                 Some(open) => open,
                 None => {
                     let name = format!("{}-{:05}.bin", self.split, self.meta.shards.len());
-                    let bytes_name = self.with_bytes.then(|| format!("{}-{:05}.bytes", self.split, self.meta.shards.len()));
+                    let bytes_name =
+                        self.with_bytes.then(|| format!("{}-{:05}.bytes", self.split, self.meta.shards.len()));
                     let bytes = match &bytes_name {
                         Some(b) => Some(create(&self.dir.join(b))?),
                         None => None,
@@ -224,6 +228,52 @@ impl ShardWriter {
         }
         Ok(())
     }
+}
+
+/// Checks that `out` may receive the prepared corpus of `input` before anything is read or
+/// written: it must not be `input` itself, a folder inside it (a second run would read the first
+/// one's shards as text) or an existing file, and it must not already hold a prepared corpus
+/// unless `overwrite`.
+///
+/// ```
+/// let input = std::env::temp_dir();
+/// let err = altup_moe::data::check_prepare_output(&input, &input.join("shards"), false).unwrap_err();
+/// assert!(err.to_string().contains("inside the input"), "{err}");
+/// ```
+///
+/// # Errors
+/// [`Error::Data`] naming both folders, or the corpus already in `out`; [`Error::Io`] when
+/// `input` does not exist.
+pub fn check_prepare_output(input: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    let input_abs = std::fs::canonicalize(input).map_err(|e| Error::io(input, e))?;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::Data(format!("the output {} is a file, not a folder", out.display())));
+    }
+    // The output may not exist yet: resolve its nearest existing ancestor.
+    let mut existing = out.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.as_os_str().is_empty() && !existing.exists() {
+        rest.push(existing.file_name().map(|n| n.to_os_string()).unwrap_or_default());
+        existing = existing.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    let base = if existing.as_os_str().is_empty() { PathBuf::from(".") } else { existing };
+    let mut out_abs = std::fs::canonicalize(&base).map_err(|e| Error::io(&base, e))?;
+    out_abs.extend(rest.iter().rev());
+    if input_abs.is_dir() && out_abs.starts_with(&input_abs) {
+        return Err(Error::Data(format!(
+            "the output {} is inside the input {}: a second run would read the shards as text; choose an output \
+             outside the input folder",
+            out.display(),
+            input.display()
+        )));
+    }
+    if PreparedCorpus::is_prepared(out) && !overwrite {
+        return Err(Error::Data(format!(
+            "{} already holds a prepared corpus (meta.json): choose another output folder or replace it (overwrite)",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Tokenizes the files `inputs` (in order; see [`read_documents`] and the module docs) into shards under `out`, each

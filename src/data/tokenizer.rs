@@ -30,7 +30,6 @@ use tokenizers::{AddedToken, Tokenizer};
 /// feeds BPE merges (training splits the text at it).
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-
 /// End-of-text tokens looked for in a `tokenizer.json` whose folder names none.
 const WELL_KNOWN_END_OF_TEXT: [&str; 4] = [END_OF_TEXT, "</s>", "<|end_of_text|>", "<eos>"];
 
@@ -110,9 +109,7 @@ impl HfTokenizer {
     /// Wraps `tokenizer` with truncation and padding switched off.
     fn new(mut tokenizer: Tokenizer, special: SpecialTokens) -> Result<Self> {
         tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| tok_err("cannot switch the tokenizer's truncation off", e))?;
+        tokenizer.with_truncation(None).map_err(|e| tok_err("cannot switch the tokenizer's truncation off", e))?;
         let id_space = tokenizer.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
         Ok(Self { tokenizer, special, id_space })
     }
@@ -242,12 +239,14 @@ impl TextTokenizer {
     }
 
     /// Writes a subword tokenizer as `dir/tokenizer.json` with its special tokens in
-    /// `dir/tokenizer_config.json` (nothing for bytes), each file atomically.
+    /// `dir/tokenizer_config.json` (nothing for bytes), each file atomically; `dir` is created if
+    /// needed.
     ///
     /// # Errors
-    /// [`Error::Io`] / [`Error::Data`] naming the file.
+    /// [`Error::Io`] / [`Error::Data`] naming the file or folder.
     pub fn save_to_folder(&self, dir: &Path) -> Result<()> {
         let Self::Hf(t) = self else { return Ok(()) };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(Self::FILE);
         let json = t
             .tokenizer
@@ -292,12 +291,9 @@ impl TextTokenizer {
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<i64>> {
         let ids = match self {
             Self::Bytes => self.encode(text)?,
-            Self::Hf(t) => t
-                .tokenizer
-                .encode_fast(text, true)
-                .map_err(|e| tok_err("tokenization failed", e))?
-                .get_ids()
-                .to_vec(),
+            Self::Hf(t) => {
+                t.tokenizer.encode_fast(text, true).map_err(|e| tok_err("tokenization failed", e))?.get_ids().to_vec()
+            }
         };
         Ok(ids.into_iter().map(i64::from).collect())
     }
@@ -323,9 +319,8 @@ impl TextTokenizer {
         for i in 1..starts.len() {
             starts[i] = starts[i].max(starts[i - 1]).min(text.len());
         }
-        let bytes = (0..starts.len())
-            .map(|i| (starts.get(i + 1).copied().unwrap_or(text.len()) - starts[i]) as u32)
-            .collect();
+        let bytes =
+            (0..starts.len()).map(|i| (starts.get(i + 1).copied().unwrap_or(text.len()) - starts[i]) as u32).collect();
         Ok((ids, bytes))
     }
 
@@ -498,7 +493,11 @@ fn read_special_tokens(tokenizer: &Tokenizer, dir: &Path) -> Result<SpecialToken
             ))),
         }
     };
-    let mut special = SpecialTokens { bos: named("bos_token")?, eos: named("eos_token")?.into_iter().collect(), pad: named("pad_token")? };
+    let mut special = SpecialTokens {
+        bos: named("bos_token")?,
+        eos: named("eos_token")?.into_iter().collect(),
+        pad: named("pad_token")?,
+    };
     for file in ["generation_config.json", "config.json"] {
         if let Some(config) = read_json(&dir.join(file))? {
             for id in token_ids(config.get("eos_token_id")) {

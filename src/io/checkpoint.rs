@@ -120,3 +120,14 @@ pub fn write_checkpoint_dir(
     }
     Ok(final_dir)
 }
+
+/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`); other folders are
+/// their own run folder.
+pub fn run_folder_of(checkpoint: &Path) -> PathBuf {
+    match checkpoint.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
+            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+        _ => checkpoint.to_path_buf(),
+    }
+}

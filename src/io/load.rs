@@ -76,6 +76,13 @@ pub fn model_files(path: &Path) -> Result<(PathBuf, PathBuf)> {
     if weights.is_file() && config.is_file() {
         return Ok((config, weights));
     }
+    if config.is_file() && !weights.is_file() && find_checkpoint(path).is_err() {
+        return Err(Error::Input(format!(
+            "{} holds config.json but no model.safetensors and no checkpoint: the weights are missing (a run \
+             writes model.safetensors after its last step; pass one of its checkpoints/step-* folders instead)",
+            path.display()
+        )));
+    }
     if weights.is_file() && !path.join("checkpoints").is_dir() {
         return Err(Error::Input(format!(
             "{} holds model.safetensors but no config.json beside it (the model config `train` writes)",
@@ -119,6 +126,19 @@ pub(crate) fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<(TextTok
         _ => dir,
     };
     let tokenizer = TextTokenizer::from_folder(folder)?;
+    if matches!(tokenizer, TextTokenizer::Bytes) {
+        // A subword run without its tokenizer.json would decode its ids as bytes: refuse it here,
+        // not after generating.
+        let recorded = [dir, folder].iter().find_map(|d| recorded_tokenizer(&d.join("train_config.json")));
+        if let Some(spec) = recorded.filter(|s| s != "bytes") {
+            return Err(Error::Data(format!(
+                "{} was trained with tokenizer {spec} but {} is missing: put the run's tokenizer.json back beside \
+                 the weights",
+                weights.display(),
+                folder.join(TextTokenizer::FILE).display()
+            )));
+        }
+    }
     if tokenizer.vocab_size() > vocab_size {
         return Err(Error::Data(format!(
             "the tokenizer next to {} has {} ids but the model's vocab_size is {vocab_size}",
@@ -128,6 +148,15 @@ pub(crate) fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<(TextTok
     }
     let file = Some(folder.join(TextTokenizer::FILE)).filter(|_| !matches!(tokenizer, TextTokenizer::Bytes));
     Ok((tokenizer, file))
+}
+
+/// The `tokenizer` of a training config file (as `--tokenizer` spells it), if the file exists and
+/// records one.
+fn recorded_tokenizer(train_config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(train_config).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let spec: crate::data::TokenizerSpec = serde_json::from_value(json.get("tokenizer")?.clone()).ok()?;
+    Some(spec.to_string())
 }
 
 fn read_seq2seq_config(path: &Path) -> Result<Seq2SeqConfig> {

@@ -10,7 +10,9 @@ pub(crate) mod load;
 pub(crate) mod tensors;
 
 pub use crate::fs::{save_json, write_atomic};
-pub use checkpoint::{checkpoint_name, find_checkpoint, list_checkpoints, write_checkpoint_dir, FileWriter};
+pub use checkpoint::{
+    checkpoint_name, find_checkpoint, list_checkpoints, run_folder_of, write_checkpoint_dir, FileWriter,
+};
 pub use hf::{
     export_blockers, export_hf, from_hf_config, to_hf_config, HarmlessKey, HfFormat, HARMLESS_KEYS,
     TRANSFORMERS_VERSION,

@@ -35,10 +35,7 @@ pub fn write_tensors_with_metadata(
     named: &[(String, Tensor)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let views = named
-        .iter()
-        .map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let views = named.iter().map(|(n, t)| Ok((n.as_str(), TensorBytes::new(t)?))).collect::<Result<Vec<_>>>()?;
     let metadata = (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect());
     safetensors::tensor::serialize_to_file(views, &metadata, path)
         .map_err(|err| Error::Torch(tch::TchError::SafeTensorError { path: path.display().to_string(), err }))
@@ -159,10 +156,11 @@ pub fn weight_tensors(vs: &VarStore) -> Result<Vec<(String, Tensor)>> {
 }
 
 /// Loads a safetensors file into `vs`, after checking that it holds exactly the model's
-/// variable names with the same shapes and dtypes.
+/// variable names with the same shapes and dtypes, and only finite values.
 ///
 /// # Errors
-/// [`Error::Checkpoint`] listing missing and unexpected names, or the first shape/dtype mismatch;
+/// [`Error::Checkpoint`] listing missing and unexpected names, the first shape/dtype mismatch, or
+/// the tensors holding NaN or ±inf;
 /// [`Error::Torch`] if the file cannot be read as safetensors.
 pub fn load_weights(vs: &VarStore, path: &Path) -> Result<()> {
     load_named_weights(vs, &read_tensors(path)?, path)
@@ -212,6 +210,23 @@ pub fn load_named_weights(vs: &VarStore, file: &BTreeMap<String, Tensor>, origin
                 src.kind(),
                 var.size(),
                 var.kind()
+            )));
+        }
+    }
+    // Corrupt weights are refused here, not discovered as garbage output later.
+    let floats: Vec<&String> = vars.keys().filter(|n| file[*n].is_floating_point()).collect();
+    if !floats.is_empty() {
+        let finite = Tensor::f_stack(
+            &floats.iter().map(|n| file[*n].f_isfinite()?.f_all()).collect::<std::result::Result<Vec<_>, _>>()?,
+            0,
+        )?;
+        let bad: Vec<&String> =
+            floats.iter().zip(host::i64s(&finite)?).filter(|(_, ok)| *ok == 0).map(|(n, _)| *n).collect();
+        if !bad.is_empty() {
+            return Err(Error::Checkpoint(format!(
+                "{}: {} hold non-finite values (NaN or ±inf): the weights are corrupt",
+                path.display(),
+                first_names(&bad)
             )));
         }
     }

@@ -64,20 +64,31 @@ impl Observer for Silent {}
 /// saved for that step, so the last checkpoint stays the last good one.
 ///
 /// # Errors
-/// [`Error::Io`] for the output folder, errors of the trainer.
+/// [`Error::Config`] when `stop_after` is not after the trainer's current step and before its
+/// last step (checked before anything is written); [`Error::Io`] for the output folder, errors of
+/// the trainer.
 pub fn run<T: Task>(
     trainer: &mut Trainer<T>,
     resumed: Option<(MetricsWindow, f64)>,
     options: &RunOptions,
     observer: &mut dyn Observer,
 ) -> Result<()> {
+    let start_step = trainer.step_count();
+    if let Some(stop) = options.stop_after {
+        let steps = trainer.config().steps;
+        if stop <= start_step || stop >= steps {
+            return Err(Error::Config(format!(
+                "stop after step {stop}: it must come after the run's current step ({start_step}) and before its last \
+                 step ({steps})"
+            )));
+        }
+    }
     // With expert parallelism every rank runs this loop; only rank 0 writes files.
     let main = trainer.is_main_rank();
     if main {
         std::fs::create_dir_all(&options.out_dir).map_err(|e| Error::io(&options.out_dir, e))?;
     }
     let metrics_path = options.out_dir.join("metrics.jsonl");
-    let start_step = trainer.step_count();
     let (mut window, elapsed_before) = resumed.unwrap_or_default();
     let root = options.checkpoint_root();
     let mut metrics = if !main {

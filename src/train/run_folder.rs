@@ -7,11 +7,12 @@
 use crate::data::{RunTokenizer, TextTokenizer, TokenizerSpec};
 use crate::error::{Error, Result};
 use crate::fs::save_json;
-use crate::io::{find_checkpoint, save_weights_gathered};
+use crate::io::{find_checkpoint, run_folder_of, save_weights_gathered};
 use crate::parallel::ProcessGroup;
 use crate::train::checkpoint::CheckpointMeta;
 use crate::train::config::TrainConfig;
 use crate::train::run::RunOptions;
+use crate::train::run_settings::{GivenSettings, ResolvedSettings, RunSettings};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 
@@ -58,7 +59,8 @@ impl RunFolder {
     /// # Errors
     /// [`Error::Checkpoint`] when a fresh run's folder already holds a checkpoint (naming it and
     /// the three ways on), or when the checkpoint to resume is missing or incomplete;
-    /// [`Error::Json`] / [`Error::Config`] for its malformed parts.
+    /// [`Error::Input`] when the folder is an existing file; [`Error::Json`] / [`Error::Config`]
+    /// for the checkpoint's malformed parts.
     pub fn open(out: Option<&Path>, start: RunStart) -> Result<Self> {
         let checkpoint = match &start {
             RunStart::Resume(path) => Some(CheckpointMeta::read(path)?),
@@ -69,6 +71,12 @@ impl RunFolder {
             (None, Some(meta)) => run_folder_of(&meta.dir),
             (None, None) => PathBuf::from(Self::DEFAULT_DIR),
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Input(format!(
+                "the run folder {} is a file, not a folder: choose another output folder",
+                dir.display()
+            )));
+        }
         if start == RunStart::Fresh {
             if let Ok(existing) = find_checkpoint(&dir) {
                 return Err(Error::Checkpoint(format!(
@@ -135,15 +143,39 @@ impl RunFolder {
         Ok(Some(config))
     }
 
-    /// The options of [`crate::train::run`] for this folder: checkpoints every `save_every`
-    /// steps (`None` or 0: only after the last step), the newest `keep_checkpoints` kept, an
-    /// optional stop after `stop_after` steps; an earlier run's checkpoints are deleted only
-    /// with [`RunStart::Overwrite`].
-    pub fn options(&self, save_every: Option<u64>, keep_checkpoints: usize, stop_after: Option<u64>) -> RunOptions {
+    /// The run's settings ([`RunSettings`]): a resumed run's `run.json` with `given` on top, each
+    /// change named; a new run's `given` on the defaults. A resumed run written before settings
+    /// were recorded goes on with `given` on the defaults, with a warning that says so.
+    ///
+    /// # Errors
+    /// As [`RunSettings::read`] and [`RunSettings::resolve`].
+    pub fn settings(&self, given: &GivenSettings) -> Result<ResolvedSettings> {
+        let Some(meta) = &self.checkpoint else { return RunSettings::resolve(None, given) };
+        let run_dir = run_folder_of(&meta.dir);
+        match RunSettings::read(&run_dir)? {
+            Some(recorded) => RunSettings::resolve(Some(&recorded), given),
+            None => {
+                let mut resolved = RunSettings::resolve(None, given)?;
+                resolved.warnings.push(format!(
+                    "{} has no {}: its data, checkpoint interval and thread count were not recorded, so the given \
+                     ones (or the defaults) are used",
+                    run_dir.display(),
+                    RunSettings::FILE
+                ));
+                Ok(resolved)
+            }
+        }
+    }
+
+    /// The options of [`crate::train::run`] for this folder: checkpoints every
+    /// `settings.save_every` steps (0: only after the last step), the newest
+    /// `settings.keep_checkpoints` kept, an optional stop after `stop_after` steps; an earlier
+    /// run's checkpoints are deleted only with [`RunStart::Overwrite`].
+    pub fn options(&self, settings: &RunSettings, stop_after: Option<u64>) -> RunOptions {
         RunOptions {
             out_dir: self.dir.clone(),
-            save_every: save_every.filter(|&n| n > 0),
-            keep_checkpoints,
+            save_every: Some(settings.save_every).filter(|&n| n > 0),
+            keep_checkpoints: settings.keep_checkpoints.max(1) as usize,
             overwrite: self.start == RunStart::Overwrite,
             stop_after,
         }
@@ -221,17 +253,6 @@ impl RunFolder {
     }
 }
 
-/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N` → `RUN`); other folders are
-/// their own run folder.
-fn run_folder_of(checkpoint: &Path) -> PathBuf {
-    match checkpoint.parent() {
-        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => {
-            parent.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
-        }
-        _ => checkpoint.to_path_buf(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,9 +275,17 @@ mod tests {
         let err = RunFolder::open(Some(&tmp), RunStart::Fresh).unwrap_err().to_string();
         assert!(err.contains("already holds a training run (checkpoint") && err.contains("step-00000003"), "{err}");
         let over = RunFolder::open(Some(&tmp), RunStart::Overwrite).unwrap();
-        assert!(over.options(Some(0), 2, None).overwrite);
-        assert_eq!(over.options(Some(0), 2, None).save_every, None);
-        assert!(!RunFolder::open(Some(&tmp.join("other")), RunStart::Fresh).unwrap().options(None, 1, None).overwrite);
+        let never = RunSettings { save_every: 0, ..RunSettings::default() };
+        assert!(over.options(&never, None).overwrite);
+        assert_eq!(over.options(&never, None).save_every, None);
+        let other = RunFolder::open(Some(&tmp.join("other")), RunStart::Fresh).unwrap();
+        assert!(!other.options(&RunSettings::default(), None).overwrite);
+        assert_eq!(other.options(&RunSettings::default(), None).save_every, Some(500));
+        // A file is not a run folder.
+        let file = tmp.join("notes.txt");
+        std::fs::write(&file, "x").unwrap();
+        let err = RunFolder::open(Some(&file), RunStart::Fresh).unwrap_err().to_string();
+        assert!(err.contains("notes.txt is a file, not a folder"), "{err}");
         // An incomplete checkpoint (no config.json) cannot be resumed: the error names the file.
         let err = RunFolder::open(None, RunStart::Resume(tmp.clone())).unwrap_err().to_string();
         assert!(err.contains("step-00000003/config.json"), "{err}");
