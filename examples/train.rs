@@ -112,8 +112,9 @@ fn run_config(
     data: &RunData,
     say: &dyn Fn(String),
 ) -> altup_moe::Result<Option<RunConfig>> {
+    // --steps is never ignored: it extends a resumed run.
     let warn_ignored = |sections: &[Section], why: &str| {
-        let flags = args.config.given_in(sections);
+        let flags: Vec<String> = args.config.given_in(sections).into_iter().filter(|f| f != "--steps").collect();
         if !flags.is_empty() {
             say(format!("warning: {} ignored: {why}", flags.join(", ")));
         }

@@ -519,7 +519,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "moe-every",
         section: Section::Moe,
-        help: "MoE on every N-th block...",
+        help: "MoE on every N-th block (from the --arch preset's first MoE block unless --moe-offset)...",
         value: Some("N"),
         show: |r| every_offset(&r.model.moe_layers).0.to_string(),
         set: |w, s| {
@@ -531,7 +531,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "moe-offset",
         section: Section::Moe,
-        help: "...starting at this block.",
+        help: "...starting at this block (the preset's: 0, or 1 for switch).",
         value: Some("N"),
         show: |r| every_offset(&r.model.moe_layers).1.to_string(),
         set: |w, s| {
