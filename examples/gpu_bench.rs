@@ -289,6 +289,42 @@ fn timed_step(trainer: &mut Trainer, device: Device) -> Result<f64> {
     Ok(seconds)
 }
 
+/// One step's host reads, top-level ATen operations (eager; replayed when captured) and the peak
+/// CUDA memory of one eager step.
+type StepCounts = (u64, i64, Option<i64>, Option<u64>);
+
+/// Warms both trainers up (kernel choices, allocations, the capture after the graph's 3 eager
+/// steps), then counts one step ([`StepCounts`]).
+fn warm_up_and_count(eager: &mut Trainer, mut graph: Option<&mut Trainer>, device: Device) -> Result<StepCounts> {
+    // Warm-up: kernel choices, allocations, and the capture (after the graph's 3 eager steps).
+    for _ in 0..2 {
+        timed_step(eager, device)?;
+    }
+    if let Some(g) = graph.as_mut() {
+        for _ in 0..5 {
+            timed_step(g, device)?;
+        }
+    }
+    let before = host_reads();
+    let counter = OpCounter::start()?;
+    eager.advance()?;
+    let (reads, ops) = (host_reads() - before, counter.counts().top_level);
+    drop(counter);
+    eager.read_stats()?;
+    let mut replay_ops = None;
+    if let Some(g) = graph.as_mut() {
+        let counter = OpCounter::start()?;
+        g.advance()?;
+        replay_ops = Some(counter.counts().top_level);
+        drop(counter);
+        g.read_stats()?;
+    }
+    reset_peak_cuda_memory(device)?;
+    timed_step(eager, device)?;
+    let peak_bytes = cuda_memory(device)?.map(|m| m.peak);
+    Ok((reads, ops, replay_ops, peak_bytes))
+}
+
 fn measure(args: &Args, dims: &Dims, stack: Stack, twin: &mut Option<Twin>) -> Result<Row> {
     let config = config(stack, dims, args.precision);
     let counts = config.param_counts();
@@ -322,32 +358,7 @@ fn measure(args: &Args, dims: &Dims, stack: Stack, twin: &mut Option<Twin>) -> R
             Err(e) => notes.push(format!("no CUDA graph: {e}")),
         }
     }
-    // Warm-up: kernel choices, allocations, and the capture (after the graph's 3 eager steps).
-    for _ in 0..2 {
-        timed_step(&mut eager, args.device)?;
-    }
-    if let Some(g) = graph.as_mut() {
-        for _ in 0..5 {
-            timed_step(g, args.device)?;
-        }
-    }
-    let before = host_reads();
-    let counter = OpCounter::start()?;
-    eager.advance()?;
-    let (reads, ops) = (host_reads() - before, counter.counts().top_level);
-    drop(counter);
-    eager.read_stats()?;
-    let mut replay_ops = None;
-    if let Some(g) = graph.as_mut() {
-        let counter = OpCounter::start()?;
-        g.advance()?;
-        replay_ops = Some(counter.counts().top_level);
-        drop(counter);
-        g.read_stats()?;
-    }
-    reset_peak_cuda_memory(args.device)?;
-    timed_step(&mut eager, args.device)?;
-    let peak_bytes = cuda_memory(args.device)?.map(|m| m.peak);
+    let (reads, ops, replay_ops, peak_bytes) = warm_up_and_count(&mut eager, graph.as_mut(), args.device)?;
 
     eprintln!("{}: timing {} rounds ...", stack.name(), args.rounds);
     let case = serde_json::json!({
@@ -512,6 +523,19 @@ fn report(args: &Args, dims: &Dims, device: &str, peak: Option<f64>, torch: Opti
             show(r.graph.as_ref().map(|g| PairedRatio::new(&r.ours, g))),
         );
     }
+    md += &targets(rows, peak, tokens);
+    let notes: Vec<String> =
+        rows.iter().flat_map(|r| r.notes.iter().map(move |n| format!("* {}: {n}", r.stack.name()))).collect();
+    if !notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n\n{}", notes.join("\n"));
+    }
+    md
+}
+
+/// The report's targets table: MFU per stack (with a peak), ours against PyTorch eager and
+/// torch.compile, AltUp's step against dense.
+fn targets(rows: &[Row], peak: Option<f64>, tokens: f64) -> String {
+    let mut md = String::new();
     md += "\n## Targets\n\n| target | measured | verdict |\n|---|---|---|\n";
     let dense = rows.iter().find(|r| r.stack == Stack::Dense).map(|r| median(&r.ours));
     for r in rows {
@@ -554,11 +578,6 @@ fn report(args: &Args, dims: &Dims, device: &str, peak: Option<f64>, torch: Opti
             md,
             "| AltUp K = 2 step ≤ 1.05× dense (ratio of medians, separate rounds) | {ratio:.3}× | {verdict} |"
         );
-    }
-    let notes: Vec<String> =
-        rows.iter().flat_map(|r| r.notes.iter().map(move |n| format!("* {}: {n}", r.stack.name()))).collect();
-    if !notes.is_empty() {
-        let _ = writeln!(md, "\n## Notes\n\n{}", notes.join("\n"));
     }
     md
 }
