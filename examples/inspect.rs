@@ -94,13 +94,14 @@ fn utilisation(
     let val = data.val;
     let seq_len = 128.min(config.max_seq_len);
     let mut batches = val.eval_batches(16, seq_len, args.windows.div_ceil(16).max(1), args.device)?;
-    // Exactly --windows windows: the last batch keeps only the ones asked for.
-    if let (Some(last), 1..=15) = (batches.last_mut(), args.windows % 16) {
-        let keep = (args.windows % 16) as i64;
-        if last.inputs.size()[0] > keep {
-            last.inputs = last.inputs.f_narrow(0, 0, keep)?;
-        }
+    // Exactly --windows windows (fewer only when the validation split is shorter).
+    let mut left = args.windows as i64;
+    for batch in &mut batches {
+        let keep = batch.inputs.size()[0].min(left);
+        batch.inputs = batch.inputs.f_narrow(0, 0, keep)?;
+        left -= keep;
     }
+    batches.retain(|b| b.inputs.size()[0] > 0);
     let windows: i64 = batches.iter().map(|b| b.inputs.size()[0]).sum();
     let mut per_layer: Vec<(usize, Vec<i64>, f64, f64)> = Vec::new(); // layer, counts, dropped, entropy
     tch::no_grad(|| -> altup_moe::Result<()> {
@@ -266,5 +267,60 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use altup_moe::model::{Arch, ModelConfig};
+    use altup_moe::train::RunSettings;
+    use clap::Parser;
+
+    /// Without --data, the experts are measured on the data the run recorded in run.json, and
+    /// --windows is taken literally (20 windows, not 32).
+    #[test]
+    fn expert_use_is_measured_on_the_runs_own_data_and_windows_are_literal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = tmp.path().join("sonnets.txt");
+        std::fs::write(&text, "Shall I compare thee to a summer's day? Thou art more lovely.\n".repeat(1000)).unwrap();
+        let run = tmp.path().join("run");
+        let mut config = ModelConfig::preset(Arch::Switch);
+        (config.d_model, config.num_layers, config.max_seq_len, config.attention.num_heads) = (16, 2, 128, 2);
+        config.ffn.d_ff = 32;
+        config.moe.as_mut().unwrap().d_ff = 32;
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let _model = LanguageModel::new(&vs.root(), &config).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        altup_moe::io::save_weights(&vs, &run.join("model.safetensors")).unwrap();
+        altup_moe::io::save_json(&run.join("config.json"), &config).unwrap();
+        let settings = RunSettings { data: Some(text.canonicalize().unwrap()), ..RunSettings::default() };
+        settings.write(&run, &altup_moe::parallel::ProcessGroup::single()).unwrap();
+        let args = Args::try_parse_from([
+            "inspect",
+            "--model",
+            &run.display().to_string(),
+            "--windows",
+            "20",
+            "--device",
+            "cpu",
+        ])
+        .unwrap();
+        let report = inspect_main(&args).unwrap();
+        assert!(report.contains("routed 20 validation windows of 128 tokens"), "{report}");
+        assert!(report.contains("sonnets.txt (1 files"), "{report}");
+        // A split too short for the windows asked for: the report says how many were routed.
+        let args = Args::try_parse_from([
+            "inspect",
+            "--model",
+            &run.display().to_string(),
+            "--windows",
+            "500",
+            "--device",
+            "cpu",
+        ])
+        .unwrap();
+        let report = inspect_main(&args).unwrap();
+        assert!(report.contains("routed 48 validation windows of 128 tokens"), "{report}");
     }
 }
