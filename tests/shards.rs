@@ -278,6 +278,22 @@ fn prepare_output_may_not_be_the_input_or_an_existing_corpus() {
     let err = check_prepare_output(&input, &out, false).unwrap_err().to_string();
     assert!(err.contains("already holds a prepared corpus"), "{err}");
     check_prepare_output(&input, &out, true).unwrap();
+    // Replacing it with fewer shards leaves none of the old ones behind.
+    let shards = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".bin"))
+            .collect();
+        names.sort();
+        names
+    };
+    let many = prepare_corpus(&files, &out, &TextTokenizer::Bytes, "bytes", 0.2, 500, &|_| {}).unwrap();
+    assert!(many.train.shards.len() > 2, "{}", many.train.shards.len());
+    assert_eq!(shards(&out).len(), many.train.shards.len() + many.val.shards.len());
+    prepare_corpus(&files, &out, &TextTokenizer::Bytes, "bytes", 0.2, 1_000_000, &|_| {}).unwrap();
+    assert_eq!(shards(&out), ["train-00000.bin", "val-00000.bin"]);
+    PreparedCorpus::open(&out).unwrap();
     // A single input file: an output folder beside it is fine, the file itself is not a folder.
     check_prepare_output(&files[0], &tmp.path().join("beside"), false).unwrap();
     let err = check_prepare_output(&input, &files[0], true).unwrap_err().to_string();

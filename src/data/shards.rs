@@ -301,7 +301,17 @@ pub fn prepare_corpus(
         return Err(Error::Data("shard size (0 tokens) must be at least 1".into()));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // A corpus prepared here before is replaced: its meta.json goes first (the folder is then
+    // incomplete until the new one is written), then its shard files, which a smaller corpus would
+    // otherwise leave behind.
+    let old: Option<ShardsMeta> =
+        std::fs::read_to_string(out.join("meta.json")).ok().and_then(|text| serde_json::from_str(&text).ok());
     let _ = std::fs::remove_file(out.join("meta.json"));
+    for shard in old.iter().flat_map(|m| m.train.shards.iter().chain(&m.val.shards)) {
+        for name in std::iter::once(&shard.file).chain(&shard.bytes_file) {
+            let _ = std::fs::remove_file(out.join(name));
+        }
+    }
     let dtype = ShardDtype::for_vocab(tokenizer.vocab_size());
     let writer = |split| ShardWriter {
         dir: out.to_path_buf(),
