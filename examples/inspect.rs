@@ -296,31 +296,16 @@ mod tests {
         altup_moe::io::save_json(&run.join("config.json"), &config).unwrap();
         let settings = RunSettings { data: Some(text.canonicalize().unwrap()), ..RunSettings::default() };
         settings.write(&run, &altup_moe::parallel::ProcessGroup::single()).unwrap();
-        let args = Args::try_parse_from([
-            "inspect",
-            "--model",
-            &run.display().to_string(),
-            "--windows",
-            "20",
-            "--device",
-            "cpu",
-        ])
-        .unwrap();
-        let report = inspect_main(&args).unwrap();
-        assert!(report.contains("routed 20 validation windows of 128 tokens"), "{report}");
-        assert!(report.contains("sonnets.txt (1 files"), "{report}");
+        let report = |windows: &str| {
+            let run = run.display().to_string();
+            let flags = ["inspect", "--model", &run, "--windows", windows, "--device", "cpu"];
+            inspect_main(&Args::try_parse_from(flags).unwrap()).unwrap()
+        };
+        let report20 = report("20");
+        assert!(report20.contains("routed 20 validation windows of 128 tokens"), "{report20}");
+        assert!(report20.contains("sonnets.txt (1 files"), "{report20}");
         // A split too short for the windows asked for: the report says how many were routed.
-        let args = Args::try_parse_from([
-            "inspect",
-            "--model",
-            &run.display().to_string(),
-            "--windows",
-            "500",
-            "--device",
-            "cpu",
-        ])
-        .unwrap();
-        let report = inspect_main(&args).unwrap();
-        assert!(report.contains("routed 48 validation windows of 128 tokens"), "{report}");
+        let report500 = report("500");
+        assert!(report500.contains("routed 48 validation windows of 128 tokens"), "{report500}");
     }
 }

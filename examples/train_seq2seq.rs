@@ -159,12 +159,13 @@ fn configs(
     folder: &RunFolder,
     data: &RunData,
     corruption: &SpanCorruption,
+    say: &dyn Fn(String),
 ) -> altup_moe::Result<Option<(Seq2SeqConfig, TrainConfig)>> {
     if let Some(meta) = folder.checkpoint() {
         let train = folder.resumed_train_config(args.steps, &data.description, &data.hash, false)?;
         let train = train.expect("a resumed run has a training config");
         if meta.state.step >= train.steps {
-            eprintln!("nothing to train: {} is at step {} of {}", meta.dir.display(), meta.state.step, train.steps);
+            say(format!("nothing to train: {} is at step {} of {}", meta.dir.display(), meta.state.step, train.steps));
             return Ok(None);
         }
         return Ok(Some((meta.model_config()?, train)));
@@ -209,7 +210,9 @@ fn train_main(args: Args, group: ProcessGroup, device: Device) -> altup_moe::Res
     let data =
         run_data(settings.data.as_deref(), &files, &folder.run_tokenizer(&args.tokenizer)?, &|line| say!("{line}"))?;
     let corruption = SpanCorruption { text_vocab: data.tokenizer.vocab_size(), ..SpanCorruption::default() };
-    let Some((config, train_config)) = configs(&args, &folder, &data, &corruption)? else { return Ok(()) };
+    let Some((config, train_config)) = configs(&args, &folder, &data, &corruption, &|line| say!("{line}"))? else {
+        return Ok(());
+    };
     let (seq_len, seed) = (train_config.seq_len, train_config.seed);
     let (src_len, tgt_len) = corruption.lengths(seq_len)?;
     let RunData { tokenizer, train, val, .. } = data;

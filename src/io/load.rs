@@ -4,7 +4,7 @@
 
 use crate::data::TextTokenizer;
 use crate::error::{Error, Result};
-use crate::io::checkpoint::find_checkpoint;
+use crate::io::checkpoint::{find_checkpoint, run_folder_of};
 use crate::io::tensors::load_weights;
 use crate::model::{LanguageModel, ModelConfig, Seq2SeqConfig, Seq2SeqModel};
 use std::path::{Path, PathBuf};
@@ -120,11 +120,12 @@ fn is_encoder_decoder(config: &Path) -> Result<bool> {
 /// against the model's vocabulary of `vocab_size` ids, and the `tokenizer.json` it was read from.
 pub(crate) fn tokenizer_of(weights: &Path, vocab_size: usize) -> Result<(TextTokenizer, Option<PathBuf>)> {
     let dir = weights.parent().unwrap_or(Path::new("."));
-    let run = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
-    let folder = match run {
-        Some(run) if !dir.join(TextTokenizer::FILE).is_file() => run,
-        _ => dir,
+    // Beside the weights, else in the run folder of a step-* checkpoint.
+    let folder = match dir.join(TextTokenizer::FILE).is_file() {
+        true => dir.to_path_buf(),
+        false => run_folder_of(dir),
     };
+    let folder = folder.as_path();
     let tokenizer = TextTokenizer::from_folder(folder)?;
     if matches!(tokenizer, TextTokenizer::Bytes) {
         // A subword run without its tokenizer.json would decode its ids as bytes: refuse it here,
