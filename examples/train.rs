@@ -17,7 +17,6 @@ mod common;
 use altup_moe::data::{RunData, RunTokenizer, TokenizerSpec};
 use altup_moe::io::{load_model, Loaded};
 use altup_moe::model::{Generation, LanguageModel, Sampling};
-use altup_moe::nn::VarBuilder;
 use altup_moe::parallel::{ProcessGroup, Ranks};
 use altup_moe::train::{run, GivenSettings, Observer, RunConfig, RunFolder, RunStart, Section, Silent, Trainer};
 use clap::Parser;
@@ -26,7 +25,7 @@ use common::{device_name, human, parse_device, progress_bar, Progress};
 use rand::SeedableRng;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tch::{nn::VarStore, Device};
+use tch::Device;
 
 /// Train a small language model — dense, Switch-MoE, AltUp or AltUp+MoE — on real text (default:
 /// the plays of Shakespeare), with metrics, checkpoints and resume.
@@ -138,27 +137,32 @@ fn run_config(
         }
         return Ok(Some(RunConfig { model: meta.model_config()?, train }));
     }
-    let mut run = args.config.run_config()?;
-    match init {
+    let run = args.config.run_config()?;
+    if !run.train.data_hash.is_empty() && run.train.data_hash != data.hash {
+        say(format!(
+            "warning: the configuration was trained on the corpus {} ({}); this run's data is {} ({}): its numbers \
+             will differ",
+            run.train.data, run.train.data_hash, data.description, data.hash
+        ));
+    }
+    let run = run.on_data(data);
+    Ok(Some(match init {
         Some(loaded) => {
             warn_ignored(&[Section::Model, Section::Moe, Section::AltUp], "--init-from gives the model");
-            run.model =
+            let model =
                 altup_moe::model::ModelConfig { precision: run.model.precision, ..loaded.model.config().clone() };
+            RunConfig { model, ..run }
         }
         None => {
-            let (moe, altup) = (run.model.moe.is_some(), run.model.altup.is_some());
-            if !moe {
+            if run.model.moe.is_none() {
                 warn_ignored(&[Section::Moe], "the model has no MoE layers");
             }
-            if !altup {
+            if run.model.altup.is_none() {
                 warn_ignored(&[Section::AltUp], "the model has no AltUp");
             }
-            run.model.vocab_size = data.tokenizer.vocab_size();
+            run
         }
-    }
-    (run.train.data, run.train.data_hash, run.train.tokenizer) =
-        (data.description.clone(), data.hash.clone(), data.spec.clone());
-    Ok(Some(run))
+    }))
 }
 
 /// The run settings the flags give (each `None` when not given).
@@ -205,8 +209,7 @@ fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Re
     let data = common::run_data(settings.data.as_deref(), &common::FileFlags::of(&settings), &tokenizer, &say)?;
     let Some(run_config) = run_config(args, &folder, init.as_ref(), &data, &say)? else { return Ok(()) };
     let RunConfig { model: config, train: train_config } = &run_config;
-    let vs = VarStore::new(device);
-    let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), config)?;
+    let (vs, model) = run_config.build_model(&group, device)?;
     let mut trainer = Trainer::new(&vs, &model, &data.train, &data.val, train_config.clone())?;
     let resumed = folder.checkpoint().map(|meta| trainer.restore(meta)).transpose()?;
     if let Some(loaded) = &init {

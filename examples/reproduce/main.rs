@@ -24,24 +24,23 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-mod record;
 mod report;
 mod stats;
 mod study;
 
 use altup_moe::data::{RunData, RunTokenizer};
 use altup_moe::data::{TextTokenizer, TokenizerSpec};
-use altup_moe::model::LanguageModel;
-use altup_moe::train::{run, RunOptions, TrainConfig, Trainer};
+use altup_moe::model::ModelConfig;
+use altup_moe::parallel::ProcessGroup;
+use altup_moe::train::{current_commit, run, RunConfig, RunOptions, RunRecord, TrainConfig, Trainer};
 use clap::Parser;
 use common::curves::read_metrics;
 use common::{device_name, log, parse_device, progress_bar, run_data, Progress};
-use record::RunRecord;
 use report::{part_name, write_report, Records};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use study::{stacks, Part};
-use tch::{nn::VarStore, Device};
+use tch::Device;
 
 /// Train the stacks of the AltUp/MoE claims with several seeds and write a report.
 #[derive(Debug, Parser)]
@@ -97,6 +96,10 @@ struct Args {
     /// Retrain the chosen runs even if their records match.
     #[arg(long)]
     fresh: bool,
+    /// Train only the stack of this name (repeatable; the report's names, e.g. dense,
+    /// altup-k2+switch-e8, dense-d256) [default: every stack of the chosen parts].
+    #[arg(long, value_name = "NAME")]
+    stack: Vec<String>,
 }
 
 /// The tokenizer as a file-name part: "" for bytes, "-bpe2048", "-NAME" for a tokenizer.json.
@@ -140,39 +143,33 @@ impl Paths {
     }
 }
 
-/// Trains one stack with one seed (unless its record already matches) and records it.
-fn train_one(
-    args: &Args,
-    paths: &Paths,
-    data: &RunData,
-    data_shown: &str,
-    name: &str,
-    config: &altup_moe::model::ModelConfig,
-    seed: u64,
-) -> altup_moe::Result<()> {
-    let mut config = config.clone();
-    config.init_seed = seed;
-    config.vocab_size = data.tokenizer.vocab_size();
-    let tc = TrainConfig {
+/// The run of one stack with one seed: the stack's model with the study's training settings
+/// and the library's other defaults, on `data` (the corpus named as `data_shown`).
+fn run_of(args: &Args, data: &RunData, data_shown: &str, config: &ModelConfig, seed: u64) -> RunConfig {
+    let train = TrainConfig {
         steps: args.steps,
-        warmup_steps: 50.min(args.steps / 10),
+        warmup_steps: TrainConfig::default_warmup(args.steps),
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
-        seed,
-        data: data_shown.to_string(),
-        data_hash: data.hash.clone(),
-        tokenizer: data.spec.clone(),
         ..TrainConfig::default()
     };
-    if !args.fresh && RunRecord::read(&paths.records, name, seed)?.is_some_and(|r| r.is_run_of(&config, &tc)) {
+    let mut run = RunConfig { model: config.clone(), train }.with_seed(seed).on_data(data);
+    run.train.data = data_shown.to_string();
+    run
+}
+
+/// Trains one stack with one seed (unless its record already matches) and records it.
+fn train_one(args: &Args, paths: &Paths, data: &RunData, name: &str, run_config: &RunConfig) -> altup_moe::Result<()> {
+    let seed = run_config.train.seed;
+    if !args.fresh && RunRecord::read(&paths.records, name, seed)?.is_some_and(|r| r.is_run_of(run_config)) {
         eprintln!("{name:<30} seed {seed}: recorded in {}, kept (--fresh retrains)", paths.records.display());
         return Ok(());
     }
     let out = paths.runs.join(format!("{name}-seed{seed}"));
     std::fs::create_dir_all(&out).map_err(|e| altup_moe::Error::io(&out, e))?;
     data.tokenizer.save_to_folder(&out)?;
-    let vs = VarStore::new(args.device);
-    let model = LanguageModel::new(&vs.root(), &config)?;
+    let (vs, model) = run_config.build_model(&ProcessGroup::single(), args.device)?;
+    let tc = &run_config.train;
     let mut trainer = Trainer::new(&vs, &model, &data.train, &data.val, tc.clone())?;
     let options =
         RunOptions { out_dir: out.clone(), save_every: None, keep_checkpoints: 1, stop_after: None, overwrite: true };
@@ -183,7 +180,7 @@ fn train_one(
     let result = run(&mut trainer, None, &options, &mut Progress::new(&bar, None));
     bar.finish_and_clear();
     result?;
-    let record = RunRecord::new(name, seed, &config, &tc, &read_metrics(&out)?);
+    let record = RunRecord::new(name, run_config, current_commit(), &read_metrics(&out)?);
     record.write(&paths.records)?;
     eprintln!("{name:<30} seed {seed}: val bpb {:.4} in {:.0} s", record.final_bpb(), started.elapsed().as_secs_f64());
     Ok(())
@@ -205,6 +202,13 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     // Name the corpus relative to the working folder: records and the report are committed.
     let cwd = format!("{}/", std::env::current_dir().unwrap_or_default().display());
     let data_shown = data.description.replace(&cwd, "");
+    let names: Vec<String> = Part::ALL.iter().flat_map(|&p| stacks(p, args.quick)).map(|s| s.name).collect();
+    if let Some(unknown) = args.stack.iter().find(|n| !names.contains(n)) {
+        return Err(altup_moe::Error::Config(format!(
+            "--stack {unknown}: no such stack (stacks: {})",
+            names.join(", ")
+        )));
+    }
     let parts: Vec<Part> = match (args.report_only, args.part) {
         (true, _) => Vec::new(),
         (false, Some(part)) => vec![part],
@@ -215,17 +219,20 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     for part in parts {
         eprintln!("part {}", part_name(part));
         for seed in (0..args.seeds).filter(|s| args.seed.is_none_or(|chosen| chosen == *s)) {
-            for stack in stacks(part, args.quick) {
-                train_one(&args, &paths, &data, &data_shown, &stack.name, &stack.config, seed)?;
+            let chosen =
+                stacks(part, args.quick).into_iter().filter(|s| args.stack.is_empty() || args.stack.contains(&s.name));
+            for stack in chosen {
+                train_one(&args, &paths, &data, &stack.name, &run_of(&args, &data, &data_shown, &stack.config, seed))?;
             }
         }
     }
-    let names: Vec<String> = Part::ALL.iter().flat_map(|&p| stacks(p, args.quick)).map(|s| s.name).collect();
     let records = Records::read(&paths.records, &names, args.seeds)?;
     let [small, base, large] = study::sizes(args.quick);
     let unit = if matches!(data.tokenizer, TextTokenizer::Bytes) { "bytes" } else { "tokens" };
+    // The corpus the records were trained on (this run's data when they disagree).
+    let trained_on = records.data().unwrap_or(&data_shown);
     let header = format!(
-        "{} language models on {data_shown} (90/10 split), 4 blocks, 4 heads, F = 4d (d = {base} unless a \
+        "{} language models on {trained_on} (90/10 split), 4 blocks, 4 heads, F = 4d (d = {base} unless a \
          table says otherwise; the size trend adds d = {small} and {large}), 16 × 128 {unit} per step, {} steps \
          (warmup {} + cosine to 10%, peak lr 3e-3, AdamW), {} seed(s) per stack, {}, {} threads. Validation on {} \
          × 16 windows of 128 {unit}. Generated by `make reproduce` (`cargo run --release --example reproduce`) \

@@ -1,9 +1,9 @@
 //! The report: tables with paired statistics and plots, regenerated from the run records alone.
 
 use crate::common::plot_err;
-use crate::record::RunRecord;
 use crate::stats::{first_crossing, mean_std, median, Paired};
 use crate::study::{sized, sizes, Part, PLACEMENTS};
+use altup_moe::train::RunRecord;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,6 +36,14 @@ impl Records {
             }
         }
         Ok(Self { by_name })
+    }
+
+    /// The corpus every record was trained on (its description), `None` when there are no
+    /// records or they disagree.
+    pub fn data(&self) -> Option<&str> {
+        let mut all = self.by_name.values().flatten().map(|r| r.train.data.as_str());
+        let first = all.next()?;
+        all.all(|d| d == first).then_some(first)
     }
 
     fn get(&self, name: &str) -> Option<&[RunRecord]> {
@@ -193,6 +201,7 @@ pub fn write_report(
     speedups_table(&mut md, records);
     placement_table(&mut md, records);
     size_trend(&mut md, records, quick);
+    provenance(&mut md, records);
     // Keep a hand-written reading of the numbers across regenerations.
     let mut out = md.clone();
     if let Some(kept) =
@@ -202,6 +211,30 @@ pub fn write_report(
     }
     std::fs::write(report, &out).map_err(|e| altup_moe::Error::io(report, e))?;
     Ok(md)
+}
+
+/// Which commit trained which records: a record's numbers are those of its commit's code (a
+/// later commit that changes the numbers retrains them).
+fn provenance(md: &mut String, records: &Records) {
+    let mut by_commit: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for runs in records.by_name.values() {
+        for r in runs {
+            let commit = r.commit.as_deref().unwrap_or("not recorded");
+            by_commit.entry(commit).or_default().push(format!("{} seed {}", r.name, r.seed));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## Where the records come from\n\nEach record holds the commit checked out when it was trained (`-dirty`: with \
+         uncommitted changes). Retrain any record with `cargo run --release --example train -- --config RECORD` \
+         (its model and training settings; the same thread count gives the same numbers) or \
+         `cargo run --release --example reproduce -- --stack NAME --seed S --part PART --fresh`.\n\n| commit | \
+         records |\n|---|---|"
+    );
+    for (commit, runs) in by_commit {
+        let _ = writeln!(md, "| {commit} | {} ({}) |", runs.len(), runs.join(", "));
+    }
+    md.push('\n');
 }
 
 /// The claims' stacks.

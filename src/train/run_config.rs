@@ -3,12 +3,18 @@
 //! with no flags), read from a JSON file, and changed field by field with `key=value`
 //! assignments (`model.moe.top_k=2`, `train.lr=1e-3`; nanoGPT's configurator, over serde).
 
+use crate::data::RunData;
 use crate::error::{Error, Result};
-use crate::model::{Arch, ModelConfig};
+use crate::model::{Arch, LanguageModel, ModelConfig};
+use crate::nn::VarBuilder;
+use crate::parallel::ProcessGroup;
 use crate::train::config::TrainConfig;
+use crate::train::record::RunRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
+use tch::nn::VarStore;
+use tch::Device;
 
 /// A language-model training run's configuration: `{"model": …, "train": …}`.
 ///
@@ -45,13 +51,17 @@ impl Default for RunConfig {
 
 impl RunConfig {
     /// Reads a run configuration from a JSON file (every field optional: missing ones keep
-    /// their defaults, as in the serde configs themselves).
+    /// their defaults, as in the serde configs themselves), or the configuration of a run
+    /// record ([`RunRecord`], a file with `evals`: retraining it reproduces the record).
     ///
     /// # Errors
     /// [`Error::Io`] for an unreadable file; [`Error::Json`] naming it for malformed contents or
     /// unknown fields.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("evals").is_some()) {
+            return Ok(RunRecord::parse(&text, path)?.run_config());
+        }
         let mut value = serde_json::to_value(Self::default()).map_err(|e| json_error(path, e))?;
         let given: Value = serde_json::from_str(&text).map_err(|e| json_error(path, e))?;
         merge(&mut value, given);
@@ -94,6 +104,36 @@ impl RunConfig {
         *self = serde_json::from_value(value)
             .map_err(|e| Error::Config(format!("{key}={raw}: {}", e.to_string().replace('_', "-"))))?;
         Ok(())
+    }
+
+    /// This run with `seed` for both the initialisation (`model.init_seed`) and the data order
+    /// and router noise (`train.seed`), as `--seed` sets them.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        (self.model.init_seed, self.train.seed) = (seed, seed);
+        self
+    }
+
+    /// The model of this run, built in a new [`VarStore`] on `device` by the ranks of `group`
+    /// ([`ProcessGroup::single`] for one process): with [`RunConfig::on_data`], the builder that
+    /// `train` and `reproduce` share.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid model configuration.
+    pub fn build_model(&self, group: &ProcessGroup, device: Device) -> Result<(VarStore, LanguageModel)> {
+        let vs = VarStore::new(device);
+        let model = LanguageModel::new(VarBuilder::new(&vs.root()).with_group(group.clone()), &self.model)?;
+        Ok((vs, model))
+    }
+
+    /// This run on `data`: the vocabulary is the tokenizer's, and the training settings record
+    /// the corpus (its description and content hash) and the tokenizer. The one step from a
+    /// configuration to a run that `train` and `reproduce` share, so that a run record retrained
+    /// through either gives the same numbers.
+    pub fn on_data(mut self, data: &RunData) -> Self {
+        self.model.vocab_size = data.tokenizer.vocab_size();
+        (self.train.data, self.train.data_hash, self.train.tokenizer) =
+            (data.description.clone(), data.hash.clone(), data.spec.clone());
+        self
     }
 }
 

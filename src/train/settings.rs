@@ -255,8 +255,7 @@ pub const SETTINGS: &[Setting] = &[
         value: Some("S"),
         show: |r| r.train.seed.to_string(),
         set: |w, s| {
-            let seed = number(s)?;
-            (w.train.seed, w.model.init_seed) = (seed, seed);
+            *w = std::mem::take(w).with_seed(number(s)?);
             Ok(())
         },
     },
