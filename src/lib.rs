@@ -58,6 +58,7 @@ mod names;
 mod native;
 pub mod nn;
 pub mod parallel;
+pub mod residual;
 pub mod runtime;
 mod shape;
 /// The device that tests, doctests and examples run on (`ALTUP_MOE_TEST_DEVICE`).

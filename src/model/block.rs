@@ -11,6 +11,7 @@ use crate::nn::{
     AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, KvCache, RmsNorm, SelfAttention, VarBuilder,
 };
 use crate::parallel::GraphCuts;
+use crate::residual::{connection, ResidualConfig, SublayerConnection};
 use crate::shape::expect_shape;
 use tch::{Kind, Tensor};
 
@@ -34,6 +35,10 @@ pub struct BlockConfig {
     pub ffn: FfnConfig,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
+    /// How the sublayers connect to the residual stream (parameters under `residual`).
+    pub residual: ResidualConfig,
+    /// The block's index in its stack (Hyper-Connections' initial read stream depends on it).
+    pub index: usize,
 }
 
 /// Dense or MoE feed-forward sublayer.
@@ -101,9 +106,15 @@ pub struct Block {
     pub ffn_norm: RmsNorm,
     /// Dense FFN or MoE.
     pub ffn: Ffn,
+    /// How attention, cross-attention (when present) and the FFN read from and write to the
+    /// residual stream, in that order.
+    pub residual: Vec<Box<dyn SublayerConnection>>,
     /// Backward segment boundary before the FFN sublayer of an expert-parallel MoE block.
     cuts: GraphCuts,
     d_model: i64,
+    /// The residual streams `n` of an `n`-stream method (`[B, T, n, D]`); `None`: the plain
+    /// `[B, T, D]` stream.
+    streams: Option<i64>,
 }
 
 impl Block {
@@ -121,6 +132,16 @@ impl Block {
             FfnConfig::Dense(c) => (Ffn::Dense(FeedForward::new(&vb / "ffn", d_model, c)?), GraphCuts::none()),
             FfnConfig::Moe(c) => (Ffn::Moe(Box::new(MoeLayer::new(&vb / "moe", d_model, c)?)), vb.group().cuts()),
         };
+        // One connection per sublayer; Hyper-Connections number them over the whole stack.
+        let sublayers: &[&str] = if config.cross_attention { &["attn", "cross_attn", "ffn"] } else { &["attn", "ffn"] };
+        let residual = sublayers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let index = config.index * sublayers.len() + i;
+                connection(&vb / "residual" / *name, d_model, &config.residual, index, config.norm_eps)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let cross = if config.cross_attention {
             Some((
                 RmsNorm::new(&vb / "cross_norm", d_model as i64, config.norm_eps)?,
@@ -135,8 +156,10 @@ impl Block {
             cross,
             ffn_norm: RmsNorm::new(&vb / "ffn_norm", d_model as i64, config.norm_eps)?,
             ffn,
+            residual,
             cuts,
             d_model: d_model as i64,
+            streams: (!config.residual.is_plain()).then_some(config.residual.streams() as i64),
         })
     }
 
@@ -169,7 +192,10 @@ impl Block {
         ctx: &BlockContext,
         mut cache: Option<&mut BlockCache>,
     ) -> Result<(Tensor, Option<MoeAux>)> {
-        expect_shape(x, "block input", "[B, T, D]", &[None, None, Some(self.d_model)])?;
+        match self.streams {
+            None => expect_shape(x, "block input", "[B, T, D]", &[None, None, Some(self.d_model)])?,
+            Some(n) => expect_shape(x, "block input", "[B, T, n, D]", &[None, None, Some(n), Some(self.d_model)])?,
+        }
         // A sublayer's input: the normed residual, in the sublayer's compute dtype.
         let sublayer_input = |norm: &RmsNorm, x: &Tensor| -> Result<Tensor> {
             let h = norm.forward(x)?;
@@ -178,31 +204,38 @@ impl Block {
                 _ => h,
             })
         };
-        let attn_out = self.attn.forward(
-            &sublayer_input(&self.attn_norm, x)?,
-            ctx.positions,
-            ctx.mask,
-            cache.as_deref_mut().map(|c| &mut c.self_attn),
-        )?;
-        let mut x = residual_add(x, &attn_out)?;
-        if let Some((norm, cross)) = &self.cross {
-            let memory = ctx
-                .memory
-                .ok_or_else(|| crate::Error::Shape("a cross-attending block needs the encoder output".into()))?;
-            let query = sublayer_input(norm, &x)?;
-            let states = memory.states.like(&query)?;
-            let y = cross.forward(&query, &states, memory.mask, cache.map(|c| &mut c.cross_attn))?;
-            x = residual_add(&x, &y)?;
-        }
-        let x = self.cuts.cut(&x)?;
-        let h = sublayer_input(&self.ffn_norm, &x)?;
-        let (y, aux) = match &self.ffn {
-            Ffn::Dense(ffn) => (ffn.forward(&h)?, None),
-            Ffn::Moe(moe) => {
-                let (y, aux) = moe.forward_masked_t(&h, ctx.mask, ctx.train)?;
-                (y, Some(aux))
+        let mut connections = self.residual.iter();
+        let mut next = || connections.next().expect("a connection per sublayer");
+        let x = next().apply(x, &mut |h: &Tensor| {
+            let input = sublayer_input(&self.attn_norm, h)?;
+            self.attn.forward(&input, ctx.positions, ctx.mask, cache.as_deref_mut().map(|c| &mut c.self_attn))
+        })?;
+        let x = match &self.cross {
+            Some((norm, cross)) => {
+                let memory = ctx
+                    .memory
+                    .ok_or_else(|| crate::Error::Shape("a cross-attending block needs the encoder output".into()))?;
+                next().apply(&x, &mut |h: &Tensor| {
+                    let query = sublayer_input(norm, h)?;
+                    let states = memory.states.like(&query)?;
+                    cross.forward(&query, &states, memory.mask, cache.as_deref_mut().map(|c| &mut c.cross_attn))
+                })?
             }
+            None => x,
         };
-        Ok((residual_add(&x, &y)?, aux))
+        let x = self.cuts.cut(&x)?;
+        let mut aux = None;
+        let x = next().apply(&x, &mut |h: &Tensor| {
+            let h = sublayer_input(&self.ffn_norm, h)?;
+            match &self.ffn {
+                Ffn::Dense(ffn) => ffn.forward(&h),
+                Ffn::Moe(moe) => {
+                    let (y, moe_aux) = moe.forward_masked_t(&h, ctx.mask, ctx.train)?;
+                    aux = Some(moe_aux);
+                    Ok(y)
+                }
+            }
+        })?;
+        Ok((x, aux))
     }
 }

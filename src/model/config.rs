@@ -6,6 +6,7 @@ use crate::model::block::{BlockConfig, FfnConfig};
 use crate::model::precision::Precision;
 use crate::moe::MoeConfig;
 use crate::nn::{AttentionConfig, FeedForwardConfig};
+use crate::residual::ResidualConfig;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -74,6 +75,10 @@ pub struct ModelConfig {
     pub altup: Option<AltUpConfig>,
     /// Sequence-AltUp on every block (each block runs on every `stride`-th token); `None` = off.
     pub sequence_altup: Option<SequenceAltUpConfig>,
+    /// How the sublayers connect to the residual stream: plain, or an `n`-stream method
+    /// (Hyper-Connections, mHC). Written to `config.json` only when it is not plain.
+    #[serde(skip_serializing_if = "ResidualConfig::is_plain")]
+    pub residual: ResidualConfig,
     /// Blocks cross-attend to an encoder's output (the decoder of an encoder-decoder).
     pub cross_attention: bool,
     /// RMSNorm epsilon.
@@ -105,6 +110,7 @@ impl Default for ModelConfig {
             moe_layers: MoeLayers::default(),
             altup: None,
             sequence_altup: None,
+            residual: ResidualConfig::Plain,
             cross_attention: false,
             norm_eps: 1e-6,
             tie_embeddings: false,
@@ -162,6 +168,14 @@ impl ModelConfig {
             seq.validate()?;
             ensure_config(seq.stride <= self.max_seq_len, || {
                 format!("sequence_altup stride ({}) must be <= max_seq_len ({})", seq.stride, self.max_seq_len)
+            })?;
+        }
+        self.residual.validate()?;
+        if !self.residual.is_plain() {
+            ensure_config(self.altup.is_none() && self.sequence_altup.is_none(), || {
+                "a residual-stream method (Hyper-Connections, mHC) cannot be combined with AltUp or Sequence-AltUp: \
+                 both widen the residual stream"
+                    .into()
             })?;
         }
         if self.tie_embeddings {
@@ -228,6 +242,8 @@ impl ModelConfig {
             cross_attention: self.cross_attention,
             ffn,
             norm_eps: self.norm_eps,
+            residual: self.residual,
+            index: layer,
         }
     }
 

@@ -21,6 +21,8 @@ pub struct ParamCounts {
     pub altup: usize,
     /// Embedding table (and the head when it is separate).
     pub embedding: usize,
+    /// The residual-stream method's weights (Hyper-Connections, mHC; 0 for the plain residual).
+    pub residual: usize,
 }
 
 impl ModelConfig {
@@ -32,7 +34,9 @@ impl ModelConfig {
     ///   or an MoE (router `E·D` + `E` routed experts of `2·D·F` / `3·D·F` each, + `S` shared
     ///   experts of the same size, always active);
     /// * AltUp: `K² + K` per block (input-dependent: `D + K·D + K³ + K²`), plus `K·D²` for a
-    ///   projection collapse or `2(K−1)·D²` for projected widening; Sequence-AltUp: `3(s−1)` per block.
+    ///   projection collapse or `2(K−1)·D²` for projected widening; Sequence-AltUp: `3(s−1)` per block;
+    /// * a residual-stream method: [`crate::residual::ResidualConfig::params_per_sublayer`] per
+    ///   sublayer (2 per block, 3 with cross-attention).
     pub fn param_counts(&self) -> ParamCounts {
         let (v, d) = (self.vocab_size, self.d_model);
         let head = if self.tie_embeddings { 0 } else { v * d };
@@ -58,8 +62,10 @@ impl ModelConfig {
         }
         let altup = self.altup.as_ref().map_or(0, |a| self.num_layers * a.params_per_layer(d) + a.widening_params(d))
             + self.sequence_altup.as_ref().map_or(0, |s| self.num_layers * s.params_per_layer());
-        let total = embedding + blocks + expert + router + altup + d;
-        ParamCounts { total, active_per_token: total - inactive, expert, router, altup, embedding }
+        let sublayers = if self.cross_attention { 3 } else { 2 };
+        let residual = self.num_layers * sublayers * self.residual.params_per_sublayer(d);
+        let total = embedding + blocks + expert + router + altup + residual + d;
+        ParamCounts { total, active_per_token: total - inactive, expert, router, altup, embedding, residual }
     }
 }
 

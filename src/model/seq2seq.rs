@@ -92,6 +92,7 @@ impl Seq2SeqConfig {
             expert: e.expert + d.expert,
             router: e.router + d.router,
             altup: e.altup + d.altup,
+            residual: e.residual + d.residual,
             embedding: e.embedding + d.embedding - encoder_head - shared,
         }
     }

@@ -14,6 +14,7 @@ use crate::model::precision::Precision;
 use crate::moe::{MoeAux, MoeLayer};
 use crate::nn::{Embedding, RmsNorm, VarBuilder};
 use crate::parallel::GraphCuts;
+use crate::residual::{expand_streams, reduce_streams};
 use crate::shape::is_mask_kind;
 use tch::Tensor;
 
@@ -247,7 +248,9 @@ impl Stack {
                 widening.collapse(&x.accumulated()?)?
             }
             _ => {
-                let mut x = embedded;
+                let widened = !self.config.residual.is_plain();
+                let streams = self.config.residual.streams();
+                let mut x = if widened { expand_streams(&embedded, streams)? } else { embedded };
                 for layer in 0..self.blocks.len() {
                     x = self.cuts.cut(&x)?;
                     let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
@@ -256,7 +259,11 @@ impl Stack {
                     layers.push(LayerAux { stack: StackKind::Decoder, layer, moe });
                     x = y;
                 }
-                x
+                if widened {
+                    reduce_streams(&x)?
+                } else {
+                    x
+                }
             }
         };
         // The final norm, the head and the logits run in f32 (f64 for an f64 model) whatever the

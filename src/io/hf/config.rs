@@ -73,7 +73,7 @@ impl FromStr for HfFormat {
 /// Everything in `config` that `format` cannot express, one reason per entry (empty when the
 /// model can be exported). Logits of an exported model equal ours exactly when this is empty.
 ///
-/// Checked: AltUp and Sequence-AltUp, cross-attention, bidirectional attention; for `hf-llama`
+/// Checked: AltUp and Sequence-AltUp, a residual-stream method, cross-attention, bidirectional attention; for `hf-llama`
 /// a SwiGLU dense FFN and no MoE; for `hf-mixtral` an MoE FFN in every block with token-choice
 /// top-k (k ≥ 2) routing whose gates are renormalised, SwiGLU experts, no capacity limit in
 /// training or evaluation, no shared experts, no aux-loss-free selection bias and no router
@@ -86,6 +86,13 @@ pub fn export_blockers(config: &ModelConfig, format: HfFormat) -> Vec<String> {
     }
     if let Some(s) = &config.sequence_altup {
         why.push(format!("sequence_altup (stride {}) has no {target} equivalent", s.stride));
+    }
+    if !config.residual.is_plain() {
+        why.push(format!(
+            "residual ({:?}, {} streams) has no {target} equivalent",
+            config.residual,
+            config.residual.streams()
+        ));
     }
     if config.cross_attention {
         why.push(format!("cross_attention (an encoder-decoder's decoder) has no {target} equivalent"));
@@ -683,6 +690,7 @@ pub fn from_hf_config(json: &Value) -> Result<(ModelConfig, HfFormat)> {
         moe_layers: if mixtral { MoeLayers::Every { every: 1, offset: 0 } } else { MoeLayers::default() },
         altup: None,
         sequence_altup: None,
+        residual: crate::residual::ResidualConfig::Plain,
         cross_attention: false,
         norm_eps,
         tie_embeddings,
