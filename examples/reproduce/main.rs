@@ -158,8 +158,15 @@ fn run_of(args: &Args, data: &RunData, data_shown: &str, config: &ModelConfig, s
     run
 }
 
-/// Trains one stack with one seed (unless its record already matches) and records it.
-fn train_one(args: &Args, paths: &Paths, data: &RunData, name: &str, run_config: &RunConfig) -> altup_moe::Result<()> {
+/// Trains one stack with one seed (unless its record already matches) and records it with
+/// `commit`, the checkout's commit when the study started.
+fn train_one(
+    args: &Args,
+    paths: &Paths,
+    data: &RunData,
+    (name, run_config): (&str, &RunConfig),
+    commit: Option<&str>,
+) -> altup_moe::Result<()> {
     let seed = run_config.train.seed;
     if !args.fresh && RunRecord::read(&paths.records, name, seed)?.is_some_and(|r| r.is_run_of(run_config)) {
         eprintln!("{name:<30} seed {seed}: recorded in {}, kept (--fresh retrains)", paths.records.display());
@@ -180,7 +187,7 @@ fn train_one(args: &Args, paths: &Paths, data: &RunData, name: &str, run_config:
     let result = run(&mut trainer, None, &options, &mut Progress::new(&bar, None));
     bar.finish_and_clear();
     result?;
-    let record = RunRecord::new(name, run_config, current_commit(), &read_metrics(&out)?);
+    let record = RunRecord::new(name, run_config, commit.map(str::to_string), &read_metrics(&out)?);
     record.write(&paths.records)?;
     eprintln!("{name:<30} seed {seed}: val bpb {:.4} in {:.0} s", record.final_bpb(), started.elapsed().as_secs_f64());
     Ok(())
@@ -197,6 +204,8 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
         return Err(altup_moe::Error::Config(format!("--seed {seed} is not below --seeds {}", args.seeds)));
     }
     let paths = Paths::new(&args);
+    // The code that trains: the commit checked out now (the checkout may change during a study).
+    let commit = current_commit();
     let tokenizer = RunTokenizer::FromSpec(args.tokenizer.clone());
     let data = run_data(args.data.as_deref(), &Default::default(), &tokenizer, &|line| eprintln!("{line}"))?;
     // Name the corpus relative to the working folder: records and the report are committed.
@@ -222,7 +231,8 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
             let chosen =
                 stacks(part, args.quick).into_iter().filter(|s| args.stack.is_empty() || args.stack.contains(&s.name));
             for stack in chosen {
-                train_one(&args, &paths, &data, &stack.name, &run_of(&args, &data, &data_shown, &stack.config, seed))?;
+                let run = run_of(&args, &data, &data_shown, &stack.config, seed);
+                train_one(&args, &paths, &data, (&stack.name, &run), commit.as_deref())?;
             }
         }
     }
