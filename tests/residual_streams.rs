@@ -8,7 +8,7 @@ mod common;
 use altup_moe::io::named_variables;
 use altup_moe::model::{Arch, LanguageModel, ModelConfig};
 use altup_moe::residual::{
-    sinkhorn_knopp, HyperConnection, ManifoldHyperConnection, ResidualConfig, SublayerConnection,
+    sinkhorn_knopp, HyperConnection, Laurel, ManifoldHyperConnection, ResidualConfig, SublayerConnection,
 };
 use common::{copy_shared, device, tiny};
 use std::collections::BTreeMap;
@@ -193,6 +193,69 @@ fn the_mixing_matrix_is_doubly_stochastic_and_the_maps_non_negative() {
     assert!(rows < 1e-5, "rows off by {rows}");
 }
 
+/// LAuReL-LR in Gemma 3n's form equals transformers' `Gemma3nTextLaurelBlock` (forward and
+/// every gradient within 1e-10 in float64), under transformers' parameter names.
+#[test]
+fn laurel_low_rank_matches_gemma_3n() {
+    tch::manual_seed(5);
+    let mut vs = VarStore::new(Device::Cpu);
+    let (rank, eps) = (3, 1e-6);
+    let laurel = Laurel::new(&vs.root(), D as usize, false, (rank, true), 0, eps).unwrap();
+    vs.double();
+    perturb(&vs, 0.3);
+    let x = Tensor::randn([B, T, D], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let upstream = Tensor::randn([B, T, D], (Kind::Double, Device::Cpu));
+    let output = laurel.augment(&x).unwrap();
+    (&output * &upstream).sum(Kind::Double).backward();
+    let params = named_variables(&vs).unwrap();
+    let mut inputs: Vec<(String, Tensor)> = params.iter().map(|(n, p)| (n.clone(), p.detach().copy())).collect();
+    inputs.push(("x".into(), x.detach().copy()));
+    inputs.push(("upstream".into(), upstream));
+    let config = serde_json::json!({"dim": D, "rank": rank, "rms_norm_eps": eps});
+    let theirs = reference("laurel_reference.py", &inputs, config);
+    assert!(max_diff(&output.detach(), &theirs["output"]) < 1e-10);
+    assert!(max_diff(&x.grad(), &theirs["grad.x"]) < 1e-10);
+    assert_eq!(params.len(), 3);
+    for (name, p) in &params {
+        let diff = max_diff(&p.grad(), &theirs[&format!("grad.{name}")]);
+        assert!(diff < 1e-10, "gradient of {name} differs by {diff}");
+        assert!(p.grad().abs().max().double_value(&[]) > 1e-8, "the gradient of {name} is zero");
+    }
+}
+
+/// LAuReL's variants by hand: RW is `2σ(a)·f(x) + 2σ(b)·(x + B A x)`, PA adds `γ_j` times the
+/// residual `j` sublayers ago and shifts the slots.
+#[test]
+fn laurel_variants_follow_their_equations() {
+    tch::manual_seed(6);
+    let mut vs = VarStore::new(Device::Cpu);
+    let laurel = Laurel::new(&vs.root(), D as usize, true, (2, false), 3, 1e-6).unwrap();
+    vs.double();
+    perturb(&vs, 0.4);
+    let p = named_variables(&vs).unwrap();
+    let stream = Tensor::randn([B, T, 3, D], (Kind::Double, Device::Cpu));
+    let weight = Tensor::randn([D, D], (Kind::Double, Device::Cpu));
+    let f = |x: &Tensor| x.matmul(&weight.tr());
+    let out = laurel.apply(&stream, &mut |x: &Tensor| Ok(f(x))).unwrap();
+    let x = stream.select(2, 0);
+    let low_rank = x.matmul(&p["linear_left.weight"].tr()).matmul(&p["linear_right.weight"].tr());
+    let gamma = &p["gamma"];
+    let previous = stream.select(2, 1) * gamma.get(0) + stream.select(2, 2) * gamma.get(1);
+    let alpha = p["alpha"].sigmoid() * 2.0;
+    let beta = p["beta"].sigmoid() * 2.0;
+    let expected = f(&x) * alpha + (&x + low_rank + previous) * beta;
+    assert!(max_diff(&out.select(2, 0), &expected) < 1e-12);
+    assert!(max_diff(&out.narrow(2, 1, 2), &stream.narrow(2, 0, 2)) == 0.0, "the slots shift by one");
+    // At initialisation LR's B is zero and A is the column-orthogonal pattern 1/√(rD).
+    let fresh = VarStore::new(Device::Cpu);
+    let _ = Laurel::new(&fresh.root(), D as usize, true, (2, false), 3, 1e-6).unwrap();
+    let init = named_variables(&fresh).unwrap();
+    let left = &init["linear_left.weight"];
+    let expected_left = Tensor::from_slice(&[0.25f32, 0.0, 0.25, 0.0, 0.25, 0.0, 0.25, 0.0]);
+    assert!(left.get(0).equal(&expected_left), "{left}");
+    assert_eq!(init["linear_right.weight"].abs().max().double_value(&[]), 0.0);
+}
+
 /// Every method, with and without MoE.
 fn methods() -> Vec<(String, ModelConfig)> {
     let mut out = Vec::new();
@@ -201,6 +264,8 @@ fn methods() -> Vec<(String, ModelConfig)> {
             ResidualConfig::HyperConnections { streams: 2, dynamic: false },
             ResidualConfig::HyperConnections { streams: 4, dynamic: true },
             ResidualConfig::Mhc { streams: 4, sinkhorn_iters: 20 },
+            ResidualConfig::Laurel { rw: true, rank: 4, post_norm: false, previous: 0 },
+            ResidualConfig::Laurel { rw: false, rank: 0, post_norm: false, previous: 3 },
         ] {
             let config = ModelConfig { residual, ..tiny(arch) };
             out.push((format!("{arch} + {residual:?}"), config));
@@ -243,7 +308,12 @@ fn every_method_starts_as_the_plain_model() {
 #[test]
 fn cached_decoding_equals_the_full_pass() {
     tch::manual_seed(4);
-    for (name, config) in methods() {
+    let gemma = ResidualConfig::Laurel { rw: true, rank: 4, post_norm: true, previous: 2 };
+    let with_gemma = std::iter::once((
+        "dense + Gemma 3n's LAuReL".to_string(),
+        ModelConfig { residual: gemma, ..tiny(Arch::Dense) },
+    ));
+    for (name, config) in methods().into_iter().chain(with_gemma) {
         let vs = VarStore::new(device());
         let model = LanguageModel::new(&vs.root(), &config).unwrap();
         perturb(&vs, 0.05);
@@ -268,6 +338,8 @@ fn bad_settings_are_refused_by_name() {
     assert!(err.contains("cannot be combined with AltUp"), "{err}");
     for (residual, expected) in [
         (ResidualConfig::HyperConnections { streams: 0, dynamic: true }, "residual streams (0) must be at least 1"),
+        (ResidualConfig::Laurel { rw: false, rank: 0, post_norm: false, previous: 1 }, "LAuReL needs at least one"),
+        (ResidualConfig::Laurel { rw: true, rank: 0, post_norm: true, previous: 0 }, "post_norm needs the low-rank"),
         (ResidualConfig::Mhc { streams: 1, sinkhorn_iters: 20 }, "mHC needs at least 2 residual streams, got 1"),
         (ResidualConfig::Mhc { streams: 4, sinkhorn_iters: 0 }, "residual sinkhorn_iters (0) must be at least 1"),
     ] {

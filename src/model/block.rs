@@ -159,7 +159,7 @@ impl Block {
             residual,
             cuts,
             d_model: d_model as i64,
-            streams: (!config.residual.is_plain()).then_some(config.residual.streams() as i64),
+            streams: config.residual.streams().map(|n| n as i64),
         })
     }
 

@@ -14,7 +14,7 @@ use crate::model::precision::Precision;
 use crate::moe::{MoeAux, MoeLayer};
 use crate::nn::{Embedding, RmsNorm, VarBuilder};
 use crate::parallel::GraphCuts;
-use crate::residual::{expand_streams, reduce_streams};
+use crate::residual::{collapse_stream, widen_stream};
 use crate::shape::is_mask_kind;
 use tch::Tensor;
 
@@ -248,9 +248,7 @@ impl Stack {
                 widening.collapse(&x.accumulated()?)?
             }
             _ => {
-                let widened = !self.config.residual.is_plain();
-                let streams = self.config.residual.streams();
-                let mut x = if widened { expand_streams(&embedded, streams)? } else { embedded };
+                let mut x = widen_stream(&self.config.residual, &embedded)?;
                 for layer in 0..self.blocks.len() {
                     x = self.cuts.cut(&x)?;
                     let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[layer]);
@@ -259,11 +257,7 @@ impl Stack {
                     layers.push(LayerAux { stack: StackKind::Decoder, layer, moe });
                     x = y;
                 }
-                if widened {
-                    reduce_streams(&x)?
-                } else {
-                    x
-                }
+                collapse_stream(&self.config.residual, &x)?
             }
         };
         // The final norm, the head and the logits run in f32 (f64 for an f64 model) whatever the

@@ -88,11 +88,7 @@ pub fn export_blockers(config: &ModelConfig, format: HfFormat) -> Vec<String> {
         why.push(format!("sequence_altup (stride {}) has no {target} equivalent", s.stride));
     }
     if !config.residual.is_plain() {
-        why.push(format!(
-            "residual ({:?}, {} streams) has no {target} equivalent",
-            config.residual,
-            config.residual.streams()
-        ));
+        why.push(format!("residual ({:?}) has no {target} equivalent", config.residual));
     }
     if config.cross_attention {
         why.push(format!("cross_attention (an encoder-decoder's decoder) has no {target} equivalent"));
