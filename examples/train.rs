@@ -220,7 +220,11 @@ fn train_main(args: &Args, group: ProcessGroup, device: Device) -> altup_moe::Re
         (Some(meta), _) => format!("resuming {} at step {}", meta.dir.display(), meta.state.step),
         (None, Some(loaded)) => format!("starting from {}", loaded.weights.display()),
         (None, None) => {
-            format!("arch {}", args.config.given.iter().find(|(n, _)| *n == "arch").map_or("altup-moe", |(_, v)| v))
+            let arch = args.config.given.iter().find(|(n, _)| *n == "arch").map_or("altup-moe", |(_, v)| v);
+            match config.residual {
+                altup_moe::residual::ResidualConfig::Plain => format!("arch {arch}"),
+                residual => format!("arch {arch}, residual {residual}"),
+            }
         }
     };
     let on = match group.world_size() {

@@ -335,7 +335,10 @@ fn bad_settings_are_refused_by_name() {
     let altup =
         ModelConfig { residual: ResidualConfig::HyperConnections { streams: 2, dynamic: false }, ..tiny(Arch::AltUp) };
     let err = altup.validate().unwrap_err().to_string();
-    assert!(err.contains("cannot be combined with AltUp"), "{err}");
+    assert!(
+        err.contains("residual static-hyper-connections:2 keeps several streams and cannot be combined with AltUp"),
+        "{err}"
+    );
     for (residual, expected) in [
         (ResidualConfig::HyperConnections { streams: 0, dynamic: true }, "residual streams (0) must be at least 1"),
         (ResidualConfig::Laurel { rw: false, rank: 0, post_norm: false, previous: 1 }, "LAuReL needs at least one"),

@@ -171,11 +171,13 @@ impl ModelConfig {
             })?;
         }
         self.residual.validate()?;
-        if !self.residual.is_plain() {
+        if self.residual.streams().is_some() {
             ensure_config(self.altup.is_none() && self.sequence_altup.is_none(), || {
-                "a residual-stream method (Hyper-Connections, mHC) cannot be combined with AltUp or Sequence-AltUp: \
-                 both widen the residual stream"
-                    .into()
+                format!(
+                    "residual {} keeps several streams and cannot be combined with AltUp or Sequence-AltUp, which \
+                     widen the stream their own way (LAuReL without previous activations can)",
+                    self.residual
+                )
             })?;
         }
         if self.tie_embeddings {

@@ -2,6 +2,15 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The streams of a Hyper-Connections or mHC preset without `:N` (the papers' main setting).
+pub const DEFAULT_STREAMS: usize = 4;
+/// mHC's Sinkhorn–Knopp iterations (the paper's `t_max`).
+pub const DEFAULT_SINKHORN_ITERS: usize = 20;
+/// The parts of the `laurel` preset: RW and LR of rank 16 (eq. 5).
+pub const DEFAULT_LAUREL: &str = "rw+lr=16";
 
 /// How the sublayers of every block read from and write to the residual stream.
 ///
@@ -117,5 +126,110 @@ impl ResidualConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for ResidualConfig {
+    /// The command-line form [`ResidualConfig::from_str`] reads (non-default Sinkhorn iterations
+    /// are not part of it: set them with `model.residual.sinkhorn_iters`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Plain => f.write_str("plain"),
+            Self::HyperConnections { streams, dynamic: true } => write!(f, "hyper-connections:{streams}"),
+            Self::HyperConnections { streams, dynamic: false } => write!(f, "static-hyper-connections:{streams}"),
+            Self::Mhc { streams, .. } => write!(f, "mhc:{streams}"),
+            Self::Laurel { rw, rank, post_norm, previous } => {
+                let mut parts = Vec::new();
+                if rw {
+                    parts.push("rw".to_string());
+                }
+                if rank > 0 {
+                    parts.push(format!("{}={rank}", if post_norm { "lr-norm" } else { "lr" }));
+                }
+                if previous > 1 {
+                    parts.push(format!("pa={previous}"));
+                }
+                write!(f, "laurel:{}", parts.join("+"))
+            }
+        }
+    }
+}
+
+impl FromStr for ResidualConfig {
+    type Err = Error;
+
+    /// `plain`; `hyper-connections[:N]` (dynamic) or `static-hyper-connections[:N]`; `mhc[:N]`
+    /// (20 Sinkhorn iterations); `laurel[:PARTS]` with `PARTS` `+`-separated from `rw`, `lr=R`,
+    /// `lr-norm=R` (Gemma 3n's form) and `pa=K` (default `rw+lr=16`). `N` defaults to 4.
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, arg) = match s.split_once(':') {
+            Some((name, arg)) => (name, Some(arg)),
+            None => (s, None),
+        };
+        let number = |what: &str, v: &str| -> Result<usize> {
+            v.parse().map_err(|_| Error::Config(format!("residual '{s}': {what} '{v}' is not a number")))
+        };
+        let streams = || arg.map_or(Ok(DEFAULT_STREAMS), |v| number("the number of streams", v));
+        let config = match name {
+            "plain" if arg.is_none() => Self::Plain,
+            "hyper-connections" => Self::HyperConnections { streams: streams()?, dynamic: true },
+            "static-hyper-connections" => Self::HyperConnections { streams: streams()?, dynamic: false },
+            "mhc" => Self::Mhc { streams: streams()?, sinkhorn_iters: DEFAULT_SINKHORN_ITERS },
+            "laurel" => {
+                let (mut rw, mut rank, mut post_norm, mut previous) = (false, 0, false, 0);
+                for part in arg.unwrap_or(DEFAULT_LAUREL).split('+') {
+                    match part.split_once('=') {
+                        None if part == "rw" => rw = true,
+                        Some(("lr", r)) => rank = number("the rank", r)?,
+                        Some(("lr-norm", r)) => (rank, post_norm) = (number("the rank", r)?, true),
+                        Some(("pa", k)) => previous = number("the number of activations", k)?,
+                        _ => {
+                            return Err(Error::Config(format!(
+                                "residual '{s}': unknown LAuReL part '{part}' (expected rw, lr=R, lr-norm=R or pa=K)"
+                            )))
+                        }
+                    }
+                }
+                Self::Laurel { rw, rank, post_norm, previous }
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown residual method '{s}' (expected plain, hyper-connections[:N], \
+                     static-hyper-connections[:N], mhc[:N] or laurel[:rw+lr=R+lr-norm=R+pa=K])"
+                )))
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_forms_read_back_and_bad_ones_are_named() {
+        for (text, config) in [
+            ("plain", ResidualConfig::Plain),
+            ("hyper-connections", ResidualConfig::HyperConnections { streams: 4, dynamic: true }),
+            ("static-hyper-connections:2", ResidualConfig::HyperConnections { streams: 2, dynamic: false }),
+            ("mhc:2", ResidualConfig::Mhc { streams: 2, sinkhorn_iters: 20 }),
+            ("laurel", ResidualConfig::Laurel { rw: true, rank: 16, post_norm: false, previous: 0 }),
+            ("laurel:lr-norm=8+pa=3", ResidualConfig::Laurel { rw: false, rank: 8, post_norm: true, previous: 3 }),
+        ] {
+            assert_eq!(text.parse::<ResidualConfig>().unwrap(), config, "{text}");
+            assert_eq!(config.to_string().parse::<ResidualConfig>().unwrap(), config, "{config}");
+        }
+        for (text, expected) in [
+            ("hc", "unknown residual method 'hc'"),
+            ("mhc:x", "residual 'mhc:x': the number of streams 'x' is not a number"),
+            ("mhc:1", "mHC needs at least 2 residual streams, got 1"),
+            ("laurel:lx=3", "unknown LAuReL part 'lx=3'"),
+            ("plain:2", "unknown residual method 'plain:2'"),
+        ] {
+            let err = text.parse::<ResidualConfig>().unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
     }
 }

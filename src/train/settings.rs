@@ -169,6 +169,19 @@ pub const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        name: "residual",
+        section: Section::Model,
+        help: "How each sublayer connects to the residual stream: plain, hyper-connections[:N] (dynamic), \
+               static-hyper-connections[:N], mhc[:N], or laurel[:rw+lr=R+lr-norm=R+pa=K] (default rw+lr=16); \
+               N streams, default 4. With AltUp only LAuReL without pa.",
+        value: Some("METHOD"),
+        show: |r| r.model.residual.to_string(),
+        set: |w, s| {
+            w.model.residual = s.parse()?;
+            Ok(())
+        },
+    },
+    Setting {
         name: "sequence-stride",
         section: Section::Model,
         help: "Sequence-AltUp: every block runs on every N-th token only (0 or 1 = off).",
