@@ -83,10 +83,13 @@ enum Trained {
     EncoderDecoder,
     /// A dense model: data parallelism through the same group.
     Dense,
+    /// mHC with 2 streams around top-2 capacity-limited MoE on every other block: a
+    /// multi-stream residual (`[B, T, n, D]` at every graph cut) with expert parallelism.
+    MhcMoe,
 }
 
 impl Trained {
-    const ALL: [Trained; 3] = [Trained::AltUpMoe, Trained::EncoderDecoder, Trained::Dense];
+    const ALL: [Trained; 4] = [Trained::AltUpMoe, Trained::EncoderDecoder, Trained::Dense, Trained::MhcMoe];
 
     /// The scenario's name (for the MPI child).
     fn scenario(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Trained {
             Trained::AltUpMoe => "train",
             Trained::EncoderDecoder => "train-seq2seq",
             Trained::Dense => "train-dense",
+            Trained::MhcMoe => "train-mhc",
         }
     }
 
@@ -110,7 +114,14 @@ impl Trained {
     }
 
     fn language_model(self) -> ModelConfig {
-        let mut c = common::tiny(if self == Trained::Dense { Arch::Dense } else { Arch::AltUpMoe });
+        let mut c = common::tiny(match self {
+            Trained::Dense => Arch::Dense,
+            Trained::MhcMoe => Arch::Switch,
+            _ => Arch::AltUpMoe,
+        });
+        if self == Trained::MhcMoe {
+            c.residual = altup_moe::residual::ResidualConfig::Mhc { streams: 2, sinkhorn_iters: 20 };
+        }
         c.max_seq_len = 16;
         c.num_layers = 4;
         if c.moe.is_some() {
@@ -391,8 +402,8 @@ fn thread_group_ranks_equal_one_process() {
 }
 
 /// Three training steps with 2 and 4 thread ranks (checkpoint, stop and restore included)
-/// equal one process: the AltUp + MoE language model, the encoder-decoder and a dense model
-/// (data parallelism).
+/// equal one process: the AltUp + MoE language model, the encoder-decoder, a dense model
+/// (data parallelism) and mHC with MoE.
 #[test]
 fn thread_group_training_equals_one_process() {
     let root = tempfile::tempdir().unwrap();
@@ -538,7 +549,7 @@ mod mpi_ranks {
 
     /// Three optimizer steps — with a checkpoint, a stop and a restore on the expert-parallel
     /// side — give the single-process metrics, weights and optimizer state with 2 and 4 ranks:
-    /// an AltUp + top-2 MoE language model, a Switch encoder-decoder, a dense model.
+    /// an AltUp + top-2 MoE language model, a Switch encoder-decoder, a dense model, mHC (2 streams) + top-2 MoE.
     #[test]
     fn expert_parallel_training_equals_one_process() {
         let root = tempfile::tempdir().unwrap();
