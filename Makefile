@@ -147,11 +147,11 @@ bench-expert-parallel: venv
 	cargo bench --features mpi --bench expert_parallel_bench -- --out docs/benchmarks/expert_parallel.md
 
 # The small-scale reproduction of AltUp's and MoE's claims (docs/results.md), in parts
-# PART=claims|placement|size-small|size-large|size-large-recycled (default: every part not yet
-# recorded in docs/results/runs/), SEED=0|1|2 for one seed of a part (at most about an hour on
-# 2 cores each; docs/results.md lists what is left and its estimated time).
+# PART=claims|placement|size-small|size-large|size-large-recycled|residual|residual-moe (default:
+# every part not yet recorded in docs/results/runs/), SEED=0|1|2 for one seed of a part (at most
+# about an hour on 2 cores each; docs/results.md lists what is left), STACK=NAME for one stack.
 reproduce: venv
-	cargo run --release --example reproduce -- $(if $(PART),--part $(PART)) $(if $(SEED),--seed $(SEED))
+	cargo run --release --example reproduce -- $(if $(PART),--part $(PART)) $(if $(SEED),--seed $(SEED)) $(if $(STACK),--stack $(STACK))
 
 # The same pipeline in a few minutes (target/results-quick.md), to check it works.
 reproduce-quick: venv

@@ -18,6 +18,7 @@ use altup_moe::data::TokenDataset;
 use altup_moe::model::{Block, BlockConfig, FfnConfig};
 use altup_moe::moe::{MoeConfig, MoeLayer};
 use altup_moe::nn::{AttentionConfig, FeedForward, FeedForwardConfig, InitScheme, VarBuilder};
+use altup_moe::residual::{collapse_stream, widen_stream, ResidualConfig};
 use altup_moe::testing::timing::{interleaved, median, seconds, PairedRatio};
 use altup_moe::train::{TrainConfig, Trainer};
 use altup_moe::{
@@ -71,6 +72,8 @@ enum Section {
     MixtralGemma,
     /// AltUp stacks against dense.
     Altup,
+    /// Residual-stream methods (Hyper-Connections, mHC, LAuReL) against the plain residual.
+    Residual,
     /// Training steps against PyTorch eager.
     TrainingSteps,
 }
@@ -206,6 +209,9 @@ enum Stack {
     AltUp(usize),
     /// AltUp's predict/correct with `K` blocks around an identity layer: its mixing cost alone.
     Mixing(usize),
+    /// The blocks with a residual-stream method (its stream widened from and collapsed to the
+    /// input).
+    Residual(ResidualConfig),
 }
 
 fn stack(d: usize, which: Stack) -> Res<Call> {
@@ -216,14 +222,21 @@ fn stack(d: usize, which: Stack) -> Res<Call> {
         cross_attention: false,
         ffn: FfnConfig::Dense(FeedForwardConfig { d_ff: 4 * d, ..Default::default() }),
         norm_eps: 1e-6,
-        residual: altup_moe::residual::ResidualConfig::Plain,
+        residual: ResidualConfig::Plain,
         index: 0,
     };
+    let residual = match which {
+        Stack::Residual(r) => r,
+        _ => ResidualConfig::Plain,
+    };
     let blocks: Vec<Block> = (0..4)
-        .map(|l| Block::new(VarBuilder::new(&(vs.root() / "b" / l)).with_init(init), d, &config))
+        .map(|l| {
+            let config = BlockConfig { residual, index: l, ..config.clone() };
+            Block::new(VarBuilder::new(&(vs.root() / "b" / l)).with_init(init), d, &config)
+        })
         .collect::<Res<_>>()?;
     let k = match which {
-        Stack::Plain => 1,
+        Stack::Plain | Stack::Residual(_) => 1,
         Stack::AltUp(k) | Stack::Mixing(k) => k,
     };
     let altups: Vec<AltUp> = (0..4)
@@ -236,19 +249,22 @@ fn stack(d: usize, which: Stack) -> Res<Call> {
         })
         .collect::<Res<_>>()?;
     let shape: Vec<i64> = match which {
-        Stack::Plain => vec![8, 256, d as i64],
+        Stack::Plain | Stack::Residual(_) => vec![8, 256, d as i64],
         _ => vec![k as i64, 8, 256, d as i64],
     };
     fwd_bwd(vs, Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)), move |x| {
-        let mut h = x.shallow_clone();
+        let mut h = widen_stream(&residual, x)?;
         for (l, (b, a)) in blocks.iter().zip(&altups).enumerate() {
             h = match which {
-                Stack::Plain => b.forward_t(&h, None, true)?.0,
+                Stack::Plain | Stack::Residual(_) => b.forward_t(&h, None, true)?.0,
                 Stack::AltUp(k) => a.forward_t(&h, l % k, true, |v| b.forward_t(v, None, true))?.0,
                 Stack::Mixing(k) => a.forward_t(&h, l % k, true, |v| Ok((v * 1.0, ())))?.0,
             };
         }
-        Ok(if h.dim() == 4 { h.mean_dim(0, false, Kind::Float) } else { h })
+        match which {
+            Stack::Residual(_) => collapse_stream(&residual, &h),
+            _ => Ok(if h.dim() == 4 { h.mean_dim(0, false, Kind::Float) } else { h }),
+        }
     })
 }
 
@@ -425,6 +441,40 @@ impl Report<'_> {
         Ok(format!("{md}\n{reading}"))
     }
 
+    /// Each residual-stream method's stack against the plain stack (forward + backward), all
+    /// interleaved in one loop.
+    fn residual_stacks(&mut self) -> Res<String> {
+        let d = 512;
+        let methods: Vec<ResidualConfig> = [
+            "static-hyper-connections:4",
+            "hyper-connections:4",
+            "mhc:4",
+            "laurel:rw",
+            "laurel:rw+lr=16",
+            "laurel:pa=3",
+            "laurel:lr-norm=64",
+        ]
+        .iter()
+        .map(|m| m.parse())
+        .collect::<Res<_>>()?;
+        let mut plain = stack(d, Stack::Plain)?;
+        let mut stacks: Vec<Call> = methods.iter().map(|&m| stack(d, Stack::Residual(m))).collect::<Res<_>>()?;
+        let mut calls: Vec<&mut dyn FnMut() -> Res<f64>> = vec![&mut *plain];
+        calls.extend(stacks.iter_mut().map(|c| &mut **c as &mut dyn FnMut() -> Res<f64>));
+        let times = measure(self.args, &format!("residual-stream stacks, d = {d}"), &mut calls)?;
+        let mut md = format!(
+            "Plain stack: {} ms. Each method's stack over the plain one (the same blocks; the method's stream \
+             widened from the input and collapsed at the end):\n\n| method | parameters per sublayer | stack / plain \
+             [95%] |\n|---|---|---|\n",
+            ms(&times[0])
+        );
+        for (m, t) in methods.iter().zip(&times[1..]) {
+            let r = PairedRatio::new(&times[0], t);
+            let _ = writeln!(md, "| `{m}` | {} | {} |", m.params_per_sublayer(d), r.show());
+        }
+        Ok(md)
+    }
+
     /// Training steps against PyTorch eager, and the scaling sweep's own target.
     fn training_steps(&mut self) -> Res<String> {
         let mut md =
@@ -482,6 +532,7 @@ fn run(args: Args) -> Res<()> {
     let moe_md = if chosen(Section::MoeLayers) { report.moe_layers(&token_counts, big)? } else { String::new() };
     let gemma = if chosen(Section::MixtralGemma) { report.mixtral_and_gemma(big)? } else { String::new() };
     let altup_md = if chosen(Section::Altup) { report.altup_stacks()? } else { String::new() };
+    let residual_md = if chosen(Section::Residual) { report.residual_stacks()? } else { String::new() };
     let train_md = if chosen(Section::TrainingSteps) { report.training_steps()? } else { String::new() };
     let threads = tch::get_num_threads();
     let peer_threads = report.peers.as_ref().map_or("-".to_string(), |p| p.threads.clone());
@@ -508,6 +559,12 @@ fn run(args: Args) -> Res<()> {
     }
     if !altup_md.is_empty() {
         let _ = writeln!(md, "## AltUp stack (4 blocks, 8 × 256 tokens, forward + backward)\n\n{altup_md}\n");
+    }
+    if !residual_md.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Residual-stream methods (4 blocks, d = 512, 8 × 256 tokens, forward + backward)\n\n{residual_md}"
+        );
     }
     if !train_md.is_empty() {
         let _ = writeln!(

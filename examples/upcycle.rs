@@ -47,8 +47,8 @@ struct Args {
     /// cpu, cuda, cuda:N, or auto.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     device: Device,
-    /// What to upcycle to (--arch switch, altup or altup-moe) and its MoE / AltUp settings (the
-    /// sizes stay the dense model's).
+    /// What to upcycle to (--arch switch, altup or altup-moe, and/or --residual METHOD) and its
+    /// MoE / AltUp settings (the sizes stay the dense model's).
     #[command(flatten)]
     config: ConfigFlags,
 }
@@ -61,13 +61,21 @@ fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
         (None, Some(_)) => Arch::AltUp,
         (None, None) => Arch::Dense,
     };
-    let ignored: Vec<String> =
-        args.config.given_in(&[Section::Model, Section::Training]).into_iter().filter(|f| f != "--arch").collect();
+    let kept = ["--arch", "--residual"];
+    let ignored: Vec<String> = args
+        .config
+        .given_in(&[Section::Model, Section::Training])
+        .into_iter()
+        .filter(|f| !kept.contains(&f.as_str()))
+        .collect();
     if !ignored.is_empty() {
         eprintln!("warning: {} ignored: the upcycled model keeps the dense model's sizes", ignored.join(", "));
     }
-    if arch == Arch::Dense {
-        return Err(Error::Config("--arch dense: upcycle to switch, altup or altup-moe".into()));
+    if arch == Arch::Dense && run.model.residual.is_plain() {
+        return Err(Error::Config(
+            "--arch dense without --residual: upcycle to switch, altup or altup-moe, or to a residual-stream method"
+                .into(),
+        ));
     }
     let weights_out = args.out.join("model.safetensors");
     if weights_out.exists() && !args.overwrite {
@@ -89,6 +97,7 @@ fn upcycle_main(args: &Args) -> altup_moe::Result<()> {
         // A K·d-wide embedding cannot be tied to the d-wide head: the head starts as a copy.
         target.tie_embeddings &= target.embedding_width() == target.d_model;
     }
+    target.residual = run.model.residual;
     let vs = VarStore::new(args.device);
     let model = upcycle(&dense.vs, &dense_config, &target, &vs)?;
 

@@ -114,6 +114,38 @@ fn upcycled_models_compute_the_dense_logits_at_step_0() {
     }
 }
 
+/// Upcycling to a residual-stream method (with and without MoE) keeps the dense logits: every
+/// method starts as the plain residual; Gemma 3n's normed LAuReL and a source that already has a
+/// method are refused by name.
+#[test]
+fn residual_stream_methods_upcycle_with_the_dense_logits() {
+    let (dense_vs, dense_config, dense_model) = dense();
+    let ids = Tensor::randint(64, [3, 16], (Kind::Int64, device()));
+    let reference = logits(&dense_model, &ids);
+    for (method, moe_config) in [
+        ("static-hyper-connections:2", None),
+        ("hyper-connections:4", Some(moe(1, false))),
+        ("mhc:4", None),
+        ("laurel:rw+lr=8+pa=3", Some(moe(2, true))),
+    ] {
+        let mut target = dense_config.clone();
+        target.residual = method.parse().unwrap();
+        target.moe = moe_config;
+        let vs = VarStore::new(device());
+        let up = upcycle(&dense_vs, &dense_config, &target, &vs).unwrap_or_else(|e| panic!("{method}: {e}"));
+        let diff = max_diff(&logits(&up, &ids), &reference);
+        assert!(diff < 1e-4, "{method}: upcycled logits differ from the dense model's by {diff:e}");
+        let scratch = LanguageModel::new(&VarStore::new(device()).root(), &target).unwrap();
+        assert!(max_diff(&logits(&scratch, &ids), &reference) > 1.0, "{method}");
+    }
+    let gemma = ModelConfig { residual: "laurel:lr-norm=8".parse().unwrap(), ..dense_config.clone() };
+    let err = upcycle(&dense_vs, &dense_config, &gemma, &VarStore::new(device())).err().unwrap().to_string();
+    assert!(err.contains("lr-norm") && err.contains("not zero at initialisation"), "{err}");
+    let source = ModelConfig { residual: "mhc:2".parse().unwrap(), ..dense_config.clone() };
+    let err = altup_moe::model::check_upcycle(&source, &source).unwrap_err().to_string();
+    assert!(err.contains("already uses a residual-stream method (mhc:2)"), "{err}");
+}
+
 #[test]
 fn every_expert_is_the_dense_ffn_and_raw_gates_start_from_a_zero_router() {
     let (dense_vs, dense_config, _) = dense();

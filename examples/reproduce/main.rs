@@ -8,7 +8,10 @@
 //! * `placement` — AltUp + MoE with the MoE blocks placed so that the experts compute on both
 //!   sub-blocks, and Switch with MoE on every block;
 //! * `size-small`, `size-large`, `size-large-recycled` — dense vs AltUp K = 2 at d = 64 and 256
-//!   (d = 128 is the claims' runs), Recycled-AltUp at 256.
+//!   (d = 128 is the claims' runs), Recycled-AltUp at 256;
+//! * `residual`, `residual-moe` — Hyper-Connections (n = 4, static and dynamic), mHC (n = 4) and
+//!   LAuReL RW+LR against dense and AltUp (the claims' runs), and with Switch E = 8 on every block
+//!   against Switch alone on every block (the placement part's).
 //!
 //! Each finished run's figures go to a small committed JSON file (`docs/results/runs/`), so an
 //! interrupted study continues where it stopped (a run whose record matches its model and

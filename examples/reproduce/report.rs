@@ -2,7 +2,7 @@
 
 use crate::common::plot_err;
 use crate::stats::{first_crossing, mean_std, median, Paired};
-use crate::study::{sized, sizes, Part, PLACEMENTS};
+use crate::study::{sized, sizes, Part, PLACEMENTS, RESIDUAL_METHODS};
 use altup_moe::train::RunRecord;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -201,6 +201,7 @@ pub fn write_report(
     speedups_table(&mut md, records);
     placement_table(&mut md, records);
     size_trend(&mut md, records, quick);
+    residual_methods(&mut md, records);
     provenance(&mut md, records);
     // Keep a hand-written reading of the numbers across regenerations.
     let mut out = md.clone();
@@ -211,6 +212,67 @@ pub fn write_report(
     }
     std::fs::write(report, &out).map_err(|e| altup_moe::Error::io(report, e))?;
     Ok(md)
+}
+
+/// The residual-stream methods against dense and AltUp (same steps, tokens and schedule; the
+/// training FLOPs per token of each stack beside), and with Switch on every block against Switch
+/// alone.
+fn residual_methods(md: &mut String, records: &Records) {
+    let _ = writeln!(
+        md,
+        "\n## AltUp and its successors on the residual stream\n\nEvery stack trains the same steps on the same tokens; \
+         training FLOPs per token (6 per active weight, attention, the methods' stream mixing) relative to dense \
+         show what each costs in compute, step time what it costs on this machine. Differences are paired per seed \
+         (negative: better than the baseline).\n\n| stack | params | train FLOPs / token vs dense | val bits/byte | − dense | \
+         − altup-k2 | step time vs dense | speed-up in steps at dense quality |\n|---|---|---|---|---|---|---|---|"
+    );
+    let dense_flops = records.get("dense").map(|r| r[0].model.train_flops_per_token(r[0].train.seq_len));
+    let dense_time = dense_time(records);
+    let mut rows: Vec<(String, Part)> =
+        ["altup-k2", "recycled-altup-k2"].iter().map(|n| (n.to_string(), Part::Claims)).collect();
+    rows.extend(RESIDUAL_METHODS.iter().map(|(n, _)| (n.to_string(), Part::Residual)));
+    for (name, part) in &rows {
+        let Some(runs) = records.get(name) else {
+            let _ = writeln!(md, "| {name} | {} | | | | | | |", missing(*part));
+            continue;
+        };
+        let flops = runs[0].model.train_flops_per_token(runs[0].train.seq_len);
+        let finals: Vec<f64> = runs.iter().map(RunRecord::final_bpb).collect();
+        let time = median(runs.iter().map(RunRecord::step_time).collect());
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2}M | {} | {} | {} | {} | {} | {} |",
+            runs[0].params_total as f64 / 1e6,
+            dense_flops.map_or("—".into(), |d| format!("{:.3}×", flops / d)),
+            mean_pm(&finals, 4),
+            compared(records, name, "dense"),
+            if name == "altup-k2" { "—".into() } else { compared(records, name, "altup-k2") },
+            dense_time.map_or("—".into(), |d| format!("{:.2}×", time / d)),
+            step_speedup(records, name, "dense")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nWith Switch E = 8 on every block, against Switch alone on every block (`switch-e8-every`, the placement \
+         part):\n\n| stack | params (active) | val bits/byte | − switch-e8-every | − the method alone |\n|---|---|---|---|---|"
+    );
+    for (method, _) in RESIDUAL_METHODS {
+        let name = format!("{method}+switch-e8-every");
+        let Some(runs) = records.get(&name) else {
+            let _ = writeln!(md, "| {name} | {} | | | |", missing(Part::ResidualMoe));
+            continue;
+        };
+        let finals: Vec<f64> = runs.iter().map(RunRecord::final_bpb).collect();
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2}M ({:.2}M) | {} | {} | {} |",
+            runs[0].params_total as f64 / 1e6,
+            runs[0].params_active as f64 / 1e6,
+            mean_pm(&finals, 4),
+            compared(records, &name, "switch-e8-every"),
+            compared(records, &name, method)
+        );
+    }
 }
 
 /// Which commit trained which records: a record's numbers are those of its commit's code (a

@@ -1,6 +1,6 @@
 //! What the reproduction trains, in parts (each split by seed into pieces of at most about an
-//! hour on 2 cores): the five stacks of the claims, the placement study of AltUp + MoE, and the
-//! size trend of AltUp.
+//! hour on 2 cores): the five stacks of the claims, the placement study of AltUp + MoE, the size
+//! trend of AltUp, and AltUp's successors on the residual stream (with and without MoE).
 
 use altup_moe::altup::{AltUpConfig, BlockSelection};
 use altup_moe::model::{Arch, ModelConfig, MoeLayers};
@@ -21,12 +21,25 @@ pub enum Part {
     SizeLarge,
     /// Recycled-AltUp K = 2 at the large width.
     SizeLargeRecycled,
+    /// The residual-stream methods at d = 128 against dense and AltUp (the claims' runs):
+    /// Hyper-Connections n = 4 static and dynamic, mHC n = 4, LAuReL RW+LR.
+    Residual,
+    /// The residual-stream methods with Switch E = 8 on every block, against Switch alone on
+    /// every block (the placement part's `switch-e8-every`); `--stack` picks the best two.
+    ResidualMoe,
 }
 
 impl Part {
     /// Every part, in the order `make reproduce` runs them.
-    pub const ALL: [Part; 5] =
-        [Part::Claims, Part::Placement, Part::SizeSmall, Part::SizeLarge, Part::SizeLargeRecycled];
+    pub const ALL: [Part; 7] = [
+        Part::Claims,
+        Part::Placement,
+        Part::SizeSmall,
+        Part::SizeLarge,
+        Part::SizeLargeRecycled,
+        Part::Residual,
+        Part::ResidualMoe,
+    ];
 }
 
 /// The widths of the size trend: small, base (the claims' runs), large.
@@ -126,7 +139,31 @@ pub fn stacks(part: Part, quick: bool) -> Vec<Stack> {
             recycled.altup = Some(AltUpConfig::recycled(2));
             vec![stack(sized("recycled-altup-k2", large, d), recycled)]
         }
+        Part::Residual => RESIDUAL_METHODS
+            .iter()
+            .map(|&(name, method)| stack(name.into(), with_residual(base(Arch::Dense, d), method)))
+            .collect(),
+        Part::ResidualMoe => {
+            let switch_every =
+                || ModelConfig { moe_layers: MoeLayers::Every { every: 1, offset: 0 }, ..base(Arch::Switch, d) };
+            RESIDUAL_METHODS
+                .iter()
+                .map(|&(name, method)| stack(format!("{name}+switch-e8-every"), with_residual(switch_every(), method)))
+                .collect()
+        }
     }
+}
+
+/// The residual-stream methods of the study: name in the report, `--residual` form.
+pub const RESIDUAL_METHODS: [(&str, &str); 4] = [
+    ("hc4-static", "static-hyper-connections:4"),
+    ("hc4-dynamic", "hyper-connections:4"),
+    ("mhc4", "mhc:4"),
+    ("laurel-rw-lr16", "laurel:rw+lr=16"),
+];
+
+fn with_residual(config: ModelConfig, method: &str) -> ModelConfig {
+    ModelConfig { residual: method.parse().expect("the study's methods parse"), ..config }
 }
 
 /// The placements of AltUp + MoE besides the claims' (MoE on blocks 1 and 3, alternating

@@ -75,8 +75,13 @@ impl ModelConfig {
     /// `6 · N_active + 12 · L · D · T`, where `N_active` is the active non-embedding parameters
     /// ([`ParamCounts::active_per_token`] less the embedding table and a separate head) — 2
     /// FLOPs per weight forward, 4 backward — and `12 · L · D · T` the attention scores and
-    /// values forward and backward (causal attention counted in full, as is customary).
+    /// values forward and backward (causal attention counted in full, as is customary). A
+    /// residual-stream method's weights are not counted as `6 ·` parameters but by what its
+    /// connections compute, 3 × [`ResidualConfig::forward_flops_per_sublayer`] per sublayer
+    /// (forward and backward): Hyper-Connections' `n × n` mixing touches every stream.
     /// Recomputation, AltUp's `K × K` mixing and the norms are not counted.
+    ///
+    /// [`ResidualConfig::forward_flops_per_sublayer`]: crate::residual::ResidualConfig::forward_flops_per_sublayer
     ///
     /// ```
     /// use altup_moe::model::ModelConfig;
@@ -89,14 +94,31 @@ impl ModelConfig {
     /// ```
     pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
         let counts = self.param_counts();
-        let active = (counts.active_per_token - counts.embedding) as f64;
-        6.0 * active + 12.0 * (self.num_layers * self.d_model * seq_len) as f64
+        let active = (counts.active_per_token - counts.embedding - counts.residual) as f64;
+        let sublayers = self.num_layers * if self.cross_attention { 3 } else { 2 };
+        let residual = 3.0 * sublayers as f64 * self.residual.forward_flops_per_sublayer(self.d_model);
+        6.0 * active + 12.0 * (self.num_layers * self.d_model * seq_len) as f64 + residual
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::model::{Arch, ModelConfig};
+    use crate::residual::ResidualConfig;
+
+    /// A residual-stream method adds what its connections compute, not `6 ·` its weights: static
+    /// Hyper-Connections with `n = 4` at `D = 128` mix `(n+1)·n·D + n·D = 3072` multiply-adds per
+    /// sublayer and token, 8 sublayers, × 2 FLOPs × 3 (forward and backward).
+    #[test]
+    fn residual_methods_count_their_mixing() {
+        let plain = ModelConfig::default();
+        let hc =
+            ModelConfig { residual: ResidualConfig::HyperConnections { streams: 4, dynamic: false }, ..plain.clone() };
+        let extra = hc.train_flops_per_token(128) - plain.train_flops_per_token(128);
+        assert_eq!(extra, 8.0 * 3072.0 * 2.0 * 3.0);
+        assert_eq!(hc.param_counts().residual, 8 * (4 * 5 + 4));
+        assert_eq!(hc.param_counts().total - plain.param_counts().total, 8 * 24);
+    }
 
     /// More experts at top-1 add only router weights to the FLOPs; top-2 adds one more expert
     /// per MoE layer: `6 · (2·D·F)` per token for GELU experts.

@@ -21,6 +21,10 @@
 //!   or projection (initialised to the mean) collapse returns it exactly. A sum (Recycled-AltUp's
 //!   collapse) returns `K` times it, which the final RMSNorm undoes up to its epsilon (the logits
 //!   agree to about `eps/mean(x²)` relative).
+//! * **A residual-stream method** (Hyper-Connections, mHC, LAuReL: [`crate::residual`]). Each
+//!   starts as the plain residual, so the dense model's weights go in unchanged and the method's
+//!   own weights keep their initialisation — except LAuReL in Gemma 3n's form (`post_norm`),
+//!   whose normed low-rank term is not zero at initialisation.
 
 use crate::dtype::Cast;
 use crate::error::{Error, Result};
@@ -34,8 +38,9 @@ use tch::Tensor;
 /// Builds `target` in `vs` from the dense model `dense_config` whose parameters are in `dense`
 /// (see the module docs for how each part is initialised).
 ///
-/// `target` must equal `dense_config` except in `moe`, `moe_layers`, `altup` and, from a tied
-/// dense model, `tie_embeddings = false` (the head then starts as a copy of the embedding).
+/// `target` must equal `dense_config` except in `moe`, `moe_layers`, `altup`, `residual` and,
+/// from a tied dense model, `tie_embeddings = false` (the head then starts as a copy of the
+/// embedding).
 ///
 /// # Errors
 /// [`Error::Config`] listing *every* reason the target cannot reproduce the dense model: a
@@ -68,8 +73,10 @@ pub fn upcycle(
             let value = match upcycled_value(&name, &var, target, dense_config, &source, &mut take)? {
                 Some(v) => v,
                 None => {
-                    // AltUp's own parameters and routers keep their (identity / random) init.
-                    if !(name.contains(".altup.") || name.starts_with("collapse.") || name.ends_with("router.weight")) {
+                    // AltUp's and the residual method's own parameters and routers keep their
+                    // (identity / random) init.
+                    let own = name.contains(".altup.") || name.contains(".residual.") || name.starts_with("collapse.");
+                    if !(own || name.ends_with("router.weight")) {
                         unmatched.push(name);
                     }
                     continue;
@@ -148,6 +155,15 @@ pub fn check_upcycle(dense: &ModelConfig, target: &ModelConfig) -> Result<()> {
     if dense.altup.is_some() {
         problems.push("the source model already uses AltUp".to_string());
     }
+    if !dense.residual.is_plain() {
+        problems.push(format!("the source model already uses a residual-stream method ({})", dense.residual));
+    }
+    if let crate::residual::ResidualConfig::Laurel { post_norm: true, .. } = target.residual {
+        problems.push(format!(
+            "residual {}: Gemma 3n's normed low-rank term (lr-norm) is not zero at initialisation",
+            target.residual
+        ));
+    }
     if dense.sequence_altup.is_some() || target.sequence_altup.is_some() {
         problems.push("Sequence-AltUp changes which positions the layers compute on".to_string());
     }
@@ -157,6 +173,7 @@ pub fn check_upcycle(dense: &ModelConfig, target: &ModelConfig) -> Result<()> {
     same.moe_layers = dense.moe_layers.clone();
     same.altup = dense.altup.clone();
     same.sequence_altup = dense.sequence_altup.clone();
+    same.residual = dense.residual;
     if dense.tie_embeddings && !target.tie_embeddings {
         same.tie_embeddings = true;
     }

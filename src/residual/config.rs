@@ -93,6 +93,24 @@ impl ResidualConfig {
         }
     }
 
+    /// Forward FLOPs per token of one sublayer's connection at width `d` (2 per multiply-add):
+    /// Hyper-Connections read and mix `(n+1)·n·D` and write `n·D` (dynamic: `+ n·D·(n+1) + n·D`
+    /// for the projections); mHC projects `n·D·(2n + n²)`, reads `n·D`, mixes `n²·D`, writes
+    /// `n·D` (Sinkhorn's `O(n²)` per iteration not counted); LAuReL's LR `2·r·D` and PA
+    /// `(k − 1)·D`; plain 0. Norms, activations and the additions are not counted, as for the
+    /// blocks.
+    pub fn forward_flops_per_sublayer(&self, d: usize) -> f64 {
+        let macs = match *self {
+            Self::Plain => 0,
+            Self::HyperConnections { streams: n, dynamic } => {
+                (n + 1) * n * d + n * d + if dynamic { n * d * (n + 1) + n * d } else { 0 }
+            }
+            Self::Mhc { streams: n, .. } => n * d * (2 * n + n * n) + n * d + n * n * d + n * d,
+            Self::Laurel { rank, previous, .. } => 2 * rank * d + previous.saturating_sub(1) * d,
+        };
+        2.0 * macs as f64
+    }
+
     /// Checks the settings.
     ///
     /// # Errors

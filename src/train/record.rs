@@ -175,10 +175,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut value: serde_json::Value = serde_json::to_value(&record).unwrap();
         value["evalz"] = serde_json::json!([]);
-        let path = tmp.path().join("damaged.json");
+        let path = tmp.path().join("damaged-seed0.json");
+        std::fs::write(&path, value.to_string()).unwrap();
+        let err = RunRecord::read(tmp.path(), "damaged", 0).unwrap_err().to_string();
+        assert!(err.contains("damaged-seed0.json") && err.contains("evalz"), "{err}");
+        // A record's model and train are read strictly.
+        value["train"]["stepz"] = serde_json::json!(3);
         std::fs::write(&path, value.to_string()).unwrap();
         let err = RunConfig::from_file(&path).unwrap_err().to_string();
-        assert!(err.contains("damaged.json") && err.contains("evalz"), "{err}");
+        assert!(err.contains("damaged-seed0.json") && err.contains("stepz"), "{err}");
         assert_eq!(RunRecord::read(tmp.path(), "absent", 0).unwrap(), None);
     }
 }

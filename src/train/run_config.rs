@@ -9,7 +9,6 @@ use crate::model::{Arch, LanguageModel, ModelConfig};
 use crate::nn::VarBuilder;
 use crate::parallel::ProcessGroup;
 use crate::train::config::TrainConfig;
-use crate::train::record::RunRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -51,16 +50,22 @@ impl Default for RunConfig {
 
 impl RunConfig {
     /// Reads a run configuration from a JSON file (every field optional: missing ones keep
-    /// their defaults, as in the serde configs themselves), or the configuration of a run
-    /// record ([`RunRecord`], a file with `evals`: retraining it reproduces the record).
+    /// their defaults, as in the serde configs themselves), or the `model` and `train` of a run
+    /// record ([`crate::train::RunRecord`], a file with `evals`: retraining it reproduces the
+    /// record).
     ///
     /// # Errors
     /// [`Error::Io`] for an unreadable file; [`Error::Json`] naming it for malformed contents or
     /// unknown fields.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        if serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("evals").is_some()) {
-            return Ok(RunRecord::parse(&text, path)?.run_config());
+        // A run record: its `model` and `train` (strictly), beside its name, seed and results.
+        if let Ok(Value::Object(record)) = serde_json::from_str::<Value>(&text) {
+            if record.contains_key("evals") {
+                let run: serde_json::Map<String, Value> =
+                    record.into_iter().filter(|(k, _)| k == "model" || k == "train").collect();
+                return serde_json::from_value(Value::Object(run)).map_err(|e| json_error(path, e));
+            }
         }
         let mut value = serde_json::to_value(Self::default()).map_err(|e| json_error(path, e))?;
         let given: Value = serde_json::from_str(&text).map_err(|e| json_error(path, e))?;
