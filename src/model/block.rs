@@ -1,7 +1,9 @@
 //! Pre-norm transformer block: `x + attn(norm(x))`, then (in an encoder-decoder's decoder)
 //! `x + cross_attn(norm(x), memory)`, then `x + ffn(norm(x))`, where the FFN is dense or a mixture
 //! of experts (GPT-2 / Llama layout; T5 for cross-attention; Switch Transformer swaps the FFN for
-//! an MoE layer, arXiv 2101.03961 §2).
+//! an MoE layer, arXiv 2101.03961 §2). Each `x + …` is the block's residual-stream method
+//! ([`crate::residual::SublayerConnection`]): the plain residual, or Hyper-Connections, mHC or
+//! LAuReL, whose stream may hold several copies (`[B, T, n, D]`).
 
 use crate::dtype::Cast;
 use crate::error::Result;
@@ -11,6 +13,7 @@ use crate::nn::{
     AttentionConfig, CrossAttention, FeedForward, FeedForwardConfig, KvCache, RmsNorm, SelfAttention, VarBuilder,
 };
 use crate::parallel::GraphCuts;
+pub use crate::residual::residual_add;
 use crate::residual::{connection, ResidualConfig, SublayerConnection};
 use crate::shape::expect_shape;
 use tch::{Kind, Tensor};
@@ -68,19 +71,6 @@ pub struct BlockContext<'a> {
     pub compute: Option<Kind>,
 }
 
-/// `residual + update` in the residual's dtype: a lower-precision update (a bf16 sublayer's
-/// output) is converted up before the addition, so the residual is never rounded to the
-/// update's precision.
-///
-/// # Shapes
-/// `residual`, `update`: the same shape → that shape, in `residual`'s dtype.
-///
-/// # Errors
-/// [`crate::Error::Torch`] on a shape mismatch.
-pub fn residual_add(residual: &Tensor, update: &Tensor) -> Result<Tensor> {
-    Ok(residual.f_add(&update.like(residual)?)?)
-}
-
 /// Incremental-decoding state of one block.
 #[derive(Debug, Default)]
 pub struct BlockCache {
@@ -93,7 +83,8 @@ pub struct BlockCache {
 /// Pre-norm transformer block.
 ///
 /// Parameters: `attn_norm.weight`, `attn.*`, (`cross_norm.weight`, `cross_attn.*`),
-/// `ffn_norm.weight`, and `ffn.*` (dense) or `moe.*`.
+/// `ffn_norm.weight`, `ffn.*` (dense) or `moe.*`, and a residual-stream method's
+/// `residual.{attn, cross_attn, ffn}.*`.
 #[derive(Debug)]
 pub struct Block {
     /// Norm before attention.
@@ -181,11 +172,12 @@ impl Block {
     /// keys computed on the first call.
     ///
     /// # Shapes
-    /// `x`: `[B, T, D]` → `[B, T, D]`, and the MoE layer's aux record when the FFN is an MoE.
+    /// `x`: `[B, T, D]` → `[B, T, D]` (`[B, T, n, D]` → `[B, T, n, D]` with an `n`-slot
+    /// residual-stream method), and the MoE layer's aux record when the FFN is an MoE.
     ///
     /// # Errors
-    /// [`crate::Error::Shape`] if `x` is not `[B, T, D]`, a mask or the memory do not match, or
-    /// a cross-attending block gets no memory.
+    /// [`crate::Error::Shape`] if `x` is not the stream's shape, a mask or the memory do not
+    /// match, or a cross-attending block gets no memory.
     pub fn forward(
         &self,
         x: &Tensor,

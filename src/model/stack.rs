@@ -1,4 +1,5 @@
-//! A transformer stack: embedding → (AltUp widen) → blocks → (AltUp collapse) → final norm.
+//! A transformer stack: embedding → (AltUp or residual-stream widen) → blocks → (collapse) →
+//! final norm.
 //! The decoder-only [`crate::model::LanguageModel`] is a stack plus an output head; an encoder-decoder
 //! is two stacks.
 
@@ -56,8 +57,8 @@ pub struct StackCache {
 /// A transformer stack built from a [`ModelConfig`] (its head settings are ignored).
 ///
 /// Parameters under the stack's path: `embed.weight` (unless shared), `blocks.{l}.*`,
-/// `blocks.{l}.altup.*`, `blocks.{l}.seq_altup.*`, `collapse.weight`, `widen.{i}.weight`,
-/// `unwiden.{i}.weight`, `final_norm.weight`.
+/// `blocks.{l}.altup.*`, `blocks.{l}.seq_altup.*`, `blocks.{l}.residual.*`, `collapse.weight`,
+/// `widen.{i}.weight`, `unwiden.{i}.weight`, `final_norm.weight`.
 #[derive(Debug)]
 pub struct Stack {
     config: ModelConfig,

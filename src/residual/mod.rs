@@ -27,7 +27,7 @@ pub(crate) mod mhc;
 pub(crate) mod streams;
 
 pub use config::ResidualConfig;
-pub use connection::{PlainResidual, Sublayer, SublayerConnection};
+pub use connection::{residual_add, PlainResidual, Sublayer, SublayerConnection};
 pub use hyper::HyperConnection;
 pub use laurel::Laurel;
 pub use mhc::{sinkhorn_knopp, ManifoldHyperConnection, MhcMaps};
