@@ -51,11 +51,11 @@ With --init, OUT holds the freshly constructed module's parameters (no branch) u
 in the package's own dtype (float32), for config (n, dim, dynamic, layer_index, mhc, ...).
 """
 
-import contextlib
 import json
 import sys
 
 import torch
+from exact_fp64 import float64_casts
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -99,23 +99,6 @@ def module_params(module: nn.Module, config: dict) -> dict[str, nn.Parameter]:
         params[name] = p
     return params
 
-
-@contextlib.contextmanager
-def float64_casts(enabled: bool):
-    """Make `.float()` a no-op on float64 tensors (the mHC modules call it on purpose)."""
-    if not enabled:
-        yield
-        return
-    original = torch.Tensor.float
-
-    def keep_float64(self, *args, **kwargs):
-        return self if self.dtype == torch.float64 else original(self, *args, **kwargs)
-
-    torch.Tensor.float = keep_float64
-    try:
-        yield
-    finally:
-        torch.Tensor.float = original
 
 
 def write_init(config: dict, target: str) -> None:

@@ -19,29 +19,13 @@ IN: x [B, T, D], upstream [B, T, D] (loss = (out * upstream).sum()), linear_left
 OUT: output [B, T, D], grad.x, grad.<name> for the three parameters, param.<name> (values used).
 """
 
-import contextlib
 import json
 import sys
 
 import torch
+from exact_fp64 import float64_casts
 from safetensors.torch import load_file, save_file
 
-
-@contextlib.contextmanager
-def float64_casts(enabled: bool):
-    if not enabled:
-        yield
-        return
-    original = torch.Tensor.float
-
-    def keep_float64(self, *args, **kwargs):
-        return self if self.dtype == torch.float64 else original(self, *args, **kwargs)
-
-    torch.Tensor.float = keep_float64
-    try:
-        yield
-    finally:
-        torch.Tensor.float = original
 
 
 def main() -> None:

@@ -40,11 +40,11 @@ OUT: output [B, T, n, D], branch_input [B, T, D], H_pre [B, T, n], H_post [B, T,
     for every parameter, branch.weight included.
 """
 
-import contextlib
 import json
 import sys
 
 import torch
+from exact_fp64 import float64_casts
 import torch.nn.functional as F
 
 PAPER_PARAMS = ("phi_pre", "phi_post", "phi_res", "b_pre", "b_post", "b_res", "alpha_pre", "alpha_post", "alpha_res")
@@ -71,22 +71,6 @@ def paper_maps(x: torch.Tensor, p: dict, config: dict):
     h_res = p["alpha_res"] * (xn @ p["phi_res"]).unflatten(-1, (n, n)) + p["b_res"]
     return h_pre.sigmoid(), 2 * h_post.sigmoid(), sinkhorn_knopp(h_res, int(config.get("sinkhorn_iters", 20)))
 
-
-@contextlib.contextmanager
-def float64_casts(enabled: bool):
-    if not enabled:
-        yield
-        return
-    original = torch.Tensor.float
-
-    def keep_float64(self, *args, **kwargs):
-        return self if self.dtype == torch.float64 else original(self, *args, **kwargs)
-
-    torch.Tensor.float = keep_float64
-    try:
-        yield
-    finally:
-        torch.Tensor.float = original
 
 
 def main() -> None:
