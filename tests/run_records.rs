@@ -102,7 +102,25 @@ fn a_study_record_retrains_bit_for_bit_through_train() {
         .map(|e| (e["step"].as_u64().unwrap(), e["val_bpb"].as_f64().unwrap()))
         .collect();
     assert_eq!(recorded.iter().map(|e| e.0).collect::<Vec<_>>(), [2, 4]);
-    assert!(std::fs::read_to_string(&report).unwrap().contains("## Where the records come from"));
+    let final_bpb = format!("| dense | {:.4}", recorded.last().unwrap().1);
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(md.contains("## Where the records come from") && md.contains(&final_bpb), "{md}");
+    assert!(!md.contains("## Stale records"), "{md}");
+
+    // On another corpus the record is stale: the report leaves it out of the tables (never
+    // pairing it with runs on this corpus) and lists it apart, with its numbers and the command
+    // that retrains it.
+    let changed = tmp.path().join("verse-changed.txt");
+    std::fs::write(&changed, text() + "and so the king shall know\n").unwrap();
+    let study_flags = ["--seeds", "2", "--steps", "4", "--eval-every", "2", "--eval-batches", "1", "--device", "cpu"];
+    let (changed, report_path) = (s(&changed), s(&report));
+    let mut args = vec!["--report-only", "--data", &changed, "--report", &report_path];
+    args.extend(study_flags);
+    example(&project, "reproduce", &args);
+    let md = std::fs::read_to_string(&report).unwrap();
+    let stale = &md[md.find("## Stale records").unwrap_or_else(|| panic!("no stale section:\n{md}"))..];
+    assert!(stale.contains("| dense | 1 | `sha256:") && stale.contains("make reproduce PART=claims STACK=dense"), "{stale}");
+    assert!(!md.contains(&final_bpb) && md.contains("| dense | not run yet (`make reproduce PART=claims`)"), "{md}");
 
     let out = tmp.path().join("retrained");
     example(

@@ -214,7 +214,8 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
     // Name the corpus relative to the working folder: records and the report are committed.
     let cwd = format!("{}/", std::env::current_dir().unwrap_or_default().display());
     let data_shown = data.description.replace(&cwd, "");
-    let names: Vec<String> = Part::ALL.iter().flat_map(|&p| stacks(p, args.quick)).map(|s| s.name).collect();
+    let all_stacks: Vec<_> = Part::ALL.iter().flat_map(|&p| stacks(p, args.quick)).collect();
+    let names: Vec<String> = all_stacks.iter().map(|s| s.name.clone()).collect();
     if let Some(unknown) = args.stack.iter().find(|n| !names.contains(n)) {
         return Err(altup_moe::Error::Config(format!(
             "--stack {unknown}: no such stack (stacks: {})",
@@ -239,7 +240,12 @@ fn run_all(mut args: Args) -> altup_moe::Result<()> {
             }
         }
     }
-    let records = Records::read(&paths.records, &names, args.seeds)?;
+    // The tables compare only records the study would keep now: same model, settings and corpus.
+    let is_current = |r: &RunRecord| {
+        let stack = all_stacks.iter().find(|s| s.name == r.name);
+        stack.is_some_and(|s| r.is_run_of(&run_of(&args, &data, &data_shown, &s.config, r.seed)))
+    };
+    let records = Records::read(&paths.records, &names, args.seeds, &data.hash, is_current)?;
     let [small, base, large] = study::sizes(args.quick);
     let unit = if matches!(data.tokenizer, TextTokenizer::Bytes) { "bytes" } else { "tokens" };
     // The corpus the records were trained on (this run's data when they disagree).

@@ -2,7 +2,7 @@
 
 use crate::common::plot_err;
 use crate::stats::{first_crossing, mean_std, median, Paired};
-use crate::study::{sized, sizes, Part, PLACEMENTS, RESIDUAL_METHODS};
+use crate::study::{sized, sizes, stacks, Part, PLACEMENTS, RESIDUAL_METHODS};
 use altup_moe::train::RunRecord;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -12,30 +12,44 @@ use std::path::Path;
 /// Everything from this line on in an existing report is kept when the report is rewritten.
 pub const HAND_WRITTEN: &str = "<!-- hand-written reading below: kept by `make reproduce` -->";
 
-/// The finished records of every stack, by name, each in seed order.
+/// The finished records of every stack, by name, each in seed order: those the tables compare
+/// (the study would keep them now) and the stale rest.
 pub struct Records {
     by_name: BTreeMap<String, Vec<RunRecord>>,
+    /// Records whose model, training settings or corpus differ from what the study trains now
+    /// (`make reproduce` retrains them): shown apart, never paired with current ones.
+    stale: Vec<RunRecord>,
+    /// Content hash of the corpus the study trains on now.
+    data_hash: String,
 }
 
 impl Records {
-    /// Every record under `dir` for seeds `0..seeds`.
+    /// Every record under `dir` for seeds `0..seeds`; `is_current` says whether the study would
+    /// keep a record as it is (same model, settings and corpus, whose hash is `data_hash`).
     ///
     /// # Errors
     /// A damaged record file.
-    pub fn read(dir: &Path, names: &[String], seeds: u64) -> altup_moe::Result<Self> {
-        let mut by_name = BTreeMap::new();
+    pub fn read(
+        dir: &Path,
+        names: &[String],
+        seeds: u64,
+        data_hash: &str,
+        is_current: impl Fn(&RunRecord) -> bool,
+    ) -> altup_moe::Result<Self> {
+        let (mut by_name, mut stale) = (BTreeMap::new(), Vec::new());
         for name in names {
-            let runs: Vec<RunRecord> = (0..seeds)
+            let (runs, old): (Vec<RunRecord>, Vec<RunRecord>) = (0..seeds)
                 .map(|s| RunRecord::read(dir, name, s))
                 .collect::<altup_moe::Result<Vec<_>>>()?
                 .into_iter()
                 .flatten()
-                .collect();
+                .partition(&is_current);
+            stale.extend(old);
             if !runs.is_empty() {
                 by_name.insert(name.clone(), runs);
             }
         }
-        Ok(Self { by_name })
+        Ok(Self { by_name, stale, data_hash: data_hash.to_string() })
     }
 
     /// The corpus every record was trained on (its description), `None` when there are no
@@ -106,6 +120,18 @@ fn step_speedup(records: &Records, name: &str, baseline: &str) -> String {
         "not reached".to_string()
     } else {
         format!("{}× ({} of {} seeds reach)", mean_pm(&speed, 2), speed.len(), per_seed.len())
+    }
+}
+
+/// The speed-up of `name` at `baseline`'s final quality in steps and in wall time (mean ± std over
+/// the seeds that reach it, with how many do), or "not reached".
+fn steps_and_time_speedup(records: &Records, name: &str, baseline: &str) -> String {
+    let per_seed = records.speedups(name, baseline).unwrap_or_default();
+    let (steps, time): (Vec<f64>, Vec<f64>) = per_seed.iter().filter_map(|(_, s)| *s).unzip();
+    if steps.is_empty() {
+        "not reached".to_string()
+    } else {
+        format!("{}× / {}× ({} of {} seeds reach)", mean_pm(&steps, 2), mean_pm(&time, 2), steps.len(), per_seed.len())
     }
 }
 
@@ -202,6 +228,7 @@ pub fn write_report(
     placement_table(&mut md, records);
     size_trend(&mut md, records, quick);
     residual_methods(&mut md, records);
+    stale_records(&mut md, records, quick);
     provenance(&mut md, records);
     // Keep a hand-written reading of the numbers across regenerations.
     let mut out = md.clone();
@@ -224,7 +251,7 @@ fn residual_methods(md: &mut String, records: &Records) {
          training FLOPs per token (6 per active weight, attention, the methods' stream mixing) relative to dense \
          show what each costs in compute, step time what it costs on this machine. Differences are paired per seed \
          (negative: better than the baseline).\n\n| stack | params | train FLOPs / token vs dense | val bits/byte | − dense | \
-         − altup-k2 | step time vs dense | speed-up in steps at dense quality |\n|---|---|---|---|---|---|---|---|"
+         − altup-k2 | step time vs dense | speed-up at dense quality, steps / wall time |\n|---|---|---|---|---|---|---|---|"
     );
     let dense_flops = records.get("dense").map(|r| r[0].model.train_flops_per_token(r[0].train.seq_len));
     let dense_time = dense_time(records);
@@ -248,29 +275,75 @@ fn residual_methods(md: &mut String, records: &Records) {
             compared(records, name, "dense"),
             if name == "altup-k2" { "—".into() } else { compared(records, name, "altup-k2") },
             dense_time.map_or("—".into(), |d| format!("{:.2}×", time / d)),
-            step_speedup(records, name, "dense")
+            steps_and_time_speedup(records, name, "dense")
         );
     }
     let _ = writeln!(
         md,
         "\nWith Switch E = 8 on every block, against Switch alone on every block (`switch-e8-every`, the placement \
-         part):\n\n| stack | params (active) | val bits/byte | − switch-e8-every | − the method alone |\n|---|---|---|---|---|"
+         part):\n\n| stack | params (active) | val bits/byte | − switch-e8-every | − the method alone | speed-up at \
+         switch-e8-every's quality, steps / wall time |\n|---|---|---|---|---|---|"
     );
-    for (method, _) in RESIDUAL_METHODS {
+    // AltUp with Switch on every block is the placement part's stack.
+    let with_switch = std::iter::once(("altup-k2", Part::Placement))
+        .chain(RESIDUAL_METHODS.iter().map(|&(method, _)| (method, Part::ResidualMoe)));
+    for (method, part) in with_switch {
         let name = format!("{method}+switch-e8-every");
         let Some(runs) = records.get(&name) else {
-            let _ = writeln!(md, "| {name} | {} | | | |", missing(Part::ResidualMoe));
+            let _ = writeln!(md, "| {name} | {} | | | | |", missing(part));
             continue;
         };
         let finals: Vec<f64> = runs.iter().map(RunRecord::final_bpb).collect();
         let _ = writeln!(
             md,
-            "| {name} | {:.2}M ({:.2}M) | {} | {} | {} |",
+            "| {name} | {:.2}M ({:.2}M) | {} | {} | {} | {} |",
             runs[0].params_total as f64 / 1e6,
             runs[0].params_active as f64 / 1e6,
             mean_pm(&finals, 4),
             compared(records, &name, "switch-e8-every"),
-            compared(records, &name, method)
+            compared(records, &name, method),
+            steps_and_time_speedup(records, &name, "switch-e8-every")
+        );
+    }
+}
+
+/// The records the study would retrain (another corpus, model or settings), with their last
+/// numbers, apart from the tables: a stale record paired with a current one would compare two
+/// corpora, or two machines' step times.
+fn stale_records(md: &mut String, records: &Records, quick: bool) {
+    if records.stale.is_empty() {
+        return;
+    }
+    let short = |hash: &str| hash.get(..13).unwrap_or(hash).to_string();
+    let _ = writeln!(
+        md,
+        "\n## Stale records, left out of the tables\n\nThese records were trained on another corpus (the current \
+         one is `{}…`) or with other model or training settings than the study's now, so the tables above leave \
+         them out (\"not run yet\") instead of pairing them with current runs. Their last numbers, for reference; \
+         the command retrains a stack at the current commit and corpus.\n\n| stack | seeds | corpus | commit | val \
+         bits/byte (mean ± std) | retrain with |\n|---|---|---|---|---|---|",
+        short(&records.data_hash)
+    );
+    let mut by_name: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
+    for r in &records.stale {
+        by_name.entry(r.name.as_str()).or_default().push(r);
+    }
+    for (name, runs) in by_name {
+        let finals: Vec<f64> = runs.iter().map(|r| r.final_bpb()).collect();
+        let mut hashes: Vec<String> = runs.iter().map(|r| format!("`{}…`", short(&r.train.data_hash))).collect();
+        let mut commits: Vec<&str> = runs.iter().map(|r| r.commit.as_deref().unwrap_or("not recorded")).collect();
+        hashes.dedup();
+        commits.sort_unstable();
+        commits.dedup();
+        let part = Part::ALL.into_iter().find(|&p| stacks(p, quick).iter().any(|s| s.name == name));
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} |",
+            runs.iter().map(|r| r.seed.to_string()).collect::<Vec<_>>().join(", "),
+            hashes.join(", "),
+            commits.join(", "),
+            mean_pm(&finals, 4),
+            part.map_or("—".into(), |p| format!("`make reproduce PART={} STACK={name}`", part_name(p)))
         );
     }
 }
