@@ -119,7 +119,10 @@ fn a_study_record_retrains_bit_for_bit_through_train() {
     example(&project, "reproduce", &args);
     let md = std::fs::read_to_string(&report).unwrap();
     let stale = &md[md.find("## Stale records").unwrap_or_else(|| panic!("no stale section:\n{md}"))..];
-    assert!(stale.contains("| dense | 1 | `sha256:") && stale.contains("make reproduce PART=claims STACK=dense"), "{stale}");
+    assert!(
+        stale.contains("| dense | 1 | `sha256:") && stale.contains("make reproduce PART=claims STACK=dense"),
+        "{stale}"
+    );
     assert!(!md.contains(&final_bpb) && md.contains("| dense | not run yet (`make reproduce PART=claims`)"), "{md}");
 
     let out = tmp.path().join("retrained");

@@ -111,27 +111,34 @@ fn compared(records: &Records, a: &str, b: &str) -> String {
     records.paired(a, b).map_or("—".into(), |p| format!("{} → {}", p.describe(), p.verdict()))
 }
 
+/// The per-seed speed-ups of `name` at `baseline`'s final quality (steps, wall time) of the seeds
+/// that reach it, and how many seeds were compared.
+fn reached(records: &Records, name: &str, baseline: &str) -> (Vec<(f64, f64)>, usize) {
+    let per_seed = records.speedups(name, baseline).unwrap_or_default();
+    (per_seed.iter().filter_map(|(_, s)| *s).collect(), per_seed.len())
+}
+
 /// The speed-up in steps of `name` at `baseline`'s final quality over the seeds that reach it
 /// (mean ± std), with how many reach it, or "not reached".
 fn step_speedup(records: &Records, name: &str, baseline: &str) -> String {
-    let per_seed = records.speedups(name, baseline).unwrap_or_default();
-    let speed: Vec<f64> = per_seed.iter().filter_map(|(_, s)| s.map(|s| s.0)).collect();
-    if speed.is_empty() {
+    let (reached, seeds) = reached(records, name, baseline);
+    let steps: Vec<f64> = reached.iter().map(|s| s.0).collect();
+    if steps.is_empty() {
         "not reached".to_string()
     } else {
-        format!("{}× ({} of {} seeds reach)", mean_pm(&speed, 2), speed.len(), per_seed.len())
+        format!("{}× ({} of {seeds} seeds reach)", mean_pm(&steps, 2), steps.len())
     }
 }
 
 /// The speed-up of `name` at `baseline`'s final quality in steps and in wall time (mean ± std over
 /// the seeds that reach it, with how many do), or "not reached".
 fn steps_and_time_speedup(records: &Records, name: &str, baseline: &str) -> String {
-    let per_seed = records.speedups(name, baseline).unwrap_or_default();
-    let (steps, time): (Vec<f64>, Vec<f64>) = per_seed.iter().filter_map(|(_, s)| *s).unzip();
+    let (reached, seeds) = reached(records, name, baseline);
+    let (steps, time): (Vec<f64>, Vec<f64>) = reached.into_iter().unzip();
     if steps.is_empty() {
         "not reached".to_string()
     } else {
-        format!("{}× / {}× ({} of {} seeds reach)", mean_pm(&steps, 2), mean_pm(&time, 2), steps.len(), per_seed.len())
+        format!("{}× / {}× ({} of {seeds} seeds reach)", mean_pm(&steps, 2), mean_pm(&time, 2), steps.len())
     }
 }
 
@@ -332,6 +339,7 @@ fn stale_records(md: &mut String, records: &Records, quick: bool) {
         let finals: Vec<f64> = runs.iter().map(|r| r.final_bpb()).collect();
         let mut hashes: Vec<String> = runs.iter().map(|r| format!("`{}…`", short(&r.train.data_hash))).collect();
         let mut commits: Vec<&str> = runs.iter().map(|r| r.commit.as_deref().unwrap_or("not recorded")).collect();
+        hashes.sort_unstable();
         hashes.dedup();
         commits.sort_unstable();
         commits.dedup();
