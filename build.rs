@@ -6,7 +6,8 @@
 //!   because no symbol of it is referenced directly, and CUDA is then never available at run time.
 //!
 //! It also compiles `src/native/shim.cpp`, the libtorch calls that tch does not bind (fused AdamW,
-//! multi-tensor ops, the determinism switch, an operation counter), against the headers of the
+//! multi-tensor ops, the determinism switch, an operation counter), and `src/native/fused.cpp`
+//! (fused CPU kernels for RMSNorm and the rotary embedding), against the headers of the
 //! same libtorch: `<lib>/../include`, the layout of both the PyTorch wheel and the libtorch
 //! archive. The C++ ABI flag follows `LIBTORCH_CXX11_ABI` (default 1, as torch-sys assumes for a
 //! libtorch archive, and what every PyTorch wheel since 2.7 uses). When that libtorch has CUDA
@@ -91,10 +92,11 @@ fn cuda_runtime_headers(lib: &Path) -> Option<std::path::PathBuf> {
 /// Compiles the C++ shim against libtorch's headers in `include`, and its CUDA half when the CUDA
 /// runtime headers are in `cuda`.
 fn compile_shim(include: &Path, cuda: Option<&Path>) {
-    const SOURCE: &str = "src/native/shim.cpp";
+    const SOURCES: [&str; 2] = ["src/native/shim.cpp", "src/native/fused.cpp"];
     const CUDA_SOURCE: &str = "src/native/cuda.cpp";
-    println!("cargo:rerun-if-changed={SOURCE}");
-    println!("cargo:rerun-if-changed={CUDA_SOURCE}");
+    for file in SOURCES.iter().chain(&[CUDA_SOURCE, "src/native/guarded.h"]) {
+        println!("cargo:rerun-if-changed={file}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let mut build = cc::Build::new();
@@ -107,7 +109,11 @@ fn compile_shim(include: &Path, cuda: Option<&Path>) {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file(SOURCE);
+        // The fused kernels (fused.cpp) round as the composite formulas do: no multiply-add
+        // contraction; and they are optimised in every profile, debug builds included.
+        .flag("-ffp-contract=off")
+        .opt_level(3)
+        .files(SOURCES);
     if let Some(cuda) = cuda {
         build.include(cuda).file(CUDA_SOURCE);
         println!("cargo:rustc-cfg=altup_moe_cuda");

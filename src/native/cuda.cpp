@@ -11,6 +11,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "guarded.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -19,28 +21,7 @@
 
 namespace {
 
-char* copy_cuda_message(const char* message) {
-  const size_t n = std::strlen(message);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, message, n + 1);
-  }
-  return out;
-}
-
-template <typename F>
-char* guarded_cuda(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return copy_cuda_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return copy_cuda_message(e.what());
-  } catch (...) {
-    return copy_cuda_message("unknown C++ exception in libtorch (CUDA)");
-  }
-}
+using altup_moe_native::guarded;
 
 // A graph with its side stream. Warm-up and capture run on the side stream (the device is
 // synchronised on the way in and out, so the side stream sees every earlier kernel and later
@@ -78,7 +59,7 @@ struct Graph {
 extern "C" {
 
 char* amoe_cuda_graph_new(int device, void** out) {
-  return guarded_cuda([&] { *out = new Graph(static_cast<c10::DeviceIndex>(device)); });
+  return guarded([&] { *out = new Graph(static_cast<c10::DeviceIndex>(device)); });
 }
 
 void amoe_cuda_graph_free(void* graph) {
@@ -92,18 +73,18 @@ void amoe_cuda_graph_free(void* graph) {
 
 // Makes the graph's side stream current (for warm-up steps before the capture).
 char* amoe_cuda_graph_enter(void* graph) {
-  return guarded_cuda([&] { static_cast<Graph*>(graph)->enter(); });
+  return guarded([&] { static_cast<Graph*>(graph)->enter(); });
 }
 
 // Restores the stream that was current before `amoe_cuda_graph_enter`.
 char* amoe_cuda_graph_leave(void* graph) {
-  return guarded_cuda([&] { static_cast<Graph*>(graph)->leave(); });
+  return guarded([&] { static_cast<Graph*>(graph)->leave(); });
 }
 
 // Starts capturing on the side stream (entering it if needed). Everything libtorch launches on
 // the device until `amoe_cuda_graph_capture_end` is recorded, not run.
 char* amoe_cuda_graph_capture_begin(void* graph) {
-  return guarded_cuda([&] {
+  return guarded([&] {
     auto* g = static_cast<Graph*>(graph);
     g->enter();
     g->graph.capture_begin();
@@ -112,7 +93,7 @@ char* amoe_cuda_graph_capture_begin(void* graph) {
 
 // Ends the capture, instantiates the graph and leaves the side stream.
 char* amoe_cuda_graph_capture_end(void* graph) {
-  return guarded_cuda([&] {
+  return guarded([&] {
     auto* g = static_cast<Graph*>(graph);
     try {
       g->graph.capture_end();
@@ -126,13 +107,13 @@ char* amoe_cuda_graph_capture_end(void* graph) {
 
 // Launches the captured work once.
 char* amoe_cuda_graph_replay(void* graph) {
-  return guarded_cuda([&] { static_cast<Graph*>(graph)->graph.replay(); });
+  return guarded([&] { static_cast<Graph*>(graph)->graph.replay(); });
 }
 
 // Bytes the caching allocator has handed out on `device`: now and at the peak since the last
 // reset.
 char* amoe_cuda_memory(int device, int64_t* allocated, int64_t* peak) {
-  return guarded_cuda([&] {
+  return guarded([&] {
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
     const auto& bytes = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
     *allocated = bytes.current;
@@ -141,7 +122,7 @@ char* amoe_cuda_memory(int device, int64_t* allocated, int64_t* peak) {
 }
 
 char* amoe_cuda_reset_peak_memory(int device) {
-  return guarded_cuda(
+  return guarded(
       [&] { c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device)); });
 }
 

@@ -2,13 +2,15 @@
 //! (`src/native/shim.cpp`, compiled by build.rs against the headers of the libtorch that
 //! torch-sys links): the fused AdamW kernel (`at::_fused_adamw_`), multi-tensor (`_foreach_*`)
 //! norm, scaling and zeroing, the determinism switch, and a counter of ATen operations
-//! (libtorch's `RecordFunction` callbacks). Every function returns libtorch's error as
+//! (libtorch's `RecordFunction` callbacks), and fused CPU kernels for RMSNorm and the rotary
+//! embedding ([`fused`]). Every function returns libtorch's error as
 //! [`crate::Error::Torch`] instead of letting a C++ exception cross into Rust.
 //!
 //! Source: PyTorch's `torch/optim/adamw.py` (`_fused_adamw`) and `torch/nn/utils/clip_grad.py`
 //! (`_clip_grads_with_norm_`, foreach path) call the same operators.
 
 pub(crate) mod cuda;
+pub(crate) mod fused;
 
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, CStr};

@@ -15,6 +15,8 @@
 #include <ATen/ops/stack.h>
 #include <ATen/record_function.h>
 
+#include "guarded.h"
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -28,29 +30,8 @@
 
 namespace {
 
-char* copy_message(const char* message) {
-  const size_t n = std::strlen(message);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, message, n + 1);
-  }
-  return out;
-}
-
-// Runs `body`, turning any C++ exception into an error message.
-template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception in libtorch");
-  }
-}
+using altup_moe_native::copy_message;
+using altup_moe_native::guarded;
 
 std::vector<at::Tensor> list(at::Tensor* const* tensors, size_t n) {
   std::vector<at::Tensor> out;
