@@ -36,8 +36,11 @@ impl TokenDispatcher for SortDispatcher {
         let weighted = expert_out.cast(acc)?.f_mul(&plan.gate.cast(acc)?.f_unsqueeze(-1)?)?;
         let (n, s) = (plan.num_tokens, plan.num_slots);
         let per_slot = if plan.num_kept() == s * n {
-            // Every slot kept: the assignments are a permutation; gather instead of scatter.
-            let inverse = plan.assignment.f_argsort_stable(true, 0, false)?;
+            // Every slot kept: the assignments are a permutation; gather by its inverse (written
+            // with unique indices, O(M) where a sort would be O(M log M)) instead of scattering.
+            let m = plan.assignment.size()[0];
+            let positions = Tensor::f_arange(m, (plan.assignment.kind(), plan.assignment.device()))?;
+            let inverse = positions.f_empty_like()?.f_index_copy(0, &plan.assignment, &positions)?;
             weighted.f_index_select(0, &inverse)?
         } else {
             Tensor::f_zeros([s * n, d], (acc, expert_out.device()))?.f_index_copy(0, &plan.assignment, &weighted)?
