@@ -219,6 +219,25 @@ impl Weights<'_> {
         mm(&self.activation.apply(&h, gate.as_ref())?, self.w_out)
     }
 
+    /// The activation of one expert's rows `h` `[r, F]` in the per-expert loop (and the gate
+    /// projection for SwiGLU). On the CPU it runs on the transposed view. libtorch hands a
+    /// contiguous f32 GELU (forward and backward) to oneDNN, which compiles a kernel for every
+    /// new shape (cached per shape); an expert's row count changes from step to step, so nearly
+    /// every call would pay a compilation. A transposed view is not contiguous, so ATen's own
+    /// vectorised kernel runs instead: the same formula, no compilation. Measured on a d = 64
+    /// altup-moe training step (29 per-expert GELUs): 2.4 ms forward and 3.3 ms backward
+    /// before, 0.6 ms and 1.0 ms this way. The activation is elementwise, so the result is that
+    /// of `h`; its layout (and its gradient's) may be column-major, which the loop's matmuls
+    /// take as they are. The grouped kernel needs row-major rows and makes one call of a fixed
+    /// shape per layer when dropless, so it keeps the plain activation.
+    fn activate(&self, h: &Tensor, gate: Option<&Tensor>) -> Result<Tensor> {
+        if h.device() != Device::Cpu {
+            return self.activation.apply(h, gate);
+        }
+        let gate_t = gate.map(|g| g.f_transpose(0, 1)).transpose()?;
+        Ok(self.activation.apply(&h.f_transpose(0, 1)?, gate_t.as_ref())?.f_transpose(0, 1)?)
+    }
+
     fn looped(&self, rows: &Tensor, group_sizes: &[i64]) -> Result<Tensor> {
         let w_in = self.w_in.like(rows)?.f_unbind(0)?;
         let w_gate = self.w_gate.map(|w| -> Result<Vec<Tensor>> { Ok(w.like(rows)?.f_unbind(0)?) }).transpose()?;
@@ -232,7 +251,7 @@ impl Weights<'_> {
             }
             let h = x.f_matmul(&w_in[expert])?;
             let gate = w_gate.as_ref().map(|w| x.f_matmul(&w[expert])).transpose()?;
-            outputs.push(self.activation.apply(&h, gate.as_ref())?.f_matmul(&w_out[expert])?);
+            outputs.push(self.activate(&h, gate.as_ref())?.f_matmul(&w_out[expert])?);
         }
         Ok(Tensor::f_cat(&outputs, 0)?)
     }
