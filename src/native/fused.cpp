@@ -1,7 +1,9 @@
-// Fused CPU kernels for the two elementwise chains of every block that ATen runs as many small
-// operations: RMSNorm (square, mean, add, rsqrt, mul, mul and their backward) and the rotary
+// Fused CPU kernels for the elementwise chains of every block that ATen runs as many small
+// operations: RMSNorm (square, mean, add, rsqrt, mul, mul and their backward), the rotary
 // embedding (two slices, four multiplications, an addition, a subtraction, a concatenation and
-// their backward). Each is one pass over the activations forward and one backward, as a
+// their backward), and the split of attention's fused projection into heads-first queries,
+// keys and values with the rotation of the first two (a view, a permute, an unbind, two
+// rotations, and a stack of the three gradients in backward). Each is one pass over the activations forward and one backward, as a
 // libtorch autograd function (torch::autograd::Function), parallel over rows on libtorch's
 // intra-op thread pool. Float and double on the CPU only; the Rust side (src/native/fused.rs)
 // sends everything else to the composite formulas.
@@ -23,6 +25,7 @@
 
 #include "guarded.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -202,6 +205,124 @@ struct RopeFunction : public torch::autograd::Function<RopeFunction> {
   }
 };
 
+// Splits fused projections `qkv` [B, T, (H + 2·Hkv)·hd] (rows of queries, keys, values; any
+// strides, the last one 1) into queries [B, H, T, hd] and keys [B, Hkv, T, hd], rotated by the
+// angles of `cos`, `sin` [T, hd/2], and values [B, Hkv, T, hd], all contiguous: the heads-first
+// layout attention takes, in one pass.
+template <typename T>
+void split_rotate(const at::Tensor& qkv, const T* cos, const T* sin, T* q, T* k, T* v, int64_t heads,
+                  int64_t kv_heads, int64_t head_dim) {
+  const int64_t batch = qkv.size(0), steps = qkv.size(1), half = head_dim / 2;
+  const int64_t s0 = qkv.stride(0), s1 = qkv.stride(1);
+  const T* src = qkv.const_data_ptr<T>();
+  at::parallel_for(0, batch * steps, row_grain((heads + 2 * kv_heads) * head_dim), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / steps, t = row % steps;
+      const T* xr = src + b * s0 + t * s1;
+      const T* c = cos + t * half;
+      const T* s = sin + t * half;
+      const auto rotate_into = [&](const T* x, T* y) {
+        for (int64_t i = 0; i < half; ++i) {
+          const T x1 = x[i], x2 = x[i + half];
+          y[i] = x1 * c[i] - x2 * s[i];
+          y[i + half] = x2 * c[i] + x1 * s[i];
+        }
+      };
+      for (int64_t h = 0; h < heads; ++h) {
+        rotate_into(xr + h * head_dim, q + ((b * heads + h) * steps + t) * head_dim);
+      }
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t at = ((b * kv_heads + h) * steps + t) * head_dim;
+        rotate_into(xr + (heads + h) * head_dim, k + at);
+        std::copy(xr + (heads + kv_heads + h) * head_dim, xr + (heads + kv_heads + h + 1) * head_dim, v + at);
+      }
+    }
+  });
+}
+
+// The gradient of split_rotate: rows of `gqkv` [B, T, (H + 2·Hkv)·hd] from the contiguous
+// gradients of queries and keys (rotated back) and of values; an absent one (nullptr) gives
+// zeros.
+template <typename T>
+void merge_unrotate(const T* gq, const T* gk, const T* gv, const T* cos, const T* sin, T* gqkv, int64_t batch,
+                    int64_t steps, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t half = head_dim / 2, width = (heads + 2 * kv_heads) * head_dim;
+  at::parallel_for(0, batch * steps, row_grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / steps, t = row % steps;
+      T* out = gqkv + row * width;
+      const T* c = cos + t * half;
+      const T* s = sin + t * half;
+      const auto unrotate_into = [&](const T* g, T* y) {
+        if (g == nullptr) {
+          std::fill(y, y + head_dim, static_cast<T>(0));
+          return;
+        }
+        for (int64_t i = 0; i < half; ++i) {
+          const T g1 = g[i], g2 = g[i + half];
+          y[i] = g1 * c[i] + g2 * s[i];
+          y[i + half] = g2 * c[i] - g1 * s[i];
+        }
+      };
+      for (int64_t h = 0; h < heads; ++h) {
+        unrotate_into(gq == nullptr ? nullptr : gq + ((b * heads + h) * steps + t) * head_dim, out + h * head_dim);
+      }
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t at = ((b * kv_heads + h) * steps + t) * head_dim;
+        unrotate_into(gk == nullptr ? nullptr : gk + at, out + (heads + h) * head_dim);
+        T* gv_out = out + (heads + kv_heads + h) * head_dim;
+        if (gv == nullptr) {
+          std::fill(gv_out, gv_out + head_dim, static_cast<T>(0));
+        } else {
+          std::copy(gv + at, gv + at + head_dim, gv_out);
+        }
+      }
+    }
+  });
+}
+
+struct QkvRopeFunction : public torch::autograd::Function<QkvRopeFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& qkv, const at::Tensor& cos,
+                               const at::Tensor& sin, int64_t heads, int64_t kv_heads) {
+    RECORD_FUNCTION("altup_moe::qkv_rope", std::vector<c10::IValue>({qkv}));
+    const auto input = qkv.stride(2) == 1 ? qkv : qkv.contiguous();
+    const auto c = cos.contiguous(), s = sin.contiguous();
+    const int64_t batch = input.size(0), steps = input.size(1), head_dim = 2 * c.size(1);
+    auto q = at::empty({batch, heads, steps, head_dim}, input.options());
+    auto k = at::empty({batch, kv_heads, steps, head_dim}, input.options());
+    auto v = at::empty({batch, kv_heads, steps, head_dim}, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "altup_moe_qkv_rope", [&] {
+      split_rotate<scalar_t>(input, c.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                             q.mutable_data_ptr<scalar_t>(), k.mutable_data_ptr<scalar_t>(),
+                             v.mutable_data_ptr<scalar_t>(), heads, kv_heads, head_dim);
+    });
+    ctx->save_for_backward({c, s});
+    ctx->saved_data["shape"] = c10::IValue(std::vector<int64_t>{batch, steps, heads, kv_heads, head_dim});
+    return {q, k, v};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    RECORD_FUNCTION("altup_moe::qkv_rope_backward", std::vector<c10::IValue>());
+    const auto saved = ctx->get_saved_variables();
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    const int64_t batch = shape[0], steps = shape[1], heads = shape[2], kv_heads = shape[3], head_dim = shape[4];
+    at::Tensor g[3];
+    for (int i = 0; i < 3; ++i) {
+      if (grads[i].defined()) {
+        g[i] = grads[i].contiguous();
+      }
+    }
+    auto gqkv = at::empty({batch, steps, (heads + 2 * kv_heads) * head_dim}, saved[0].options());
+    AT_DISPATCH_FLOATING_TYPES(gqkv.scalar_type(), "altup_moe_qkv_rope_backward", [&] {
+      const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+      merge_unrotate<scalar_t>(ptr(g[0]), ptr(g[1]), ptr(g[2]), saved[0].const_data_ptr<scalar_t>(),
+                               saved[1].const_data_ptr<scalar_t>(), gqkv.mutable_data_ptr<scalar_t>(), batch, steps,
+                               heads, kv_heads, head_dim);
+    });
+    return {gqkv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -216,6 +337,19 @@ char* amoe_fused_rms_norm(const at::Tensor* x, const at::Tensor* weight, double 
 // dtype of `x`, on the CPU), differentiable in `x`; the result (contiguous) goes to `*out`.
 char* amoe_fused_rope(const at::Tensor* x, const at::Tensor* cos, const at::Tensor* sin, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(RopeFunction::apply(*x, *cos, *sin)); });
+}
+
+// Queries, keys and values [B, H|Hkv, T, hd] (contiguous; queries and keys rotated by the
+// angles of `cos`, `sin` [T, hd/2]) from fused projections `qkv` [B, T, (H + 2·Hkv)·hd], the
+// dtype of `qkv`, on the CPU; differentiable in `qkv`. The three results go to `out[0..3]`.
+char* amoe_fused_qkv_rope(const at::Tensor* qkv, const at::Tensor* cos, const at::Tensor* sin, int64_t heads,
+                          int64_t kv_heads, at::Tensor** out) {
+  return guarded([&] {
+    auto parts = QkvRopeFunction::apply(*qkv, *cos, *sin, heads, kv_heads);
+    for (int i = 0; i < 3; ++i) {
+      out[i] = new at::Tensor(parts[i]);
+    }
+  });
 }
 
 }  // extern "C"

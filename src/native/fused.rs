@@ -1,7 +1,8 @@
-//! Fused CPU kernels (`src/native/fused.cpp`) for the two elementwise chains every block runs:
-//! RMSNorm and the rotary embedding, each one pass over the activations forward and one
-//! backward instead of ATen's five to ten small operations (and as many backward nodes), as
-//! libtorch autograd functions. They take f32 and f64 tensors on the CPU ([`applies`]); callers
+//! Fused CPU kernels (`src/native/fused.cpp`) for the elementwise chains every block runs:
+//! RMSNorm, the rotary embedding, and attention's split of its fused projection into rotated
+//! queries and keys and values; each one pass over the activations forward and one backward
+//! instead of ATen's five to ten small operations (and as many backward nodes), as libtorch
+//! autograd functions. They take f32 and f64 tensors on the CPU ([`applies`]); callers
 //! use their composite formula everywhere else (other devices, bf16), and the tests hold the two
 //! equal (src/nn/norm.rs, src/nn/rope.rs).
 //!
@@ -30,6 +31,14 @@ mod ffi {
             x: *const C_tensor,
             cos: *const C_tensor,
             sin: *const C_tensor,
+            out: *mut *mut C_tensor,
+        ) -> *mut c_char;
+        pub fn amoe_fused_qkv_rope(
+            qkv: *const C_tensor,
+            cos: *const C_tensor,
+            sin: *const C_tensor,
+            heads: i64,
+            kv_heads: i64,
             out: *mut *mut C_tensor,
         ) -> *mut c_char;
     }
@@ -63,4 +72,20 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     // SAFETY: the handles are borrowed for the call; on success `out` is a new tensor we own.
     check(unsafe { ffi::amoe_fused_rope(x.as_ptr(), cos.as_ptr(), sin.as_ptr(), &mut out) })?;
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Attention's fused projection split into heads-first queries, keys and values, the queries
+/// and keys rotated ([`rope`]'s rotation), in one pass; differentiable in `qkv`.
+///
+/// Shapes: `qkv` `[B, T, (H + 2·H_kv)·hd]` (rows of queries, keys, values; any strides), `cos`,
+/// `sin` `[T, hd/2]` → queries `[B, H, T, hd]`, keys and values `[B, H_kv, T, hd]`, contiguous;
+/// the caller checks them and [`applies`].
+pub(crate) fn qkv_rope(qkv: &Tensor, cos: &Tensor, sin: &Tensor, heads: i64, kv_heads: i64) -> Result<[Tensor; 3]> {
+    let mut out: [*mut C_tensor; 3] = [std::ptr::null_mut(); 3];
+    // SAFETY: the handles are borrowed for the call; on success `out` holds three new tensors
+    // we own.
+    check(unsafe {
+        ffi::amoe_fused_qkv_rope(qkv.as_ptr(), cos.as_ptr(), sin.as_ptr(), heads, kv_heads, out.as_mut_ptr())
+    })?;
+    Ok(out.map(|t| unsafe { Tensor::from_ptr(t) }))
 }

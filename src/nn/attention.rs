@@ -8,8 +8,9 @@
 //! boolean mask is built (`key ≤ query` for causal attention, real keys only). Every query may
 //! always attend to its own position, so a fully padded row yields finite (ignored) values.
 
-use crate::dtype::Cast;
+use crate::dtype::{accumulate_kind, Cast};
 use crate::error::{ensure_config, Error, Result};
+use crate::native::fused;
 use crate::nn::linear::Linear;
 use crate::nn::rope::{Rope, DEFAULT_ROPE_THETA};
 use crate::nn::var_builder::VarBuilder;
@@ -205,6 +206,31 @@ impl SelfAttention {
         self.causal
     }
 
+    /// Queries `[B, H, T, hd]`, keys and values `[B, H_kv, T, hd]` from the fused projection
+    /// `[B, T, (H + 2·H_kv)·hd]`, queries and keys rotated at `positions` (`[T]`). On the CPU
+    /// in f32/f64 one fused kernel does the split and both rotations (and one its backward);
+    /// elsewhere views and the composite rotation, with the same values.
+    fn queries_keys_values(&self, projected: &Tensor, positions: &Tensor) -> Result<[Tensor; 3]> {
+        let t = projected.size()[1];
+        let (cos, sin) = self.rope.cos_sin(t, Some(positions), accumulate_kind(projected), projected.device())?;
+        if fused::applies(&[projected, &cos, &sin]) {
+            return fused::qkv_rope(projected, &cos, &sin, self.num_heads, self.num_kv_heads);
+        }
+        self.queries_keys_values_composite(projected, &cos, &sin)
+    }
+
+    /// [`Self::queries_keys_values`] in views and the composite rotation.
+    fn queries_keys_values_composite(&self, projected: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<[Tensor; 3]> {
+        let [q, k, v]: [Tensor; 3] = if self.num_kv_heads == self.num_heads {
+            split_heads(projected, 3, self.num_heads, self.head_dim)?
+                .try_into()
+                .map_err(|_| Error::Shape("qkv split".into()))?
+        } else {
+            split_gqa(projected, self.num_heads, self.num_kv_heads, self.head_dim)?
+        };
+        Ok([Rope::rotate(&q, cos, sin)?, Rope::rotate(&k, cos, sin)?, v])
+    }
+
     /// Self-attention over `x` (causal: token `t` attends to tokens `≤ t`; bidirectional: to all
     /// real tokens). Rotary angles use `positions` (`[T]`, e.g. Sequence-AltUp's strided
     /// anchors), else `past .. past + T` with `past` the cached length. `mask` (`[B, T]`, true or
@@ -240,16 +266,7 @@ impl SelfAttention {
                 &default_positions
             }
         };
-        let projected = self.qkv.forward(x)?;
-        let [q, k, v]: [Tensor; 3] = if self.num_kv_heads == self.num_heads {
-            split_heads(&projected, 3, self.num_heads, self.head_dim)?
-                .try_into()
-                .map_err(|_| Error::Shape("qkv split".into()))?
-        } else {
-            split_gqa(&projected, self.num_heads, self.num_kv_heads, self.head_dim)?
-        };
-        let (q, mut k) = (self.rope.apply(&q, Some(positions))?, self.rope.apply(&k, Some(positions))?);
-        let mut v = v;
+        let [q, mut k, mut v] = self.queries_keys_values(&self.qkv.forward(x)?, positions)?;
         let mut key_mask = mask.map(|m| m.f_to_device(x.device())?.cast(Kind::Bool)).transpose()?;
         if let Some(cache) = cache {
             if let (Some(ck), Some(cv)) = (&cache.keys, &cache.values) {
@@ -380,6 +397,42 @@ mod tests {
         let vb = VarBuilder::new(&vs.root()).with_init(InitScheme { std: 0.3, residual_std: 0.3, seed: 1 });
         let a = SelfAttention::new(vb, 16, &config).unwrap();
         (vs, a)
+    }
+
+    /// The fused split-and-rotate kernel against views and the composite rotation, with and
+    /// without grouped-query heads: the same bits forward, the same gradient of the projection
+    /// (also when the values get none).
+    #[test]
+    fn fused_split_and_rotation_match_the_composite_path() {
+        for kv_heads in [None, Some(2)] {
+            for (kind, tol) in [(Kind::Double, 1e-12), (Kind::Float, 1e-6)] {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let config = AttentionConfig { num_heads: 4, num_kv_heads: kv_heads, ..Default::default() };
+                let attn = SelfAttention::new(&vs.root(), 32, &config).unwrap();
+                let width = (4 + 2 * kv_heads.unwrap_or(4) as i64) * 8;
+                // A strided projection: every other row of a wider batch.
+                let projected =
+                    Tensor::randn([6, 5, width], (kind, Device::Cpu)).slice(0, 0, 6, 2).set_requires_grad(true);
+                let positions = Tensor::arange_start(3, 8, (Kind::Int64, Device::Cpu));
+                let (cos, sin) = attn.rope.cos_sin(5, Some(&positions), kind, Device::Cpu).unwrap();
+                let fused = attn.queries_keys_values(&projected, &positions).unwrap();
+                let composite = attn.queries_keys_values_composite(&projected, &cos, &sin).unwrap();
+                for (a, b) in fused.iter().zip(&composite) {
+                    assert_eq!(a.size(), b.size());
+                    assert!(a.equal(b), "{kind:?}, kv heads {kv_heads:?}: values differ");
+                }
+                for with_values in [true, false] {
+                    let grad = |parts: &[Tensor; 3]| {
+                        let mut loss = (&parts[0] * 1.5).sum(kind) + (&parts[1] * &parts[1]).sum(kind);
+                        if with_values {
+                            loss = loss + (&parts[2] * -0.5).sum(kind);
+                        }
+                        Tensor::run_backward(&[loss], &[&projected], true, false).remove(0)
+                    };
+                    assert!(grad(&fused).allclose(&grad(&composite), tol, tol, false), "{kind:?} gradient");
+                }
+            }
+        }
     }
 
     #[test]

@@ -69,21 +69,40 @@ impl Rope {
                 self.head_dim
             )));
         }
-        let t = size[2];
-        let acc = accumulate_kind(x);
-        let opts = (acc, x.device());
-        let inv_freq = self.inverse_frequencies(acc, x.device())?;
+        let (cos, sin) = self.cos_sin(size[2], positions, accumulate_kind(x), x.device())?;
+        Self::rotate(x, &cos, &sin)
+    }
+
+    /// Rotates `x` `[B, H, T, head_dim]` by the angles whose cosines and sines are `cos`, `sin`
+    /// `[T, head_dim / 2]` ([`Rope::cos_sin`]): the fused CPU kernel where it applies, else
+    /// the composite formula.
+    pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if fused::applies(&[x, cos, sin]) {
+            return fused::rope(x, cos, sin);
+        }
+        Self::composite(x, cos, sin)
+    }
+
+    /// The cosines and sines `[T, head_dim / 2]` (in `acc`, on `device`) of the angles at
+    /// `positions` (`[T]`, integer or float), or at `0 .. T` when `None`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `positions` does not have `T` entries.
+    pub(crate) fn cos_sin(
+        &self,
+        t: i64,
+        positions: Option<&Tensor>,
+        acc: tch::Kind,
+        device: tch::Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let inv_freq = self.inverse_frequencies(acc, device)?;
         let positions = match positions {
-            Some(p) if p.size() == [t] => p.cast(acc)?.f_to_device(x.device())?,
+            Some(p) if p.size() == [t] => p.cast(acc)?.f_to_device(device)?,
             Some(p) => return Err(Error::Shape(format!("rotary positions must have shape [{t}], got {:?}", p.size()))),
-            None => Tensor::f_arange(t, opts)?,
+            None => Tensor::f_arange(t, (acc, device))?,
         };
         let angles = positions.f_outer(&inv_freq)?; // [T, half]
-        let (cos, sin) = (angles.f_cos()?, angles.f_sin()?);
-        if fused::applies(&[x, &cos, &sin]) {
-            return fused::rope(x, &cos, &sin);
-        }
-        Self::composite(x, &cos, &sin)
+        Ok((angles.f_cos()?, angles.f_sin()?))
     }
 
     /// The rotation in ATen operations (every device and dtype; the fused CPU kernel computes
