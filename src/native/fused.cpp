@@ -144,6 +144,25 @@ struct RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   }
 };
 
+// One head's rotation: channel i < half turns with channel i + half by the angle whose cosine
+// and sine are c[i], s[i] (`inverse`: by minus that angle, the transpose, for the backward).
+template <typename T>
+inline void rotate_head(const T* x, const T* c, const T* s, T* y, int64_t half, bool inverse) {
+  if (inverse) {
+    for (int64_t i = 0; i < half; ++i) {
+      const T x1 = x[i], x2 = x[i + half];
+      y[i] = x1 * c[i] + x2 * s[i];
+      y[i + half] = x2 * c[i] - x1 * s[i];
+    }
+  } else {
+    for (int64_t i = 0; i < half; ++i) {
+      const T x1 = x[i], x2 = x[i + half];
+      y[i] = x1 * c[i] - x2 * s[i];
+      y[i + half] = x2 * c[i] + x1 * s[i];
+    }
+  }
+}
+
 // Rotates `x` [B, H, T, 2·half] (any strides, the last one 1) by the angles whose cosines and
 // sines are `cos`, `sin` [T, half] into `y` (contiguous); `inverse` rotates the other way (the
 // backward pass: the transpose of a rotation is its inverse).
@@ -160,21 +179,7 @@ void rotate(const at::Tensor& x, const T* cos, const T* sin, T* y, int64_t half,
       const int64_t h = bh % heads, b = bh / heads;
       const T* xr = src + b * stride[0] + h * stride[1] + t * stride[2];
       T* yr = y + row * 2 * half;
-      const T* c = cos + t * half;
-      const T* s = sin + t * half;
-      if (inverse) {
-        for (int64_t i = 0; i < half; ++i) {
-          const T x1 = xr[i], x2 = xr[i + half];
-          yr[i] = x1 * c[i] + x2 * s[i];
-          yr[i + half] = x2 * c[i] - x1 * s[i];
-        }
-      } else {
-        for (int64_t i = 0; i < half; ++i) {
-          const T x1 = xr[i], x2 = xr[i + half];
-          yr[i] = x1 * c[i] - x2 * s[i];
-          yr[i + half] = x2 * c[i] + x1 * s[i];
-        }
-      }
+      rotate_head(xr, cos + t * half, sin + t * half, yr, half, inverse);
     }
   });
 }
@@ -221,13 +226,7 @@ void split_rotate(const at::Tensor& qkv, const T* cos, const T* sin, T* q, T* k,
       const T* xr = src + b * s0 + t * s1;
       const T* c = cos + t * half;
       const T* s = sin + t * half;
-      const auto rotate_into = [&](const T* x, T* y) {
-        for (int64_t i = 0; i < half; ++i) {
-          const T x1 = x[i], x2 = x[i + half];
-          y[i] = x1 * c[i] - x2 * s[i];
-          y[i + half] = x2 * c[i] + x1 * s[i];
-        }
-      };
+      const auto rotate_into = [&](const T* x, T* y) { rotate_head(x, c, s, y, half, false); };
       for (int64_t h = 0; h < heads; ++h) {
         rotate_into(xr + h * head_dim, q + ((b * heads + h) * steps + t) * head_dim);
       }
@@ -256,12 +255,8 @@ void merge_unrotate(const T* gq, const T* gk, const T* gv, const T* cos, const T
       const auto unrotate_into = [&](const T* g, T* y) {
         if (g == nullptr) {
           std::fill(y, y + head_dim, static_cast<T>(0));
-          return;
-        }
-        for (int64_t i = 0; i < half; ++i) {
-          const T g1 = g[i], g2 = g[i + half];
-          y[i] = g1 * c[i] + g2 * s[i];
-          y[i + half] = g2 * c[i] - g1 * s[i];
+        } else {
+          rotate_head(g, c, s, y, half, true);
         }
       };
       for (int64_t h = 0; h < heads; ++h) {
