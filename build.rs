@@ -7,10 +7,10 @@
 //!
 //! It also compiles `src/native/shim.cpp`, the libtorch calls that tch does not bind (fused AdamW,
 //! multi-tensor ops, the determinism switch, an operation counter), and `src/native/fused.cpp`
-//! (fused CPU kernels for RMSNorm and the rotary embedding), against the headers of the
-//! same libtorch: `<lib>/../include`, the layout of both the PyTorch wheel and the libtorch
-//! archive. The C++ ABI flag follows `LIBTORCH_CXX11_ABI` (default 1, as torch-sys assumes for a
-//! libtorch archive, and what every PyTorch wheel since 2.7 uses). When that libtorch has CUDA
+//! (fused CPU kernels for RMSNorm, the rotary embedding and attention's qkv split), against the
+//! headers of the same libtorch: `<lib>/../include`, the layout of both the PyTorch wheel and the
+//! libtorch archive. The C++ ABI flag follows `LIBTORCH_CXX11_ABI` (default 1, as torch-sys
+//! assumes for a libtorch archive, and what every PyTorch wheel since 2.7 uses). When that libtorch has CUDA
 //! (`libtorch_cuda.so`) and the CUDA runtime headers are found (`CUDA_HOME`, `/usr/local/cuda`, or
 //! the `nvidia` packages next to a PyTorch wheel), `src/native/cuda.cpp` (CUDA graphs, allocator
 //! statistics) is compiled too, `libc10_cuda.so` is linked, and the crate is built with
