@@ -10,11 +10,11 @@
 //! (fused CPU kernels for RMSNorm, the rotary embedding and attention's qkv split), against the
 //! headers of the same libtorch: `<lib>/../include`, the layout of both the PyTorch wheel and the
 //! libtorch archive. The C++ ABI flag follows `LIBTORCH_CXX11_ABI` (default 1, as torch-sys
-//! assumes for a libtorch archive, and what every PyTorch wheel since 2.7 uses). When that libtorch has CUDA
-//! (`libtorch_cuda.so`) and the CUDA runtime headers are found (`CUDA_HOME`, `/usr/local/cuda`, or
-//! the `nvidia` packages next to a PyTorch wheel), `src/native/cuda.cpp` (CUDA graphs, allocator
-//! statistics) is compiled too, `libc10_cuda.so` is linked, and the crate is built with
-//! `--cfg altup_moe_cuda`.
+//! assumes for a libtorch archive, and what every PyTorch wheel since 2.7 uses). When that
+//! libtorch has CUDA (`libtorch_cuda.so`) and the CUDA runtime headers are found (`CUDA_HOME`,
+//! `/usr/local/cuda`, or the `nvidia` packages next to a PyTorch wheel), `src/native/cuda.cpp`
+//! (CUDA graphs, allocator statistics) is compiled too, `libc10_cuda.so` is linked, and the crate
+//! is built with `--cfg altup_moe_cuda`.
 //!
 //! torch-sys (`links = "tch"`) exports its library directory as `DEP_TCH_LIBTORCH_LIB`.
 //!

@@ -5,7 +5,7 @@ use crate::stats::{first_crossing, mean_std, median, Paired};
 use crate::study::{sized, sizes, stacks, Part, PLACEMENTS, RESIDUAL_METHODS};
 use altup_moe::train::RunRecord;
 use plotters::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -111,35 +111,21 @@ fn compared(records: &Records, a: &str, b: &str) -> String {
     records.paired(a, b).map_or("—".into(), |p| format!("{} → {}", p.describe(), p.verdict()))
 }
 
-/// The per-seed speed-ups of `name` at `baseline`'s final quality (steps, wall time) of the seeds
-/// that reach it, and how many seeds were compared.
-fn reached(records: &Records, name: &str, baseline: &str) -> (Vec<(f64, f64)>, usize) {
+/// The speed-up of `name` at `baseline`'s final quality over the seeds that reach it (mean ±
+/// std), in steps and, `with_time`, in wall time ("steps× / wall×"), with how many seeds reach
+/// it; or "not reached".
+fn speedup(records: &Records, name: &str, baseline: &str, with_time: bool) -> String {
     let per_seed = records.speedups(name, baseline).unwrap_or_default();
-    (per_seed.iter().filter_map(|(_, s)| *s).collect(), per_seed.len())
-}
-
-/// The speed-up in steps of `name` at `baseline`'s final quality over the seeds that reach it
-/// (mean ± std), with how many reach it, or "not reached".
-fn step_speedup(records: &Records, name: &str, baseline: &str) -> String {
-    let (reached, seeds) = reached(records, name, baseline);
-    let steps: Vec<f64> = reached.iter().map(|s| s.0).collect();
+    let (steps, time): (Vec<f64>, Vec<f64>) = per_seed.iter().filter_map(|(_, s)| *s).unzip();
     if steps.is_empty() {
-        "not reached".to_string()
-    } else {
-        format!("{}× ({} of {seeds} seeds reach)", mean_pm(&steps, 2), steps.len())
+        return "not reached".to_string();
     }
-}
-
-/// The speed-up of `name` at `baseline`'s final quality in steps and in wall time (mean ± std over
-/// the seeds that reach it, with how many do), or "not reached".
-fn steps_and_time_speedup(records: &Records, name: &str, baseline: &str) -> String {
-    let (reached, seeds) = reached(records, name, baseline);
-    let (steps, time): (Vec<f64>, Vec<f64>) = reached.into_iter().unzip();
-    if steps.is_empty() {
-        "not reached".to_string()
+    let shown = if with_time {
+        format!("{}× / {}×", mean_pm(&steps, 2), mean_pm(&time, 2))
     } else {
-        format!("{}× / {}× ({} of {seeds} seeds reach)", mean_pm(&steps, 2), mean_pm(&time, 2), steps.len())
-    }
+        format!("{}×", mean_pm(&steps, 2))
+    };
+    format!("{shown} ({} of {} seeds reach)", steps.len(), per_seed.len())
 }
 
 fn mean_pm(values: &[f64], digits: usize) -> String {
@@ -282,7 +268,7 @@ fn residual_methods(md: &mut String, records: &Records) {
             compared(records, name, "dense"),
             if name == "altup-k2" { "—".into() } else { compared(records, name, "altup-k2") },
             dense_time.map_or("—".into(), |d| format!("{:.2}×", time / d)),
-            steps_and_time_speedup(records, name, "dense")
+            speedup(records, name, "dense", true)
         );
     }
     let _ = writeln!(
@@ -309,7 +295,7 @@ fn residual_methods(md: &mut String, records: &Records) {
             mean_pm(&finals, 4),
             compared(records, &name, "switch-e8-every"),
             compared(records, &name, method),
-            steps_and_time_speedup(records, &name, "switch-e8-every")
+            speedup(records, &name, "switch-e8-every", true)
         );
     }
 }
@@ -337,19 +323,15 @@ fn stale_records(md: &mut String, records: &Records, quick: bool) {
     }
     for (name, runs) in by_name {
         let finals: Vec<f64> = runs.iter().map(|r| r.final_bpb()).collect();
-        let mut hashes: Vec<String> = runs.iter().map(|r| format!("`{}…`", short(&r.train.data_hash))).collect();
-        let mut commits: Vec<&str> = runs.iter().map(|r| r.commit.as_deref().unwrap_or("not recorded")).collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        commits.sort_unstable();
-        commits.dedup();
+        let hashes: BTreeSet<String> = runs.iter().map(|r| format!("`{}…`", short(&r.train.data_hash))).collect();
+        let commits: BTreeSet<&str> = runs.iter().map(|r| r.commit.as_deref().unwrap_or("not recorded")).collect();
         let part = Part::ALL.into_iter().find(|&p| stacks(p, quick).iter().any(|s| s.name == name));
         let _ = writeln!(
             md,
             "| {name} | {} | {} | {} | {} | {} |",
             runs.iter().map(|r| r.seed.to_string()).collect::<Vec<_>>().join(", "),
-            hashes.join(", "),
-            commits.join(", "),
+            hashes.into_iter().collect::<Vec<_>>().join(", "),
+            commits.into_iter().collect::<Vec<_>>().join(", "),
             mean_pm(&finals, 4),
             part.map_or("—".into(), |p| format!("`make reproduce PART={} STACK={name}`", part_name(p)))
         );
@@ -556,7 +538,7 @@ fn size_trend(md: &mut String, records: &Records, quick: bool) {
             mean_pm(&finals(ar), 4),
             p.describe(),
             p.verdict(),
-            step_speedup(records, &an, &dn)
+            speedup(records, &an, &dn, false)
         );
     }
     let (rn, dn, an) = (
@@ -579,7 +561,7 @@ fn size_trend(md: &mut String, records: &Records, quick: bool) {
                 mean_pm(&finals, 4),
                 compared(records, &rn, &dn),
                 compared(records, &rn, &an),
-                step_speedup(records, &rn, &dn)
+                speedup(records, &rn, &dn, false)
             );
         }
         _ => {
