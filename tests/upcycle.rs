@@ -9,10 +9,14 @@ use altup_moe::moe::{MoeConfig, RouterKind};
 use altup_moe::nn::Activation;
 use altup_moe::train::{TrainConfig, Trainer};
 use common::device;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
 use tch::{nn::VarStore, Kind, Tensor};
 
 /// A dense model d = 32, 3 blocks, 4 heads, SwiGLU F = 64, with every parameter redrawn at a
-/// scale where each FFN changes the logits by far more than the tolerances below.
+/// scale where each FFN changes the logits by far more than the tolerances below. The values come
+/// from a seeded generator of this test's own, not libtorch's global one, which the tests running
+/// beside it in other threads draw from too: the model is the same on every run.
 fn dense() -> (VarStore, ModelConfig, LanguageModel) {
     let mut c = ModelConfig::preset(Arch::Dense);
     c.vocab_size = 64;
@@ -24,10 +28,13 @@ fn dense() -> (VarStore, ModelConfig, LanguageModel) {
     c.ffn.activation = Activation::SwiGlu;
     let vs = VarStore::new(device());
     let model = LanguageModel::new(&vs.root(), &c).unwrap();
-    tch::manual_seed(7);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut variables: Vec<_> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut v) in vs.variables() {
-            let noise = Tensor::randn(v.size(), (Kind::Float, v.device()));
+        for (name, mut v) in variables {
+            let values: Vec<f32> = (0..v.numel()).map(|_| StandardNormal.sample(&mut rng)).collect();
+            let noise = Tensor::from_slice(&values).view(v.size().as_slice()).to_device(v.device());
             let value = if name.contains("norm") { noise * 0.3 + 1.0 } else { noise * 0.3 };
             v.copy_(&value);
         }
@@ -52,14 +59,31 @@ fn logits(model: &LanguageModel, ids: &Tensor) -> Tensor {
     model.forward_t(ids, false).unwrap().logits
 }
 
+/// Token ids drawn from a seeded generator (see [`dense`]), shape `[batch, seq]`.
+fn ids(seed: u64, batch: i64, seq: i64) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..64)).collect();
+    Tensor::from_slice(&ids).view([batch, seq]).to_device(device())
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
+}
+
+/// `max |a − reference|` in units of the reference's largest logit. The upcycled model computes
+/// the same function in a different order (gates that sum to one times identical experts; K
+/// streams averaged), so in f32 its logits differ by rounding: a few ulp of each hidden value,
+/// carried through the blocks and the head. Over 40 seeds the largest such difference was
+/// 1.6e-6 of the largest logit (≈ 10⁻⁵ absolute at logits of ≈ 7); an upcycling error (a dropped
+/// token, a wrong gate, a missing stream) moves the logits by a sizeable fraction of their scale.
+fn relative_diff(a: &Tensor, reference: &Tensor) -> f64 {
+    max_diff(a, reference) / reference.abs().max().double_value(&[])
 }
 
 #[test]
 fn upcycled_models_compute_the_dense_logits_at_step_0() {
     let (dense_vs, dense_config, dense_model) = dense();
-    let ids = Tensor::randint(64, [3, 16], (Kind::Int64, device()));
+    let ids = ids(1, 3, 16);
     let reference = logits(&dense_model, &ids);
 
     let altup = |widening, output| AltUpConfig { num_blocks: 2, widening, output, ..AltUpConfig::default() };
@@ -70,43 +94,40 @@ fn upcycled_models_compute_the_dense_logits_at_step_0() {
         ..AltUpConfig::default()
     };
     let every = MoeLayers::Every { every: 1, offset: 0 };
-    let cases: Vec<(&str, Option<MoeConfig>, MoeLayers, Option<AltUpConfig>, f64)> = vec![
-        ("switch top-1, raw gate", Some(moe(1, false)), MoeLayers::default(), None, 1e-5),
-        ("top-2, renormalised", Some(moe(2, true)), every.clone(), None, 1e-5),
-        ("top-2, raw gates", Some(moe(2, false)), every.clone(), None, 1e-5),
+    let cases: Vec<(&str, Option<MoeConfig>, MoeLayers, Option<AltUpConfig>)> = vec![
+        ("switch top-1, raw gate", Some(moe(1, false)), MoeLayers::default(), None),
+        ("top-2, renormalised", Some(moe(2, true)), every.clone(), None),
+        ("top-2, raw gates", Some(moe(2, false)), every.clone(), None),
         (
             "altup K=2, wide embedding, mean",
             None,
             every.clone(),
             Some(altup(Widening::WideEmbedding, OutputReduction::Mean)),
-            1e-5,
         ),
         (
             "altup K=2, projection collapse",
             None,
             every.clone(),
             Some(altup(Widening::WideEmbedding, OutputReduction::Projection)),
-            1e-5,
         ),
-        ("recycled-altup K=2 (sum)", None, every.clone(), Some(AltUpConfig::recycled(2)), 1e-5),
-        ("altup K=3, input-dependent coefficients", None, every.clone(), Some(gemma_coefficients), 1e-5),
+        ("recycled-altup K=2 (sum)", None, every.clone(), Some(AltUpConfig::recycled(2))),
+        ("altup K=3, input-dependent coefficients", None, every.clone(), Some(gemma_coefficients)),
         (
             "altup K=2 + switch top-1",
             Some(moe(1, false)),
             MoeLayers::default(),
             Some(altup(Widening::WideEmbedding, OutputReduction::Mean)),
-            1e-5,
         ),
     ];
-    for (name, moe_config, layers, altup_config, tolerance) in cases {
+    for (name, moe_config, layers, altup_config) in cases {
         let mut target = dense_config.clone();
         target.moe = moe_config;
         target.moe_layers = layers;
         target.altup = altup_config;
         let vs = VarStore::new(device());
         let up = upcycle(&dense_vs, &dense_config, &target, &vs).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let diff = max_diff(&logits(&up, &ids), &reference);
-        assert!(diff < tolerance, "{name}: upcycled logits differ from the dense model's by {diff:e}");
+        let diff = relative_diff(&logits(&up, &ids), &reference);
+        assert!(diff < 1e-5, "{name}: upcycled logits differ from the dense model's by {diff:e} (relative)");
         // The same architecture from scratch is far from the dense model: the test can fail.
         let scratch = LanguageModel::new(&VarStore::new(device()).root(), &target).unwrap();
         let far = max_diff(&logits(&scratch, &ids), &reference);
@@ -120,7 +141,7 @@ fn upcycled_models_compute_the_dense_logits_at_step_0() {
 #[test]
 fn residual_stream_methods_upcycle_with_the_dense_logits() {
     let (dense_vs, dense_config, dense_model) = dense();
-    let ids = Tensor::randint(64, [3, 16], (Kind::Int64, device()));
+    let ids = ids(1, 3, 16);
     let reference = logits(&dense_model, &ids);
     for (method, moe_config) in [
         ("static-hyper-connections:2", None),
@@ -133,8 +154,8 @@ fn residual_stream_methods_upcycle_with_the_dense_logits() {
         target.moe = moe_config;
         let vs = VarStore::new(device());
         let up = upcycle(&dense_vs, &dense_config, &target, &vs).unwrap_or_else(|e| panic!("{method}: {e}"));
-        let diff = max_diff(&logits(&up, &ids), &reference);
-        assert!(diff < 1e-4, "{method}: upcycled logits differ from the dense model's by {diff:e}");
+        let diff = relative_diff(&logits(&up, &ids), &reference);
+        assert!(diff < 1e-5, "{method}: upcycled logits differ from the dense model's by {diff:e} (relative)");
         let scratch = LanguageModel::new(&VarStore::new(device()).root(), &target).unwrap();
         assert!(max_diff(&logits(&scratch, &ids), &reference) > 1.0, "{method}");
     }
@@ -195,9 +216,12 @@ fn training_the_upcycled_model_lowers_the_loss() {
     let mut trainer = Trainer::new(&vs, &model, &train, &val, config).unwrap();
     let origin = std::path::Path::new("upcycled");
     trainer.initialize_from(&upcycled_vs, origin).unwrap();
-    let ids = Tensor::randint(64, [2, 15], (Kind::Int64, device()));
-    let diff = max_diff(&logits(&model, &ids), &logits(&dense_model, &ids));
-    assert!(diff < 1e-5, "the trainer's model starts from the upcycled weights: {diff:e} from the dense logits");
+    let ids = ids(2, 2, 15);
+    let diff = relative_diff(&logits(&model, &ids), &logits(&dense_model, &ids));
+    assert!(
+        diff < 1e-5,
+        "the trainer's model starts from the upcycled weights: {diff:e} (relative) from the dense logits"
+    );
     let before = trainer.evaluate().unwrap().loss;
     for _ in 0..20 {
         trainer.step().unwrap();
@@ -259,8 +283,7 @@ fn configs_that_cannot_keep_the_function_are_refused_with_every_reason() {
 fn every_moe_option_is_refused_or_keeps_the_logits() {
     use altup_moe::moe::{Balancing, CapacityPriority};
     let (dense_vs, dense_config, dense_model) = dense();
-    let batches =
-        [Tensor::randint(64, [3, 16], (Kind::Int64, device())), Tensor::randint(64, [1, 5], (Kind::Int64, device()))];
+    let batches = [ids(1, 3, 16), ids(3, 1, 5)];
     let reference: Vec<(Tensor, Tensor)> = batches
         .iter()
         .map(|ids| (logits(&dense_model, ids), dense_model.forward_t(ids, true).unwrap().logits))
@@ -301,12 +324,12 @@ fn every_moe_option_is_refused_or_keeps_the_logits() {
                         };
                         accepted += 1;
                         for (ids, (eval_ref, train_ref)) in batches.iter().zip(&reference) {
-                            let eval = max_diff(&logits(&up, ids), eval_ref);
-                            let train = max_diff(&up.forward_t(ids, true).unwrap().logits, train_ref);
+                            let eval = relative_diff(&logits(&up, ids), eval_ref);
+                            let train = relative_diff(&up.forward_t(ids, true).unwrap().logits, train_ref);
                             assert!(
                                 eval < 1e-5 && train < 1e-5,
                                 "{moe_config:?} was accepted but its logits differ from the dense model's at step 0 \
-                                 by {eval:e} (evaluation) / {train:e} (training), batch {:?}",
+                                 by {eval:e} (evaluation) / {train:e} (training) of the largest logit, batch {:?}",
                                 ids.size()
                             );
                         }
