@@ -17,7 +17,7 @@ use altup_moe::parallel::{
     all_gather_tensor, all_reduce_tensor, Collectives, ExchangeTape, ProcessGroup, SingleProcess, ThreadGroup,
 };
 use altup_moe::train::{run, CheckpointMeta, RunOptions, Silent, SpanCorruptionTask, Task, TrainConfig, Trainer};
-use common::device;
+use common::{device, seeded_normal};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,16 +40,8 @@ fn scenario(name: &str) -> (MoeConfig, i64) {
 
 /// Global inputs and cotangents, identical on every rank, on the test device.
 fn data(n: i64) -> (Tensor, Tensor) {
-    // Not from libtorch's generator: it is global to the process, and other tests running on
-    // other threads reseed it (the trainer does, every step).
-    use rand::SeedableRng;
-    use rand_distr::Distribution;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut normal = |len: i64| -> Tensor {
-        let v: Vec<f32> = (0..len * D).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
-        Tensor::from_slice(&v).view([len, D]).to_device(device())
-    };
-    (normal(n), normal(n))
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    (seeded_normal(&mut rng, &[n, D]), seeded_normal(&mut rng, &[n, D]))
 }
 
 /// Rows of the global batch that rank `r` of `ranks` holds (the last rank takes the remainder;

@@ -8,15 +8,14 @@ use altup_moe::model::{check_upcycle, upcycle, Arch, LanguageModel, ModelConfig,
 use altup_moe::moe::{MoeConfig, RouterKind};
 use altup_moe::nn::Activation;
 use altup_moe::train::{TrainConfig, Trainer};
-use common::device;
+use common::{device, seeded_normal};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
 use tch::{nn::VarStore, Kind, Tensor};
 
 /// A dense model d = 32, 3 blocks, 4 heads, SwiGLU F = 64, with every parameter redrawn at a
 /// scale where each FFN changes the logits by far more than the tolerances below. The values come
-/// from a seeded generator of this test's own, not libtorch's global one, which the tests running
-/// beside it in other threads draw from too: the model is the same on every run.
+/// from a seeded generator of this test's own ([`seeded_normal`]): the model is the same on every
+/// run.
 fn dense() -> (VarStore, ModelConfig, LanguageModel) {
     let mut c = ModelConfig::preset(Arch::Dense);
     c.vocab_size = 64;
@@ -33,8 +32,7 @@ fn dense() -> (VarStore, ModelConfig, LanguageModel) {
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
         for (name, mut v) in variables {
-            let values: Vec<f32> = (0..v.numel()).map(|_| StandardNormal.sample(&mut rng)).collect();
-            let noise = Tensor::from_slice(&values).view(v.size().as_slice()).to_device(v.device());
+            let noise = seeded_normal(&mut rng, &v.size());
             let value = if name.contains("norm") { noise * 0.3 + 1.0 } else { noise * 0.3 };
             v.copy_(&value);
         }

@@ -18,6 +18,15 @@ pub fn device() -> Device {
     altup_moe::testing::device().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Standard-normal f32 values of shape `shape` on the test device, drawn from `rng`. Not from
+/// libtorch's generator: it is global to the process, and tests running on other threads draw
+/// from it and reseed it (the trainer does, every step), so data drawn there differs between runs.
+pub fn seeded_normal(rng: &mut rand::rngs::StdRng, shape: &[i64]) -> tch::Tensor {
+    use rand_distr::Distribution;
+    let values: Vec<f32> = (0..shape.iter().product::<i64>()).map(|_| rand_distr::StandardNormal.sample(rng)).collect();
+    tch::Tensor::from_slice(&values).view(shape).to_device(device())
+}
+
 /// Whether the tests run on the CPU (bitwise reproducibility holds there; libtorch's CUDA
 /// attention backward is not deterministic).
 pub fn on_cpu() -> bool {
